@@ -1,0 +1,4 @@
+from l2l_jax.cli import main
+import sys
+
+sys.exit(main())

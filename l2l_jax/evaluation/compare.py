@@ -1,0 +1,230 @@
+"""Evaluating any optimizer on held-out tasks, tuning baselines, and the comparison table."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from l2l_jax.errors import ConfigError
+from l2l_jax.evaluation import baselines as baselines_lib
+from l2l_jax.meta.unroll import unroll
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
+from l2l_jax.tasks.base import TaskFamily
+
+#: Quarter-decade grid from 1e-4 to 10.
+DEFAULT_LR_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-4, 1, 21))
+
+# Separate streams for tuning and test tasks, away from meta-training's keys.
+_TUNE_STREAM, _TEST_STREAM = 1001, 1002
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTasks:
+    """A fixed batch of held-out tasks and the keys for their θ0 and minibatches."""
+
+    task_params: Any
+    keys: jax.Array
+
+    @property
+    def size(self) -> int:
+        return int(self.keys.shape[0])
+
+
+def sample_tasks(family: TaskFamily, seed: int, num_tasks: int, stream: str = "test") -> EvalTasks:
+    """Draws ``num_tasks`` held-out tasks; ``stream`` is ``"tune"`` or ``"test"``."""
+    if int(num_tasks) < 1:
+        raise ConfigError(f"need at least one evaluation task, got {num_tasks}")
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), _TUNE_STREAM if stream == "tune" else _TEST_STREAM)
+    k_tasks, k_runs = jax.random.split(base)
+    task_params = jax.vmap(family.sample)(jax.random.split(k_tasks, num_tasks))
+    return EvalTasks(task_params, jax.random.split(k_runs, num_tasks))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 5))
+def _curves(
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    hyper: Any,
+    family: TaskFamily,
+    task_params: Any,
+    keys: jax.Array,
+    num_steps: int,
+) -> jax.Array:
+    tx = make_tx(hyper)
+
+    def one(tp: Any, key: jax.Array) -> jax.Array:
+        k_init, k_data = jax.random.split(key)
+        params = family.init(tp, k_init)
+        _, _, losses = unroll(tx, lambda p, k: family.loss(tp, p, k), params, tx.init(params), k_data, num_steps)
+        return losses
+
+    return jax.vmap(one)(task_params, keys)
+
+
+def loss_curves(
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    hyper: Any,
+    family: TaskFamily,
+    tasks: EvalTasks,
+    num_steps: int,
+) -> np.ndarray:
+    """Loss curves of ``make_tx(hyper)`` on every task: shape ``(tasks, num_steps + 1)``.
+
+    ``make_tx`` is static (compiled once), ``hyper`` is traced: one compilation
+    serves a whole learning-rate grid, or any φ of a learned optimizer.
+    """
+    if int(num_steps) < 1:
+        raise ConfigError(f"evaluation needs at least one step, got {num_steps}")
+    return np.asarray(_curves(make_tx, hyper, family, tasks.task_params, tasks.keys, int(num_steps)))
+
+
+def learned_curves(
+    optimizer: LearnedOptimizer, meta_params: MetaParams, family: TaskFamily, tasks: EvalTasks, num_steps: int
+) -> np.ndarray:
+    """:func:`loss_curves` of a learned optimizer with meta-parameters φ."""
+    return loss_curves(optimizer.as_optax, meta_params, family, tasks, num_steps)
+
+
+def final_score(curves: np.ndarray) -> float:
+    """Mean final loss; a diverged run (NaN or inf) makes it inf."""
+    final = curves[:, -1]
+    return float(np.mean(final)) if np.all(np.isfinite(final)) else math.inf
+
+
+@dataclasses.dataclass
+class Tuning:
+    """A learning-rate sweep: the grid, each rate's score, and the best rate."""
+
+    name: str
+    grid: tuple[float, ...]
+    scores: tuple[float, ...]
+    best_lr: float
+
+    @property
+    def at_edge(self) -> bool:
+        """True when the best rate is the grid's first or last (widen the grid)."""
+        return self.best_lr in (self.grid[0], self.grid[-1])
+
+
+def tune_learning_rate(
+    name: str,
+    family: TaskFamily,
+    tasks: EvalTasks,
+    num_steps: int,
+    grid: tuple[float, ...] = DEFAULT_LR_GRID,
+    progress: bool = True,
+) -> Tuning:
+    """Picks the rate of baseline ``name`` with the lowest mean final loss on ``tasks``."""
+    make_tx = baselines_lib.get(name)
+    baselines_lib.check_learning_rates(grid)
+    scores = []
+    for lr in tqdm(grid, desc=f"tune {name}", disable=not progress, leave=False):
+        scores.append(final_score(loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tasks, num_steps)))
+    best = int(np.argmin(scores))
+    return Tuning(name, tuple(float(g) for g in grid), tuple(scores), float(grid[best]))
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Loss curves of several optimizers on the same test tasks."""
+
+    curves: dict[str, np.ndarray]  # name -> (tasks, steps + 1)
+    learning_rates: dict[str, float | None]
+    tunings: dict[str, Tuning]
+    num_steps: int
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per optimizer, best mean final loss first."""
+        out = []
+        for name, c in self.curves.items():
+            final = c[:, -1]
+            out.append(
+                {
+                    "optimizer": name,
+                    "learning_rate": self.learning_rates.get(name),
+                    "mean_final_loss": float(np.mean(final)),
+                    "stderr_final_loss": float(np.std(final) / np.sqrt(len(final))),
+                    "median_final_loss": float(np.median(final)),
+                    "mean_loss_over_run": float(np.mean(c[:, 1:])),
+                    "num_tasks": int(c.shape[0]),
+                }
+            )
+        return sorted(out, key=lambda r: (not math.isfinite(r["mean_final_loss"]), r["mean_final_loss"]))
+
+    def table(self) -> str:
+        """A Markdown table of :meth:`rows`."""
+        lines = [
+            f"| optimizer | tuned lr | mean final loss (step {self.num_steps}) | ± s.e. | median final | mean loss over run |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in self.rows():
+            lr = "learned" if r["learning_rate"] is None else f"{r['learning_rate']:.3g}"
+            lines.append(
+                f"| {r['optimizer']} | {lr} | {r['mean_final_loss']:.4g} | {r['stderr_final_loss']:.2g} "
+                f"| {r['median_final_loss']:.4g} | {r['mean_loss_over_run']:.4g} |"
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "num_steps": self.num_steps,
+            "rows": self.rows(),
+            "mean_curves": {k: [float(x) for x in np.mean(c, axis=0)] for k, c in self.curves.items()},
+            "tuning": {
+                k: {"grid": t.grid, "scores": t.scores, "best_lr": t.best_lr, "at_edge": t.at_edge}
+                for k, t in self.tunings.items()
+            },
+        }
+
+
+def compare_with_baselines(
+    learned: dict[str, tuple[LearnedOptimizer, MetaParams]],
+    family: TaskFamily,
+    *,
+    num_steps: int = 100,
+    num_tune_tasks: int = 100,
+    num_test_tasks: int = 128,
+    seed: int = 0,
+    baselines: tuple[str, ...] = ("sgd", "momentum", "nag", "rmsprop", "adam"),
+    grid: tuple[float, ...] = DEFAULT_LR_GRID,
+    progress: bool = True,
+) -> Comparison:
+    """Tunes each baseline's rate on held-out tasks, then evaluates everything on other ones.
+
+    Args:
+      learned: ``name -> (learned optimizer, φ)``.
+      family: the task family to draw held-out tasks from.
+      num_steps: inner steps per run.
+      num_tune_tasks: tasks for learning-rate tuning.
+      num_test_tasks: other tasks for the reported curves.
+      seed: seeds both task sets (distinct from meta-training's streams).
+      baselines: names from :data:`l2l_jax.evaluation.baselines.BASELINES`.
+      grid: learning rates to try.
+      progress: show progress bars.
+
+    Returns:
+      A :class:`Comparison`.
+    """
+    tune_tasks = sample_tasks(family, seed, num_tune_tasks, "tune")
+    test_tasks = sample_tasks(family, seed, num_test_tasks, "test")
+    curves: dict[str, np.ndarray] = {}
+    lrs: dict[str, float | None] = {}
+    tunings: dict[str, Tuning] = {}
+    for name, (opt, phi) in learned.items():
+        curves[name] = learned_curves(opt, phi, family, test_tasks, num_steps)
+        lrs[name] = None
+    for name in tqdm(baselines, desc="baselines", disable=not progress):
+        tuning = tune_learning_rate(name, family, tune_tasks, num_steps, grid, progress)
+        tunings[name] = tuning
+        lrs[name] = tuning.best_lr
+        curves[name] = loss_curves(
+            baselines_lib.get(name), jnp.asarray(tuning.best_lr, jnp.float32), family, test_tasks, num_steps
+        )
+    return Comparison(curves, lrs, tunings, num_steps)

@@ -1,0 +1,407 @@
+"""Meta-training: truncated BPTT over batches of tasks, with validation and exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import tasks as tasks_lib
+from l2l_jax.errors import ConfigError
+from l2l_jax.meta import run_directory as rd
+from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
+from l2l_jax.tasks.base import TaskFamily
+
+META_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop, "adamw": optax.adamw}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """Everything that determines a meta-training run (with the seed, exactly).
+
+    Attributes:
+      task: registered task family name (see :func:`l2l_jax.tasks.available`).
+      task_options: keyword arguments of the task family.
+      optimizer: ``"lstm"`` or ``"linear_rnn"``.
+      optimizer_options: keyword arguments of the learned optimizer (for the LSTM:
+        ``preset`` and any override such as ``hidden_size``).
+      num_meta_steps: meta-updates of φ; each is one truncation of every task.
+      horizon: T, the inner steps of one run before tasks are resampled (paper: 100).
+      truncation: K, the inner steps per meta-update (paper: 20); must divide T.
+      batch_size: tasks per meta-step (vmapped).
+      meta_optimizer: ``"adam"`` (paper), ``"adamw"``, ``"rmsprop"`` or ``"sgd"``.
+      meta_lr: the meta-optimizer's learning rate.
+      clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
+      first_order: drop second derivatives (paper's default) or keep them.
+      weighting: ``"uniform"`` (w_t = 1) or ``"final"`` (last loss only).
+      remat: ``jax.checkpoint`` each inner step (less memory, more compute).
+      validate_every: validate φ on held-out tasks every this many meta-steps and
+        keep the best (0: never; the last φ is kept).
+      num_val_tasks: held-out tasks for validation (full T-step runs).
+      checkpoint_every: write a resumable checkpoint every this many meta-steps.
+      seed: the seed; the run is a deterministic function of the config.
+    """
+
+    task: str = "quadratic"
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    optimizer: str = "lstm"
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_meta_steps: int = 1000
+    horizon: int = 100
+    truncation: int = 20
+    batch_size: int = 128
+    meta_optimizer: str = "adam"
+    meta_lr: float = 1e-3
+    clip_norm: float | None = None
+    first_order: bool = True
+    weighting: str = "uniform"
+    remat: bool = False
+    validate_every: int = 100
+    num_val_tasks: int = 64
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
+                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
+
+        for name in ("num_meta_steps", "horizon", "truncation", "batch_size", "num_val_tasks", "checkpoint_every"):
+            positive_int(name)
+        positive_int("validate_every", allow_zero=True)
+        if self.horizon % self.truncation:
+            raise ConfigError(
+                f"the truncation length ({self.truncation}) must divide the horizon ({self.horizon}), "
+                "so every run splits into whole truncations"
+            )
+        if not (isinstance(self.meta_lr, (int, float)) and math.isfinite(self.meta_lr) and self.meta_lr > 0):
+            raise ConfigError(f"meta_lr must be a positive number, got {self.meta_lr!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"unknown meta-loss weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        if self.meta_optimizer not in META_OPTIMIZERS:
+            raise ConfigError(
+                f"unknown meta-optimizer {self.meta_optimizer!r}; choose one of {', '.join(META_OPTIMIZERS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown meta-training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def build_optimizer(self) -> LearnedOptimizer:
+        return optimizers_lib.get(self.optimizer, **self.optimizer_options)
+
+    def build_task(self) -> TaskFamily:
+        return tasks_lib.get(self.task, **self.task_options)
+
+    def build_meta_optimizer(self) -> optax.GradientTransformation:
+        tx = META_OPTIMIZERS[self.meta_optimizer](self.meta_lr)
+        if self.clip_norm is not None:
+            tx = optax.chain(optax.clip_by_global_norm(self.clip_norm), tx)
+        return tx
+
+
+class MetaTrainState(NamedTuple):
+    """The whole state of a meta-training run; a checkpoint is exactly this."""
+
+    step: jax.Array
+    meta_params: MetaParams
+    meta_opt_state: optax.OptState
+    inner: InnerState
+    healthy: jax.Array  # False after a non-finite step: the inner runs are restarted.
+    skipped: jax.Array  # Meta-updates skipped for a non-finite loss or gradient.
+    best_meta_params: MetaParams
+    best_val: jax.Array
+    best_step: jax.Array
+
+
+@dataclasses.dataclass
+class MetaTrainResult:
+    """What :func:`meta_train` returns."""
+
+    optimizer: LearnedOptimizer
+    meta_params: MetaParams  # The best φ on validation (the last one if never validated).
+    final_meta_params: MetaParams
+    config: MetaTrainConfig
+    history: list[dict[str, Any]]
+    skipped: int
+    best_val: float
+    run_dir: Path | None
+
+    def as_optax(self) -> optax.GradientTransformationExtraArgs:
+        """The trained optimizer (best φ) as an optax transformation."""
+        return self.optimizer.as_optax(self.meta_params)
+
+
+def validation_loss(
+    optimizer: LearnedOptimizer,
+    meta_params: MetaParams,
+    family: TaskFamily,
+    inner: InnerState,
+    num_steps: int,
+    weighting: str,
+) -> jax.Array:
+    """Mean meta-loss of full ``num_steps`` runs from ``inner`` (no gradient in φ)."""
+    tx = optimizer.as_optax(meta_params)
+
+    def one(s: InnerState) -> jax.Array:
+        _, _, losses = unroll(tx, lambda p, k: family.loss(s.task_params, p, k), s.params, s.opt_state, s.key, num_steps)
+        return weighted_loss(losses, weighting)
+
+    return jnp.mean(jax.vmap(one)(inner))
+
+
+class _Keys:
+    """The run's keys, all derived from the seed so that the run is reproducible."""
+
+    def __init__(self, seed: int) -> None:
+        base = jax.random.PRNGKey(seed)
+        self.meta_init, self.tasks, self.validation = (jax.random.fold_in(base, i) for i in range(3))
+
+    def tasks_at(self, step: int) -> jax.Array:
+        return jax.random.fold_in(self.tasks, step)
+
+
+def meta_train(
+    config: MetaTrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    family: TaskFamily | None = None,
+    optimizer: LearnedOptimizer | None = None,
+    meta_optimizer: optax.GradientTransformation | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> MetaTrainResult:
+    """Meta-trains a learned optimizer by truncated BPTT.
+
+    Each meta-step unrolls every task in the batch for ``config.truncation`` inner
+    steps (one ``lax.scan``, ``vmap``-ed over tasks), takes ``jax.grad`` of the
+    weighted loss in φ, and updates φ. Parameters and optimizer state carry over to
+    the next truncation; after ``config.horizon`` steps new tasks are drawn. A
+    non-finite loss or meta-gradient skips the update (counted in ``skipped``) and
+    restarts the inner runs.
+
+    Args:
+      config: the run's settings.
+      run_dir: where to write config, metrics, checkpoints and the trained φ. If it
+        holds a checkpoint of the same config, training resumes from it and gives
+        the same result as an uninterrupted run. ``None``: keep nothing on disk.
+      family: a task family to use instead of building ``config.task`` by name
+        (e.g. your own; then ``config.task`` is only a label).
+      optimizer: a learned optimizer to use instead of ``config.optimizer``.
+      meta_optimizer: any optax transformation for φ, instead of
+        ``config.meta_optimizer``/``meta_lr``/``clip_norm``.
+      progress: show a progress bar.
+      resume: resume from ``run_dir``'s checkpoint if there is one.
+      on_step: called as ``on_step(step, metrics)`` after every meta-step (for
+        your own logging); ``metrics`` has ``meta_loss``, ``grad_norm``,
+        ``skipped`` and, on validation steps, ``val_loss``.
+
+    Returns:
+      A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
+    """
+    optimizer = optimizer or config.build_optimizer()
+    family = family or config.build_task()
+    meta_tx = meta_optimizer or config.build_meta_optimizer()
+    keys = _Keys(config.seed)
+    run_path = Path(run_dir) if run_dir is not None else None
+
+    def init_state() -> MetaTrainState:
+        phi = optimizer.init(keys.meta_init)
+        return MetaTrainState(
+            step=jnp.zeros((), jnp.int32),
+            meta_params=phi,
+            meta_opt_state=meta_tx.init(phi),
+            inner=init_inner(optimizer, phi, family, keys.tasks_at(0), config.batch_size),
+            healthy=jnp.array(True),
+            skipped=jnp.zeros((), jnp.int32),
+            best_meta_params=phi,
+            best_val=jnp.array(jnp.inf, jnp.float32),
+            best_step=jnp.zeros((), jnp.int32),
+        )
+
+    state = init_state()
+    history: list[dict[str, Any]] = []
+    if run_path is not None:
+        state, history = _open_run_dir(run_path, config, state, resume)
+
+    @jax.jit
+    def train_step(state: MetaTrainState) -> tuple[MetaTrainState, dict[str, jax.Array]]:
+        (loss, (inner, _)), grads = meta_value_and_grad(
+            state.meta_params,
+            optimizer,
+            family,
+            state.inner,
+            config.truncation,
+            first_order=config.first_order,
+            weighting=config.weighting,
+            remat=config.remat,
+        )
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, meta_opt_state = meta_tx.update(grads, state.meta_opt_state, state.meta_params)
+        new_phi = optax.apply_updates(state.meta_params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = state._replace(
+            step=state.step + 1,
+            meta_params=keep(new_phi, state.meta_params),
+            meta_opt_state=keep(meta_opt_state, state.meta_opt_state),
+            inner=inner,
+            healthy=finite,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        return new_state, {"meta_loss": loss, "grad_norm": grad_norm}
+
+    make_inner = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
+    val_inner = make_inner(state.meta_params, keys.validation, config.num_val_tasks)
+    validate = jax.jit(
+        lambda phi: validation_loss(optimizer, phi, family, val_inner, config.horizon, config.weighting)
+    )
+
+    def checkpoint(state: MetaTrainState) -> None:
+        if run_path is None:
+            return
+        # Metrics first: a kill between the two writes leaves rows past the
+        # checkpoint, which the next resume truncates.
+        rd.write_atomic(run_path / rd.METRICS, "".join(_json_line(r) for r in history).encode())
+        rd.save_tree(run_path / rd.CHECKPOINT, state)
+        _write_optimizer(run_path, optimizer, state, config, family)
+
+    start = int(state.step)
+    bar = tqdm(total=config.num_meta_steps, initial=start, desc="meta-train", disable=not progress, unit="step", mininterval=0.5)
+    try:
+        for step in range(start, config.num_meta_steps):
+            if int(state.inner.step[0]) >= config.horizon or not bool(state.healthy):
+                state = state._replace(
+                    inner=make_inner(state.meta_params, keys.tasks_at(step), config.batch_size),
+                    healthy=jnp.array(True),
+                )
+            t0 = time.perf_counter()
+            new_state, metrics = train_step(state)
+            row = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}, "skipped": int(new_state.skipped)}
+            row["seconds"] = time.perf_counter() - t0
+            done = step + 1
+            if config.validate_every and (done % config.validate_every == 0 or done == config.num_meta_steps):
+                val = float(validate(new_state.meta_params))
+                row["val_loss"] = val
+                if math.isfinite(val) and val < float(new_state.best_val):
+                    new_state = new_state._replace(
+                        best_meta_params=new_state.meta_params,
+                        best_val=jnp.asarray(val, jnp.float32),
+                        best_step=jnp.asarray(done, jnp.int32),
+                    )
+            if not config.validate_every:
+                new_state = new_state._replace(best_meta_params=new_state.meta_params, best_step=new_state.step)
+            # Commit the step: `state` only ever holds completed steps, so an
+            # interruption anywhere saves a consistent checkpoint.
+            history.append(row)
+            state = new_state
+            bar.update(1)
+            bar.set_postfix(
+                meta_loss=f"{row['meta_loss']:.4g}",
+                best_val=f"{float(state.best_val):.4g}",
+                skipped=row["skipped"],
+            )
+            if done % config.checkpoint_every == 0 or done == config.num_meta_steps:
+                checkpoint(state)
+            if on_step is not None:
+                on_step(done, row)
+    except KeyboardInterrupt:
+        # `state` is always a completed step: save it so the run resumes from here.
+        checkpoint(state)
+        bar.close()
+        raise
+    bar.close()
+    if run_path is not None:
+        from l2l_jax.evaluation.plots import plot_meta_training
+
+        plot_meta_training(history, run_path / rd.PLOT)
+    return MetaTrainResult(
+        optimizer=optimizer,
+        meta_params=state.best_meta_params,
+        final_meta_params=state.meta_params,
+        config=config,
+        history=history,
+        skipped=int(state.skipped),
+        best_val=float(state.best_val),
+        run_dir=run_path,
+    )
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def _open_run_dir(
+    run_path: Path, config: MetaTrainConfig, fresh: MetaTrainState, resume: bool
+) -> tuple[MetaTrainState, list[dict[str, Any]]]:
+    """Writes the config of a new run, or restores the checkpoint of an old one."""
+    if run_path.exists() and not run_path.is_dir():
+        raise ConfigError(f"run directory {run_path} exists and is not a directory")
+    ckpt = run_path / rd.CHECKPOINT
+    if resume and ckpt.is_file():
+        saved = rd.read_json(run_path / rd.CONFIG)
+        mine = config.to_dict()
+        # Only the length may change on resume (to extend a finished run).
+        differ = sorted(k for k in set(saved) | set(mine) if k != "num_meta_steps" and saved.get(k) != mine.get(k))
+        if differ:
+            raise ConfigError(
+                f"{run_path} holds a run with a different configuration ({', '.join(differ)} differ); "
+                "use another run directory, or pass resume=False / --no-resume to start over"
+            )
+        state = rd.load_tree(ckpt, fresh)
+        history = rd.read_metrics(run_path / rd.METRICS)
+        history = [r for r in history if r["step"] <= int(state.step)]
+        rd.write_json(run_path / rd.CONFIG, mine)
+        return state, history
+    run_path.mkdir(parents=True, exist_ok=True)
+    for name in (rd.CHECKPOINT, rd.METRICS, rd.OPTIMIZER_PARAMS, rd.OPTIMIZER_META):
+        (run_path / name).unlink(missing_ok=True)
+    rd.write_json(run_path / rd.CONFIG, config.to_dict())
+    return fresh, []
+
+
+def _write_optimizer(
+    run_path: Path, optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
+) -> None:
+    """Saves the best φ with the metadata that :func:`l2l_jax.pretrained.load` needs."""
+    rd.save_tree(run_path / rd.OPTIMIZER_PARAMS, state.best_meta_params)
+    meta_path = run_path / rd.OPTIMIZER_META
+    old = rd.read_json(meta_path) if meta_path.is_file() else {}
+    rd.write_json(
+        meta_path,
+        {
+            **old,  # Keeps evaluation figures that `evaluate` added.
+            "format": 1,
+            "optimizer": optimizer.name,
+            "optimizer_config": optimizer.config(),
+            "task": config.task,
+            "task_config": family.config(),
+            "meta_steps": int(state.step),
+            "best_step": int(state.best_step),
+            "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
+            "skipped_meta_steps": int(state.skipped),
+            "training_config": config.to_dict(),
+        },
+    )

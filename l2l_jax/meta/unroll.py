@@ -1,0 +1,188 @@
+"""The inner loop as a ``lax.scan``, the meta-loss over it and its gradient in φ."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_jax.errors import ConfigError
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
+from l2l_jax.tasks.base import TaskFamily
+
+PyTree = Any
+LossFn = Callable[[PyTree, jax.Array], jax.Array]
+Weighting = Literal["uniform", "final"]
+WEIGHTINGS = ("uniform", "final")
+
+
+class InnerState(NamedTuple):
+    """A batch of inner runs between truncations (every leaf has a leading task axis).
+
+    Attributes:
+      task_params: the sampled tasks.
+      params: the optimizees' current θ_t.
+      opt_state: the learned optimizer's state (hidden states).
+      key: per-task keys; step t's minibatch uses ``fold_in(key, t)``.
+      step: per-task inner step t.
+    """
+
+    task_params: PyTree
+    params: PyTree
+    opt_state: PyTree
+    key: jax.Array
+    step: jax.Array
+
+
+def unroll(
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    params: PyTree,
+    opt_state: PyTree,
+    key: jax.Array,
+    num_steps: int,
+    *,
+    start_step: int | jax.Array = 0,
+    first_order: bool = True,
+    remat: bool = False,
+) -> tuple[PyTree, PyTree, jax.Array]:
+    """Runs ``num_steps`` optimizer steps as one ``lax.scan``.
+
+    Args:
+      tx: any optax transformation (a learned one built from φ, or a baseline).
+      loss_fn: ``loss_fn(params, key) -> scalar``.
+      params: θ at ``start_step``.
+      opt_state: ``tx``'s state at ``start_step``.
+      key: step t draws its minibatch with ``fold_in(key, t)``, so splitting a run
+        into truncations does not change the data it sees.
+      num_steps: how many steps (>= 1).
+      start_step: the global index of the first step.
+      first_order: hold ∇_t constant in φ (``stop_gradient``), as the paper does;
+        ``False`` keeps second derivatives (exact meta-gradient).
+      remat: wrap the step in ``jax.checkpoint``: BPTT stores only the carry and
+        recomputes the rest, trading compute for memory.
+
+    Returns:
+      ``(params, opt_state, losses)`` with ``losses[j] = f(θ_{start+j})`` for
+      ``j = 0..num_steps`` (``num_steps + 1`` values).
+    """
+    if int(num_steps) < 1:
+        raise ConfigError(f"an unroll needs at least one step, got num_steps={num_steps}")
+
+    def step(carry: tuple[PyTree, PyTree], t: jax.Array) -> tuple[tuple[PyTree, PyTree], jax.Array]:
+        params, opt_state = carry
+        value, grads = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(key, t))
+        seen = (grads, value)  # What the optimizer reads.
+        if first_order:
+            # Only the optimizer's inputs are held constant; f(θ_t) itself (the
+            # returned `value`) stays differentiable in θ_t, hence in φ.
+            seen = jax.lax.stop_gradient(seen)
+        updates, opt_state = tx.update(seen[0], opt_state, params, value=seen[1])
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    if remat:
+        step = jax.checkpoint(step)
+    steps = jnp.asarray(start_step) + jnp.arange(int(num_steps))
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), steps)
+    final = loss_fn(params, jax.random.fold_in(key, steps[-1] + 1))
+    return params, opt_state, jnp.concatenate([losses, final[None].astype(losses.dtype)])
+
+
+def weighted_loss(losses: jax.Array, weighting: Weighting = "uniform") -> jax.Array:
+    """Σ_t w_t f(θ_t) over ``losses[..., 1:]`` (f(θ_start) does not depend on this unroll's φ).
+
+    ``"uniform"``: w_t = 1 for every step. ``"final"``: only the last loss (the
+    worked example's choice).
+    """
+    if weighting == "uniform":
+        return jnp.sum(losses[..., 1:], axis=-1)
+    if weighting == "final":
+        return losses[..., -1]
+    raise ConfigError(f"unknown meta-loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
+def init_inner(
+    optimizer: LearnedOptimizer,
+    meta_params: MetaParams,
+    family: TaskFamily,
+    key: jax.Array,
+    batch_size: int,
+) -> InnerState:
+    """Samples ``batch_size`` tasks and their θ0, with fresh optimizer state (h = 0)."""
+    tx = optimizer.as_optax(meta_params)
+
+    def one(k: jax.Array) -> InnerState:
+        k_task, k_init, k_data = jax.random.split(k, 3)
+        task_params = family.sample(k_task)
+        params = family.init(task_params, k_init)
+        return InnerState(task_params, params, tx.init(params), k_data, jnp.zeros((), jnp.int32))
+
+    return jax.vmap(one)(jax.random.split(key, batch_size))
+
+
+def truncation_loss(
+    meta_params: MetaParams,
+    optimizer: LearnedOptimizer,
+    family: TaskFamily,
+    inner: InnerState,
+    num_steps: int,
+    *,
+    first_order: bool = True,
+    weighting: Weighting = "uniform",
+    remat: bool = False,
+) -> tuple[jax.Array, tuple[InnerState, jax.Array]]:
+    """The meta-loss of one truncation, averaged over the batch of tasks.
+
+    Differentiate it with ``jax.grad(truncation_loss, has_aux=True)``; the optax
+    transformation is built from ``meta_params`` inside, so the gradient reaches φ.
+
+    Returns:
+      ``(meta_loss, (inner_after, losses))``; ``inner_after`` is detached from φ
+      (truncated BPTT) and ``losses`` has shape ``(batch, num_steps + 1)``.
+    """
+    tx = optimizer.as_optax(meta_params)
+
+    def one(inner: InnerState) -> tuple[InnerState, jax.Array]:
+        loss_fn = lambda p, k: family.loss(inner.task_params, p, k)  # noqa: E731
+        params, opt_state, losses = unroll(
+            tx,
+            loss_fn,
+            inner.params,
+            inner.opt_state,
+            inner.key,
+            num_steps,
+            start_step=inner.step,
+            first_order=first_order,
+            remat=remat,
+        )
+        return inner._replace(params=params, opt_state=opt_state, step=inner.step + num_steps), losses
+
+    after, losses = jax.vmap(one)(inner)
+    meta_loss = jnp.mean(weighted_loss(losses, weighting))
+    return meta_loss, (jax.lax.stop_gradient(after), losses)
+
+
+def meta_value_and_grad(
+    meta_params: MetaParams,
+    optimizer: LearnedOptimizer,
+    family: TaskFamily,
+    inner: InnerState,
+    num_steps: int,
+    *,
+    first_order: bool = True,
+    weighting: Weighting = "uniform",
+    remat: bool = False,
+) -> tuple[tuple[jax.Array, tuple[InnerState, jax.Array]], MetaParams]:
+    """``jax.value_and_grad`` of :func:`truncation_loss` in φ (jit it with the statics)."""
+    return jax.value_and_grad(truncation_loss, has_aux=True)(
+        meta_params,
+        optimizer,
+        family,
+        inner,
+        num_steps,
+        first_order=first_order,
+        weighting=weighting,
+        remat=remat,
+    )

@@ -1,0 +1,43 @@
+"""Learned optimizers: ``init(key) -> φ`` and ``as_optax(φ) -> optax transformation``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from l2l_jax.errors import ConfigError, UnknownNameError
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
+from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
+from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
+from l2l_jax.optimizers.lstm import CoordinatewiseLSTM, LSTMState, lstm
+from l2l_jax.optimizers.preprocessing import preprocess
+
+_REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
+    "linear_rnn": LinearRNN,
+    "lstm": lstm,
+}
+
+
+def get(name: str, **kwargs: Any) -> LearnedOptimizer:
+    """Builds a learned optimizer by registry name (``"lstm"``, ``"linear_rnn"``)."""
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad options for learned optimizer {name!r}: {e}") from None
+
+
+__all__ = [
+    "CoordinatewiseLSTM",
+    "LSTMState",
+    "LSTM_PRESETS",
+    "LearnedOptimizer",
+    "LinearRNN",
+    "LinearRNNState",
+    "MetaParams",
+    "check_meta_params",
+    "get",
+    "linear_rnn",
+    "lstm",
+    "preprocess",
+]

@@ -1,0 +1,89 @@
+"""The worked example's optimizer: a coordinatewise linear RNN with three weights."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
+
+
+class LinearRNNState(NamedTuple):
+    """Hidden state h_{t-1} of the linear RNN, one array per parameter leaf."""
+
+    hidden: PyTree
+
+
+class LinearRNN(LearnedOptimizer):
+    """h_t = φ1·∇_t + φ2·h_{t-1},  g_t = φ3·h_t, applied to every coordinate.
+
+    Meta-parameters are a dict ``{"phi1", "phi2", "phi3"}`` of scalars. With
+    φ = (η, β, -1) this is heavy-ball momentum; the worked example starts from
+    φ = (0.1, 0.5, -1.0).
+    """
+
+    name = "linear_rnn"
+
+    def __init__(self, phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> None:
+        self.phi = tuple(float(p) for p in phi)
+        if len(self.phi) != 3:
+            raise ValueError(f"linear_rnn needs three initial weights, got {phi!r}")
+
+    def config(self) -> dict[str, Any]:
+        return {"phi": list(self.phi)}
+
+    def init(self, key: jax.Array) -> MetaParams:
+        del key  # Deterministic: the worked example fixes φ.
+        return {f"phi{i + 1}": jnp.asarray(p, dtype=float) for i, p in enumerate(self.phi)}
+
+    def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
+        phi1, phi2, phi3 = (meta_params[k] for k in ("phi1", "phi2", "phi3"))
+
+        def init_fn(params: PyTree) -> LinearRNNState:
+            check_float_tree(params, "parameters")
+            return LinearRNNState(
+                hidden=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), state_dtype(jnp.result_type(p))), params)
+            )
+
+        def update_fn(
+            updates: PyTree, state: LinearRNNState, params: PyTree | None = None, **extra_args: Any
+        ) -> tuple[PyTree, LinearRNNState]:
+            del params, extra_args
+            check_float_tree(updates, "gradients")
+
+            def leaf(grad: jax.Array, h_prev: jax.Array) -> tuple[jax.Array, jax.Array]:
+                dt = h_prev.dtype
+                h = jnp.asarray(phi1, dt) * grad.astype(dt) + jnp.asarray(phi2, dt) * h_prev
+                return (jnp.asarray(phi3, dt) * h).astype(grad.dtype), h
+
+            pairs = jax.tree.map(leaf, updates, state.hidden)
+            outer = jax.tree.structure(updates)
+            new_updates, hidden = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
+            return new_updates, LinearRNNState(hidden=hidden)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def linear_rnn(phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> LinearRNN:
+    """The worked example's learned optimizer.
+
+    Args:
+      phi: the initial meta-parameters (φ1, φ2, φ3) that :meth:`LinearRNN.init` returns.
+
+    Returns:
+      A :class:`LinearRNN`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> opt = linear_rnn()
+      >>> tx = opt.as_optax(opt.init(jax.random.key(0)))
+      >>> theta = jnp.array(10.0)
+      >>> state = tx.init(theta)
+      >>> g, state = tx.update(2 * (theta - 5), state)
+      >>> float(theta + g)
+      9.0
+    """
+    return LinearRNN(phi)

@@ -1,0 +1,54 @@
+"""Gradient preprocessing for coordinatewise learned optimizers.
+
+Gradients span many orders of magnitude across coordinates and tasks; an LSTM
+with weights shared over coordinates sees them best on a log scale. Andrychowicz
+et al. (2016), appendix A:
+
+    ∇ ↦ (log|∇| / p, sgn ∇)   if |∇| ≥ e^{-p}
+        (-1, e^{p} ∇)          otherwise
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from l2l_jax.errors import ConfigError
+
+PREPROCESSINGS = ("none", "log_sign")
+
+
+def num_features(kind: str) -> int:
+    """How many input features a preprocessing makes per coordinate."""
+    check_preprocessing(kind)
+    return 1 if kind == "none" else 2
+
+
+def check_preprocessing(kind: str, p: float = 10.0) -> None:
+    """Raises :class:`ConfigError` for an unknown preprocessing or p <= 0."""
+    if kind not in PREPROCESSINGS:
+        raise ConfigError(f"unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSINGS)}")
+    if kind == "log_sign" and not p > 0:
+        raise ConfigError(f"log/sign preprocessing needs p > 0, got p={p}")
+
+
+def preprocess(grad: jax.Array, kind: str, p: float) -> jax.Array:
+    """Maps gradients of any shape to features of shape ``grad.shape + (F,)``.
+
+    Args:
+      grad: gradient coordinates.
+      kind: ``"none"`` (the raw gradient) or ``"log_sign"`` (the paper's).
+      p: the log/sign cut-off exponent; the paper uses 10.
+
+    Returns:
+      The features, in ``grad``'s dtype.
+    """
+    if kind == "none":
+        return grad[..., None]
+    abs_grad = jnp.abs(grad)
+    big = abs_grad >= jnp.exp(-p)
+    # Clamp inside the log so the unused branch never produces -inf (whose
+    # gradient would be NaN under jnp.where).
+    log_part = jnp.where(big, jnp.log(jnp.maximum(abs_grad, jnp.exp(-p))) / p, -1.0)
+    sign_part = jnp.where(big, jnp.sign(grad), jnp.exp(p) * grad)
+    return jnp.stack([log_part, sign_part], axis=-1).astype(grad.dtype)

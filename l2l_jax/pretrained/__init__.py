@@ -1,0 +1,90 @@
+"""Ready-to-use learned optimizers: shipped ones by name, or any meta-training run directory.
+
+A shipped optimizer is a folder under ``l2l_jax/pretrained/shipped/`` holding the
+same two files a run directory has: ``optimizer.json`` (architecture, task,
+training config, evaluation figures) and ``optimizer.msgpack`` (φ, saved with
+flax.serialization: no pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+from l2l_jax import optimizers as optimizers_lib
+from l2l_jax.errors import L2LError, RunDirectoryError, UnknownNameError
+from l2l_jax.meta import run_directory as rd
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
+
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+
+
+def available() -> list[str]:
+    """Names of the learned optimizers shipped with the package."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / rd.OPTIMIZER_META).is_file())
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in available():
+        return SHIPPED_DIR / name_or_path
+    if path.exists():
+        if not path.is_dir():
+            raise RunDirectoryError(f"{path} is not a run directory (it is a file)")
+        return path
+    shipped = ", ".join(available()) or "none"
+    raise UnknownNameError(
+        f"{str(name_or_path)!r} is neither a shipped learned optimizer (available: {shipped}) "
+        "nor an existing run directory"
+    )
+
+
+def info(name_or_path: str | Path) -> dict[str, Any]:
+    """The metadata (``optimizer.json``) of a shipped optimizer or run directory."""
+    return rd.read_json(_resolve(name_or_path) / rd.OPTIMIZER_META)
+
+
+def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaParams]:
+    """The learned optimizer and its trained φ, from a shipped name or a run directory.
+
+    Raises:
+      UnknownNameError: if it is neither a shipped name nor an existing path.
+      RunDirectoryError: if the directory is incomplete or its files are corrupt.
+    """
+    path = _resolve(name_or_path)
+    meta = rd.read_json(path / rd.OPTIMIZER_META)
+    try:
+        optimizer = optimizers_lib.get(meta["optimizer"], **meta["optimizer_config"])
+    except (KeyError, TypeError) as e:
+        raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} is corrupt: {e}") from None
+    except L2LError as e:
+        raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} names an optimizer that cannot be built: {e}") from None
+    target = optimizer.init(jax.random.PRNGKey(0))
+    return optimizer, rd.load_tree(path / rd.OPTIMIZER_PARAMS, target)
+
+
+def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
+    """A trained learned optimizer, ready to use as an optax optimizer.
+
+    Args:
+      name_or_path: a name from :func:`available`, or a run directory written by
+        ``l2l-jax meta-train`` / :func:`l2l_jax.meta_train`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import l2l_jax, optax  # doctest: +SKIP
+      >>> tx = l2l_jax.pretrained.load("runs/demo")  # doctest: +SKIP
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), tx)  # doctest: +SKIP
+    """
+    optimizer, phi = load_meta_params(name_or_path)
+    return optimizer.as_optax(phi)
+
+
+__all__ = ["SHIPPED_DIR", "available", "info", "load", "load_meta_params"]

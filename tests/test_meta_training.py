@@ -1,0 +1,202 @@
+"""Meta-training: it learns, is deterministic, resumes exactly, survives non-finite steps."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from l2l_jax import errors, pretrained
+from l2l_jax.meta import MetaTrainConfig, init_inner, meta_train, truncation_loss
+from l2l_jax.meta import run_directory as rd
+from l2l_jax.optimizers import lstm
+from l2l_jax.tasks import QuadraticFamily, TaskFamily
+
+SMALL = dict(
+    task="quadratic",
+    task_options={"dim": 4},
+    optimizer_options={"hidden_size": 8},
+    horizon=20,
+    truncation=5,
+    batch_size=8,
+    meta_lr=3e-3,
+    validate_every=5,
+    num_val_tasks=8,
+    checkpoint_every=4,
+)
+
+
+def flat(tree):
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+def test_meta_training_lowers_the_meta_loss_on_held_out_tasks():
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 120, "validate_every": 40, "batch_size": 16})
+    result = meta_train(config, progress=False)
+    family = QuadraticFamily(dim=4)
+    opt = result.optimizer
+    held_out = init_inner(opt, result.meta_params, family, jax.random.PRNGKey(99), 64)
+
+    def loss(phi):
+        return float(truncation_loss(phi, opt, family, held_out, 20)[0])
+
+    before = loss(opt.init(jax.random.fold_in(jax.random.PRNGKey(0), 0)))
+    after = loss(result.meta_params)
+    assert after < 0.5 * before, (before, after)
+    assert result.skipped == 0
+
+
+def test_same_seed_same_result_and_other_seed_differs():
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 6})
+    a = meta_train(config, progress=False)
+    b = meta_train(config, progress=False)
+    c = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 6, "seed": 1}), progress=False)
+    np.testing.assert_array_equal(flat(a.final_meta_params), flat(b.final_meta_params))
+    assert [r["meta_loss"] for r in a.history] == [r["meta_loss"] for r in b.history]
+    assert not np.allclose(flat(a.final_meta_params), flat(c.final_meta_params))
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 13})
+    whole = meta_train(config, tmp_path / "whole", progress=False)
+
+    def interrupt_at_7(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(config, tmp_path / "split", progress=False, on_step=interrupt_at_7)
+    saved = json.loads((tmp_path / "split" / rd.OPTIMIZER_META).read_text())
+    assert saved["meta_steps"] == 7  # Checkpointed at the interruption, not only at step 4.
+    resumed = meta_train(config, tmp_path / "split", progress=False)
+
+    np.testing.assert_array_equal(flat(whole.final_meta_params), flat(resumed.final_meta_params))
+    np.testing.assert_array_equal(flat(whole.meta_params), flat(resumed.meta_params))
+    assert resumed.history == [
+        {**r, "seconds": s["seconds"]} for r, s in zip(whole.history, resumed.history)
+    ]  # Every step logged once, same numbers (timings aside).
+    rows = rd.read_metrics(tmp_path / "split" / rd.METRICS)
+    assert [r["step"] for r in rows] == list(range(1, 14))
+
+
+def test_finished_run_can_be_extended(tmp_path):
+    short = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4}), tmp_path / "run", progress=False)
+    longer = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 8}), tmp_path / "run", progress=False)
+    straight = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 8}), progress=False)
+    assert len(short.history) == 4 and len(longer.history) == 8
+    np.testing.assert_array_equal(flat(longer.final_meta_params), flat(straight.final_meta_params))
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4}), tmp_path / "run", progress=False)
+    with pytest.raises(errors.ConfigError, match="meta_lr"):
+        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False)
+    # ... unless asked to start over.
+    meta_train(
+        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, resume=False
+    )
+
+
+class SometimesNaN(TaskFamily):
+    """A quadratic whose loss is NaN for about a third of the sampled tasks."""
+
+    name = "sometimes_nan"
+
+    def config(self):
+        return {}
+
+    def sample(self, key):
+        return {"bad": jax.random.bernoulli(key, 0.3)}
+
+    def init(self, task_params, key):
+        return jax.random.normal(key, (3,))
+
+    def loss(self, task_params, params, key):
+        return jnp.where(task_params["bad"], jnp.nan, jnp.sum(params**2))
+
+
+def test_non_finite_meta_steps_are_skipped_and_counted():
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 12, "batch_size": 2, "validate_every": 0})
+    result = meta_train(config, family=SometimesNaN(), progress=False)
+    skipped_rows = [r for r in result.history if not np.isfinite(r["meta_loss"])]
+    assert result.skipped == len(skipped_rows) > 0
+    assert len(skipped_rows) < 12  # Some steps were finite and applied.
+    assert np.all(np.isfinite(flat(result.final_meta_params)))
+
+
+def test_run_directory_contents_and_pretrained_load(tmp_path):
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 5})
+    result = meta_train(config, tmp_path / "run", progress=False)
+    for name in (rd.CONFIG, rd.METRICS, rd.CHECKPOINT, rd.OPTIMIZER_META, rd.OPTIMIZER_PARAMS, rd.PLOT):
+        assert (tmp_path / "run" / name).is_file(), name
+    opt, phi = pretrained.load_meta_params(tmp_path / "run")
+    np.testing.assert_array_equal(flat(phi), flat(result.meta_params))
+    tx = pretrained.load(tmp_path / "run")
+    params = {"w": jnp.ones(3)}
+    updates, _ = tx.update(params, tx.init(params))
+    expected, _ = result.as_optax().update(params, result.as_optax().init(params))
+    np.testing.assert_array_equal(updates["w"], expected["w"])
+
+
+def test_pretrained_load_errors(tmp_path):
+    with pytest.raises(errors.UnknownNameError, match="neither a shipped"):
+        pretrained.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(errors.RunDirectoryError, match="optimizer.json is missing"):
+        pretrained.load(tmp_path / "empty")
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+    (tmp_path / "run" / rd.OPTIMIZER_PARAMS).write_bytes(b"\x93not msgpack")
+    with pytest.raises(errors.RunDirectoryError, match="corrupt"):
+        pretrained.load(tmp_path / "run")
+    (tmp_path / "run" / rd.OPTIMIZER_META).write_text("{not json")
+    with pytest.raises(errors.RunDirectoryError, match="corrupt"):
+        pretrained.load(tmp_path / "run")
+
+
+def test_weights_of_another_architecture_are_reported(tmp_path):
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / rd.OPTIMIZER_META).read_text())
+    meta["optimizer_config"]["hidden_size"] = 20  # Saved φ has 8 units.
+    (tmp_path / "run" / rd.OPTIMIZER_META).write_text(json.dumps(meta))
+    with pytest.raises(errors.RunDirectoryError, match="does not fit"):
+        pretrained.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"horizon": 0}, "horizon"),
+        ({"truncation": 0}, "truncation"),
+        ({"horizon": 10, "truncation": 3}, "divide"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"meta_lr": -0.1}, "meta_lr"),
+        ({"meta_lr": float("nan")}, "meta_lr"),
+        ({"num_meta_steps": 0}, "num_meta_steps"),
+        ({"clip_norm": 0.0}, "clip_norm"),
+        ({"weighting": "exp"}, "weighting"),
+        ({"meta_optimizer": "lion"}, "meta-optimizer"),
+    ],
+)
+def test_nonsensical_configs_are_refused(bad, match):
+    with pytest.raises(errors.ConfigError, match=match):
+        MetaTrainConfig(**{**SMALL, **bad})
+
+
+def test_unknown_task_and_optimizer_names():
+    with pytest.raises(errors.UnknownNameError, match="unknown task 'mnist2'"):
+        MetaTrainConfig(task="mnist2").build_task()
+    with pytest.raises(errors.UnknownNameError, match="unknown learned optimizer"):
+        MetaTrainConfig(optimizer="gru").build_optimizer()
+    with pytest.raises(errors.ConfigError, match="bad options for task"):
+        MetaTrainConfig(task_options={"dimension": 3}).build_task()
+
+
+def test_lstm_meta_params_are_finite_after_training_with_second_order():
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 3, "first_order": False, "remat": True})
+    result = meta_train(config, progress=False)
+    assert np.all(np.isfinite(flat(result.final_meta_params)))
+    assert isinstance(result.optimizer, type(lstm()))
