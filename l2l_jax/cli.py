@@ -26,7 +26,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "horizon": 100,
     "truncation": 20,
     "batch_size": 128,
-    "meta_lr": 3e-3,
+    "meta_lr": 1e-2,
     "validate_every": 100,
     "num_val_tasks": 128,
     "checkpoint_every": 100,
@@ -50,38 +50,14 @@ def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 def _evaluate_run(
     run_dir: Path, num_tasks: int, num_tune_tasks: int, num_steps: int, seed: int, progress: bool
 ) -> str:
-    """Compares a run's optimizer with tuned baselines; writes the table, JSON and plot."""
-    from l2l_jax import pretrained
-    from l2l_jax import tasks as tasks_lib
-    from l2l_jax.evaluation import compare_with_baselines, plot_loss_curves
-    from l2l_jax.meta import run_directory as rd
+    """Compares a run's optimizer with tuned baselines; returns the table and where files went."""
+    from l2l_jax.evaluation.report import EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT, evaluate_run
 
-    info = pretrained.info(run_dir)
-    optimizer, phi = pretrained.load_meta_params(run_dir)
-    family = tasks_lib.get(info["task"], **info["task_config"])
-    label = f"learned {info['optimizer']}"
-    t0 = time.perf_counter()
-    comparison = compare_with_baselines(
-        {label: (optimizer, phi)},
-        family,
-        num_steps=num_steps,
-        num_tune_tasks=num_tune_tasks,
-        num_test_tasks=num_tasks,
-        seed=seed,
-        progress=progress,
+    comparison = evaluate_run(
+        run_dir, num_tasks=num_tasks, num_tune_tasks=num_tune_tasks, num_steps=num_steps, seed=seed, progress=progress
     )
-    seconds = time.perf_counter() - t0
-    table = comparison.table()
-    results = {**comparison.to_json(), "eval_seed": seed, "num_tune_tasks": num_tune_tasks, "seconds": seconds}
-    rd.write_json(run_dir / "evaluation.json", results)
-    (run_dir / "evaluation.md").write_text(table + "\n")
-    plot = plot_loss_curves(
-        comparison.curves,
-        run_dir / "loss_curves.png",
-        title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
-    )
-    rd.write_json(run_dir / rd.OPTIMIZER_META, {**rd.read_json(run_dir / rd.OPTIMIZER_META), "evaluation": comparison.rows()})
-    return f"{table}\n\nwrote {run_dir / 'evaluation.json'}, {run_dir / 'evaluation.md'} and {plot}"
+    written = ", ".join(str(run_dir / f) for f in (EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT))
+    return f"{comparison.table()}\n\nwrote {written}"
 
 
 def _train(config_dict: dict[str, Any], run_dir: Path, resume: bool, progress: bool) -> Any:
@@ -133,6 +109,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "meta_optimizer": args.meta_optimizer,
         "meta_lr": args.meta_lr,
+        "meta_lr_schedule": args.meta_lr_schedule,
         "clip_norm": args.clip_norm,
         "first_order": not args.second_order,
         "weighting": args.weighting,
@@ -233,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--batch-size", type=int, default=128, help="tasks per meta-step")
     mt.add_argument("--meta-optimizer", default="adam")
     mt.add_argument("--meta-lr", type=float, default=1e-3)
+    mt.add_argument("--meta-lr-schedule", default="constant", help="constant or cosine")
     mt.add_argument("--clip-norm", type=float, default=None)
     mt.add_argument("--second-order", action="store_true", help="keep second derivatives (exact meta-gradient)")
     mt.add_argument("--weighting", default="uniform", help="uniform (w_t = 1) or final")

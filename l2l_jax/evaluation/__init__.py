@@ -13,6 +13,7 @@ from l2l_jax.evaluation.compare import (
     tune_learning_rate,
 )
 from l2l_jax.evaluation.plots import plot_loss_curves, plot_meta_training
+from l2l_jax.evaluation.report import evaluate_run
 
 __all__ = [
     "BASELINES",
@@ -21,6 +22,7 @@ __all__ = [
     "EvalTasks",
     "Tuning",
     "compare_with_baselines",
+    "evaluate_run",
     "learned_curves",
     "loss_curves",
     "plot_loss_curves",

@@ -23,6 +23,7 @@ from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, init_inner, meta_value_a
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
 
+META_LR_SCHEDULES = ("constant", "cosine")
 META_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop, "adamw": optax.adamw}
 
 
@@ -42,6 +43,8 @@ class MetaTrainConfig:
       batch_size: tasks per meta-step (vmapped).
       meta_optimizer: ``"adam"`` (paper), ``"adamw"``, ``"rmsprop"`` or ``"sgd"``.
       meta_lr: the meta-optimizer's learning rate.
+      meta_lr_schedule: ``"constant"``, or ``"cosine"`` (decay to 0.1·meta_lr over
+        ``num_meta_steps``).
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
       first_order: drop second derivatives (paper's default) or keep them.
       weighting: ``"uniform"`` (w_t = 1) or ``"final"`` (last loss only).
@@ -63,6 +66,7 @@ class MetaTrainConfig:
     batch_size: int = 128
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
+    meta_lr_schedule: str = "constant"
     clip_norm: float | None = None
     first_order: bool = True
     weighting: str = "uniform"
@@ -88,6 +92,10 @@ class MetaTrainConfig:
             )
         if not (isinstance(self.meta_lr, (int, float)) and math.isfinite(self.meta_lr) and self.meta_lr > 0):
             raise ConfigError(f"meta_lr must be a positive number, got {self.meta_lr!r}")
+        if self.meta_lr_schedule not in META_LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown meta_lr_schedule {self.meta_lr_schedule!r}; choose one of {', '.join(META_LR_SCHEDULES)}"
+            )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
         if self.weighting not in WEIGHTINGS:
@@ -115,7 +123,10 @@ class MetaTrainConfig:
         return tasks_lib.get(self.task, **self.task_options)
 
     def build_meta_optimizer(self) -> optax.GradientTransformation:
-        tx = META_OPTIMIZERS[self.meta_optimizer](self.meta_lr)
+        lr: float | optax.Schedule = self.meta_lr
+        if self.meta_lr_schedule == "cosine":
+            lr = optax.cosine_decay_schedule(self.meta_lr, self.num_meta_steps, alpha=0.1)
+        tx = META_OPTIMIZERS[self.meta_optimizer](lr)
         if self.clip_norm is not None:
             tx = optax.chain(optax.clip_by_global_norm(self.clip_norm), tx)
         return tx
@@ -363,8 +374,10 @@ def _open_run_dir(
     if resume and ckpt.is_file():
         saved = rd.read_json(run_path / rd.CONFIG)
         mine = config.to_dict()
-        # Only the length may change on resume (to extend a finished run).
-        differ = sorted(k for k in set(saved) | set(mine) if k != "num_meta_steps" and saved.get(k) != mine.get(k))
+        # Only the length may change on resume (to extend a finished run), and
+        # only where it does not change the learning-rate schedule.
+        may_change = {"num_meta_steps"} if config.meta_lr_schedule == "constant" else set()
+        differ = sorted(k for k in set(saved) | set(mine) if k not in may_change and saved.get(k) != mine.get(k))
         if differ:
             raise ConfigError(
                 f"{run_path} holds a run with a different configuration ({', '.join(differ)} differ); "

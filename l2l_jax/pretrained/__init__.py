@@ -68,6 +68,20 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
     return optimizer, rd.load_tree(path / rd.OPTIMIZER_PARAMS, target)
 
 
+def export(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copies a run's trained optimizer (its two files) into ``dest``, e.g. to ship it.
+
+    The copy is validated by loading it back.
+    """
+    src, dest = Path(run_dir), Path(dest)
+    optimizer, phi = load_meta_params(src)  # Refuse to export anything broken.
+    meta = rd.read_json(src / rd.OPTIMIZER_META)
+    rd.save_tree(dest / rd.OPTIMIZER_PARAMS, phi)
+    rd.write_json(dest / rd.OPTIMIZER_META, meta)
+    load_meta_params(dest)
+    return dest
+
+
 def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
     """A trained learned optimizer, ready to use as an optax optimizer.
 
@@ -87,4 +101,4 @@ def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
     return optimizer.as_optax(phi)
 
 
-__all__ = ["SHIPPED_DIR", "available", "info", "load", "load_meta_params"]
+__all__ = ["SHIPPED_DIR", "available", "export", "info", "load", "load_meta_params"]

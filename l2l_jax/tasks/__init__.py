@@ -6,9 +6,11 @@ from typing import Any, Callable
 
 from l2l_jax.errors import ConfigError, UnknownNameError
 from l2l_jax.tasks.base import Task, TaskFamily
+from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
 
 _REGISTRY: dict[str, Callable[..., TaskFamily]] = {
+    "mnist": MNISTFamily,
     "quadratic": QuadraticFamily,
     "scalar_quadratic": ScalarQuadratic,
 }
@@ -34,4 +36,4 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
         raise ConfigError(f"bad options for task {name!r}: {e}") from None
 
 
-__all__ = ["QuadraticFamily", "ScalarQuadratic", "Task", "TaskFamily", "available", "get", "register"]
+__all__ = ["MLP", "MNISTFamily", "QuadraticFamily", "ScalarQuadratic", "Task", "TaskFamily", "available", "get", "register"]

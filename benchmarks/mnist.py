@@ -1,0 +1,173 @@
+"""The paper's MNIST experiment: meta-train the LSTM on an MLP, compare with tuned baselines,
+and test generalisation to longer runs, wider and deeper nets, and ReLU.
+
+Meta-training (the paper's setup): coordinatewise 2x20 LSTM, log/sign preprocessing
+p = 10, output x 0.1, 100-step runs in 20-step truncations, Adam on φ, MLP 784-20-10
+with sigmoid units, minibatches of 128 drawn with replacement, validation on held-out
+initialisations keeping the best φ.
+
+Evaluation: every baseline (SGD, momentum, NAG, RMSprop, Adam) has its learning rate
+tuned on a log grid, separately for 100 and 200 steps, on ``--tune-inits`` fresh
+initialisations; everything is then run on ``--test-inits`` other initialisations.
+The same is repeated, with the LSTM trained on the base MLP, for 40 hidden units, two
+hidden layers, and ReLU.
+
+Writes ``benchmarks/results/mnist.{json,md}`` and ``mnist_<variant>.png``; ``--ship``
+also copies the trained optimizer into the package as ``mnist-lstm``.
+
+    python benchmarks/mnist.py --ship          # ~40 minutes on 2 CPU cores
+    python benchmarks/mnist.py --eval-only     # re-evaluate an existing run directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from l2l_jax import pretrained
+from l2l_jax import tasks as tasks_lib
+from l2l_jax.evaluation import DEFAULT_LR_GRID, learned_curves, loss_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation.baselines import BASELINES
+from l2l_jax.meta import MetaTrainConfig, meta_train
+from l2l_jax.meta import run_directory as rd
+
+RESULTS = Path(__file__).parent / "results"
+
+CONFIG = MetaTrainConfig(
+    task="mnist",
+    task_options={"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128},
+    optimizer="lstm",
+    optimizer_options={"preset": "paper"},
+    num_meta_steps=3000,
+    horizon=100,
+    truncation=20,
+    batch_size=1,
+    meta_lr=1e-2,
+    meta_lr_schedule="cosine",
+    remat=True,
+    validate_every=100,
+    num_val_tasks=8,
+    checkpoint_every=50,
+    seed=0,
+)
+
+VARIANTS = {
+    "base (20 sigmoid)": {},
+    "40 units": {"hidden_units": 40},
+    "2 layers": {"hidden_layers": 2},
+    "ReLU": {"activation": "relu"},
+}
+STEPS = (100, 200)
+
+
+def evaluate_variant(name, options, optimizer, phi, tune_inits, test_inits, progress):
+    family = tasks_lib.get("mnist", **{**CONFIG.task_options, **options})
+    horizon = max(STEPS)
+    tune, test = sample_tasks(family, 1, tune_inits, "tune"), sample_tasks(family, 1, test_inits, "test")
+    curves = {"learned lstm": learned_curves(optimizer, phi, family, test, horizon)}
+    lrs = {}
+    for baseline, make_tx in tqdm(BASELINES.items(), desc=name, disable=not progress):
+        sweep = [loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tune, horizon) for lr in DEFAULT_LR_GRID]
+        for steps in STEPS:
+            scores = [np.mean(c[:, steps]) if np.all(np.isfinite(c[:, steps])) else np.inf for c in sweep]
+            best = float(DEFAULT_LR_GRID[int(np.argmin(scores))])
+            lrs[(baseline, steps)] = best
+            curves[f"{baseline}@{steps}"] = loss_curves(make_tx, jnp.asarray(best, jnp.float32), family, test, horizon)
+    rows = []
+    for steps in STEPS:
+        for label, c in curves.items():
+            if "@" in label and not label.endswith(f"@{steps}"):
+                continue
+            opt_name = label.split("@")[0]
+            final = c[:, steps]
+            rows.append(
+                {
+                    "variant": name,
+                    "steps": steps,
+                    "optimizer": opt_name,
+                    "learning_rate": lrs.get((opt_name, steps)),
+                    "mean_loss": float(np.mean(final)),
+                    "stderr": float(np.std(final) / np.sqrt(len(final))),
+                }
+            )
+    plot_curves = {"learned lstm": curves["learned lstm"], **{b: curves[f"{b}@{horizon}"] for b in BASELINES}}
+    return rows, plot_curves, family.data_description
+
+
+def table(rows):
+    lines = ["| variant | steps | optimizer | tuned lr | mean training loss | ± s.e. |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lr = "learned" if r["learning_rate"] is None else f"{r['learning_rate']:.3g}"
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {r['optimizer']} | {lr} | {r['mean_loss']:.4f} | {r['stderr']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/benchmark-mnist"))
+    parser.add_argument("--meta-steps", type=int, default=CONFIG.num_meta_steps)
+    parser.add_argument("--tune-inits", type=int, default=20)
+    parser.add_argument("--test-inits", type=int, default=32)
+    parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--ship", action="store_true", help="ship the result as pretrained 'mnist-lstm'")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    progress = not args.no_progress
+
+    config = MetaTrainConfig.from_dict({**CONFIG.to_dict(), "num_meta_steps": args.meta_steps})
+    t0 = time.perf_counter()
+    if not args.eval_only:
+        meta_train(config, args.run_dir, progress=progress)
+    train_seconds = sum(r["seconds"] for r in rd.read_metrics(args.run_dir / rd.METRICS))
+    optimizer, phi = pretrained.load_meta_params(args.run_dir)
+
+    all_rows, data = [], None
+    RESULTS.mkdir(exist_ok=True)
+    t1 = time.perf_counter()
+    for name, options in VARIANTS.items():
+        rows, curves, data = evaluate_variant(name, options, optimizer, phi, args.tune_inits, args.test_inits, progress)
+        all_rows += rows
+        slug = name.split(" ")[0].lower()
+        plot_loss_curves(
+            curves, RESULTS / f"mnist_{slug}.png", title=f"MNIST MLP, {name}: mean of {args.test_inits} inits"
+        )
+        print(table(rows), flush=True)
+    eval_seconds = time.perf_counter() - t1
+
+    summary = {
+        "command": "python benchmarks/mnist.py" + (" --ship" if args.ship else ""),
+        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores",
+        "jax": jax.__version__,
+        "data": data,
+        "config": config.to_dict(),
+        "meta_training_seconds": train_seconds,
+        "evaluation_seconds": eval_seconds,
+        "tune_inits": args.tune_inits,
+        "test_inits": args.test_inits,
+        "best_step": rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"],
+        "rows": all_rows,
+    }
+    (RESULTS / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "mnist.md").write_text(
+        f"{table(all_rows)}\n\nData: {data}\n\nMeta-training: {train_seconds / 60:.1f} min on {summary['machine']}.\n"
+    )
+    meta = rd.read_json(args.run_dir / rd.OPTIMIZER_META)
+    rd.write_json(args.run_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data})
+    print(f"\nmeta-training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min, total {(time.perf_counter() - t0) / 60:.1f} min")
+    if args.ship:
+        print(f"shipped as {pretrained.export(args.run_dir, pretrained.SHIPPED_DIR / 'mnist-lstm')}")
+
+
+if __name__ == "__main__":
+    main()
