@@ -164,25 +164,6 @@ def truncation_loss(
     return meta_loss, (jax.lax.stop_gradient(after), losses)
 
 
-def meta_value_and_grad(
-    meta_params: MetaParams,
-    optimizer: LearnedOptimizer,
-    family: TaskFamily,
-    inner: InnerState,
-    num_steps: int,
-    *,
-    first_order: bool = True,
-    weighting: Weighting = "uniform",
-    remat: bool = False,
-) -> tuple[tuple[jax.Array, tuple[InnerState, jax.Array]], MetaParams]:
-    """``jax.value_and_grad`` of :func:`truncation_loss` in φ (jit it with the statics)."""
-    return jax.value_and_grad(truncation_loss, has_aux=True)(
-        meta_params,
-        optimizer,
-        family,
-        inner,
-        num_steps,
-        first_order=first_order,
-        weighting=weighting,
-        remat=remat,
-    )
+#: ``jax.value_and_grad`` of :func:`truncation_loss` in φ, same arguments:
+#: ``((meta_loss, (inner_after, losses)), meta_grad)``.
+meta_value_and_grad = jax.value_and_grad(truncation_loss, has_aux=True)
