@@ -152,3 +152,26 @@ def test_nnx_run_saved_and_resumed_continues_identically(learned_tx, data, tmp_p
     rest, _, _ = nnx_train(learned_tx, data, 12, False, model=model2, optimizer=optimizer2, start=6)
     np.testing.assert_allclose(first, straight[:6], rtol=1e-6)
     np.testing.assert_allclose(rest, straight[6:], rtol=1e-5)
+
+
+def test_benchmark_unroll_equals_an_ordinary_linen_loop(learned_tx):
+    """The benchmarks measure optimizers with `unroll` (a lax.scan); an ordinary
+    TrainState loop over the same batches gives the same losses."""
+    from l2l_jax.meta import unroll
+    from l2l_jax.tasks import MNISTFamily
+
+    family = MNISTFamily(data_dir=FIXTURE)
+    params = family.init((), jax.random.PRNGKey(3))
+    key = jax.random.PRNGKey(4)
+    _, _, scanned = unroll(learned_tx, lambda p, k: family.loss((), p, k), params, learned_tx.init(params), key, 15)
+
+    state = train_state.TrainState.create(apply_fn=family.model.apply, params=params, tx=learned_tx)
+    losses = []
+    for t in range(15):
+        x, y = family.batch(jax.random.fold_in(key, t))
+        loss, grads = jax.value_and_grad(
+            lambda p: optax.softmax_cross_entropy_with_integer_labels(state.apply_fn({"params": p}, x), y).mean()
+        )(state.params)
+        state = state.apply_gradients(grads=grads)
+        losses.append(float(loss))
+    np.testing.assert_allclose(scanned[:15], losses, rtol=2e-5)

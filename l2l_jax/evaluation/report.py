@@ -12,9 +12,7 @@ from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 from l2l_jax.meta import run_directory as rd
 
-EVALUATION_JSON = "evaluation.json"
-EVALUATION_TABLE = "evaluation.md"
-LOSS_CURVES_PLOT = "loss_curves.png"
+EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT = rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT
 
 
 def evaluate_run(

@@ -8,6 +8,7 @@ Layout::
     optimizer.json       the learned optimizer's architecture, task and figures
     optimizer.msgpack    its best meta-parameters φ (flax.serialization, no pickle)
     meta_training.png    meta-loss and validation curves
+    evaluation.{json,md}, loss_curves.png   comparison with tuned baselines, if evaluated
 
 Files are written to a temporary name and renamed, so an interruption never
 leaves a half-written checkpoint behind.
@@ -32,6 +33,11 @@ CHECKPOINT = "checkpoint.msgpack"
 OPTIMIZER_META = "optimizer.json"
 OPTIMIZER_PARAMS = "optimizer.msgpack"
 PLOT = "meta_training.png"
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_TABLE = "evaluation.md"
+LOSS_CURVES_PLOT = "loss_curves.png"
+#: Everything a run writes; a fresh start removes all of it, so nothing stale survives.
+RUN_FILES = (CHECKPOINT, METRICS, OPTIMIZER_PARAMS, OPTIMIZER_META, PLOT, EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError
 from l2l_jax.meta import run_directory as rd
 from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
-from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
+from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
 
 META_LR_SCHEDULES = ("constant", "cosine")
@@ -203,6 +203,7 @@ def meta_train(
     progress: bool = True,
     resume: bool = True,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    init_meta_params: MetaParams | None = None,
 ) -> MetaTrainResult:
     """Meta-trains a learned optimizer by truncated BPTT.
 
@@ -228,6 +229,8 @@ def meta_train(
       on_step: called as ``on_step(step, metrics)`` after every meta-step (for
         your own logging); ``metrics`` has ``meta_loss``, ``grad_norm``,
         ``skipped`` and, on validation steps, ``val_loss``.
+      init_meta_params: start from this φ (e.g. a trained one, to fine-tune)
+        instead of ``optimizer.init``.
 
     Returns:
       A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
@@ -239,7 +242,11 @@ def meta_train(
     run_path = Path(run_dir) if run_dir is not None else None
 
     def init_state() -> MetaTrainState:
-        phi = optimizer.init(keys.meta_init)
+        if init_meta_params is None:
+            phi = optimizer.init(keys.meta_init)
+        else:
+            check_meta_params(optimizer, init_meta_params)
+            phi = jax.tree.map(jnp.asarray, init_meta_params)
         return MetaTrainState(
             step=jnp.zeros((), jnp.int32),
             meta_params=phi,
@@ -389,7 +396,7 @@ def _open_run_dir(
         rd.write_json(run_path / rd.CONFIG, mine)
         return state, history
     run_path.mkdir(parents=True, exist_ok=True)
-    for name in (rd.CHECKPOINT, rd.METRICS, rd.OPTIMIZER_PARAMS, rd.OPTIMIZER_META):
+    for name in rd.RUN_FILES:
         (run_path / name).unlink(missing_ok=True)
     rd.write_json(run_path / rd.CONFIG, config.to_dict())
     return fresh, []
