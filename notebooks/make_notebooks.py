@@ -512,8 +512,10 @@ MNIST = [
         random initialisations, then compared with tuned hand-designed optimizers on *new*
         initialisations.
 
-        The full experiment (3000 meta-steps, `python benchmarks/mnist.py --ship`, about 40
-        minutes on 2 CPU cores) ships with the package as `mnist-lstm`. This notebook
+        The full experiment, `python benchmarks/mnist.py --ship` (thousands of meta-steps, about
+        half an hour of meta-training on 2 CPU cores), ships with the package as `mnist-lstm`.
+        This notebook
+
         1. looks at the task,
         2. runs a few dozen meta-steps to show the mechanics,
         3. compares the shipped optimizer with tuned Adam, RMSprop, SGD and NAG.
@@ -570,11 +572,11 @@ MNIST = [
 
         With only 40 meta-steps we use the LSTM preset `"deepmind"` (the settings of DeepMind's
         released code: its outputs are scaled by 0.01 instead of 0.1). Its small initial steps
-        let progress show up within a few dozen meta-steps; with the `"paper"` preset a run this
-        short typically sits at "don't move" (loss $\\approx \\ln 10 \\approx 2.30$) for its first
-        hundred meta-steps. The shipped `mnist-lstm` uses the paper's preset and a run 75 times
-        longer. **Forty meta-steps will not give an optimizer that beats Adam**; the point is the
-        mechanics.
+        let progress show up within a few dozen meta-steps; with the `"paper"` preset the first
+        meta-steps learn to "not move" (the loss stays at $\\ln 10 \\approx 2.30$), and a run this
+        short does not get past that. The shipped `mnist-lstm` uses the paper's preset and about
+        a hundred times more meta-steps. **Forty meta-steps will not give an optimizer that beats
+        Adam**; the point is the mechanics.
         """
     ),
     code(
@@ -636,9 +638,11 @@ MNIST = [
         """
         ## The shipped, full-size optimizer
 
-        `pretrained.info` shows how the shipped optimizer was trained;
-        `pretrained.load_meta_params` gives the learned optimizer and its $\\varphi$ (for the
-        evaluation helpers), `pretrained.load` a ready optax optimizer (notebook 04).
+        `pretrained.info` returns the metadata saved next to $\\varphi$ (`optimizer.json`):
+        architecture, task and training configuration. (`benchmarks/mnist.py` meta-trains in two
+        stages, on 100-step runs and then on 200-step runs; `training_config` records the last.)
+        `pretrained.load_meta_params` gives the learned optimizer and its $\\varphi$, for the
+        evaluation helpers; `pretrained.load` gives a ready optax optimizer (notebook 04).
         """
     ),
     code(
@@ -646,8 +650,10 @@ MNIST = [
         info = l2l_jax.pretrained.info("mnist-lstm")
         cfg = info["training_config"]
         print(f"{info['optimizer']} {info['optimizer_config']}")
-        print(f"meta-steps: {info['meta_steps']} (best on validation: {info['best_step']}), "
-              f"batch {cfg['batch_size']}, horizon {cfg['horizon']}, truncation {cfg['truncation']}")
+        print(f"task {info['task']} {info['task_config']}")
+        print(f"training_config: {info['meta_steps']} meta-steps (best φ on validation at {info['best_step']}), "
+              f"{cfg['batch_size']} task per meta-step, horizon {cfg['horizon']}, truncation {cfg['truncation']}, "
+              f"meta_lr {cfg['meta_lr']} ({cfg['meta_lr_schedule']})")
         shipped_opt, shipped_phi = l2l_jax.pretrained.load_meta_params("mnist-lstm")
         """
     ),

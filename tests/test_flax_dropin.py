@@ -23,7 +23,7 @@ from l2l_jax.data import load_mnist
 from l2l_jax.meta import MetaTrainConfig, meta_train
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "mnist")
-SHIPPED = "quadratic-lstm"  # TEMP until mnist-lstm ships
+SHIPPED = "mnist-lstm"
 
 
 @pytest.fixture(scope="module")
