@@ -9,7 +9,7 @@ The public API::
     l2l_jax.pretrained   load(run_dir or name) -> a ready optax optimizer
 """
 
-from l2l_jax import errors, evaluation, meta, optimizers, pretrained, tasks
+from l2l_jax import errors, evaluation, meta, optimizers, pretrained, tasks, worked_example
 from l2l_jax.meta import MetaTrainConfig, meta_train
 from l2l_jax.optimizers import linear_rnn, lstm
 
@@ -26,4 +26,5 @@ __all__ = [
     "optimizers",
     "pretrained",
     "tasks",
+    "worked_example",
 ]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import baselines as baselines_lib

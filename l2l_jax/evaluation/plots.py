@@ -1,4 +1,4 @@
-"""Plots written to PNG files (matplotlib's Agg backend: no display needed)."""
+"""Plots written to PNG files (bare matplotlib Figures: no display or backend needed)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(size: tuple[float, float]) -> Any:
+    # A bare Figure (no pyplot): never touches the backend of a notebook or GUI.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=size)
 
 
 def plot_loss_curves(curves: dict[str, np.ndarray], path: Path, title: str = "", ylabel: str = "loss") -> Path:
     """Mean loss per step (log scale) with a ±1 standard-error band, one line per optimizer."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig = _figure((6.4, 4.4))
+    ax = fig.subplots()
     for name, c in curves.items():
         mean = np.mean(c, axis=0)
         se = np.std(c, axis=0) / np.sqrt(c.shape[0])
@@ -37,7 +35,6 @@ def plot_loss_curves(curves: dict[str, np.ndarray], path: Path, title: str = "",
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -45,8 +42,8 @@ def plot_meta_training(history: list[dict[str, Any]], path: Path) -> Path | None
     """Meta-loss per meta-step and validation loss, from a run's metrics."""
     if not history:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = _figure((6.4, 4.0))
+    ax = fig.subplots()
     steps = [r["step"] for r in history]
     ax.plot(steps, [r["meta_loss"] for r in history], linewidth=0.8, alpha=0.6, label="meta-loss (train batch)")
     val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
@@ -59,5 +56,4 @@ def plot_meta_training(history: list[dict[str, Any]], path: Path) -> Path | None
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import tasks as tasks_lib
@@ -336,10 +336,11 @@ def meta_train(
             history.append(row)
             state = new_state
             bar.update(1)
-            bar.set_postfix(
+            bar.set_postfix(  # refresh=False: redraws only at tqdm's own interval.
                 meta_loss=f"{row['meta_loss']:.4g}",
                 best_val=f"{float(state.best_val):.4g}",
                 skipped=row["skipped"],
+                refresh=False,
             )
             if done % config.checkpoint_every == 0 or done == config.num_meta_steps:
                 checkpoint(state)

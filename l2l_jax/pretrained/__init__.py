@@ -93,9 +93,12 @@ def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
       An ``optax.GradientTransformationExtraArgs``.
 
     Example:
-      >>> import l2l_jax, optax  # doctest: +SKIP
-      >>> tx = l2l_jax.pretrained.load("runs/demo")  # doctest: +SKIP
-      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), tx)  # doctest: +SKIP
+      >>> import jax.numpy as jnp, optax, l2l_jax
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), l2l_jax.pretrained.load("quadratic-lstm"))
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> updates["w"].shape
+      (3,)
     """
     optimizer, phi = load_meta_params(name_or_path)
     return optimizer.as_optax(phi)
