@@ -256,3 +256,29 @@ def test_flax_linen_train_state_apply_gradients(learned):
     assert int(new_state.step) == 2
     chex.assert_trees_all_equal_shapes_and_dtypes(new_state.opt_state, state.opt_state)
     assert not np.allclose(new_state.params["kernel"], state.params["kernel"])
+
+
+# --- Properties -------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_subnormal=False), st.sampled_from([5.0, 10.0]))
+def test_log_sign_features_are_finite_and_bounded(g, p):
+    feats = np.asarray(preprocess(jnp.asarray([g], jnp.float32), "log_sign", p))[0]
+    assert np.all(np.isfinite(feats))
+    assert feats[0] >= -1.0 - 1e-6  # log|g|/p, or -1 for tiny gradients
+    assert abs(feats[1]) <= 1.0 + 1e-6  # sign, or e^p g with |e^p g| < 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=4), min_size=0, max_size=3))
+def test_lstm_handles_any_leaf_shape(shape):
+    opt = lstm(hidden_size=4)
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    params = {"p": jnp.ones(shape)}
+    updates, state = tx.update(params, tx.init(params))
+    assert updates["p"].shape == tuple(shape)
+    assert state.h["p"].shape == (2, *shape, 4)
