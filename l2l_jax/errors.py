@@ -7,6 +7,8 @@ matching built-in exception, so ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
+import numbers
+
 
 class L2LError(Exception):
     """Base class of every error that l2l-jax raises for bad input."""
@@ -37,3 +39,24 @@ class RunDirectoryError(L2LError, FileNotFoundError):
 
 class DataError(L2LError, OSError):
     """A data file that is missing, corrupt, truncated or cannot be downloaded."""
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int, or :class:`ConfigError` naming ``name`` if it is not a positive integer."""
+    ok = not isinstance(value, bool) and (
+        isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    )
+    if not ok or int(value) < 1:  # type: ignore[call-overload]
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def finite_float(name: str, value: object) -> float:
+    """``value`` as a finite float, or :class:`ConfigError` naming ``name``."""
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    return x

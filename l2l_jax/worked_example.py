@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2l_jax.errors import ConfigError
 from l2l_jax.meta.unroll import unroll, weighted_loss
 from l2l_jax.optimizers.linear_rnn import linear_rnn
 from l2l_jax.tasks.quadratic import ScalarQuadratic
@@ -110,6 +111,8 @@ def meta_train(
     Returns:
       ``(meta_losses, phis)``: the meta-loss before each step and φ after it.
     """
+    if isinstance(num_meta_steps, bool) or int(num_meta_steps) != num_meta_steps or num_meta_steps < 1:
+        raise ConfigError(f"num_meta_steps must be a positive integer, got {num_meta_steps!r}")
     meta_optimizer = meta_optimizer or optax.adam(0.01)
     phi = jnp.asarray(phi0, dtype=float)
 

@@ -55,8 +55,12 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
         (["meta-train", "--horizon", "0", "--run-dir", "X"], "horizon must be a positive integer"),
         (["meta-train", "--meta-lr", "-1", "--run-dir", "X"], "meta_lr must be a positive number"),
         (["meta-train", "--task-option", "dim", "--run-dir", "X"], "--task-option takes KEY=VALUE"),
-        (["meta-train", "--task-option", "dim=0", "--run-dir", "X"], "dimension must be a positive integer"),
+        (["meta-train", "--task-option", "dim=0", "--run-dir", "X"], "dimension (dim) must be a positive integer"),
         (["evaluate", "does/not/exist"], "neither a shipped learned optimizer"),
+        (["meta-train", "--optimizer-option", "hidden_size=abc", "--run-dir", "X"], "hidden_size"),
+        (["meta-train", "--task-option", "dim=abc", "--run-dir", "X"], "dim) must be a positive integer"),
+        (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
+        (["seed-example", "--meta-steps", "0"], "num_meta_steps must be a positive integer"),
         (["evaluate", "RUN", "--steps", "0"], "at least one step"),
     ],
 )

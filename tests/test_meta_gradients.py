@@ -130,6 +130,12 @@ def test_remat_gives_the_same_meta_gradient():
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10)
 
 
+def test_unroll_takes_plain_optax_transformations():
+    tx = optax.scale(-0.1)  # No extra-args support of its own.
+    _, _, losses = unroll(tx, lambda p, k: jnp.sum(p**2), jnp.ones(3), tx.init(jnp.ones(3)), jax.random.key(0), 3)
+    np.testing.assert_allclose(losses, 3 * 0.8 ** (2 * np.arange(4)), rtol=1e-12)
+
+
 def test_unroll_matches_a_python_loop():
     family = QuadraticFamily(dim=5)
     tp = family.sample(jax.random.key(0))

@@ -89,6 +89,42 @@ def test_finished_run_can_be_extended(tmp_path):
     straight = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 8}), progress=False)
     assert len(short.history) == 4 and len(longer.history) == 8
     np.testing.assert_array_equal(flat(longer.final_meta_params), flat(straight.final_meta_params))
+    np.testing.assert_array_equal(flat(longer.meta_params), flat(straight.meta_params))  # Same best φ.
+    # Before any validation the latest φ is the result, not the untrained one.
+    np.testing.assert_array_equal(flat(short.meta_params), flat(short.final_meta_params))
+
+
+def test_extending_a_run_drops_its_stale_evaluation(tmp_path):
+    from l2l_jax.evaluation import evaluate_run
+
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), tmp_path / "run", progress=False)
+    evaluate_run(tmp_path / "run", num_tasks=4, num_tune_tasks=4, num_steps=5, progress=False, baselines=("adam",))
+    assert "evaluation" in pretrained.info(tmp_path / "run") and (tmp_path / "run" / rd.EVALUATION_JSON).is_file()
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10}), tmp_path / "run", progress=False)
+    assert "evaluation" not in pretrained.info(tmp_path / "run")
+    assert not (tmp_path / "run" / rd.EVALUATION_JSON).exists()
+
+
+def test_resuming_the_same_config_with_tuple_options(tmp_path):
+    config = MetaTrainConfig(
+        **{**SMALL, "optimizer": "linear_rnn", "optimizer_options": {"phi": (0.01, 0.5, -1.0)}, "num_meta_steps": 2}
+    )
+    meta_train(config, tmp_path / "run", progress=False)
+    meta_train(config, tmp_path / "run", progress=False)  # Not refused as "different".
+
+
+def test_a_corrupt_config_in_the_run_directory_is_reported(tmp_path):
+    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+    (tmp_path / "run" / rd.CONFIG).write_text("[1, 2]")
+    with pytest.raises(errors.RunDirectoryError, match="not a JSON object"):
+        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+
+
+def test_a_shipped_name_shadowed_by_a_local_directory_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quadratic-lstm").mkdir()
+    with pytest.raises(errors.UnknownNameError, match="both a shipped"):
+        pretrained.load("quadratic-lstm")
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):

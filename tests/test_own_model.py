@@ -118,6 +118,8 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     argv += ["--val-tasks", "2", "--validate-every", "3", "--no-progress", "--run-dir", str(run)]
     assert cli.main(argv) == 0
     assert (run / "optimizer.msgpack").is_file()
+    # `evaluate` rebuilds the user's task from the options it was trained with.
+    assert cli.main(["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]) == 0
     assert cli.main(["meta-train", "--task", "no_such_module:make", "--run-dir", str(run)]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
     sys.modules.pop("my_tasks", None)

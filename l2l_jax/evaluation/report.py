@@ -46,7 +46,9 @@ def evaluate_run(
     run_dir = Path(run_dir)
     info = pretrained.info(run_dir)
     optimizer, phi = pretrained.load_meta_params(run_dir)
-    family = tasks_lib.get(info["task"], **info["task_config"])
+    # task_options rebuild the task as it was built for training (also for your
+    # own module:function tasks); older files only have the family's config.
+    family = tasks_lib.get(info["task"], **info.get("task_options", info["task_config"]))
     t0 = time.perf_counter()
     comparison = compare_with_baselines(
         {f"learned {info['optimizer']}": (optimizer, phi)},

@@ -103,15 +103,17 @@ def append_metrics(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The logged rows; a torn last line (from a hard kill) is dropped."""
+    """The logged rows; unreadable lines (a torn last line after a hard kill) are skipped."""
     if not path.is_file():
         return []
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
     return rows
 
 

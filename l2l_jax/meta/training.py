@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, RunDirectoryError
 from l2l_jax.meta import run_directory as rd
 from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
@@ -50,7 +50,7 @@ class MetaTrainConfig:
       weighting: ``"uniform"`` (w_t = 1) or ``"final"`` (last loss only).
       remat: ``jax.checkpoint`` each inner step (less memory, more compute).
       validate_every: validate φ on held-out tasks every this many meta-steps and
-        keep the best (0: never; the last φ is kept).
+        keep the best (0, or before the first validation: the latest φ is kept).
       num_val_tasks: held-out tasks for validation (full T-step runs).
       checkpoint_every: write a resumable checkpoint every this many meta-steps.
       seed: the seed; the run is a deterministic function of the config.
@@ -260,6 +260,7 @@ def meta_train(
         )
 
     state = init_state()
+    initial_meta_params = state.meta_params
     history: list[dict[str, Any]] = []
     if run_path is not None:
         state, history = _open_run_dir(run_path, config, state, resume)
@@ -292,7 +293,8 @@ def meta_train(
         return new_state, {"meta_loss": loss, "grad_norm": grad_norm}
 
     make_inner = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
-    val_inner = make_inner(state.meta_params, keys.validation, config.num_val_tasks)
+    # From the initial φ, so a resumed run validates on exactly the same states.
+    val_inner = make_inner(initial_meta_params, keys.validation, config.num_val_tasks)
     validate = jax.jit(
         lambda phi: validation_loss(optimizer, phi, family, val_inner, config.horizon, config.weighting)
     )
@@ -300,11 +302,12 @@ def meta_train(
     def checkpoint(state: MetaTrainState) -> None:
         if run_path is None:
             return
-        # Metrics first: a kill between the two writes leaves rows past the
-        # checkpoint, which the next resume truncates.
+        # Metrics and optimizer first, checkpoint last: a kill in between leaves
+        # rows past the checkpoint (the next resume truncates them) and an
+        # optimizer that the resumed run rewrites.
         rd.write_atomic(run_path / rd.METRICS, "".join(_json_line(r) for r in history).encode())
-        rd.save_tree(run_path / rd.CHECKPOINT, state)
         _write_optimizer(run_path, optimizer, state, config, family)
+        rd.save_tree(run_path / rd.CHECKPOINT, state)
 
     start = int(state.step)
     bar = tqdm(total=config.num_meta_steps, initial=start, desc="meta-train", disable=not progress, unit="step", mininterval=0.5)
@@ -320,7 +323,9 @@ def meta_train(
             row = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}, "skipped": int(new_state.skipped)}
             row["seconds"] = time.perf_counter() - t0
             done = step + 1
-            if config.validate_every and (done % config.validate_every == 0 or done == config.num_meta_steps):
+            # Only on the grid, so extending a finished run validates exactly
+            # where a longer run would have.
+            if config.validate_every and done % config.validate_every == 0:
                 val = float(validate(new_state.meta_params))
                 row["val_loss"] = val
                 if math.isfinite(val) and val < float(new_state.best_val):
@@ -355,10 +360,11 @@ def meta_train(
     if run_path is not None:
         from l2l_jax.evaluation.plots import plot_meta_training
 
+        _write_optimizer(run_path, optimizer, state, config, family)  # Also when nothing was left to run.
         plot_meta_training(history, run_path / rd.PLOT)
     return MetaTrainResult(
         optimizer=optimizer,
-        meta_params=state.best_meta_params,
+        meta_params=_best(state),
         final_meta_params=state.meta_params,
         config=config,
         history=history,
@@ -366,6 +372,11 @@ def meta_train(
         best_val=float(state.best_val),
         run_dir=run_path,
     )
+
+
+def _best(state: MetaTrainState) -> MetaParams:
+    """The best validated φ, or the latest if none was validated yet."""
+    return state.best_meta_params if math.isfinite(float(state.best_val)) else state.meta_params
 
 
 def _json_line(row: dict[str, Any]) -> str:
@@ -381,7 +392,9 @@ def _open_run_dir(
     ckpt = run_path / rd.CHECKPOINT
     if resume and ckpt.is_file():
         saved = rd.read_json(run_path / rd.CONFIG)
-        mine = config.to_dict()
+        if not isinstance(saved, dict):
+            raise RunDirectoryError(f"{run_path / rd.CONFIG} is corrupt: not a JSON object")
+        mine = json.loads(json.dumps(config.to_dict()))  # Tuples compare as the lists JSON stores.
         # Only the length may change on resume (to extend a finished run), and
         # only where it does not change the learning-rate schedule.
         may_change = {"num_meta_steps"} if config.meta_lr_schedule == "constant" else set()
@@ -395,6 +408,10 @@ def _open_run_dir(
         history = rd.read_metrics(run_path / rd.METRICS)
         history = [r for r in history if r["step"] <= int(state.step)]
         rd.write_json(run_path / rd.CONFIG, mine)
+        if int(state.step) < config.num_meta_steps:
+            # φ will change: an earlier evaluation no longer describes it.
+            for name in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT):
+                (run_path / name).unlink(missing_ok=True)
         return state, history
     run_path.mkdir(parents=True, exist_ok=True)
     for name in rd.RUN_FILES:
@@ -407,17 +424,20 @@ def _write_optimizer(
     run_path: Path, optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
 ) -> None:
     """Saves the best φ with the metadata that :func:`l2l_jax.pretrained.load` needs."""
-    rd.save_tree(run_path / rd.OPTIMIZER_PARAMS, state.best_meta_params)
+    rd.save_tree(run_path / rd.OPTIMIZER_PARAMS, _best(state))
     meta_path = run_path / rd.OPTIMIZER_META
     old = rd.read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(old, dict) or old.get("best_step") != int(state.best_step) or old.get("meta_steps") != int(state.step):
+        old = {}  # Figures added by `evaluate` describe another φ: drop them.
     rd.write_json(
         meta_path,
         {
-            **old,  # Keeps evaluation figures that `evaluate` added.
+            **old,  # Keeps evaluation figures that `evaluate` added for this φ.
             "format": 1,
             "optimizer": optimizer.name,
             "optimizer_config": optimizer.config(),
             "task": config.task,
+            "task_options": config.task_options,  # What rebuilds the task by name.
             "task_config": family.config(),
             "meta_steps": int(state.step),
             "best_step": int(state.best_step),

@@ -82,6 +82,7 @@ def unroll(
         updates, opt_state = tx.update(seen[0], opt_state, params, value=seen[1])
         return (optax.apply_updates(params, updates), opt_state), value
 
+    tx = optax.with_extra_args_support(tx)  # Plain GradientTransformations take no value=.
     if remat:
         step = jax.checkpoint(step)
     steps = jnp.asarray(start_step) + jnp.arange(int(num_steps))

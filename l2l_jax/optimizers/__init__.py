@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from l2l_jax.errors import ConfigError, UnknownNameError
+from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
 from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
@@ -23,7 +23,9 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
         raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
     try:
         return _REGISTRY[name](**kwargs)
-    except TypeError as e:
+    except L2LError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"bad options for learned optimizer {name!r}: {e}") from None
 
 

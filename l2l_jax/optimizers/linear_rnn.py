@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
 
 
@@ -28,9 +29,12 @@ class LinearRNN(LearnedOptimizer):
     name = "linear_rnn"
 
     def __init__(self, phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> None:
-        self.phi = tuple(float(p) for p in phi)
+        try:
+            self.phi = tuple(float(p) for p in phi)
+        except (TypeError, ValueError):
+            raise ConfigError(f"linear_rnn needs three numbers as initial weights, got {phi!r}") from None
         if len(self.phi) != 3:
-            raise ValueError(f"linear_rnn needs three initial weights, got {phi!r}")
+            raise ConfigError(f"linear_rnn needs three initial weights, got {phi!r}")
 
     def config(self) -> dict[str, Any]:
         return {"phi": list(self.phi)}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, finite_float, positive_int
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
 
@@ -48,10 +48,10 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         output_scale: float = 0.1,
         state_dtype: str | None = None,
     ) -> None:
-        if int(hidden_size) != hidden_size or hidden_size < 1:
-            raise ConfigError(f"hidden_size must be a positive integer, got {hidden_size!r}")
-        if int(num_layers) != num_layers or num_layers < 1:
-            raise ConfigError(f"num_layers must be a positive integer, got {num_layers!r}")
+        hidden_size = positive_int("hidden_size", hidden_size)
+        num_layers = positive_int("num_layers", num_layers)
+        p = finite_float("p", p)
+        output_scale = finite_float("output_scale", output_scale)
         check_preprocessing(preprocessing, p)
         if not output_scale > 0:
             raise ConfigError(f"output_scale must be positive, got {output_scale!r}")

@@ -32,6 +32,11 @@ def available() -> list[str]:
 def _resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in available():
+        if path.exists():
+            raise UnknownNameError(
+                f"{name_or_path!r} is both a shipped learned optimizer and a path here; "
+                f"pass './{name_or_path}' (or a Path) for the directory, or run from elsewhere for the shipped one"
+            )
         return SHIPPED_DIR / name_or_path
     if path.exists():
         if not path.is_dir():
@@ -60,10 +65,10 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
     meta = rd.read_json(path / rd.OPTIMIZER_META)
     try:
         optimizer = optimizers_lib.get(meta["optimizer"], **meta["optimizer_config"])
-    except (KeyError, TypeError) as e:
-        raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} is corrupt: {e}") from None
     except L2LError as e:
         raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} names an optimizer that cannot be built: {e}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} is corrupt: {e!r}") from None
     target = optimizer.init(jax.random.PRNGKey(0))
     return optimizer, rd.load_tree(path / rd.OPTIMIZER_PARAMS, target)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from l2l_jax.errors import ConfigError, UnknownNameError
+from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.tasks.base import Task, TaskFamily
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler, iterator_sampler, stack_batches
 from l2l_jax.tasks.mnist import MLP, MNISTFamily
@@ -55,7 +55,9 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
         )
     try:
         family = factory(**kwargs)
-    except TypeError as e:
+    except L2LError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"bad options for task {name!r}: {e}") from None
     if not isinstance(family, TaskFamily):
         raise ConfigError(f"task {name!r} did not build a TaskFamily (got {type(family).__name__})")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, positive_int
 from l2l_jax.tasks.base import PyTree, TaskFamily
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -66,9 +66,9 @@ class MNISTFamily(TaskFamily):
         data_dir: str | None = None,
         download: bool = False,
     ) -> None:
-        for label, value in (("hidden_units", hidden_units), ("hidden_layers", hidden_layers), ("batch_size", batch_size)):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ConfigError(f"{label} must be a positive integer, got {value!r}")
+        hidden_units = positive_int("hidden_units", hidden_units)
+        hidden_layers = positive_int("hidden_layers", hidden_layers)
+        batch_size = positive_int("batch_size", batch_size)
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         from l2l_jax.data import load_mnist_for_experiment

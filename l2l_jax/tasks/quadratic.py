@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, finite_float, positive_int
 from l2l_jax.tasks.base import PyTree, TaskFamily
 
 
@@ -17,8 +17,8 @@ class ScalarQuadratic(TaskFamily):
     name = "scalar_quadratic"
 
     def __init__(self, target: float = 5.0, theta0: float = 10.0) -> None:
-        self.target = float(target)
-        self.theta0 = float(theta0)
+        self.target = finite_float("target", target)
+        self.theta0 = finite_float("theta0", theta0)
 
     def config(self) -> dict[str, Any]:
         return {"target": self.target, "theta0": self.theta0}
@@ -46,8 +46,8 @@ class QuadraticFamily(TaskFamily):
     name = "quadratic"
 
     def __init__(self, dim: int = 10, init_scale: float = 0.01) -> None:
-        if int(dim) != dim or dim < 1:
-            raise ConfigError(f"quadratic dimension must be a positive integer, got {dim!r}")
+        dim = positive_int("quadratic dimension (dim)", dim)
+        init_scale = finite_float("init_scale", init_scale)
         if not init_scale >= 0:
             raise ConfigError(f"init_scale must be >= 0, got {init_scale!r}")
         self.dim = int(dim)
