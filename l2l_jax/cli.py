@@ -51,12 +51,13 @@ def _evaluate_run(
     run_dir: Path, num_tasks: int, num_tune_tasks: int, num_steps: int, seed: int, progress: bool
 ) -> str:
     """Compares a run's optimizer with tuned baselines; returns the table and where files went."""
-    from l2l_jax.evaluation.report import EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT, evaluate_run
+    from l2l_jax.evaluation.report import evaluate_run
+    from l2l_jax.meta import run_directory as rd
 
     comparison = evaluate_run(
         run_dir, num_tasks=num_tasks, num_tune_tasks=num_tune_tasks, num_steps=num_steps, seed=seed, progress=progress
     )
-    written = ", ".join(str(run_dir / f) for f in (EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT))
+    written = ", ".join(str(run_dir / f) for f in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT))
     return f"{comparison.table()}\n\nwrote {written}"
 
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from l2l_jax import cli, errors, tasks
+from l2l_jax import cli, errors
 from l2l_jax.data import load_mnist
 from l2l_jax.meta import MetaTrainConfig, meta_train
 from l2l_jax.tasks import FlaxModelFamily, batch_sampler, iterator_sampler

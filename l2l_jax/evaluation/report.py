@@ -12,8 +12,6 @@ from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 from l2l_jax.meta import run_directory as rd
 
-EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT = rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT
-
 
 def evaluate_run(
     run_dir: str | Path,
@@ -66,11 +64,11 @@ def evaluate_run(
         "num_tune_tasks": num_tune_tasks,
         "seconds": time.perf_counter() - t0,
     }
-    rd.write_json(run_dir / EVALUATION_JSON, results)
-    rd.write_atomic(run_dir / EVALUATION_TABLE, (comparison.table() + "\n").encode())
+    rd.write_json(run_dir / rd.EVALUATION_JSON, results)
+    rd.write_atomic(run_dir / rd.EVALUATION_TABLE, (comparison.table() + "\n").encode())
     plot_loss_curves(
         comparison.curves,
-        run_dir / LOSS_CURVES_PLOT,
+        run_dir / rd.LOSS_CURVES_PLOT,
         title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
     )
     meta = rd.read_json(run_dir / rd.OPTIMIZER_META)

@@ -97,11 +97,6 @@ def load_tree(path: Path, target: Any) -> Any:
     return restored
 
 
-def append_metrics(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The logged rows; unreadable lines (a torn last line after a hard kill) are skipped."""
     if not path.is_file():
@@ -117,7 +112,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keeps only rows up to ``last_step`` (the checkpoint's), so a resumed run logs no step twice."""
-    rows = [r for r in read_metrics(path) if r["step"] <= last_step]
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes the logged rows (one JSON object per line), atomically."""
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())

@@ -305,7 +305,7 @@ def meta_train(
         # Metrics and optimizer first, checkpoint last: a kill in between leaves
         # rows past the checkpoint (the next resume truncates them) and an
         # optimizer that the resumed run rewrites.
-        rd.write_atomic(run_path / rd.METRICS, "".join(_json_line(r) for r in history).encode())
+        rd.write_metrics(run_path / rd.METRICS, history)
         _write_optimizer(run_path, optimizer, state, config, family)
         rd.save_tree(run_path / rd.CHECKPOINT, state)
 
@@ -334,8 +334,6 @@ def meta_train(
                         best_val=jnp.asarray(val, jnp.float32),
                         best_step=jnp.asarray(done, jnp.int32),
                     )
-            if not config.validate_every:
-                new_state = new_state._replace(best_meta_params=new_state.meta_params, best_step=new_state.step)
             # Commit the step: `state` only ever holds completed steps, so an
             # interruption anywhere saves a consistent checkpoint.
             history.append(row)
@@ -360,11 +358,10 @@ def meta_train(
     if run_path is not None:
         from l2l_jax.evaluation.plots import plot_meta_training
 
-        _write_optimizer(run_path, optimizer, state, config, family)  # Also when nothing was left to run.
         plot_meta_training(history, run_path / rd.PLOT)
     return MetaTrainResult(
         optimizer=optimizer,
-        meta_params=_best(state),
+        meta_params=_best(state)[0],
         final_meta_params=state.meta_params,
         config=config,
         history=history,
@@ -374,13 +371,11 @@ def meta_train(
     )
 
 
-def _best(state: MetaTrainState) -> MetaParams:
-    """The best validated φ, or the latest if none was validated yet."""
-    return state.best_meta_params if math.isfinite(float(state.best_val)) else state.meta_params
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    return json.dumps(row) + "\n"
+def _best(state: MetaTrainState) -> tuple[MetaParams, int]:
+    """The best validated φ and its step, or the latest if none was validated (yet)."""
+    if math.isfinite(float(state.best_val)):
+        return state.best_meta_params, int(state.best_step)
+    return state.meta_params, int(state.step)
 
 
 def _open_run_dir(
@@ -424,10 +419,11 @@ def _write_optimizer(
     run_path: Path, optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
 ) -> None:
     """Saves the best φ with the metadata that :func:`l2l_jax.pretrained.load` needs."""
-    rd.save_tree(run_path / rd.OPTIMIZER_PARAMS, _best(state))
+    best_phi, best_step = _best(state)
+    rd.save_tree(run_path / rd.OPTIMIZER_PARAMS, best_phi)
     meta_path = run_path / rd.OPTIMIZER_META
     old = rd.read_json(meta_path) if meta_path.is_file() else {}
-    if not isinstance(old, dict) or old.get("best_step") != int(state.best_step) or old.get("meta_steps") != int(state.step):
+    if not isinstance(old, dict) or old.get("best_step") != best_step or old.get("meta_steps") != int(state.step):
         old = {}  # Figures added by `evaluate` describe another φ: drop them.
     rd.write_json(
         meta_path,
@@ -440,7 +436,7 @@ def _write_optimizer(
             "task_options": config.task_options,  # What rebuilds the task by name.
             "task_config": family.config(),
             "meta_steps": int(state.step),
-            "best_step": int(state.best_step),
+            "best_step": best_step,
             "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
             "skipped_meta_steps": int(state.skipped),
             "training_config": config.to_dict(),
