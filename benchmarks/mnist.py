@@ -1,13 +1,15 @@
 """The paper's MNIST experiment: meta-train the LSTM on an MLP, compare with tuned baselines,
 and test generalisation to longer runs, wider and deeper nets, and ReLU.
 
-Meta-training (the paper's setup): coordinatewise 2x20 LSTM, log/sign preprocessing
-p = 10, output x 0.1, 100-step runs in 20-step truncations, Adam on φ, MLP 784-20-10
-with sigmoid units, minibatches of 128 drawn with replacement, validation on held-out
-initialisations keeping the best φ.
-
-Stage 2 fine-tunes that φ on 200-step runs (see FINETUNE), since the evaluation goes
-to 200 steps.
+Meta-training: the paper's optimizer (coordinatewise 2x20 LSTM, log/sign
+preprocessing p = 10, output x 0.1, Adam on φ, 20-step truncations, validation on
+held-out initialisations keeping the best φ) on the paper's optimizee (MLP 784-20-10,
+sigmoid, minibatches of 128 drawn with replacement), with three changes to the
+recipe, each there because the paper's recipe failed here (see the README):
+200-step runs instead of 100 (the evaluation goes to 200), the meta-loss
+Σ_t log f(θ_t) instead of Σ_t f(θ_t) (late, small losses count), and output weights
+initialised 100x smaller (large random first steps saturate the sigmoids into a flat
+region where meta-gradients vanish).
 
 Evaluation: every baseline (SGD, momentum, NAG, RMSprop, Adam) has its learning rate
 tuned on a log grid, separately for 100 and 200 steps, on ``--tune-inits`` fresh
@@ -18,7 +20,7 @@ hidden layers, and ReLU.
 Writes ``benchmarks/results/mnist.{json,md}`` and ``mnist_<variant>.png``; ``--ship``
 also copies the trained optimizer into the package as ``mnist-lstm``.
 
-    python benchmarks/mnist.py --ship          # ~40 minutes on 2 CPU cores
+    python benchmarks/mnist.py --ship          # about an hour on 2 CPU cores
     python benchmarks/mnist.py --eval-only     # re-evaluate an existing run directory
 """
 
@@ -49,25 +51,21 @@ CONFIG = MetaTrainConfig(
     task="mnist",
     task_options={"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128},
     optimizer="lstm",
-    optimizer_options={"preset": "paper"},
-    num_meta_steps=3000,
-    horizon=100,
+    optimizer_options={"preset": "paper", "output_init_scale": 0.01},
+    num_meta_steps=4000,
+    horizon=200,
     truncation=20,
     batch_size=1,
     meta_lr=3e-3,
     meta_lr_schedule="cosine",
+    weighting="log",
     remat=True,
     validate_every=100,
-    num_val_tasks=8,
+    num_val_tasks=16,
     checkpoint_every=50,
     seed=0,
 )
 
-#: Stage 2: the paper's runs are 100 steps; the evaluation goes to 200. Fine-tune
-#: stage 1's best φ on 200-step runs (same 20-step truncations) at a lower rate.
-FINETUNE = MetaTrainConfig.from_dict(
-    {**CONFIG.to_dict(), "horizon": 200, "num_meta_steps": 1000, "meta_lr": 1e-3, "seed": 1}
-)
 #: Quarter-decade grid; every baseline's best rate on MNIST lies well inside it.
 LR_GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 
@@ -137,16 +135,13 @@ def main() -> None:
     progress = not args.no_progress
 
     config = MetaTrainConfig.from_dict({**CONFIG.to_dict(), "num_meta_steps": args.meta_steps})
-    finetune_dir = args.run_dir.with_name(args.run_dir.name + "-finetune")
     t0 = time.perf_counter()
+    wall_seconds = None
     if not args.eval_only:
         meta_train(config, args.run_dir, progress=progress)
-        _, stage1_phi = pretrained.load_meta_params(args.run_dir)
-        meta_train(FINETUNE, finetune_dir, progress=progress, init_meta_params=stage1_phi)
-    train_seconds = sum(
-        r["seconds"] for d in (args.run_dir, finetune_dir) for r in rd.read_metrics(d / rd.METRICS)
-    )
-    optimizer, phi = pretrained.load_meta_params(finetune_dir)
+        wall_seconds = time.perf_counter() - t0  # includes compilation and validation
+    train_seconds = sum(r["seconds"] for r in rd.read_metrics(args.run_dir / rd.METRICS))
+    optimizer, phi = pretrained.load_meta_params(args.run_dir)
 
     all_rows, data = [], None
     RESULTS.mkdir(exist_ok=True)
@@ -167,24 +162,23 @@ def main() -> None:
         "jax": jax.__version__,
         "data": data,
         "config": config.to_dict(),
-        "finetune_config": FINETUNE.to_dict(),
         "meta_training_seconds": train_seconds,
+        "meta_training_wall_seconds": wall_seconds,
         "evaluation_seconds": eval_seconds,
         "tune_inits": args.tune_inits,
         "test_inits": args.test_inits,
         "best_step": rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"],
-        "finetune_best_step": rd.read_json(finetune_dir / rd.OPTIMIZER_META)["best_step"],
         "rows": all_rows,
     }
     (RESULTS / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS / "mnist.md").write_text(
         f"{table(all_rows)}\n\nData: {data}\n\nMeta-training: {train_seconds / 60:.1f} min on {summary['machine']}.\n"
     )
-    meta = rd.read_json(finetune_dir / rd.OPTIMIZER_META)
-    rd.write_json(finetune_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data, "stage1": CONFIG.to_dict()})
+    meta = rd.read_json(args.run_dir / rd.OPTIMIZER_META)
+    rd.write_json(args.run_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data})
     print(f"\nmeta-training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min, total {(time.perf_counter() - t0) / 60:.1f} min")
     if args.ship:
-        print(f"shipped as {pretrained.export(finetune_dir, pretrained.SHIPPED_DIR / 'mnist-lstm')}")
+        print(f"shipped as {pretrained.export(args.run_dir, pretrained.SHIPPED_DIR / 'mnist-lstm')}")
 
 
 if __name__ == "__main__":

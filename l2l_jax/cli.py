@@ -61,14 +61,16 @@ def _evaluate_run(
     return f"{comparison.table()}\n\nwrote {written}"
 
 
-def _train(config_dict: dict[str, Any], run_dir: Path, resume: bool, progress: bool) -> Any:
+def _train(
+    config_dict: dict[str, Any], run_dir: Path, resume: bool, progress: bool, devices: int | None = None
+) -> Any:
     from l2l_jax.meta import MetaTrainConfig, meta_train
 
     config = MetaTrainConfig.from_dict(config_dict)
     print(f"meta-training {config.optimizer} on {config.task} into {run_dir}", flush=True)
     t0 = time.perf_counter()
     try:
-        result = meta_train(config, run_dir, resume=resume, progress=progress)
+        result = meta_train(config, run_dir, resume=resume, progress=progress, devices=devices)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is in {run_dir}; run the same command again to resume.")
         raise SystemExit(130) from None
@@ -114,13 +116,13 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         "clip_norm": args.clip_norm,
         "first_order": not args.second_order,
         "weighting": args.weighting,
-        "remat": args.remat,
+        "remat": "segments" if args.remat_segments else args.remat,
         "validate_every": args.validate_every,
         "num_val_tasks": args.val_tasks,
         "checkpoint_every": args.checkpoint_every,
         "seed": args.seed,
     }
-    _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress)
+    _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress, devices=args.devices)
     if args.evaluate:
         print(_evaluate_run(args.run_dir, args.tasks, args.tune_tasks, args.horizon, args.seed + 1, not args.no_progress))
     print(f"wrote {args.run_dir}")
@@ -214,8 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--meta-lr-schedule", default="constant", help="constant or cosine")
     mt.add_argument("--clip-norm", type=float, default=None)
     mt.add_argument("--second-order", action="store_true", help="keep second derivatives (exact meta-gradient)")
-    mt.add_argument("--weighting", default="uniform", help="uniform (w_t = 1) or final")
+    mt.add_argument("--weighting", default="uniform", help="uniform (w_t = 1), final, or log (sum of log f)")
     mt.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step")
+    mt.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="split each batch of tasks over this many devices (default: all, when the batch divides evenly)",
+    )
+    mt.add_argument(
+        "--remat-segments", action="store_true", help="also checkpoint sqrt(K)-step segments (long truncations)"
+    )
     mt.add_argument("--validate-every", type=int, default=100)
     mt.add_argument("--val-tasks", type=int, default=64)
     mt.add_argument("--checkpoint-every", type=int, default=200)

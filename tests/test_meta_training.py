@@ -215,6 +215,7 @@ def test_weights_of_another_architecture_are_reported(tmp_path):
         ({"clip_norm": 0.0}, "clip_norm"),
         ({"weighting": "exp"}, "weighting"),
         ({"meta_optimizer": "lion"}, "meta-optimizer"),
+        ({"remat": "sqrt"}, "remat"),
     ],
 )
 def test_nonsensical_configs_are_refused(bad, match):
@@ -236,3 +237,19 @@ def test_lstm_meta_params_are_finite_after_training_with_second_order():
     result = meta_train(config, progress=False)
     assert np.all(np.isfinite(flat(result.final_meta_params)))
     assert isinstance(result.optimizer, type(lstm()))
+
+
+def test_log_weighting_is_the_sum_of_log_losses_after_the_start():
+    from l2l_jax.meta import weighted_loss
+
+    losses = jnp.asarray([[4.0, 2.0, 1.0, 0.5]])
+    np.testing.assert_allclose(weighted_loss(losses, "log"), [np.log(2.0) + np.log(1.0) + np.log(0.5)], rtol=1e-6)
+    assert np.isfinite(weighted_loss(jnp.asarray([[1.0, 0.0]]), "log")).all()  # clamped, not -inf
+
+
+def test_meta_training_with_log_weighting_and_segment_remat_lowers_the_meta_loss_on_held_out_tasks():
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 40, "weighting": "log", "remat": "segments"})
+    result = meta_train(config, progress=False)
+    vals = [h["val_loss"] for h in result.history if "val_loss" in h]
+    assert result.skipped == 0
+    assert result.best_val < vals[0] - 0.5  # Σ log f over 20 steps: 0.5 is a 2.5% lower geometric mean

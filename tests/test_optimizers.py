@@ -30,7 +30,7 @@ def test_lstm_state_is_zero_and_per_coordinate():
     tx = opt.as_optax(opt.init(jax.random.key(0)))
     state = tx.init(PARAMS)
     assert isinstance(state, LSTMState)
-    assert state.h["dense"]["kernel"].shape == (2, 3, 4, 20)
+    assert state.h["dense"]["kernel"].shape == (2, 20, 3, 4)
     assert state.c["scale"].shape == (2, 20)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(state))
 
@@ -148,6 +148,19 @@ def test_unknown_names_and_options():
         lstm(preprocessing="log")
     with pytest.raises(errors.ConfigError, match="p > 0"):
         lstm(p=0.0)
+    with pytest.raises(errors.ConfigError, match="implementation"):
+        lstm(implementation="cuda")
+    with pytest.raises(errors.ConfigError, match="output_init_scale"):
+        lstm(output_init_scale=-1.0)
+
+
+def test_output_init_scale_shrinks_only_the_initial_output_weights():
+    key = jax.random.key(0)
+    base, small = lstm().init(key), lstm(output_init_scale=0.01).init(key)
+    np.testing.assert_allclose(small["out"]["w"], 0.01 * base["out"]["w"], rtol=1e-6)
+    for name in ("layer_0", "layer_1"):
+        np.testing.assert_array_equal(small[name]["w"], base[name]["w"])
+    assert lstm(output_init_scale=0.01).config()["output_init_scale"] == 0.01
 
 
 # --- Composition with optax and Flax, under jit --------------------------------
@@ -281,4 +294,4 @@ def test_lstm_handles_any_leaf_shape(shape):
     params = {"p": jnp.ones(shape)}
     updates, state = tx.update(params, tx.init(params))
     assert updates["p"].shape == tuple(shape)
-    assert state.h["p"].shape == (2, *shape, 4)
+    assert state.h["p"].shape == (2, 4, *shape)

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,8 @@ from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, RunDirectoryError
 from l2l_jax.meta import run_directory as rd
-from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
+from l2l_jax.meta import sharding as sh
+from l2l_jax.meta.unroll import WEIGHTINGS, check_remat, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
 
@@ -47,8 +48,11 @@ class MetaTrainConfig:
         ``num_meta_steps``).
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
       first_order: drop second derivatives (paper's default) or keep them.
-      weighting: ``"uniform"`` (w_t = 1) or ``"final"`` (last loss only).
-      remat: ``jax.checkpoint`` each inner step (less memory, more compute).
+      weighting: ``"uniform"`` (w_t = 1), ``"final"`` (last loss only) or
+        ``"log"`` (Σ log f(θ_t); see :func:`l2l_jax.meta.weighted_loss`).
+      remat: ``True``: ``jax.checkpoint`` each inner step (less memory, more
+        compute); ``"segments"``: also checkpoint √K-step segments, for long
+        truncations (see :func:`l2l_jax.meta.unroll`).
       validate_every: validate φ on held-out tasks every this many meta-steps and
         keep the best (0, or before the first validation: the latest φ is kept).
       num_val_tasks: held-out tasks for validation (full T-step runs).
@@ -70,7 +74,7 @@ class MetaTrainConfig:
     clip_norm: float | None = None
     first_order: bool = True
     weighting: str = "uniform"
-    remat: bool = False
+    remat: bool | str = False
     validate_every: int = 100
     num_val_tasks: int = 64
     checkpoint_every: int = 200
@@ -98,6 +102,7 @@ class MetaTrainConfig:
             )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
+        check_remat(self.remat)
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"unknown meta-loss weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.meta_optimizer not in META_OPTIMIZERS:
@@ -204,6 +209,7 @@ def meta_train(
     resume: bool = True,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     init_meta_params: MetaParams | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
 ) -> MetaTrainResult:
     """Meta-trains a learned optimizer by truncated BPTT.
 
@@ -231,6 +237,11 @@ def meta_train(
         ``skipped`` and, on validation steps, ``val_loss``.
       init_meta_params: start from this φ (e.g. a trained one, to fine-tune)
         instead of ``optimizer.init``.
+      devices: split each meta-step's batch of tasks over devices (see
+        :mod:`l2l_jax.meta.sharding`): a number of devices, a list of devices, or
+        ``None`` for all devices when ``batch_size`` divides evenly over them
+        (otherwise one). The result is the same as on one device up to float
+        rounding, and a run may resume on a different number of devices.
 
     Returns:
       A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
@@ -259,13 +270,15 @@ def meta_train(
             best_step=jnp.zeros((), jnp.int32),
         )
 
+    mesh = _task_mesh(devices, config.batch_size)
     state = init_state()
     initial_meta_params = state.meta_params
     history: list[dict[str, Any]] = []
     if run_path is not None:
         state, history = _open_run_dir(run_path, config, state, resume)
+    if mesh is not None:
+        state = _place(state, mesh)
 
-    @jax.jit
     def train_step(state: MetaTrainState) -> tuple[MetaTrainState, dict[str, jax.Array]]:
         (loss, (inner, _)), grads = meta_value_and_grad(
             state.meta_params,
@@ -292,7 +305,18 @@ def meta_train(
         )
         return new_state, {"meta_loss": loss, "grad_norm": grad_norm}
 
-    make_inner = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
+    init_inner_jit = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
+    if mesh is None:
+        train_step = jax.jit(train_step)
+        make_inner = init_inner_jit
+    else:
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        train_step = jax.jit(train_step, out_shardings=(state_shardings, sh.replicated(mesh)))
+
+        def make_inner(phi: MetaParams, key: jax.Array, n: int) -> InnerState:
+            inner = init_inner_jit(phi, key, n)
+            return sh.shard_tasks(inner, mesh) if n % mesh.devices.size == 0 else sh.replicate(inner, mesh)
+
     # From the initial φ, so a resumed run validates on exactly the same states.
     val_inner = make_inner(initial_meta_params, keys.validation, config.num_val_tasks)
     validate = jax.jit(
@@ -369,6 +393,24 @@ def meta_train(
         best_val=float(state.best_val),
         run_dir=run_path,
     )
+
+
+def _task_mesh(devices: int | Sequence[jax.Device] | None, batch_size: int) -> sh.Mesh | None:
+    """The mesh to split tasks over, or ``None`` to stay on the default device."""
+    if devices is None:
+        n = len(jax.devices())
+        if n == 1 or batch_size % n:
+            return None
+    mesh = sh.task_mesh(devices)
+    sh.check_divisible(batch_size, mesh)
+    return mesh if mesh.devices.size > 1 else None
+
+
+def _place(state: MetaTrainState, mesh: sh.Mesh) -> MetaTrainState:
+    """Tasks split over the mesh; φ, its optimizer state and counters on every device."""
+    inner = state.inner
+    state = sh.replicate(state._replace(inner=()), mesh)
+    return state._replace(inner=sh.shard_tasks(inner, mesh))
 
 
 def _best(state: MetaTrainState) -> tuple[MetaParams, int]:

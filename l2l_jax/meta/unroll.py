@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
@@ -14,8 +15,21 @@ from l2l_jax.tasks.base import TaskFamily
 
 PyTree = Any
 LossFn = Callable[[PyTree, jax.Array], jax.Array]
-Weighting = Literal["uniform", "final"]
-WEIGHTINGS = ("uniform", "final")
+Weighting = Literal["uniform", "final", "log"]
+WEIGHTINGS = ("uniform", "final", "log")
+Remat = bool | Literal["segments"]
+
+
+def check_remat(remat: object) -> None:
+    """Raises :class:`ConfigError` unless ``remat`` is ``False``, ``True`` or ``"segments"``."""
+    if not (isinstance(remat, bool) or remat == "segments"):
+        raise ConfigError(f"remat must be False, True or 'segments', got {remat!r}")
+
+
+def segment_length(num_steps: int) -> int:
+    """The divisor of ``num_steps`` closest to √num_steps (segments for ``remat="segments"``)."""
+    root = math.sqrt(num_steps)
+    return min((d for d in range(1, num_steps + 1) if num_steps % d == 0), key=lambda d: (abs(d - root), d))
 
 
 class InnerState(NamedTuple):
@@ -46,7 +60,7 @@ def unroll(
     *,
     start_step: int | jax.Array = 0,
     first_order: bool = True,
-    remat: bool = False,
+    remat: Remat = False,
 ) -> tuple[PyTree, PyTree, jax.Array]:
     """Runs ``num_steps`` optimizer steps as one ``lax.scan``.
 
@@ -61,8 +75,11 @@ def unroll(
       start_step: the global index of the first step.
       first_order: hold ∇_t constant in φ (``stop_gradient``), as the paper does;
         ``False`` keeps second derivatives (exact meta-gradient).
-      remat: wrap the step in ``jax.checkpoint``: BPTT stores only the carry and
-        recomputes the rest, trading compute for memory.
+      remat: ``True`` wraps each step in ``jax.checkpoint``: BPTT stores only the
+        carry of every step and recomputes the rest. ``"segments"`` also splits
+        the run into about √num_steps checkpointed segments of about √num_steps
+        steps, so BPTT keeps O(√num_steps) carries instead of num_steps (for long,
+        untruncated unrolls), at the price of running the forward pass twice.
 
     Returns:
       ``(params, opt_state, losses)`` with ``losses[j] = f(θ_{start+j})`` for
@@ -82,11 +99,22 @@ def unroll(
         updates, opt_state = tx.update(seen[0], opt_state, params, value=seen[1])
         return (optax.apply_updates(params, updates), opt_state), value
 
+    check_remat(remat)
     tx = optax.with_extra_args_support(tx)  # Plain GradientTransformations take no value=.
     if remat:
         step = jax.checkpoint(step)
     steps = jnp.asarray(start_step) + jnp.arange(int(num_steps))
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), steps)
+    if remat == "segments":
+        seg = segment_length(int(num_steps))
+
+        @jax.checkpoint
+        def segment(carry: tuple[PyTree, PyTree], ts: jax.Array) -> tuple[tuple[PyTree, PyTree], jax.Array]:
+            return jax.lax.scan(step, carry, ts)
+
+        (params, opt_state), losses = jax.lax.scan(segment, (params, opt_state), steps.reshape(-1, seg))
+        losses = losses.reshape(-1)
+    else:
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), steps)
     final = loss_fn(params, jax.random.fold_in(key, steps[-1] + 1))
     return params, opt_state, jnp.concatenate([losses, final[None].astype(losses.dtype)])
 
@@ -95,10 +123,14 @@ def weighted_loss(losses: jax.Array, weighting: Weighting = "uniform") -> jax.Ar
     """Σ_t w_t f(θ_t) over ``losses[..., 1:]`` (f(θ_start) does not depend on this unroll's φ).
 
     ``"uniform"``: w_t = 1 for every step. ``"final"``: only the last loss (the
-    worked example's choice).
+    worked example's choice). ``"log"``: Σ_t log f(θ_t), so that halving a late,
+    small loss counts as much as halving an early, large one (for positive losses;
+    values are clamped at 1e-30).
     """
     if weighting == "uniform":
         return jnp.sum(losses[..., 1:], axis=-1)
+    if weighting == "log":
+        return jnp.sum(jnp.log(jnp.maximum(losses[..., 1:], 1e-30)), axis=-1)
     if weighting == "final":
         return losses[..., -1]
     raise ConfigError(f"unknown meta-loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
@@ -132,7 +164,7 @@ def truncation_loss(
     *,
     first_order: bool = True,
     weighting: Weighting = "uniform",
-    remat: bool = False,
+    remat: Remat = False,
 ) -> tuple[jax.Array, tuple[InnerState, jax.Array]]:
     """The meta-loss of one truncation, averaged over the batch of tasks.
 

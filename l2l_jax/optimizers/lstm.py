@@ -16,6 +16,7 @@ import optax
 
 from l2l_jax.errors import ConfigError, finite_float, positive_int
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
+from l2l_jax.optimizers.lstm_cell import IMPLEMENTATIONS, CellWeights, step_function
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
@@ -28,7 +29,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class LSTMState(NamedTuple):
-    """Per-coordinate LSTM state; each leaf has shape ``(num_layers, *param.shape, hidden_size)``."""
+    """Per-coordinate LSTM state; each leaf has shape ``(num_layers, hidden_size, *param.shape)``.
+
+    Hidden units before coordinates, so that each unit of each layer is one
+    contiguous row over the coordinates (what fused and Pallas kernels stream).
+    """
 
     h: PyTree
     c: PyTree
@@ -47,6 +52,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         p: float = 10.0,
         output_scale: float = 0.1,
         state_dtype: str | None = None,
+        implementation: str = "auto",
+        output_init_scale: float = 1.0,
     ) -> None:
         hidden_size = positive_int("hidden_size", hidden_size)
         num_layers = positive_int("num_layers", num_layers)
@@ -55,6 +62,9 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         check_preprocessing(preprocessing, p)
         if not output_scale > 0:
             raise ConfigError(f"output_scale must be positive, got {output_scale!r}")
+        output_init_scale = finite_float("output_init_scale", output_init_scale)
+        if not output_init_scale >= 0:
+            raise ConfigError(f"output_init_scale must be >= 0, got {output_init_scale!r}")
         if state_dtype is not None:
             try:
                 dt = jnp.dtype(state_dtype)
@@ -62,11 +72,18 @@ class CoordinatewiseLSTM(LearnedOptimizer):
                 raise ConfigError(f"state_dtype {state_dtype!r} is not a dtype") from None
             if not jnp.issubdtype(dt, jnp.floating):
                 raise ConfigError(f"state_dtype must be a floating dtype, got {state_dtype!r}")
+        if implementation != "auto" and implementation not in IMPLEMENTATIONS:
+            raise ConfigError(
+                f"unknown LSTM implementation {implementation!r}; choose one of auto, {', '.join(IMPLEMENTATIONS)}"
+            )
+        # How the step is computed, not what it computes: not part of config().
+        self.implementation = implementation
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
         self.preprocessing = preprocessing
         self.p = float(p)
         self.output_scale = float(output_scale)
+        self.output_init_scale = float(output_init_scale)
         self.state_dtype = None if state_dtype is None else str(jnp.dtype(state_dtype))
 
     def config(self) -> dict[str, Any]:
@@ -76,11 +93,13 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             "preprocessing": self.preprocessing,
             "p": self.p,
             "output_scale": self.output_scale,
+            "output_init_scale": self.output_init_scale,
             "state_dtype": self.state_dtype,
         }
 
     def init(self, key: jax.Array) -> MetaParams:
-        """Uniform(±1/√H) weights (PyTorch's LSTM default), forget-gate bias 1."""
+        """Uniform(±1/√H) weights (PyTorch's LSTM default), forget-gate bias 1; the
+        output weights also times ``output_init_scale``."""
         hidden = self.hidden_size
         bound = 1.0 / hidden**0.5
         keys = jax.random.split(key, self.num_layers + 1)
@@ -93,7 +112,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             meta[f"layer_{layer}"] = {"w": w, "b": b}
             in_size = hidden
         meta["out"] = {
-            "w": jax.random.uniform(keys[-1], (hidden,), minval=-bound, maxval=bound),
+            "w": jax.random.uniform(keys[-1], (hidden,), minval=-bound, maxval=bound) * self.output_init_scale,
             "b": jnp.zeros(()),
         }
         return meta
@@ -106,30 +125,32 @@ class CoordinatewiseLSTM(LearnedOptimizer):
 
             def zeros(p: Any) -> jax.Array:
                 dt = state_dtype(jnp.result_type(p), self.state_dtype)
-                return jnp.zeros((layers, *jnp.shape(p), hidden), dt)
+                return jnp.zeros((layers, hidden, *jnp.shape(p)), dt)
 
             return LSTMState(h=jax.tree.map(zeros, params), c=jax.tree.map(zeros, params))
 
+        implementation = "fused" if self.implementation == "auto" else self.implementation
+        step_fn = step_function(implementation)
+
         def leaf_update(grad: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Compute in at least float32 even when the state is stored in bfloat16.
+            sdt = h.dtype
             dt = jnp.promote_types(h.dtype, jnp.float32)
-            x = preprocess(grad.astype(dt), self.preprocessing, self.p)
-            new_h, new_c = [], []
-            for layer in range(layers):
-                w = jnp.asarray(meta_params[f"layer_{layer}"]["w"], dt)
-                b = jnp.asarray(meta_params[f"layer_{layer}"]["b"], dt)
-                h_prev, c_prev = h[layer].astype(dt), c[layer].astype(dt)
-                z = jnp.concatenate([x, h_prev], axis=-1) @ w + b
-                i, f, g, o = jnp.split(z, 4, axis=-1)
-                c_next = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * jnp.tanh(g)
-                h_next = jax.nn.sigmoid(o) * jnp.tanh(c_next)
-                new_h.append(h_next.astype(h.dtype))
-                new_c.append(c_next.astype(c.dtype))
-                x = h_next
-            w_out = jnp.asarray(meta_params["out"]["w"], dt)
-            b_out = jnp.asarray(meta_params["out"]["b"], dt)
-            step = (x @ w_out + b_out) * self.output_scale
-            return step.astype(grad.dtype), jnp.stack(new_h), jnp.stack(new_c)
+            n = grad.size
+            weights = CellWeights(
+                w=tuple(jnp.asarray(meta_params[f"layer_{i}"]["w"], dt) for i in range(layers)),
+                b=tuple(jnp.asarray(meta_params[f"layer_{i}"]["b"], dt) for i in range(layers)),
+                w_out=jnp.asarray(meta_params["out"]["w"], dt),
+                b_out=jnp.asarray(meta_params["out"]["b"], dt),
+            )
+            x = preprocess(grad.reshape(n).astype(dt), self.preprocessing, self.p).T
+            h, c = h.reshape(layers, hidden, n), c.reshape(layers, hidden, n)
+            if implementation != "pallas":  # The kernel reads and writes the stored dtype itself.
+                h, c = h.astype(dt), c.astype(dt)
+            out, new_h, new_c = step_fn(weights, x, h, c)
+            step = (out * self.output_scale).reshape(grad.shape)
+            shape = (layers, hidden, *grad.shape)
+            return step.astype(grad.dtype), new_h.reshape(shape).astype(sdt), new_c.reshape(shape).astype(sdt)
 
         def update_fn(
             updates: PyTree, state: LSTMState, params: PyTree | None = None, **extra_args: Any
@@ -152,7 +173,15 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
         ``"deepmind"`` (deepmind/learning-to-learn's code: p = 5, output × 0.01).
         Both use 2 layers of 20 units.
       **overrides: any of ``hidden_size``, ``num_layers``, ``preprocessing``
-        (``"log_sign"`` or ``"none"``), ``p``, ``output_scale``, ``state_dtype``.
+        (``"log_sign"`` or ``"none"``), ``p``, ``output_scale``, ``state_dtype``,
+        ``implementation``: ``"fused"`` (a hand-written, recomputing backward pass;
+        what ``"auto"``, the default, picks), or ``"reference"`` (plain JAX
+        autodiff; needed for forward-mode ``jax.jvp`` in φ). Both give the same
+        numbers (tested); the choice is not part of :meth:`config`.
+        ``output_init_scale`` multiplies the initial output weights: with 0.01 the
+        untrained optimizer takes tiny steps, which keeps MNIST meta-training out
+        of the flat region where the MLP's sigmoids saturate and meta-gradients
+        vanish (seen with the default 1.0 at meta-lr ≥ 3e-3).
 
     Returns:
       A :class:`CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer.
@@ -164,7 +193,7 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
       >>> params = {"w": jnp.ones((3, 2))}
       >>> updates, state = tx.update(params, tx.init(params))
       >>> updates["w"].shape, state.h["w"].shape
-      ((3, 2), (2, 3, 2, 20))
+      ((3, 2), (2, 20, 3, 2))
 
     References:
       Andrychowicz et al., "Learning to learn by gradient descent by gradient
@@ -172,7 +201,7 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown LSTM preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    unknown = set(overrides) - set(PRESETS["paper"]) - {"state_dtype"}
+    unknown = set(overrides) - set(PRESETS["paper"]) - {"state_dtype", "implementation", "output_init_scale"}
     if unknown:
         raise ConfigError(f"unknown LSTM option(s) {', '.join(sorted(unknown))}")
     return CoordinatewiseLSTM(**{**PRESETS[preset], **overrides})

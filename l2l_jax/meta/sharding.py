@@ -1,0 +1,78 @@
+"""Spreading the batch of tasks over devices: data parallelism for meta-training.
+
+φ and the meta-optimizer state are small: every device keeps a full copy. The inner
+runs (each task's θ, optimizer state, keys) are split along their leading task axis
+over a one-dimensional mesh named ``"tasks"``. ``jax.jit`` then runs each device's
+share of the ``vmap``-ed unroll locally and averages the meta-gradient with one
+all-reduce; the numbers are those of one device, up to float reassociation.
+
+Multi-host: call ``jax.distributed.initialize()`` in every process before building
+anything; :func:`task_mesh` then spans the devices of all hosts
+(``jax.devices()``), and because every process derives the same state from the
+same seed, placing it with ``jax.device_put`` gives each host its own shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from l2l_jax.errors import ConfigError
+
+PyTree = Any
+TASK_AXIS = "tasks"
+
+
+def task_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"tasks"``.
+
+    Args:
+      devices: ``None`` for all devices (of every host), a number for the first
+        that many, or an explicit list.
+    """
+    all_devices = jax.devices()
+    if devices is None:
+        chosen = all_devices
+    elif isinstance(devices, int):
+        if not 1 <= devices <= len(all_devices):
+            raise ConfigError(f"devices must be between 1 and {len(all_devices)} (the devices present), got {devices}")
+        chosen = all_devices[:devices]
+    else:
+        chosen = list(devices)
+        if not chosen:
+            raise ConfigError("devices is an empty list")
+    return Mesh(np.asarray(chosen), (TASK_AXIS,))
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """Raises :class:`ConfigError` unless the tasks split evenly over the mesh."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ConfigError(
+            f"{what}={batch_size} tasks cannot be split evenly over {n} devices; "
+            f"use a multiple of {n}, or fewer devices (devices=...)"
+        )
+
+
+def task_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (task) axis split over the mesh, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(TASK_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_tasks(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Places every leaf (leading axis = tasks) split over the mesh."""
+    return jax.device_put(tree, task_sharding(mesh))
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Places every leaf whole on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,163 @@
+"""One step of the coordinatewise stacked LSTM on a flat block of coordinates.
+
+Implementations with the same numbers:
+
+* :func:`lstm_step_reference`: plain JAX, differentiated by autodiff. It is the
+  specification, and the one to use for forward-mode differentiation in φ.
+* :func:`lstm_step_fused`: the same forward with a hand-written backward
+  (``jax.custom_vjp``). Autodiff of the reference stores every gate activation of
+  every step and assembles the gate gradients with pads and sums; the fused
+  backward stores only the step's inputs (features, h, c), recomputes the gates,
+  and builds each gradient once. ``benchmarks/meta_training_speed.py`` measures it.
+* :func:`l2l_jax.optimizers.lstm_pallas.lstm_step_pallas`: forward only, one Pallas
+  kernel that reads each coordinate's state once and writes it once (for the
+  optimizer's use inside a training loop).
+
+Layout: coordinates last, so that each hidden unit of each layer is one contiguous
+row. ``x`` is ``(F, n)`` (preprocessed gradient features of n coordinates), ``h``
+and ``c`` are ``(L, H, n)``; the step returns the raw output ``(n,)`` (before the
+output scale) and the new ``h``, ``c``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class CellWeights(NamedTuple):
+    """The LSTM's meta-parameters as arrays: per layer ``w`` ``(F_l + H, 4H)`` (rows:
+    input features, then h; columns: gates i, f, g, o) and ``b`` ``(4H,)``; then
+    the output projection ``w_out`` ``(H,)`` and ``b_out`` ``()``."""
+
+    w: tuple[jax.Array, ...]
+    b: tuple[jax.Array, ...]
+    w_out: jax.Array
+    b_out: jax.Array
+
+
+def lstm_step_reference(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One LSTM step in plain JAX: ``(out (n,), h (L, H, n), c (L, H, n))``.
+
+    The textbook formulation (one matmul of ``[input; h]`` per layer, then split
+    into gates), differentiated by autodiff.
+    """
+    hidden = h.shape[1]
+    new_h, new_c = [], []
+    inp = x
+    for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
+        z = w.T @ jnp.concatenate([inp, h[layer]], axis=0) + b[:, None]
+        i, f, g, o = (z[k * hidden : (k + 1) * hidden] for k in range(4))
+        c_next = jax.nn.sigmoid(f) * c[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
+        inp = jax.nn.sigmoid(o) * jnp.tanh(c_next)
+        new_h.append(inp)
+        new_c.append(c_next)
+    return weights.w_out @ inp + weights.b_out, jnp.stack(new_h), jnp.stack(new_c)
+
+
+def _sigmoid(z: jax.Array) -> jax.Array:
+    # Through tanh: XLA's CPU tanh is a cheap rational approximation, while
+    # logistic lowers to exp and a division.
+    return 0.5 * jnp.tanh(0.5 * z) + 0.5
+
+
+def _input_projection(w_in: jax.Array, x: jax.Array) -> jax.Array:
+    # With 1-2 input features a broadcast multiply-add fuses with the rest of the
+    # gate computation; a matmul with K = 2 would be a separate, slow kernel.
+    if x.shape[0] <= 2:
+        return sum(w_in[k][:, None] * x[k] for k in range(x.shape[0]))
+    return w_in.T @ x
+
+
+def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
+    hidden = h.shape[1]
+    new_h, new_c, gates = [], [], []
+    inp = x
+    for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
+        n_in = w.shape[0] - hidden
+        z = _input_projection(w[:n_in], inp) + w[n_in:].T @ h[layer] + b[:, None]
+        i = _sigmoid(z[:hidden])
+        f = _sigmoid(z[hidden : 2 * hidden])
+        g = jnp.tanh(z[2 * hidden : 3 * hidden])
+        o = _sigmoid(z[3 * hidden :])
+        c_next = f * c[layer] + i * g
+        tanh_c = jnp.tanh(c_next)
+        h_next = o * tanh_c
+        new_h.append(h_next)
+        new_c.append(c_next)
+        gates.append((inp, i, f, g, o, tanh_c))
+        inp = h_next
+    out = weights.w_out @ inp + weights.b_out
+    return out, jnp.stack(new_h), jnp.stack(new_c), gates
+
+
+@jax.custom_vjp
+def lstm_step_fused(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`lstm_step_reference` with a recomputing, hand-written backward pass.
+
+    Reverse-mode only (``jax.grad``, ``jax.vjp``); use the reference for ``jax.jvp``.
+    """
+    out, new_h, new_c, _ = _forward(weights, x, h, c)
+    return out, new_h, new_c
+
+
+def _fused_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
+    # Residuals are the inputs only; the backward recomputes the gates.
+    out, new_h, new_c, _ = _forward(weights, x, h, c)
+    return (out, new_h, new_c), (weights, x, h, c)
+
+
+def _nt(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b.T`` (contracting the coordinate axis) without materialising a transpose."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+def _fused_bwd(residuals, cotangents):
+    weights, x, h, c = residuals
+    d_out, d_h_next, d_c_next = cotangents
+    hidden = h.shape[1]
+    _, _, _, gates = _forward(weights, x, h, c)
+    top = gates[-1][5] * gates[-1][4]  # h of the last layer = o * tanh(c)
+    d_w_out = top @ d_out
+    d_b_out = jnp.sum(d_out)
+    d_above = weights.w_out[:, None] * d_out  # dL/dh of the top layer from the output
+    num_layers = len(weights.w)
+    d_w, d_b, d_h, d_c = [None] * num_layers, [None] * num_layers, [None] * num_layers, [None] * num_layers
+    for layer in reversed(range(num_layers)):
+        inp, i, f, g, o, tanh_c = gates[layer]
+        dh = d_h_next[layer] + d_above
+        dc = d_c_next[layer] + dh * o * (1 - tanh_c * tanh_c)
+        dz = jnp.concatenate(
+            [dc * g * i * (1 - i), dc * c[layer] * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
+            axis=0,
+        )  # (4H, n): gate blocks are contiguous rows in this layout
+        w = weights.w[layer]
+        n_in = w.shape[0] - hidden
+        d_w[layer] = jnp.concatenate([_nt(inp, dz), _nt(h[layer], dz)], axis=0)
+        d_b[layer] = jnp.sum(dz, axis=1)
+        d_h[layer] = w[n_in:] @ dz
+        d_c[layer] = dc * f
+        d_above = w[:n_in] @ dz
+    d_weights = CellWeights(tuple(d_w), tuple(d_b), d_w_out, d_b_out)
+    return d_weights, d_above, jnp.stack(d_h), jnp.stack(d_c)
+
+
+lstm_step_fused.defvjp(_fused_fwd, _fused_bwd)
+
+#: Implementation names (see :func:`l2l_jax.optimizers.lstm`'s ``implementation``).
+IMPLEMENTATIONS = ("reference", "fused", "pallas")
+
+
+def step_function(implementation: str):
+    """The step function of an implementation name."""
+    if implementation == "pallas":
+        from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
+
+        return lstm_step_pallas
+    return {"reference": lstm_step_reference, "fused": lstm_step_fused}[implementation]

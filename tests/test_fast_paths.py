@@ -1,0 +1,139 @@
+"""Every fast path gives the numbers of the plain reference path: values and meta-gradients.
+
+The reference is the LSTM step written in plain JAX and differentiated by autodiff,
+unrolled with a plain ``lax.scan``; the fast paths are the fused LSTM step (its own
+backward pass), the Pallas kernel (in the interpreter on CPU) and rematerialisation
+(per step and in √T segments). Float64, so the
+tolerances measure the algebra, not rounding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from l2l_jax.meta import init_inner, truncation_loss
+from l2l_jax.meta.unroll import segment_length
+from l2l_jax.optimizers import lstm
+from l2l_jax.optimizers.lstm_cell import CellWeights, lstm_step_fused, lstm_step_reference
+from l2l_jax.optimizers.lstm_pallas import BLOCK, lstm_step_pallas
+from l2l_jax.tasks import QuadraticFamily
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def random_cell(key, n=37, features=2, hidden=5, layers=2):
+    keys = iter(jax.random.split(key, 16))
+    w, b, in_size = [], [], features
+    for _ in range(layers):
+        w.append(jax.random.normal(next(keys), (in_size + hidden, 4 * hidden)) * 0.5)
+        b.append(jax.random.normal(next(keys), (4 * hidden,)) * 0.5)
+        in_size = hidden
+    weights = CellWeights(tuple(w), tuple(b), jax.random.normal(next(keys), (hidden,)), jnp.asarray(0.3))
+    x = jax.random.normal(next(keys), (features, n))
+    h = jax.random.normal(next(keys), (layers, hidden, n)) * 0.5
+    c = jax.random.normal(next(keys), (layers, hidden, n))
+    return weights, x, h, c
+
+
+def assert_same_step_and_vjp(step, weights, x, h, c):
+    ref, ref_vjp = jax.vjp(lstm_step_reference, weights, x, h, c)
+    out, out_vjp = jax.vjp(step, weights, x, h, c)
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    cot = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape), ref)
+    for a, b in zip(jax.tree.leaves(ref_vjp(cot)), jax.tree.leaves(out_vjp(cot))):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("features", [1, 2, 3])
+def test_fused_step_has_the_reference_values_and_vjp(features):
+    assert_same_step_and_vjp(lstm_step_fused, *random_cell(jax.random.key(features), features=features))
+
+
+@pytest.mark.parametrize("n", [37, BLOCK, 2 * BLOCK + 5])
+def test_pallas_step_has_the_reference_values_and_vjp(n):
+    # On the CPU the kernel runs in Pallas' interpreter: the same program, the
+    # same masking of the tail block.
+    assert_same_step_and_vjp(lstm_step_pallas, *random_cell(jax.random.key(n), n=n))
+
+
+def test_pallas_step_reads_and_writes_bfloat16_state_in_bfloat16():
+    weights, x, h, c = random_cell(jax.random.key(3), n=50)
+    weights, x = jax.tree.map(lambda a: a.astype(jnp.float32), (weights, x))
+    h16, c16 = h.astype(jnp.bfloat16), c.astype(jnp.bfloat16)
+    out, new_h, new_c = lstm_step_pallas(weights, x, h16, c16)
+    assert new_h.dtype == new_c.dtype == jnp.bfloat16 and out.dtype == jnp.float32
+    ref = lstm_step_reference(weights, x, h16.astype(jnp.float32), c16.astype(jnp.float32))
+    np.testing.assert_allclose(out, ref[0], rtol=1e-5, atol=1e-6)
+    # The new state is the float32 result rounded once to bfloat16 (8 bits of mantissa).
+    np.testing.assert_allclose(new_h.astype(jnp.float32), ref[1], rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(new_c.astype(jnp.float32), ref[2], rtol=2**-8, atol=1e-6)
+
+
+def quadratic_setup(implementation, batch=3):
+    family = QuadraticFamily(dim=6)
+    optimizer = lstm(implementation=implementation)
+    phi = jax.tree.map(lambda a: a.astype(jnp.float64), optimizer.init(jax.random.key(0)))
+    inner = init_inner(optimizer, phi, family, jax.random.key(1), batch)
+    inner = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, inner)
+    return optimizer, family, phi, inner
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_fused_lstm_meta_gradient_equals_the_reference(first_order):
+    results = {}
+    # (The Pallas step's backward is the fused one; its VJP is checked above.)
+    for impl in ("reference", "fused"):
+        optimizer, family, phi, inner = quadratic_setup(impl)
+        (loss, (after, losses)), grad = jax.value_and_grad(truncation_loss, has_aux=True)(
+            phi, optimizer, family, inner, 8, first_order=first_order
+        )
+        results[impl] = (loss, losses, after.params, grad)
+    for a, b in zip(jax.tree.leaves(results["reference"]), jax.tree.leaves(results["fused"])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("remat", [True, "segments"])
+def test_rematerialised_unroll_equals_the_plain_one(remat):
+    optimizer, family, phi, inner = quadratic_setup("fused")
+
+    def run(r):
+        return jax.value_and_grad(truncation_loss, has_aux=True)(phi, optimizer, family, inner, 12, remat=r)
+
+    (_, (_, losses)), grad = run(False)
+    (_, (_, losses_r)), grad_r = run(remat)
+    np.testing.assert_allclose(losses_r, losses, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(grad_r), jax.tree.leaves(grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_segment_length_is_the_divisor_nearest_the_square_root():
+    assert segment_length(1000) == 25  # 40 segments of 25 steps (√1000 ≈ 31.6)
+    assert segment_length(100) == 10
+    assert segment_length(20) == 4
+    assert segment_length(7) == 1  # a prime: one step per segment
+    assert all(n % segment_length(n) == 0 for n in range(1, 200))
+
+
+def test_the_lstm_drop_in_gives_the_same_updates_with_either_implementation():
+    params = {"w": jax.random.normal(jax.random.key(3), (4, 3)), "b": jnp.zeros(3)}
+    # A narrow LSTM keeps the interpreted kernel quick to compile.
+    phi = lstm(hidden_size=6).init(jax.random.key(0))
+    out = {}
+    for impl in ("reference", "fused", "pallas"):
+        tx = lstm(hidden_size=6, implementation=impl).as_optax(phi)
+        state = tx.init(params)
+        update = jax.jit(tx.update)
+        for _ in range(3):
+            updates, state = update(params, state)
+        out[impl] = (updates, state)
+    for impl in ("fused", "pallas"):
+        for a, b in zip(jax.tree.leaves(out["reference"]), jax.tree.leaves(out[impl])):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

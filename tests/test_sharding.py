@@ -1,0 +1,93 @@
+"""Meta-training with the task batch split over 8 (fake CPU) devices gives the one-device result.
+
+XLA fixes the number of host devices when JAX starts, so the multi-device checks run
+in a child process started with ``--xla_force_host_platform_device_count=8``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from l2l_jax.errors import ConfigError
+    from l2l_jax.meta import MetaTrainConfig, init_inner, meta_train
+    from l2l_jax.meta import sharding as sh
+    from l2l_jax.optimizers import lstm
+    from l2l_jax.tasks import QuadraticFamily
+
+    out = {"devices": len(jax.devices())}
+    mesh = sh.task_mesh()
+    opt, fam = lstm(), QuadraticFamily(dim=5)
+    inner = sh.shard_tasks(init_inner(opt, opt.init(jax.random.key(0)), fam, jax.random.key(1), 16), mesh)
+    leaf = inner.params
+    out["placed_on"] = len(leaf.sharding.device_set)
+    out["shard_rows"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
+
+    config = MetaTrainConfig(task="quadratic", task_options={"dim": 5}, num_meta_steps=4, horizon=10,
+                             truncation=5, batch_size=8, meta_lr=1e-2, validate_every=2, num_val_tasks=8,
+                             checkpoint_every=4)
+    runs = {}
+    for name, devices in (("one", 1), ("eight", 8), ("auto", None)):
+        r = meta_train(config, progress=False, devices=devices)
+        runs[name] = {"phi": [np.asarray(x).tolist() for x in jax.tree.leaves(r.meta_params)],
+                      "losses": [h["meta_loss"] for h in r.history],
+                      "val": [h["val_loss"] for h in r.history if "val_loss" in h]}
+    out["runs"] = runs
+    try:
+        meta_train(MetaTrainConfig(**{**config.to_dict(), "batch_size": 6}), progress=False, devices=8)
+        out["uneven"] = None
+    except ConfigError as e:
+        out["uneven"] = str(e)
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def child():
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD], check=False, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+def test_the_child_sees_eight_devices_and_splits_tasks_evenly(child):
+    assert child["devices"] == 8
+    assert child["placed_on"] == 8
+    assert child["shard_rows"] == [2]  # 16 tasks, 2 per device
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["eight", "auto"])
+def test_sharded_meta_training_matches_one_device(child, name):
+    one, other = child["runs"]["one"], child["runs"][name]
+    _close(other["losses"], one["losses"])
+    _close(other["val"], one["val"])
+    assert len(other["val"]) == 2
+    _close(other["phi"], one["phi"])
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused_with_advice(child):
+    assert child["uneven"] is not None
+    assert "6 tasks cannot be split evenly over 8 devices" in child["uneven"]
