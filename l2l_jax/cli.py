@@ -27,6 +27,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "truncation": 20,
     "batch_size": 128,
     "meta_lr": 1e-2,
+    "meta_lr_schedule": "cosine",
     "validate_every": 100,
     "num_val_tasks": 128,
     "checkpoint_every": 100,
