@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,14 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# Shared with the meta-training benchmark (this folder is on sys.path when run as a script).
+from meta_training_speed import compiled_memory, describe_machine
+
 from l2l_jax.optimizers import lstm
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def describe_machine() -> str:
-    dev = jax.devices()[0]
-    return f"{platform.machine()}, {dev.platform}: {dev.device_kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}"
 
 
 def transformer_tree(d: int, layers: int, vocab: int) -> dict[str, Any]:
@@ -107,8 +103,7 @@ def compiled_update_memory(tx: optax.GradientTransformation, num_params: int) ->
 
     params = {"w": jax.ShapeDtypeStruct((num_params,), jnp.float32)}
     state = jax.eval_shape(tx.init, params)
-    m = step.lower(params, state, params).compile().memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return compiled_memory(step.lower(params, state, params).compile())
 
 
 def memory_rows(sizes: list[float], implementations: list[str], dtypes: list[str]) -> list[dict]:

@@ -48,12 +48,12 @@ def task_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(chosen), (TASK_AXIS,))
 
 
-def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+def check_divisible(batch_size: int, mesh: Mesh) -> None:
     """Raises :class:`ConfigError` unless the tasks split evenly over the mesh."""
     n = mesh.devices.size
     if batch_size % n:
         raise ConfigError(
-            f"{what}={batch_size} tasks cannot be split evenly over {n} devices; "
+            f"batch_size={batch_size} tasks cannot be split evenly over {n} devices; "
             f"use a multiple of {n}, or fewer devices (devices=...)"
         )
 

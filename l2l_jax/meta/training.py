@@ -6,8 +6,9 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,15 @@ from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, RunDirectoryError
 from l2l_jax.meta import run_directory as rd
 from l2l_jax.meta import sharding as sh
-from l2l_jax.meta.unroll import WEIGHTINGS, check_remat, InnerState, init_inner, meta_value_and_grad, unroll, weighted_loss
+from l2l_jax.meta.unroll import (
+    WEIGHTINGS,
+    InnerState,
+    check_remat,
+    init_inner,
+    meta_value_and_grad,
+    unroll,
+    weighted_loss,
+)
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
 
@@ -181,7 +190,9 @@ def validation_loss(
     tx = optimizer.as_optax(meta_params)
 
     def one(s: InnerState) -> jax.Array:
-        _, _, losses = unroll(tx, lambda p, k: family.loss(s.task_params, p, k), s.params, s.opt_state, s.key, num_steps)
+        _, _, losses = unroll(
+            tx, lambda p, k: family.loss(s.task_params, p, k), s.params, s.opt_state, s.key, num_steps
+        )
         return weighted_loss(losses, weighting)
 
     return jnp.mean(jax.vmap(one)(inner))
@@ -319,9 +330,7 @@ def meta_train(
 
     # From the initial φ, so a resumed run validates on exactly the same states.
     val_inner = make_inner(initial_meta_params, keys.validation, config.num_val_tasks)
-    validate = jax.jit(
-        lambda phi: validation_loss(optimizer, phi, family, val_inner, config.horizon, config.weighting)
-    )
+    validate = jax.jit(lambda phi: validation_loss(optimizer, phi, family, val_inner, config.horizon, config.weighting))
 
     def checkpoint(state: MetaTrainState) -> None:
         if run_path is None:
@@ -334,7 +343,14 @@ def meta_train(
         rd.save_tree(run_path / rd.CHECKPOINT, state)
 
     start = int(state.step)
-    bar = tqdm(total=config.num_meta_steps, initial=start, desc="meta-train", disable=not progress, unit="step", mininterval=0.5)
+    bar = tqdm(
+        total=config.num_meta_steps,
+        initial=start,
+        desc="meta-train",
+        disable=not progress,
+        unit="step",
+        mininterval=0.5,
+    )
     try:
         for step in range(start, config.num_meta_steps):
             if int(state.inner.step[0]) >= config.horizon or not bool(state.healthy):

@@ -175,9 +175,11 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
       **overrides: any of ``hidden_size``, ``num_layers``, ``preprocessing``
         (``"log_sign"`` or ``"none"``), ``p``, ``output_scale``, ``state_dtype``,
         ``implementation``: ``"fused"`` (a hand-written, recomputing backward pass;
-        what ``"auto"``, the default, picks), or ``"reference"`` (plain JAX
-        autodiff; needed for forward-mode ``jax.jvp`` in φ). Both give the same
-        numbers (tested); the choice is not part of :meth:`config`.
+        what ``"auto"``, the default, picks), ``"reference"`` (plain JAX
+        autodiff; needed for forward-mode ``jax.jvp`` in φ) or ``"pallas"`` (one
+        in-place Pallas/Triton kernel for the update on GPU; interpreted, slowly,
+        elsewhere). All give the same numbers (tested); the choice is not part of
+        :meth:`config`.
         ``output_init_scale`` multiplies the initial output weights: with 0.01 the
         untrained optimizer takes tiny steps, which keeps MNIST meta-training out
         of the flat region where the MLP's sigmoids saturate and meta-gradients
