@@ -31,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 #: seeds and counts are those of benchmarks/quadratic.py and benchmarks/mnist.py.
 SETUPS = (
     ("quadratic-lstm", {"dim": 10}, 1, 256, (100,)),
-    ("mnist-lstm", {}, 1, 24, (100, 200)),
+    ("mnist-lstm", {}, 1, 48, (100, 200)),
 )
 
 

@@ -49,7 +49,9 @@ def plot_meta_training(history: list[dict[str, Any]], path: Path) -> Path | None
     val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
     if val:
         ax.plot(*zip(*val), "o-", label="validation meta-loss")
-    ax.set_yscale("log")
+    values = [r["meta_loss"] for r in history] + [v for _, v in val]
+    if all(v > 0 for v in values):  # The "log" weighting's meta-loss Σ log f is negative.
+        ax.set_yscale("log")
     ax.set_xlabel("meta-step")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
