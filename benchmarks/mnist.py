@@ -26,7 +26,7 @@ hidden layers, and ReLU.
 Writes ``benchmarks/results/mnist.{json,md}`` and ``mnist_<variant>.png``; ``--ship``
 also copies the trained optimizer into the package as ``mnist-lstm``.
 
-    python benchmarks/mnist.py --ship          # about an hour on 2 CPU cores
+    python benchmarks/mnist.py --ship          # about 80 minutes on 2 CPU cores
     python benchmarks/mnist.py --eval-only     # re-evaluate an existing run directory
 """
 

@@ -15,7 +15,7 @@ def _history(sign: float) -> list[dict]:
     return rows
 
 
-def test_positive_meta_loss_is_plotted_on_a_log_scale(tmp_path: Path) -> None:
+def test_positive_meta_loss_is_plotted_without_warnings(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         path = plot_meta_training(_history(+1.0), tmp_path / "pos.png")
