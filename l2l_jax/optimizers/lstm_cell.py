@@ -8,7 +8,8 @@ Implementations with the same numbers:
   (``jax.custom_vjp``). Autodiff of the reference stores every gate activation of
   every step and assembles the gate gradients with pads and sums; the fused
   backward stores only the step's inputs (features, h, c), recomputes the gates,
-  and builds each gradient once. ``benchmarks/meta_training_speed.py`` measures it.
+  and builds each gradient once, with one matrix product per layer and direction
+  (see ``_rows``). ``benchmarks/meta_training_speed.py`` measures it.
 * :func:`l2l_jax.optimizers.lstm_pallas.lstm_step_pallas`: forward only, one Pallas
   kernel that reads each coordinate's state once and writes it once (for the
   optimizer's use inside a training loop).
@@ -65,12 +66,16 @@ def _sigmoid(z: jax.Array) -> jax.Array:
     return 0.5 * jnp.tanh(0.5 * z) + 0.5
 
 
-def _input_projection(w_in: jax.Array, x: jax.Array) -> jax.Array:
-    # With 1-2 input features a broadcast multiply-add fuses with the rest of the
-    # gate computation; a matmul with K = 2 would be a separate, slow kernel.
-    if x.shape[0] <= 2:
-        return sum(w_in[k][:, None] * x[k] for k in range(x.shape[0]))
-    return w_in.T @ x
+def _rows(inp: jax.Array, h: jax.Array) -> jax.Array:
+    """``[input; h; 1]`` ``(F_l + H + 1, n)``: one operand for every matmul of a layer.
+
+    With the ones row the bias rides in the same matmul, forward (``z``) and
+    backward (its gradient is the ones row's row of ``rows @ dz.T``). One matmul
+    per layer and direction instead of 2-3 (input, recurrent, bias) is what
+    matters on CPU: each matmul packs its operands again, and XLA duplicated the
+    whole ``dz`` computation into a separate kernel for the bias gradient's sum.
+    """
+    return jnp.concatenate([inp, h, jnp.ones((1, inp.shape[1]), inp.dtype)], axis=0)
 
 
 def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
@@ -78,8 +83,8 @@ def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
     new_h, new_c, gates = [], [], []
     inp = x
     for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
-        n_in = w.shape[0] - hidden
-        z = _input_projection(w[:n_in], inp) + w[n_in:].T @ h[layer] + b[:, None]
+        rows = _rows(inp, h[layer])
+        z = jax.lax.dot_general(jnp.concatenate([w, b[None]], axis=0), rows, (((0,), (0,)), ((), ())))  # (4H, n)
         i = _sigmoid(z[:hidden])
         f = _sigmoid(z[hidden : 2 * hidden])
         g = jnp.tanh(z[2 * hidden : 3 * hidden])
@@ -89,7 +94,7 @@ def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
         h_next = o * tanh_c
         new_h.append(h_next)
         new_c.append(c_next)
-        gates.append((inp, i, f, g, o, tanh_c))
+        gates.append((rows, i, f, g, o, tanh_c))
         inp = h_next
     out = weights.w_out @ inp + weights.b_out
     return out, jnp.stack(new_h), jnp.stack(new_c), gates
@@ -130,7 +135,7 @@ def _fused_bwd(residuals, cotangents):
     num_layers = len(weights.w)
     d_w, d_b, d_h, d_c = [None] * num_layers, [None] * num_layers, [None] * num_layers, [None] * num_layers
     for layer in reversed(range(num_layers)):
-        inp, i, f, g, o, tanh_c = gates[layer]
+        rows, i, f, g, o, tanh_c = gates[layer]
         dh = d_h_next[layer] + d_above
         dc = d_c_next[layer] + dh * o * (1 - tanh_c * tanh_c)
         dz = jnp.concatenate(
@@ -139,11 +144,12 @@ def _fused_bwd(residuals, cotangents):
         )  # (4H, n): gate blocks are contiguous rows in this layout
         w = weights.w[layer]
         n_in = w.shape[0] - hidden
-        d_w[layer] = jnp.concatenate([_nt(inp, dz), _nt(h[layer], dz)], axis=0)
-        d_b[layer] = jnp.sum(dz, axis=1)
-        d_h[layer] = w[n_in:] @ dz
+        d_wb = _nt(rows, dz)  # (F_l + H + 1, 4H): weights, then the bias
+        d_w[layer], d_b[layer] = d_wb[:-1], d_wb[-1]
+        d_rows = w @ dz  # (F_l + H, n): to the layer's input, then to its h
+        d_h[layer] = d_rows[n_in:]
         d_c[layer] = dc * f
-        d_above = w[:n_in] @ dz
+        d_above = d_rows[:n_in]
     d_weights = CellWeights(tuple(d_w), tuple(d_b), d_w_out, d_b_out)
     return d_weights, d_above, jnp.stack(d_h), jnp.stack(d_c)
 
