@@ -5,18 +5,25 @@ MLP 784-20-10 with batch 128, 20-step truncations, first order, Adam on φ), wit
 optimizees per meta-step, as one jitted meta-step (``meta_value_and_grad`` + Adam,
 buffers donated): the same computation as ``meta_train``'s step.
 
-Throughput (default): for each LSTM implementation, B and rematerialisation setting,
-prints seconds per meta-step (median after warm-up), optimizee steps/s (B x 20 per
+Throughput (default): for each LSTM implementation, B, rematerialisation setting and
+way of unrolling the batch (all B tasks at once, or ``--tasks-per-chunk`` tasks at a
+time, one chunk after the other: ``meta_train``'s ``tasks_per_chunk``), prints seconds per meta-step (median after warm-up), optimizee steps/s (B x 20 per
 meta-step), compile time and the compiled program's memory (arguments + outputs +
 temporaries, from XLA's memory analysis; on GPU also the device's peak).
+
+Whole runs (``--meta-train``): ``meta_train`` itself (the host loop, new tasks every
+100 inner steps, no validation) for ``--meta-steps`` meta-steps at each B, with
+``--steps-per-call`` meta-steps per compiled call and B tasks at once or one at a time;
+prints optimizee steps/s over the calls after the first (which compiles).
 
 Memory (``--memory``): untruncated BPTT over whole runs of T = 20, 100, 1000 steps at
 ``--memory-batch`` tasks (default 64); compiles only, and prints the memory of the
 compiled meta-gradient without, with per-step, and with √T-segment rematerialisation.
 
-    python benchmarks/meta_training_speed.py                 # CPU: B = 1, 4
+    python benchmarks/meta_training_speed.py                 # CPU: B = 1, 4, 16
     python benchmarks/meta_training_speed.py --memory
-    python benchmarks/meta_training_speed.py --batch-sizes 1 16 64 256   # on a GPU
+    python benchmarks/meta_training_speed.py --meta-train --batch-sizes 1 4 16
+    python benchmarks/meta_training_speed.py --batch-sizes 1 16 64 256 --tasks-per-chunk all   # on a GPU
 
 Results go to ``benchmarks/results/meta_training_speed_<platform>.json``
 (``--out`` to change).
@@ -58,14 +65,16 @@ def compiled_memory(compiled: Any) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def meta_step_fn(implementation: str, remat: bool | str, num_steps: int):
+def meta_step_fn(implementation: str, remat: bool | str, num_steps: int, tasks_per_chunk: int | None = None):
     optimizer = lstm(implementation=implementation)
     family = tasks.get("mnist")
     meta_tx = optax.adam(1e-3)
 
     @functools.partial(jax.jit, donate_argnums=(1, 2))
     def step(phi, meta_state, inner):
-        (loss, (inner, _)), grads = meta_value_and_grad(phi, optimizer, family, inner, num_steps, remat=remat)
+        (loss, (inner, _)), grads = meta_value_and_grad(
+            phi, optimizer, family, inner, num_steps, remat=remat, tasks_per_chunk=tasks_per_chunk
+        )
         updates, meta_state = meta_tx.update(grads, meta_state, phi)
         return optax.apply_updates(phi, updates), meta_state, inner, loss
 
@@ -77,8 +86,10 @@ def meta_step_fn(implementation: str, remat: bool | str, num_steps: int):
     return step, setup
 
 
-def throughput(implementation: str, batch_size: int, remat: bool, steps: int) -> dict[str, Any]:
-    step, setup = meta_step_fn(implementation, remat, TRUNCATION)
+def throughput(
+    implementation: str, batch_size: int, remat: bool, steps: int, tasks_per_chunk: int | None = None
+) -> dict[str, Any]:
+    step, setup = meta_step_fn(implementation, remat, TRUNCATION, tasks_per_chunk)
     args = setup(batch_size)
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -95,6 +106,7 @@ def throughput(implementation: str, batch_size: int, remat: bool, steps: int) ->
         "implementation": implementation,
         "batch_size": batch_size,
         "remat": remat,
+        "tasks_per_chunk": tasks_per_chunk,
         "seconds_per_meta_step": per_step,
         "optimizee_steps_per_second": batch_size * TRUNCATION / per_step,
         "compile_seconds": compile_s,
@@ -121,24 +133,89 @@ def memory(horizon: int, batch_size: int, remat: bool | str) -> dict[str, Any]:
     }
 
 
+def whole_run(batch_size: int, steps_per_call: int, tasks_per_chunk: int | None, meta_steps: int) -> dict[str, Any]:
+    from l2l_jax.meta import MetaTrainConfig, meta_train
+
+    config = MetaTrainConfig(
+        task="mnist",
+        num_meta_steps=meta_steps,
+        horizon=100,
+        truncation=TRUNCATION,
+        batch_size=batch_size,
+        tasks_per_chunk=tasks_per_chunk,
+        validate_every=0,
+        checkpoint_every=meta_steps,
+    )
+    t0 = time.perf_counter()
+    result = meta_train(config, progress=False, steps_per_call=steps_per_call)
+    wall = time.perf_counter() - t0
+    timed = result.history[steps_per_call:]  # After the first call, which compiles.
+    seconds = sum(r["seconds"] for r in timed)
+    return {
+        "mode": "meta_train",
+        "implementation": "auto",
+        "batch_size": batch_size,
+        "remat": False,
+        "tasks_per_chunk": tasks_per_chunk,
+        "steps_per_call": steps_per_call,
+        "meta_steps": meta_steps,
+        "timed_meta_steps": len(timed),
+        "seconds_per_meta_step": seconds / len(timed),
+        "optimizee_steps_per_second": batch_size * TRUNCATION * len(timed) / seconds,
+        "wall_seconds": wall,
+        "meta_loss_finite": bool(np.isfinite(result.history[-1]["meta_loss"])),
+    }
+
+
+def effective_chunkings(chunkings: list[int | None], batch_size: int) -> list[int | None]:
+    """The distinct ways to unroll B tasks: a chunk of B or more is all at once; one that does not divide B is skipped."""
+    out: list[int | None] = []
+    for c in chunkings:
+        c = None if c is None or c >= batch_size else c
+        if (c is None or batch_size % c == 0) and c not in out:
+            out.append(c)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--tasks-per-chunk",
+        nargs="+",
+        default=["all", "1"],
+        help="'all' (one vmap over the batch) and/or chunk sizes; a size >= B is skipped as the same as 'all'",
+    )
     parser.add_argument("--implementations", nargs="+", default=["reference", "fused"])
     parser.add_argument("--steps", type=int, default=8, help="timed meta-steps per setting (after the compile)")
     parser.add_argument("--memory", action="store_true", help="memory against unroll length instead of throughput")
     parser.add_argument("--memory-batch", type=int, default=64)
     parser.add_argument("--horizons", type=int, nargs="+", default=[20, 100, 1000])
+    parser.add_argument("--meta-train", action="store_true", help="time whole meta_train runs instead")
+    parser.add_argument("--meta-steps", type=int, default=40, help="meta-steps per whole run (--meta-train)")
+    parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 4], help="for --meta-train")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     machine = describe_machine()
     print(machine, flush=True)
-    kind = "memory" if args.memory else "throughput"
-    out = (
-        args.out or RESULTS / f"meta_training_speed_{jax.devices()[0].platform}{'_memory' if args.memory else ''}.json"
-    )
+    kind = "memory" if args.memory else "meta_train" if args.meta_train else "throughput"
+    suffix = {"memory": "_memory", "meta_train": "_meta_train", "throughput": ""}[kind]
+    out = args.out or RESULTS / f"meta_training_speed_{jax.devices()[0].platform}{suffix}.json"
     rows = []
-    if args.memory:
+    chunkings = [None if c == "all" else int(c) for c in args.tasks_per_chunk]
+    if args.meta_train:
+        for b in args.batch_sizes:
+            for chunk in effective_chunkings(chunkings, b):
+                for k in args.steps_per_call:
+                    r = whole_run(b, k, chunk, args.meta_steps)
+                    rows.append(r)
+                    print(
+                        f"meta_train B={b:4d} chunk={chunk or 'all'!s:4s} steps/call={k:2d} "
+                        f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
+                        f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  (wall {r['wall_seconds']:.0f} s)",
+                        flush=True,
+                    )
+    elif args.memory:
         for remat in (False, True, "segments"):
             for horizon in args.horizons:
                 r = memory(horizon, args.memory_batch, remat)
@@ -151,16 +228,19 @@ def main() -> None:
     else:
         for impl in args.implementations:
             for b in args.batch_sizes:
-                for remat in (False, True):
-                    r = throughput(impl, b, remat, args.steps)
-                    rows.append(r)
-                    mem = r["compiled_memory_bytes"]
-                    print(
-                        f"{impl:9s} B={b:4d} remat={remat!s:5s} {r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
-                        f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  compile {r['compile_seconds']:.1f} s  "
-                        f"memory {mem / 2**20 if mem else float('nan'):.0f} MiB",
-                        flush=True,
-                    )
+                for chunk in effective_chunkings(chunkings, b):
+                    for remat in (False, True):
+                        r = throughput(impl, b, remat, args.steps, chunk)
+                        rows.append(r)
+                        mem = r["compiled_memory_bytes"]
+                        print(
+                            f"{impl:9s} B={b:4d} chunk={chunk or 'all'!s:4s} remat={remat!s:5s} "
+                            f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
+                            f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  "
+                            f"compile {r['compile_seconds']:.1f} s  "
+                            f"memory {mem / 2**20 if mem else float('nan'):.0f} MiB",
+                            flush=True,
+                        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "kind": kind, "truncation": TRUNCATION, "rows": rows}, indent=1))
     print(f"wrote {out}")

@@ -63,7 +63,12 @@ def _evaluate_run(
 
 
 def _train(
-    config_dict: dict[str, Any], run_dir: Path, resume: bool, progress: bool, devices: int | None = None
+    config_dict: dict[str, Any],
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    devices: int | None = None,
+    steps_per_call: int = 1,
 ) -> Any:
     from l2l_jax.meta import MetaTrainConfig, meta_train
 
@@ -71,7 +76,9 @@ def _train(
     print(f"meta-training {config.optimizer} on {config.task} into {run_dir}", flush=True)
     t0 = time.perf_counter()
     try:
-        result = meta_train(config, run_dir, resume=resume, progress=progress, devices=devices)
+        result = meta_train(
+            config, run_dir, resume=resume, progress=progress, devices=devices, steps_per_call=steps_per_call
+        )
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last checkpoint is in {run_dir}; run the same command again to resume.")
         raise SystemExit(130) from None
@@ -118,12 +125,20 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         "first_order": not args.second_order,
         "weighting": args.weighting,
         "remat": "segments" if args.remat_segments else args.remat,
+        "tasks_per_chunk": args.tasks_per_chunk,
         "validate_every": args.validate_every,
         "num_val_tasks": args.val_tasks,
         "checkpoint_every": args.checkpoint_every,
         "seed": args.seed,
     }
-    _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress, devices=args.devices)
+    _train(
+        config,
+        args.run_dir,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+        devices=args.devices,
+        steps_per_call=args.steps_per_call,
+    )
     if args.evaluate:
         print(_evaluate_run(args.run_dir, args.tasks, args.tune_tasks, args.horizon, args.seed + 1, not args.no_progress))
     print(f"wrote {args.run_dir}")
@@ -227,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument(
         "--remat-segments", action="store_true", help="also checkpoint sqrt(K)-step segments (long truncations)"
+    )
+    mt.add_argument(
+        "--tasks-per-chunk",
+        type=int,
+        default=None,
+        help="unroll the batch in sequential chunks of this many tasks (1 is fastest on a CPU; default: all at once)",
+    )
+    mt.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="meta-steps per compiled call (fewer host round trips; about 10%% faster on a CPU with 4)",
     )
     mt.add_argument("--validate-every", type=int, default=100)
     mt.add_argument("--val-tasks", type=int, default=64)

@@ -34,8 +34,10 @@ TINY = [
 
 def test_meta_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["meta-train", "--task", "quadratic", *TINY, "--run-dir", str(run)]) == 0
+    argv = ["meta-train", "--task", "quadratic", *TINY, "--steps-per-call", "3", "--tasks-per-chunk", "2"]
+    assert cli.main([*argv, "--run-dir", str(run)]) == 0
     assert (run / "optimizer.msgpack").is_file()
+    assert json.loads((run / "config.json").read_text())["tasks_per_chunk"] == 2
     code = cli.main(["evaluate", str(run), "--tasks", "8", "--tune-tasks", "8", "--steps", "10", "--no-progress"])
     assert code == 0
     out = capsys.readouterr().out
@@ -53,6 +55,8 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
         (["meta-train", "--optimizer", "gru", "--run-dir", "X"], "unknown learned optimizer 'gru'"),
         (["meta-train", "--preset", "pytorch", "--run-dir", "X"], "unknown LSTM preset"),
         (["meta-train", "--horizon", "0", "--run-dir", "X"], "horizon must be a positive integer"),
+        (["meta-train", "--tasks-per-chunk", "3", "--run-dir", "X"], "tasks_per_chunk=3 must divide the batch of 128"),
+        (["meta-train", "--steps-per-call", "0", "--run-dir", "X"], "steps_per_call must be a positive integer"),
         (["meta-train", "--meta-lr", "-1", "--run-dir", "X"], "meta_lr must be a positive number"),
         (["meta-train", "--task-option", "dim", "--run-dir", "X"], "--task-option takes KEY=VALUE"),
         (["meta-train", "--task-option", "dim=0", "--run-dir", "X"], "dimension (dim) must be a positive integer"),

@@ -2,8 +2,8 @@
 
 The reference is the LSTM step written in plain JAX and differentiated by autodiff,
 unrolled with a plain ``lax.scan``; the fast paths are the fused LSTM step (its own
-backward pass), the Pallas kernel (in the interpreter on CPU) and rematerialisation
-(per step and in √T segments). Float64, so the
+backward pass), the Pallas kernel (in the interpreter on CPU), rematerialisation
+(per step and in √T segments) and unrolling the batch in chunks of tasks. Float64, so the
 tolerances measure the algebra, not rounding.
 """
 
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from l2l_jax.meta import init_inner, truncation_loss
+from l2l_jax.errors import ConfigError
+from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
 from l2l_jax.optimizers.lstm_cell import CellWeights, lstm_step_fused, lstm_step_reference
@@ -112,6 +113,33 @@ def test_rematerialised_unroll_equals_the_plain_one(remat):
     np.testing.assert_allclose(losses_r, losses, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(grad_r), jax.tree.leaves(grad)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("tasks_per_chunk", [1, 2, 3])
+@pytest.mark.parametrize("first_order", [True, False])
+def test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once(tasks_per_chunk, first_order):
+    optimizer, family, phi, inner = quadratic_setup("fused", batch=6)
+
+    def run(chunk):
+        (loss, (after, losses)), grad = meta_value_and_grad(
+            phi, optimizer, family, inner, 7, first_order=first_order, tasks_per_chunk=chunk
+        )
+        return loss, losses, after._replace(key=jax.random.key_data(after.key)), grad
+
+    at_once, chunked = run(None), run(tasks_per_chunk)
+    # Same tasks in the same order afterwards (the next truncation continues each one).
+    assert jax.tree.structure(chunked) == jax.tree.structure(at_once)
+    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(at_once)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert not np.allclose(at_once[1][0], at_once[1][1])  # the tasks differ, so the order is checked
+
+
+@pytest.mark.parametrize("bad", [0, 4, -2, 2.0, True])
+def test_a_chunk_size_that_does_not_divide_the_batch_is_refused(bad):
+    optimizer, family, phi, inner = quadratic_setup("fused", batch=6)
+    with pytest.raises(ConfigError, match="tasks_per_chunk"):
+        meta_value_and_grad(phi, optimizer, family, inner, 3, tasks_per_chunk=bad)
 
 
 def test_segment_length_is_the_divisor_nearest_the_square_root():

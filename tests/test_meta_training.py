@@ -155,9 +155,10 @@ class SometimesNaN(TaskFamily):
         return jnp.where(task_params["bad"], jnp.nan, jnp.sum(params**2))
 
 
-def test_non_finite_meta_steps_are_skipped_and_counted():
+@pytest.mark.parametrize("steps_per_call", [1, 5])
+def test_non_finite_meta_steps_are_skipped_and_counted(steps_per_call):
     config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 12, "batch_size": 2, "validate_every": 0})
-    result = meta_train(config, family=SometimesNaN(), progress=False)
+    result = meta_train(config, family=SometimesNaN(), progress=False, steps_per_call=steps_per_call)
     skipped_rows = [r for r in result.history if not np.isfinite(r["meta_loss"])]
     assert result.skipped == len(skipped_rows) > 0
     assert len(skipped_rows) < 12  # Some steps were finite and applied.
@@ -216,6 +217,8 @@ def test_weights_of_another_architecture_are_reported(tmp_path):
         ({"weighting": "exp"}, "weighting"),
         ({"meta_optimizer": "lion"}, "meta-optimizer"),
         ({"remat": "sqrt"}, "remat"),
+        ({"tasks_per_chunk": 3}, "tasks_per_chunk=3 must divide the batch of 8 tasks"),
+        ({"tasks_per_chunk": 0}, "tasks_per_chunk"),
     ],
 )
 def test_nonsensical_configs_are_refused(bad, match):
@@ -230,6 +233,58 @@ def test_unknown_task_and_optimizer_names():
         MetaTrainConfig(optimizer="gru").build_optimizer()
     with pytest.raises(errors.ConfigError, match="bad options for task"):
         MetaTrainConfig(task_options={"dimension": 3}).build_task()
+
+
+def test_meta_training_in_chunks_of_tasks_follows_the_same_path():
+    base = MetaTrainConfig(**{**SMALL, "num_meta_steps": 10})
+    at_once = meta_train(base, progress=False)
+    chunked = meta_train(MetaTrainConfig(**{**base.to_dict(), "tasks_per_chunk": 2}), progress=False)
+    np.testing.assert_allclose(
+        [h["meta_loss"] for h in chunked.history], [h["meta_loss"] for h in at_once.history], rtol=1e-4
+    )
+    np.testing.assert_allclose(flat(chunked.final_meta_params), flat(at_once.final_meta_params), rtol=1e-4, atol=1e-6)
+
+
+def test_several_meta_steps_per_call_follow_the_same_path():
+    # Calls of 3 steps cross the task resets (every 4 steps) and must stop at the
+    # validation (every 5) and checkpoint (every 4) steps.
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 14})
+    one = meta_train(config, progress=False)
+    seen = []
+    three = meta_train(config, progress=False, steps_per_call=3, on_step=lambda step, row: seen.append(step))
+    assert seen == [r["step"] for r in three.history] == list(range(1, 15))
+    assert [r["step"] for r in three.history if "val_loss" in r] == [5, 10]
+    for key in ("meta_loss", "grad_norm", "val_loss"):
+        np.testing.assert_allclose(
+            [r[key] for r in three.history if key in r], [r[key] for r in one.history if key in r], rtol=1e-5
+        )
+    np.testing.assert_allclose(flat(three.final_meta_params), flat(one.final_meta_params), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(flat(three.meta_params), flat(one.meta_params), rtol=1e-5, atol=1e-7)
+
+
+def test_a_run_resumes_with_another_number_of_steps_per_call(tmp_path):
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 13})
+    whole = meta_train(config, progress=False)
+
+    def interrupt_at_6(step, metrics):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(config, tmp_path / "run", progress=False, steps_per_call=3, on_step=interrupt_at_6)
+    # Calls: 1-3, 4 (checkpoint), 5 (validation), 6-8. Step 6 is reported after its
+    # call has finished, so the interruption keeps the whole call.
+    saved = json.loads((tmp_path / "run" / rd.OPTIMIZER_META).read_text())
+    assert saved["meta_steps"] == 8
+    resumed = meta_train(config, tmp_path / "run", progress=False, steps_per_call=2)
+    assert [r["step"] for r in resumed.history] == list(range(1, 14))
+    np.testing.assert_allclose(flat(resumed.final_meta_params), flat(whole.final_meta_params), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_a_nonsensical_number_of_steps_per_call_is_refused(bad):
+    with pytest.raises(errors.ConfigError, match="steps_per_call must be a positive integer"):
+        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), progress=False, steps_per_call=bad)
 
 
 def test_lstm_meta_params_are_finite_after_training_with_second_order():

@@ -36,18 +36,25 @@ CHILD = textwrap.dedent(
     config = MetaTrainConfig(task="quadratic", task_options={"dim": 5}, num_meta_steps=4, horizon=10,
                              truncation=5, batch_size=8, meta_lr=1e-2, validate_every=2, num_val_tasks=8,
                              checkpoint_every=4)
-    runs = {}
-    for name, devices in (("one", 1), ("eight", 8), ("auto", None)):
+    def summary(config, devices):
         r = meta_train(config, progress=False, devices=devices)
-        runs[name] = {"phi": [np.asarray(x).tolist() for x in jax.tree.leaves(r.meta_params)],
-                      "losses": [h["meta_loss"] for h in r.history],
-                      "val": [h["val_loss"] for h in r.history if "val_loss" in h]}
-    out["runs"] = runs
-    try:
-        meta_train(MetaTrainConfig(**{**config.to_dict(), "batch_size": 6}), progress=False, devices=8)
-        out["uneven"] = None
-    except ConfigError as e:
-        out["uneven"] = str(e)
+        return {"phi": [np.asarray(x).tolist() for x in jax.tree.leaves(r.meta_params)],
+                "losses": [h["meta_loss"] for h in r.history],
+                "val": [h["val_loss"] for h in r.history if "val_loss" in h]}
+
+    def refusal(config):
+        try:
+            meta_train(config, progress=False, devices=8)
+        except ConfigError as e:
+            return str(e)
+        return None
+
+    out["runs"] = {name: summary(config, devices) for name, devices in (("one", 1), ("eight", 8), ("auto", None))}
+    # 16 tasks in 2 chunks of 8, each chunk split over the 8 devices, against one device.
+    chunked = MetaTrainConfig(**{**config.to_dict(), "batch_size": 16, "tasks_per_chunk": 8})
+    out["chunked"] = {name: summary(chunked, devices) for name, devices in (("one", 1), ("eight", 8))}
+    out["uneven"] = refusal(MetaTrainConfig(**{**config.to_dict(), "batch_size": 6}))
+    out["uneven_chunk"] = refusal(MetaTrainConfig(**{**config.to_dict(), "tasks_per_chunk": 4}))
     print("RESULT" + json.dumps(out))
     """
 )
@@ -88,6 +95,18 @@ def test_sharded_meta_training_matches_one_device(child, name):
     _close(other["phi"], one["phi"])
 
 
+def test_sharded_meta_training_in_chunks_of_tasks_matches_one_device(child):
+    one, eight = child["chunked"]["one"], child["chunked"]["eight"]
+    _close(eight["losses"], one["losses"])
+    _close(eight["val"], one["val"])
+    _close(eight["phi"], one["phi"])
+
+
 def test_a_batch_that_does_not_split_evenly_is_refused_with_advice(child):
     assert child["uneven"] is not None
     assert "6 tasks cannot be split evenly over 8 devices" in child["uneven"]
+
+
+def test_a_chunk_of_tasks_that_does_not_split_evenly_is_refused_with_advice(child):
+    assert child["uneven_chunk"] is not None
+    assert "tasks_per_chunk=4 tasks cannot be split evenly over 8 devices" in child["uneven_chunk"]

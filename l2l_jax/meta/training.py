@@ -25,6 +25,7 @@ from l2l_jax.meta.unroll import (
     WEIGHTINGS,
     InnerState,
     check_remat,
+    check_tasks_per_chunk,
     init_inner,
     meta_value_and_grad,
     unroll,
@@ -62,6 +63,11 @@ class MetaTrainConfig:
       remat: ``True``: ``jax.checkpoint`` each inner step (less memory, more
         compute); ``"segments"``: also checkpoint √K-step segments, for long
         truncations (see :func:`l2l_jax.meta.unroll`).
+      tasks_per_chunk: ``None``: unroll the whole batch at once (``vmap``); a
+        divisor c of ``batch_size``: unroll it in chunks of c tasks, one after the
+        other (see :func:`l2l_jax.meta.meta_value_and_grad`). Same result up to
+        float rounding; on a CPU, 1 is the fastest. With several devices, c must
+        be a multiple of their number.
       validate_every: validate φ on held-out tasks every this many meta-steps and
         keep the best (0, or before the first validation: the latest φ is kept).
       num_val_tasks: held-out tasks for validation (full T-step runs).
@@ -84,6 +90,7 @@ class MetaTrainConfig:
     first_order: bool = True
     weighting: str = "uniform"
     remat: bool | str = False
+    tasks_per_chunk: int | None = None
     validate_every: int = 100
     num_val_tasks: int = 64
     checkpoint_every: int = 200
@@ -112,6 +119,7 @@ class MetaTrainConfig:
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
         check_remat(self.remat)
+        check_tasks_per_chunk(self.tasks_per_chunk, self.batch_size)
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"unknown meta-loss weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.meta_optimizer not in META_OPTIMIZERS:
@@ -221,6 +229,7 @@ def meta_train(
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     init_meta_params: MetaParams | None = None,
     devices: int | Sequence[jax.Device] | None = None,
+    steps_per_call: int = 1,
 ) -> MetaTrainResult:
     """Meta-trains a learned optimizer by truncated BPTT.
 
@@ -253,10 +262,19 @@ def meta_train(
         ``None`` for all devices when ``batch_size`` divides evenly over them
         (otherwise one). The result is the same as on one device up to float
         rounding, and a run may resume on a different number of devices.
+      steps_per_call: run up to this many meta-steps in one compiled call (a
+        ``lax.scan`` over meta-steps, new tasks drawn inside it), which saves the
+        per-call overhead of dispatch and host synchronisation: worth about 10% on
+        a CPU at small batches. Calls end at every validation and checkpoint step,
+        so the run is the same up to float rounding and may resume with another
+        value; ``on_step`` then sees each call's steps after the call, and an
+        interruption keeps the last whole call.
 
     Returns:
       A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
     """
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 1:
+        raise ConfigError(f"steps_per_call must be a positive integer, got {steps_per_call!r}")
     optimizer = optimizer or config.build_optimizer()
     family = family or config.build_task()
     meta_tx = meta_optimizer or config.build_meta_optimizer()
@@ -281,7 +299,7 @@ def meta_train(
             best_step=jnp.zeros((), jnp.int32),
         )
 
-    mesh = _task_mesh(devices, config.batch_size)
+    mesh = _task_mesh(devices, config.batch_size, config.tasks_per_chunk)
     state = init_state()
     initial_meta_params = state.meta_params
     history: list[dict[str, Any]] = []
@@ -300,6 +318,7 @@ def meta_train(
             first_order=config.first_order,
             weighting=config.weighting,
             remat=config.remat,
+            tasks_per_chunk=config.tasks_per_chunk,
         )
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -316,13 +335,31 @@ def meta_train(
         )
         return new_state, {"meta_loss": loss, "grad_norm": grad_norm}
 
+    def run_steps(state: MetaTrainState, num_steps: int) -> tuple[MetaTrainState, dict[str, jax.Array]]:
+        """``num_steps`` meta-steps in one call; metrics stacked along a leading step axis."""
+
+        def one(state: MetaTrainState, _: None) -> tuple[MetaTrainState, dict[str, jax.Array]]:
+            # New tasks after a whole run, or after a non-finite step, drawn
+            # from the step number so that the run does not depend on how the
+            # steps are grouped into calls.
+            def fresh() -> InnerState:
+                inner = init_inner(optimizer, state.meta_params, family, keys.tasks_at(state.step), config.batch_size)
+                return inner if mesh is None else jax.lax.with_sharding_constraint(inner, sh.task_sharding(mesh))
+
+            reset = (state.inner.step[0] >= config.horizon) | ~state.healthy
+            inner = jax.lax.cond(reset, fresh, lambda: state.inner)
+            new_state, metrics = train_step(state._replace(inner=inner, healthy=jnp.array(True)))
+            return new_state, {**metrics, "skipped": new_state.skipped}
+
+        return jax.lax.scan(one, state, length=num_steps)
+
     init_inner_jit = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
     if mesh is None:
-        train_step = jax.jit(train_step)
+        run_steps = jax.jit(run_steps, static_argnums=1)
         make_inner = init_inner_jit
     else:
         state_shardings = jax.tree.map(lambda x: x.sharding, state)
-        train_step = jax.jit(train_step, out_shardings=(state_shardings, sh.replicated(mesh)))
+        run_steps = jax.jit(run_steps, static_argnums=1, out_shardings=(state_shardings, sh.replicated(mesh)))
 
         def make_inner(phi: MetaParams, key: jax.Array, n: int) -> InnerState:
             inner = init_inner_jit(phi, key, n)
@@ -342,6 +379,17 @@ def meta_train(
         _write_optimizer(run_path, optimizer, state, config, family)
         rd.save_tree(run_path / rd.CHECKPOINT, state)
 
+    def call_length(done: int) -> int:
+        """Steps in the next call: up to ``steps_per_call``, ending on every step that validates or checkpoints."""
+        stops = [
+            config.num_meta_steps,
+            done + steps_per_call,
+            (done // config.checkpoint_every + 1) * config.checkpoint_every,
+        ]
+        if config.validate_every:
+            stops.append((done // config.validate_every + 1) * config.validate_every)
+        return min(stops) - done
+
     start = int(state.step)
     bar = tqdm(
         total=config.num_meta_steps,
@@ -352,43 +400,51 @@ def meta_train(
         mininterval=0.5,
     )
     try:
-        for step in range(start, config.num_meta_steps):
-            if int(state.inner.step[0]) >= config.horizon or not bool(state.healthy):
-                state = state._replace(
-                    inner=make_inner(state.meta_params, keys.tasks_at(step), config.batch_size),
-                    healthy=jnp.array(True),
-                )
+        done = start
+        while done < config.num_meta_steps:
+            num = call_length(done)
             t0 = time.perf_counter()
-            new_state, metrics = train_step(state)
-            row = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}, "skipped": int(new_state.skipped)}
-            row["seconds"] = time.perf_counter() - t0
-            done = step + 1
-            # Only on the grid, so extending a finished run validates exactly
-            # where a longer run would have.
+            new_state, metrics = run_steps(state, num)
+            metrics = {k: np.asarray(v) for k, v in metrics.items()}  # One transfer per call.
+            seconds = (time.perf_counter() - t0) / num
+            rows = [
+                {
+                    "step": done + i + 1,
+                    "meta_loss": float(metrics["meta_loss"][i]),
+                    "grad_norm": float(metrics["grad_norm"][i]),
+                    "skipped": int(metrics["skipped"][i]),
+                    "seconds": seconds,
+                }
+                for i in range(num)
+            ]
+            done += num
+            # Only on the grid (calls end there), so extending a finished run
+            # validates exactly where a longer run would have.
             if config.validate_every and done % config.validate_every == 0:
                 val = float(validate(new_state.meta_params))
-                row["val_loss"] = val
+                rows[-1]["val_loss"] = val
                 if math.isfinite(val) and val < float(new_state.best_val):
                     new_state = new_state._replace(
                         best_meta_params=new_state.meta_params,
                         best_val=jnp.asarray(val, jnp.float32),
                         best_step=jnp.asarray(done, jnp.int32),
                     )
-            # Commit the step: `state` only ever holds completed steps, so an
+            # Commit the steps: `state` only ever holds completed steps, so an
             # interruption anywhere saves a consistent checkpoint.
-            history.append(row)
+            history.extend(rows)
             state = new_state
-            bar.update(1)
+            bar.update(num)
             bar.set_postfix(  # refresh=False: redraws only at tqdm's own interval.
-                meta_loss=f"{row['meta_loss']:.4g}",
+                meta_loss=f"{rows[-1]['meta_loss']:.4g}",
                 best_val=f"{float(state.best_val):.4g}",
-                skipped=row["skipped"],
+                skipped=rows[-1]["skipped"],
                 refresh=False,
             )
             if done % config.checkpoint_every == 0 or done == config.num_meta_steps:
                 checkpoint(state)
             if on_step is not None:
-                on_step(done, row)
+                for row in rows:
+                    on_step(row["step"], row)
     except KeyboardInterrupt:
         # `state` is always a completed step: save it so the run resumes from here.
         checkpoint(state)
@@ -411,14 +467,22 @@ def meta_train(
     )
 
 
-def _task_mesh(devices: int | Sequence[jax.Device] | None, batch_size: int) -> sh.Mesh | None:
+def _task_mesh(
+    devices: int | Sequence[jax.Device] | None, batch_size: int, tasks_per_chunk: int | None
+) -> sh.Mesh | None:
     """The mesh to split tasks over, or ``None`` to stay on the default device."""
     if devices is None:
         n = len(jax.devices())
-        if n == 1 or batch_size % n:
+        if n == 1 or batch_size % n or (tasks_per_chunk or batch_size) % n:
             return None
     mesh = sh.task_mesh(devices)
     sh.check_divisible(batch_size, mesh)
+    if tasks_per_chunk is not None and tasks_per_chunk % mesh.devices.size:
+        n = mesh.devices.size
+        raise ConfigError(
+            f"tasks_per_chunk={tasks_per_chunk} tasks cannot be split evenly over {n} devices; "
+            f"use a multiple of {n}, fewer devices (devices=...), or tasks_per_chunk=None"
+        )
     return mesh if mesh.devices.size > 1 else None
 
 
