@@ -18,7 +18,7 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
-from l2l_jax.optimizers.lstm_cell import CellWeights, lstm_step_fused, lstm_step_reference
+from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights, in_blocks, lstm_step_fused, lstm_step_reference
 from l2l_jax.optimizers.lstm_pallas import BLOCK, lstm_step_pallas
 from l2l_jax.tasks import QuadraticFamily
 
@@ -148,6 +148,34 @@ def test_segment_length_is_the_divisor_nearest_the_square_root():
     assert segment_length(20) == 4
     assert segment_length(7) == 1  # a prime: one step per segment
     assert all(n % segment_length(n) == 0 for n in range(1, 200))
+
+
+@pytest.mark.parametrize("n", [30, 37])  # a whole number of blocks, and a padded last block
+def test_the_step_in_blocks_of_coordinates_equals_one_call(n):
+    weights, x, h, c = random_cell(jax.random.key(5), n=n)
+    blocked = in_blocks(lstm_step_fused, 10)
+    whole, vjp_whole = jax.vjp(lstm_step_fused, weights, x, h, c)
+    parts, vjp_parts = jax.vjp(blocked, weights, x, h, c)
+    for a, b in zip(parts, whole):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    cotangents = tuple(jax.random.normal(jax.random.key(i), a.shape, a.dtype) for i, a in enumerate(whole))
+    for a, b in zip(jax.tree.leaves(vjp_parts(cotangents)), jax.tree.leaves(vjp_whole(cotangents))):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_leaf_larger_than_a_cpu_block_gets_the_reference_update():
+    assert jax.default_backend() == "cpu"  # where the fused step runs in blocks
+    grad = {"big": jax.random.normal(jax.random.key(4), (CPU_BLOCK * 2 + 123,)), "small": jnp.ones((3, 2))}
+    phi = lstm().init(jax.random.key(0))
+    out = {}
+    for impl in ("reference", "fused"):
+        tx = lstm(implementation=impl).as_optax(phi)
+        update = jax.jit(tx.update)
+        _, state = update(grad, tx.init(grad))
+        out[impl] = update(grad, state)
+    for a, b in zip(jax.tree.leaves(out["reference"]), jax.tree.leaves(out["fused"])):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
 def test_the_lstm_drop_in_gives_the_same_updates_with_either_implementation():

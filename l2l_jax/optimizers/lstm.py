@@ -16,7 +16,7 @@ import optax
 
 from l2l_jax.errors import ConfigError, finite_float, positive_int
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
-from l2l_jax.optimizers.lstm_cell import IMPLEMENTATIONS, CellWeights, step_function
+from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, IMPLEMENTATIONS, CellWeights, in_blocks, step_function
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
@@ -131,6 +131,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
 
         implementation = "fused" if self.implementation == "auto" else self.implementation
         step_fn = step_function(implementation)
+        if implementation == "fused" and jax.default_backend() == "cpu":
+            step_fn = in_blocks(step_fn, CPU_BLOCK)  # Large leaves in cache-sized blocks.
 
         def leaf_update(grad: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Compute in at least float32 even when the state is stored in bfloat16.
@@ -175,7 +177,8 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
       **overrides: any of ``hidden_size``, ``num_layers``, ``preprocessing``
         (``"log_sign"`` or ``"none"``), ``p``, ``output_scale``, ``state_dtype``,
         ``implementation``: ``"fused"`` (a hand-written, recomputing backward pass;
-        what ``"auto"``, the default, picks), ``"reference"`` (plain JAX
+        on a CPU, leaves run in cache-sized blocks of coordinates; what ``"auto"``,
+        the default, picks), ``"reference"`` (plain JAX
         autodiff; needed for forward-mode ``jax.jvp`` in φ) or ``"pallas"`` (one
         in-place Pallas/Triton kernel for the update on GPU; interpreted, slowly,
         elsewhere). All give the same numbers (tested); the choice is not part of
