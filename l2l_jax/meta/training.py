@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import ConfigError, RunDirectoryError
+from l2l_jax.errors import ConfigError, RunDirectoryError, positive_int
 from l2l_jax.meta import run_directory as rd
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta.unroll import (
@@ -273,8 +273,7 @@ def meta_train(
     Returns:
       A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
     """
-    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 1:
-        raise ConfigError(f"steps_per_call must be a positive integer, got {steps_per_call!r}")
+    steps_per_call = positive_int("steps_per_call", steps_per_call)
     optimizer = optimizer or config.build_optimizer()
     family = family or config.build_task()
     meta_tx = meta_optimizer or config.build_meta_optimizer()
