@@ -7,7 +7,8 @@ buffers donated): the same computation as ``meta_train``'s step.
 
 Throughput (default): for each LSTM implementation, B, rematerialisation setting and
 way of unrolling the batch (all B tasks at once, or ``--tasks-per-chunk`` tasks at a
-time, one chunk after the other: ``meta_train``'s ``tasks_per_chunk``), prints seconds per meta-step (median after warm-up), optimizee steps/s (B x 20 per
+time, one chunk after the other: ``meta_train``'s ``tasks_per_chunk``), prints
+seconds per meta-step (median after warm-up), optimizee steps/s (B x 20 per
 meta-step), compile time and the compiled program's memory (arguments + outputs +
 temporaries, from XLA's memory analysis; on GPU also the device's peak).
 
@@ -184,7 +185,7 @@ def main() -> None:
         "--tasks-per-chunk",
         nargs="+",
         default=["all", "1"],
-        help="'all' (one vmap over the batch) and/or chunk sizes; a size >= B is skipped as the same as 'all'",
+        help="'all' (one vmap over the batch) and/or chunk sizes; a size >= B counts as 'all', one not dividing B is skipped",
     )
     parser.add_argument("--implementations", nargs="+", default=["reference", "fused"])
     parser.add_argument("--steps", type=int, default=8, help="timed meta-steps per setting (after the compile)")
