@@ -19,9 +19,20 @@ fits next to its optimizer.
 the paper's MNIST MLP (batch 128) and of a wider MLP, with the learned optimizer and
 with Adam.
 
+``--fit N`` trains a sigmoid MLP of about N parameters (``--fit-depth`` layers of equal
+width, batch 128 of fixed synthetic data) for ``--fit-steps`` steps with the shipped
+``mnist-lstm`` and, for comparison, with Adam (lr 1e-3). The learned update is
+multiplied by ``--fit-update-scale``, by default 32 / width: ``mnist-lstm`` was
+meta-trained on a 20-unit MLP and its steps add up on wide layers. It prints the first
+and last loss, time per step, XLA's planned memory of the step, and the device's peak
+memory where the backend reports it (``memory_stats``; the process's peak so far, so
+give one implementation and one state dtype per command for a clean figure): whether
+a model of that size trains next to its learned optimizer on this device.
+
     python benchmarks/update_speed.py                          # CPU: 1M and 3M
     python benchmarks/update_speed.py --memory --sizes 1e8 --implementations reference fused pallas
     python benchmarks/update_speed.py --sizes 1e6 1e7 3e7 1e8 --implementations fused pallas  # GPU
+    python benchmarks/update_speed.py --fit 1e8 --implementations pallas --state-dtypes float32  # GPU, 80 GB
 
 Results go to ``benchmarks/results/update_speed_<platform>.json`` (``--out``).
 """
@@ -45,6 +56,7 @@ import optax
 # Shared with the meta-training benchmark (this folder is on sys.path when run as a script).
 from meta_training_speed import compiled_memory, describe_machine
 
+from l2l_jax import pretrained
 from l2l_jax.optimizers import lstm
 
 RESULTS = Path(__file__).parent / "results"
@@ -226,6 +238,104 @@ def _time_train_step(model: nn.Module, tx: Any, params: Any, x, y, repeats: int,
     return float(np.median(times))
 
 
+#: Default ``--fit-update-scale`` is this over the width: 0.08 at width 408 (1M
+#: parameters), 0.025 at 1288 (10M), 0.008 at 4080 (100M).
+FIT_SCALE_TIMES_WIDTH = 32.0
+
+
+class DeepMLP(nn.Module):
+    """``depth`` sigmoid layers of ``width`` units (input width ``width``), then 10 logits."""
+
+    width: int
+    depth: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.depth):
+            x = nn.sigmoid(nn.Dense(self.width)(x))
+        return nn.Dense(10)(x)
+
+
+def fit_width(num_params: float, depth: int) -> int:
+    """The width (a multiple of 8) that gives a ``DeepMLP`` of about ``num_params`` parameters."""
+    return max(8, round((num_params / depth) ** 0.5 / 8) * 8)
+
+
+def device_peak_bytes() -> int | None:
+    """The device's peak memory in use so far in this process (None where the backend does not say)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
+
+
+def fit_rows(
+    num_params: float, depth: int, steps: int, implementations: list[str], dtypes: list[str], update_scale: float | None
+) -> list[dict]:
+    from l2l_jax.tasks.mnist import cross_entropy
+
+    model = DeepMLP(fit_width(num_params, depth), depth)
+    x = jax.random.normal(jax.random.key(1), (128, model.width))
+    y = jax.random.randint(jax.random.key(2), (128,), 0, 10)
+    n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0), x)))
+    base, phi = pretrained.load_meta_params("mnist-lstm")
+    name = f"MLP {model.width}x{depth} sigmoid"
+    # mnist-lstm was meta-trained on 20 hidden units: its per-coordinate steps do not
+    # shrink with the width, and on wide layers they add up and diverge (measured:
+    # 10M parameters, width 1288, loss 2.37 -> 22.6 in 6 steps at scale 1).
+    update_scale = FIT_SCALE_TIMES_WIDTH / model.width if update_scale is None else update_scale
+    configs = [("adam", None)] + [(impl, dtype) for impl in implementations for dtype in dtypes]
+    rows = []
+    for impl, dtype in configs:
+        if impl == "adam":
+            tx = optax.adam(1e-3)
+        else:
+            tx = lstm(**{**base.config(), "implementation": impl, "state_dtype": dtype}).as_optax(phi)
+            tx = optax.chain(tx, optax.scale(update_scale))
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(params, state, tx=tx):
+            loss, grads = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x), y))(params)
+            updates, state = tx.update(grads, state, params, value=loss)
+            return optax.apply_updates(params, updates), state, loss
+
+        params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+        state = jax.jit(tx.init)(params)
+        planned = compiled_memory(step.lower(params, state).compile())
+        losses, times = [], []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            params, state, loss = step(params, state)
+            losses.append(float(loss))  # waits for the step
+            times.append(time.perf_counter() - t0)
+        del params, state
+        row = {
+            "model": name,
+            "parameters": n,
+            "width": model.width,
+            "implementation": impl,
+            "state_dtype": dtype,
+            "update_scale": None if impl == "adam" else update_scale,
+            "steps": steps,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "losses": losses,
+            # The first call compiles; the median of the others is the step time.
+            "seconds_per_step": float(np.median(times[1:])) if steps > 1 else None,
+            "planned_bytes": planned,
+            "device_peak_bytes": device_peak_bytes(),
+        }
+        rows.append(row)
+        label = "optax.adam" if impl == "adam" else f"{impl} {dtype} x{update_scale:.3g}"
+        per_step = "" if row["seconds_per_step"] is None else f"  {row['seconds_per_step'] * 1e3:9.2f} ms/step"
+        peak = row["device_peak_bytes"]
+        print(
+            f"fit {name} ({n / 1e6:.1f}M) {label:20s} loss {losses[0]:.4f} -> {losses[-1]:.4f} in {steps} steps"
+            f"{per_step}  planned {planned / 2**30 if planned else float('nan'):.2f} GiB"
+            + ("" if peak is None else f"  device peak so far {peak / 2**30:.2f} GiB"),
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 3e6])
@@ -238,6 +348,15 @@ def main() -> None:
     )
     parser.add_argument("--train-step", action="store_true")
     parser.add_argument("--memory", action="store_true", help="compile-only memory of the update for --sizes")
+    parser.add_argument("--fit", type=float, default=None, help="train an MLP of about this many parameters")
+    parser.add_argument("--fit-depth", type=int, default=6)
+    parser.add_argument("--fit-steps", type=int, default=10)
+    parser.add_argument(
+        "--fit-update-scale",
+        type=float,
+        default=None,
+        help=f"multiplies the learned update (--fit; default {FIT_SCALE_TIMES_WIDTH:g} / width)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -248,6 +367,17 @@ def main() -> None:
         out = args.out or RESULTS / f"update_memory_{jax.devices()[0].platform}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": machine, "memory": rows}, indent=1))
+        print(f"wrote {out}")
+        return
+    if args.fit is not None:
+        if args.fit < 100 or args.fit_depth < 1 or args.fit_steps < 1:
+            parser.error("--fit needs at least 100 parameters, --fit-depth and --fit-steps at least 1")
+        rows = fit_rows(
+            args.fit, args.fit_depth, args.fit_steps, args.implementations, args.state_dtypes, args.fit_update_scale
+        )
+        out = args.out or RESULTS / f"update_fit_{jax.devices()[0].platform}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine, "fit": rows}, indent=1))
         print(f"wrote {out}")
         return
     rows = []
