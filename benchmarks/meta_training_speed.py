@@ -24,10 +24,13 @@ compiled meta-gradient without, with per-step, and with √T-segment remateriali
     python benchmarks/meta_training_speed.py                 # CPU: B = 1, 4, 16
     python benchmarks/meta_training_speed.py --memory
     python benchmarks/meta_training_speed.py --meta-train --batch-sizes 1 4 16
-    python benchmarks/meta_training_speed.py --batch-sizes 1 16 64 256 --tasks-per-chunk all   # on a GPU
+    python benchmarks/meta_training_speed.py --batch-sizes 1 16 64 256 --tasks-per-chunk all \
+        --implementations reference fused pallas   # on a GPU
 
 Results go to ``benchmarks/results/meta_training_speed_<platform>.json``
-(``--out`` to change).
+(``--out`` to change), rewritten after every setting so that a run cut short keeps
+what it measured. A setting that runs out of device memory is recorded as such
+(``"out_of_memory"``) and the run goes on.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,36 @@ TRUNCATION = 20
 def describe_machine() -> str:
     dev = jax.devices()[0]
     return f"{platform.machine()}, {dev.platform}: {dev.device_kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}"
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """Writes the results JSON whole (a temporary file, then a rename): never half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """Whether an XLA runtime error is the device running out of memory."""
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def measure_unless_out_of_memory(
+    setting: dict[str, Any], measure: Callable[..., dict[str, Any]], *args: Any
+) -> dict[str, Any]:
+    """``measure(*args)``, or, if the device runs out of memory, ``setting`` with the error's first line.
+
+    A benchmark sweeps settings up to the device's limits; the one that does not fit is
+    a result, not the end of the run. Other errors propagate.
+    """
+    try:
+        return measure(*args)
+    except jax.errors.JaxRuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        return {**setting, "out_of_memory": str(error).strip().splitlines()[0][:500]}
 
 
 def compiled_memory(compiled: Any) -> int | None:
@@ -202,49 +236,60 @@ def main() -> None:
     kind = "memory" if args.memory else "meta_train" if args.meta_train else "throughput"
     suffix = {"memory": "_memory", "meta_train": "_meta_train", "throughput": ""}[kind]
     out = args.out or RESULTS / f"meta_training_speed_{jax.devices()[0].platform}{suffix}.json"
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def record(label: str, row: dict[str, Any], describe: Callable[[dict[str, Any]], str]) -> None:
+        rows.append(row)
+        write_results(out, {"machine": machine, "kind": kind, "truncation": TRUNCATION, "rows": rows})
+        print(f"{label} {'out of memory' if 'out_of_memory' in row else describe(row)}", flush=True)
+
     chunkings = [None if c == "all" else int(c) for c in args.tasks_per_chunk]
     if args.meta_train:
         for b in args.batch_sizes:
             for chunk in effective_chunkings(chunkings, b):
                 for k in args.steps_per_call:
-                    r = whole_run(b, k, chunk, args.meta_steps)
-                    rows.append(r)
-                    print(
-                        f"meta_train B={b:4d} chunk={chunk or 'all'!s:4s} steps/call={k:2d} "
-                        f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
-                        f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  (wall {r['wall_seconds']:.0f} s)",
-                        flush=True,
-                    )
+                    setting = {"mode": "meta_train", "batch_size": b, "tasks_per_chunk": chunk, "steps_per_call": k}
+                    r = measure_unless_out_of_memory(setting, whole_run, b, k, chunk, args.meta_steps)
+                    record(f"meta_train B={b:4d} chunk={chunk or 'all'!s:4s} steps/call={k:2d}", r, _whole_run_line)
     elif args.memory:
         for remat in (False, True, "segments"):
             for horizon in args.horizons:
-                r = memory(horizon, args.memory_batch, remat)
-                rows.append(r)
-                print(
-                    f"T={horizon:5d} B={r['batch_size']} remat={remat!s:8s} "
-                    f"{r['compiled_memory_bytes'] / 2**30:8.2f} GiB  (compile {r['compile_seconds']:.1f} s)",
-                    flush=True,
-                )
+                setting = {"horizon": horizon, "batch_size": args.memory_batch, "remat": remat}
+                r = measure_unless_out_of_memory(setting, memory, horizon, args.memory_batch, remat)
+                record(f"T={horizon:5d} B={args.memory_batch} remat={remat!s:8s}", r, _memory_line)
     else:
         for impl in args.implementations:
             for b in args.batch_sizes:
                 for chunk in effective_chunkings(chunkings, b):
                     for remat in (False, True):
-                        r = throughput(impl, b, remat, args.steps, chunk)
-                        rows.append(r)
-                        mem = r["compiled_memory_bytes"]
-                        print(
-                            f"{impl:9s} B={b:4d} chunk={chunk or 'all'!s:4s} remat={remat!s:5s} "
-                            f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
-                            f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  "
-                            f"compile {r['compile_seconds']:.1f} s  "
-                            f"memory {mem / 2**20 if mem else float('nan'):.0f} MiB",
-                            flush=True,
+                        setting = {"implementation": impl, "batch_size": b, "remat": remat, "tasks_per_chunk": chunk}
+                        r = measure_unless_out_of_memory(setting, throughput, impl, b, remat, args.steps, chunk)
+                        record(
+                            f"{impl:9s} B={b:4d} chunk={chunk or 'all'!s:4s} remat={remat!s:5s}", r, _throughput_line
                         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "kind": kind, "truncation": TRUNCATION, "rows": rows}, indent=1))
     print(f"wrote {out}")
+
+
+def _throughput_line(r: dict[str, Any]) -> str:
+    mem = r["compiled_memory_bytes"]
+    return (
+        f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
+        f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  "
+        f"compile {r['compile_seconds']:.1f} s  "
+        f"memory {mem / 2**20 if mem else float('nan'):.0f} MiB"
+    )
+
+
+def _memory_line(r: dict[str, Any]) -> str:
+    mem = r["compiled_memory_bytes"]
+    return f"{mem / 2**30 if mem else float('nan'):8.2f} GiB  (compile {r['compile_seconds']:.1f} s)"
+
+
+def _whole_run_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['seconds_per_meta_step'] * 1e3:8.1f} ms/meta-step "
+        f"{r['optimizee_steps_per_second']:10.1f} optimizee steps/s  (wall {r['wall_seconds']:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

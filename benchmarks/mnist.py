@@ -76,6 +76,9 @@ CONFIG = MetaTrainConfig(
 #: Quarter-decade grid; every baseline's best rate on MNIST lies well inside it.
 LR_GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 
+#: Initialisations the baselines' learning rates are tuned on, and the held-out ones of the table.
+TUNE_INITS, TEST_INITS = 20, 48
+
 VARIANTS = {
     "base (20 sigmoid)": {},
     "40 units": {"hidden_units": 40},
@@ -157,20 +160,25 @@ def _meta_steps_done(run_dir: Path) -> int:
     return len(rd.read_metrics(run_dir / rd.METRICS))
 
 
-def _training_of_shipped(shipped: dict) -> dict:
+def _training_of_shipped(shipped: dict, previous: Path) -> dict:
     """The training figures of the shipped optimizer, from the results file of the run that made it.
 
     The shipped metadata keeps the configs and the best step, not the times; an earlier
-    ``mnist.json`` keeps them, and is used only if it describes the same training.
+    results file (``previous``, ``mnist.json``) keeps them, and is used only if it
+    describes the same training. Otherwise the times are None.
     """
+
+    def same_config(a: dict | None, b: dict) -> bool:
+        # Through MetaTrainConfig, so that a field added since (with its default) still matches.
+        return a is not None and MetaTrainConfig.from_dict(a).to_dict() == MetaTrainConfig.from_dict(b).to_dict()
+
     fields = ("meta_training_seconds", "stage_seconds", "meta_training_wall_seconds", "best_step")
     training = dict.fromkeys(fields) | {"finetune_best_step": shipped["best_step"]}
-    previous = RESULTS / "mnist.json"
     if previous.is_file():
         earlier = json.loads(previous.read_text())
         same = (
-            earlier.get("config") == shipped["stage1"]
-            and earlier.get("finetune_config") == shipped["training_config"]
+            same_config(earlier.get("config"), shipped["stage1"])
+            and same_config(earlier.get("finetune_config"), shipped["training_config"])
             and earlier.get("finetune_best_step") == shipped["best_step"]
         )
         if same:
@@ -180,10 +188,10 @@ def _training_of_shipped(shipped: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/benchmark-mnist"))
-    parser.add_argument("--meta-steps", type=int, default=CONFIG.num_meta_steps)
-    parser.add_argument("--tune-inits", type=int, default=20)
-    parser.add_argument("--test-inits", type=int, default=48)
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/benchmark-mnist")
+    parser.add_argument("--meta-steps", type=int, default=None, help=f"stage 1 (default {CONFIG.num_meta_steps})")
+    parser.add_argument("--tune-inits", type=int, default=TUNE_INITS)
+    parser.add_argument("--test-inits", type=int, default=TEST_INITS)
     parser.add_argument("--eval-only", action="store_true")
     parser.add_argument("--ship", action="store_true", help="ship the result as pretrained 'mnist-lstm'")
     parser.add_argument(
@@ -197,6 +205,12 @@ def main() -> None:
         parser.error("--shipped evaluates the shipped optimizer: use it with --eval-only")
     if args.shipped and args.ship:
         parser.error("--shipped re-evaluates what is already shipped: drop --ship")
+    if args.shipped and (args.run_dir is not None or args.meta_steps is not None):
+        parser.error("--shipped evaluates the shipped optimizer: --run-dir and --meta-steps do not apply")
+    if args.run_dir is None:
+        args.run_dir = Path("runs/benchmark-mnist")
+    if args.meta_steps is None:
+        args.meta_steps = CONFIG.num_meta_steps
     if args.eval_only and not args.shipped and not (args.run_dir / rd.OPTIMIZER_META).exists():
         parser.error(f"no trained run in {args.run_dir}: train first, or evaluate the shipped one with --shipped")
     progress = not args.no_progress
@@ -214,7 +228,6 @@ def main() -> None:
             wall_seconds = time.perf_counter() - t0  # includes compilation and validation
     if args.shipped:
         # The run directories may be gone; the shipped metadata names the configs, not the times.
-        stage_seconds, train_seconds = None, None
         optimizer, phi = pretrained.load_meta_params("mnist-lstm")
         shipped = pretrained.info("mnist-lstm")
         config, finetune = MetaTrainConfig.from_dict(shipped["stage1"]), shipped["training_config"]
@@ -240,7 +253,7 @@ def main() -> None:
     eval_seconds = time.perf_counter() - t1
 
     if args.shipped:
-        training = _training_of_shipped(shipped)
+        training = _training_of_shipped(shipped, RESULTS / "mnist.json")
     else:
         training = {
             "meta_training_seconds": train_seconds,
@@ -274,12 +287,17 @@ def main() -> None:
         f"{table(all_rows)}\n\nData: {data}\n\n{trained}; evaluation {eval_seconds / 60:.1f} min "
         f"on {summary['machine']}. Command: `{summary['command']}`.\n"
     )
-    # The evaluation travels with the optimizer it describes (pretrained.info shows it).
+    # The evaluation travels with the optimizer it describes (pretrained.info shows it),
+    # but the package's copy only takes the full evaluation.
     meta_dir = pretrained.SHIPPED_DIR / "mnist-lstm" if args.shipped else finetune_dir
-    meta = rd.read_json(meta_dir / rd.OPTIMIZER_META)
-    rd.write_json(
-        meta_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data, "stage1": config.to_dict()}
-    )
+    if args.shipped and (args.tune_inits, args.test_inits) != (TUNE_INITS, TEST_INITS):
+        print(f"not written into {meta_dir}: --tune-inits/--test-inits differ from {TUNE_INITS}/{TEST_INITS}")
+        meta_dir = None
+    if meta_dir is not None:
+        meta = rd.read_json(meta_dir / rd.OPTIMIZER_META)
+        rd.write_json(
+            meta_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data, "stage1": config.to_dict()}
+        )
     print(f"\nevaluation {eval_seconds / 60:.1f} min, total {(time.perf_counter() - t0) / 60:.1f} min")
     if args.ship:
         print(f"shipped as {pretrained.export(finetune_dir, pretrained.SHIPPED_DIR / 'mnist-lstm')}")

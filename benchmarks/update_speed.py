@@ -16,8 +16,8 @@ compiled program (arguments + outputs + temporaries): whether a model of that si
 fits next to its optimizer.
 
 ``--train-step`` also times a whole Flax training step (forward, backward, update) of
-the paper's MNIST MLP (batch 128) and of a wider MLP, with the learned optimizer and
-with Adam.
+the paper's MNIST MLP (batch 128) and of a wider MLP, with the learned optimizer (each
+of ``--implementations``, float32 state) and with Adam.
 
 ``--fit N`` trains a sigmoid MLP of about N parameters (``--fit-depth`` layers of equal
 width, batch 128 of fixed synthetic data) for ``--fit-steps`` steps with the shipped
@@ -34,14 +34,16 @@ a model of that size trains next to its learned optimizer on this device.
     python benchmarks/update_speed.py --sizes 1e6 1e7 3e7 1e8 --implementations fused pallas  # GPU
     python benchmarks/update_speed.py --fit 1e8 --implementations pallas --state-dtypes float32  # GPU, 80 GB
 
-Results go to ``benchmarks/results/update_speed_<platform>.json`` (``--out``).
+Results go to ``benchmarks/results/update_{speed,memory,fit}_<platform>.json`` (``--out``),
+rewritten after every row so that a run cut short keeps what it measured. A setting
+that runs out of device memory is recorded as such (``"out_of_memory"``) and the run
+goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +56,7 @@ import numpy as np
 import optax
 
 # Shared with the meta-training benchmark (this folder is on sys.path when run as a script).
-from meta_training_speed import compiled_memory, describe_machine
+from meta_training_speed import compiled_memory, describe_machine, measure_unless_out_of_memory, write_results
 
 from l2l_jax import pretrained
 from l2l_jax.optimizers import lstm
@@ -118,7 +120,9 @@ def compiled_update_memory(tx: optax.GradientTransformation, num_params: int) ->
     return compiled_memory(step.lower(params, state, params).compile())
 
 
-def memory_rows(sizes: list[float], implementations: list[str], dtypes: list[str]) -> list[dict]:
+def memory_rows(
+    sizes: list[float], implementations: list[str], dtypes: list[str], on_row: Callable[[dict], None] = lambda row: None
+) -> list[dict]:
     rows = []
     for size in sizes:
         n = int(size)
@@ -136,6 +140,7 @@ def memory_rows(sizes: list[float], implementations: list[str], dtypes: list[str
                         "adam_bytes": adam,
                     }
                 )
+                on_row(rows[-1])
                 print(
                     f"{n / 1e6:8.1f}M {impl:9s} {dtype:8s} {planned / 2**30:8.2f} GiB  (optax.adam {adam / 2**30:.2f} GiB)",
                     flush=True,
@@ -148,7 +153,14 @@ def minimal_bytes(num_params: int, state_bytes_per_param: int) -> int:
     return num_params * (3 * 4 + 2 * state_bytes_per_param)
 
 
-def update_rows(name: str, params: Any, implementations: list[str], dtypes: list[str], repeats: int) -> list[dict]:
+def update_rows(
+    name: str,
+    params: Any,
+    implementations: list[str],
+    dtypes: list[str],
+    repeats: int,
+    on_row: Callable[[dict], None] = lambda row: None,
+) -> list[dict]:
     n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     adam_s = time_update(optax.adam(1e-3), params, repeats)
     rows = []
@@ -156,14 +168,18 @@ def update_rows(name: str, params: Any, implementations: list[str], dtypes: list
         for dtype in dtypes:
             opt = lstm(implementation=impl, state_dtype=dtype)
             tx = opt.as_optax(opt.init(jax.random.key(0)))
-            seconds = time_update(tx, params, repeats)
+            setting = {"model": name, "parameters": n, "implementation": impl, "state_dtype": dtype}
+            timed = measure_unless_out_of_memory(setting, lambda tx: {"seconds": time_update(tx, params, repeats)}, tx)
+            if "out_of_memory" in timed:
+                rows.append(timed)
+                on_row(timed)
+                print(f"{name:>22s} {n / 1e6:8.1f}M {impl:9s} {dtype:8s} out of memory", flush=True)
+                continue
+            seconds = timed["seconds"]
             state_bytes = 2 * opt.num_layers * opt.hidden_size * jnp.dtype(dtype).itemsize
             traffic = minimal_bytes(n, state_bytes)
             row = {
-                "model": name,
-                "parameters": n,
-                "implementation": impl,
-                "state_dtype": dtype,
+                **setting,
                 "seconds": seconds,
                 "adam_seconds": adam_s,
                 "ratio_to_adam": seconds / adam_s,
@@ -171,6 +187,7 @@ def update_rows(name: str, params: Any, implementations: list[str], dtypes: list
                 "effective_GB_per_s": traffic / seconds / 1e9,
             }
             rows.append(row)
+            on_row(row)
             print(
                 f"{name:>22s} {n / 1e6:8.1f}M {impl:9s} {dtype:8s} {seconds * 1e3:9.2f} ms  "
                 f"adam {adam_s * 1e3:7.2f} ms  x{row['ratio_to_adam']:6.1f}  {row['effective_GB_per_s']:7.1f} GB/s",
@@ -189,7 +206,7 @@ class WideMLP(nn.Module):
         return nn.Dense(10)(x)
 
 
-def train_step_rows(repeats: int) -> list[dict]:
+def train_step_rows(repeats: int, implementations: list[str]) -> list[dict]:
     from l2l_jax.tasks.mnist import MLP, cross_entropy
 
     rows = []
@@ -198,24 +215,32 @@ def train_step_rows(repeats: int) -> list[dict]:
     for name, model in (("MNIST MLP 784-20-10", MLP()), ("MLP 784-1024-1024-10", WideMLP())):
         params = model.init(jax.random.key(0), x)["params"]
         n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-        times = {}
-        opt = lstm()
-        for label, tx in (("adam", optax.adam(1e-3)), ("learned lstm", opt.as_optax(opt.init(jax.random.key(0))))):
-            times[label] = _time_train_step(model, tx, params, x, y, repeats, cross_entropy)
-        row = {
-            "model": name,
-            "parameters": n,
-            "adam_seconds": times["adam"],
-            "lstm_seconds": times["learned lstm"],
-            "overhead": times["learned lstm"] / times["adam"],
-        }
-        rows.append(row)
-        print(
-            f"train step {name:>22s} ({n / 1e6:.2f}M): adam {times['adam'] * 1e3:.2f} ms, "
-            f"learned lstm {times['learned lstm'] * 1e3:.2f} ms  (x{row['overhead']:.1f})",
-            flush=True,
-        )
+        adam = _time_train_step(model, optax.adam(1e-3), params, x, y, repeats, cross_entropy)
+        for impl in implementations:
+            opt = lstm(implementation=impl)
+            tx = opt.as_optax(opt.init(jax.random.key(0)))
+            setting = {"model": name, "parameters": n, "implementation": impl, "adam_seconds": adam}
+            timed = measure_unless_out_of_memory(
+                setting, _lstm_train_step_seconds, model, tx, params, x, y, repeats, cross_entropy
+            )
+            row = {**setting, **timed}
+            if "lstm_seconds" in row:
+                row["overhead"] = row["lstm_seconds"] / adam
+            rows.append(row)
+            print(
+                f"train step {name:>22s} ({n / 1e6:.2f}M): adam {adam * 1e3:.2f} ms, learned lstm ({impl}) "
+                + (
+                    "out of memory"
+                    if "out_of_memory" in row
+                    else f"{row['lstm_seconds'] * 1e3:.2f} ms  (x{row['overhead']:.1f})"
+                ),
+                flush=True,
+            )
     return rows
+
+
+def _lstm_train_step_seconds(*args: Any) -> dict[str, float]:
+    return {"lstm_seconds": _time_train_step(*args)}
 
 
 def _time_train_step(model: nn.Module, tx: Any, params: Any, x, y, repeats: int, loss_of: Callable) -> float:
@@ -268,10 +293,14 @@ def device_peak_bytes() -> int | None:
 
 
 def fit_rows(
-    num_params: float, depth: int, steps: int, implementations: list[str], dtypes: list[str], update_scale: float | None
+    num_params: float,
+    depth: int,
+    steps: int,
+    implementations: list[str],
+    dtypes: list[str],
+    update_scale: float | None,
+    on_row: Callable[[dict], None] = lambda row: None,
 ) -> list[dict]:
-    from l2l_jax.tasks.mnist import cross_entropy
-
     model = DeepMLP(fit_width(num_params, depth), depth)
     x = jax.random.normal(jax.random.key(1), (128, model.width))
     y = jax.random.randint(jax.random.key(2), (128,), 0, 10)
@@ -280,7 +309,7 @@ def fit_rows(
     name = f"MLP {model.width}x{depth} sigmoid"
     # mnist-lstm was meta-trained on 20 hidden units: its per-coordinate steps do not
     # shrink with the width, and on wide layers they add up and diverge (measured:
-    # 10M parameters, width 1288, loss 2.37 -> 22.6 in 6 steps at scale 1).
+    # 10M parameters, width 1288, loss 2.37 -> 22.6 after 5 updates at scale 1).
     update_scale = FIT_SCALE_TIMES_WIDTH / model.width if update_scale is None else update_scale
     configs = [("adam", None)] + [(impl, dtype) for impl in implementations for dtype in dtypes]
     rows = []
@@ -290,24 +319,7 @@ def fit_rows(
         else:
             tx = lstm(**{**base.config(), "implementation": impl, "state_dtype": dtype}).as_optax(phi)
             tx = optax.chain(tx, optax.scale(update_scale))
-
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def step(params, state, tx=tx):
-            loss, grads = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x), y))(params)
-            updates, state = tx.update(grads, state, params, value=loss)
-            return optax.apply_updates(params, updates), state, loss
-
-        params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-        state = jax.jit(tx.init)(params)
-        planned = compiled_memory(step.lower(params, state).compile())
-        losses, times = [], []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            params, state, loss = step(params, state)
-            losses.append(float(loss))  # waits for the step
-            times.append(time.perf_counter() - t0)
-        del params, state
-        row = {
+        setting = {
             "model": name,
             "parameters": n,
             "width": model.width,
@@ -315,25 +327,57 @@ def fit_rows(
             "state_dtype": dtype,
             "update_scale": None if impl == "adam" else update_scale,
             "steps": steps,
-            "first_loss": losses[0],
-            "last_loss": losses[-1],
-            "losses": losses,
-            # The first call compiles; the median of the others is the step time.
-            "seconds_per_step": float(np.median(times[1:])) if steps > 1 else None,
-            "planned_bytes": planned,
-            "device_peak_bytes": device_peak_bytes(),
         }
+        row = {**setting, **measure_unless_out_of_memory(setting, _fit, model, x, y, tx, steps)}
         rows.append(row)
-        label = "optax.adam" if impl == "adam" else f"{impl} {dtype} x{update_scale:.3g}"
-        per_step = "" if row["seconds_per_step"] is None else f"  {row['seconds_per_step'] * 1e3:9.2f} ms/step"
-        peak = row["device_peak_bytes"]
+        on_row(row)
+        label = f"fit {name} ({n / 1e6:.1f}M) " + (
+            "optax.adam" if impl == "adam" else f"{impl} {dtype} x{update_scale:.3g}"
+        )
+        if "out_of_memory" in row:
+            print(f"{label} out of memory", flush=True)
+            continue
+        per_step = f"  {row['seconds_per_step'] * 1e3:9.2f} ms/step"
+        planned, peak = row["planned_bytes"], row["device_peak_bytes"]
         print(
-            f"fit {name} ({n / 1e6:.1f}M) {label:20s} loss {losses[0]:.4f} -> {losses[-1]:.4f} in {steps} steps"
+            f"{label} loss {row['first_loss']:.4f} -> {row['last_loss']:.4f} in {steps} steps"
             f"{per_step}  planned {planned / 2**30 if planned else float('nan'):.2f} GiB"
             + ("" if peak is None else f"  device peak so far {peak / 2**30:.2f} GiB"),
             flush=True,
         )
     return rows
+
+
+def _fit(model: nn.Module, x: jax.Array, y: jax.Array, tx: Any, steps: int) -> dict[str, Any]:
+    """``steps`` training steps of ``model`` with ``tx`` from a fixed initialisation: losses, time, memory."""
+    from l2l_jax.tasks.mnist import cross_entropy
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        loss, grads = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x), y))(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state, loss
+
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    state = jax.jit(tx.init)(params)
+    t0 = time.perf_counter()
+    compiled = step.lower(params, state).compile()
+    compile_seconds = time.perf_counter() - t0
+    losses, times = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        params, state, loss = compiled(params, state)
+        losses.append(float(loss))  # waits for the step
+        times.append(time.perf_counter() - t0)
+    return {
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "losses": losses,
+        "seconds_per_step": float(np.median(times)),
+        "compile_seconds": compile_seconds,
+        "planned_bytes": compiled_memory(compiled),
+        "device_peak_bytes": device_peak_bytes(),
+    }
 
 
 def main() -> None:
@@ -360,41 +404,53 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.fit is not None and (args.fit < 100 or args.fit_depth < 1 or args.fit_steps < 1):
+        parser.error("--fit needs at least 100 parameters, --fit-depth and --fit-steps at least 1")
     machine = describe_machine()
     print(machine, flush=True)
+    platform = jax.devices()[0].platform
+    kind = "memory" if args.memory else "fit" if args.fit is not None else "speed"
+    out = args.out or RESULTS / f"update_{kind}_{platform}.json"
+    # Rewritten after every row: a run cut short keeps what it measured.
+    results: dict[str, Any] = {"machine": machine}
+
+    def save(key: str) -> Callable[[dict], None]:
+        rows = results.setdefault(key, [])
+
+        def on_row(row: dict) -> None:
+            rows.append(row)
+            write_results(out, results)
+
+        return on_row
+
     if args.memory:
-        rows = memory_rows(args.sizes, args.implementations, args.state_dtypes)
-        out = args.out or RESULTS / f"update_memory_{jax.devices()[0].platform}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": machine, "memory": rows}, indent=1))
-        print(f"wrote {out}")
-        return
-    if args.fit is not None:
-        if args.fit < 100 or args.fit_depth < 1 or args.fit_steps < 1:
-            parser.error("--fit needs at least 100 parameters, --fit-depth and --fit-steps at least 1")
-        rows = fit_rows(
-            args.fit, args.fit_depth, args.fit_steps, args.implementations, args.state_dtypes, args.fit_update_scale
+        memory_rows(args.sizes, args.implementations, args.state_dtypes, save("memory"))
+    elif args.fit is not None:
+        fit_rows(
+            args.fit,
+            args.fit_depth,
+            args.fit_steps,
+            args.implementations,
+            args.state_dtypes,
+            args.fit_update_scale,
+            save("fit"),
         )
-        out = args.out or RESULTS / f"update_fit_{jax.devices()[0].platform}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": machine, "fit": rows}, indent=1))
-        print(f"wrote {out}")
-        return
-    rows = []
-    for size in args.sizes:
-        n = int(size)
-        params = {"w": jax.random.normal(jax.random.key(0), (n,)) * 0.02}
-        rows += update_rows("flat vector", params, args.implementations, args.state_dtypes, args.repeats)
-    if args.transformer:
-        d, layers, vocab = (int(v) for v in args.transformer.split(","))
-        params = make_params(transformer_tree(d, layers, vocab), jax.random.key(1))
-        rows += update_rows(
-            f"transformer d{d} x{layers}", params, args.implementations, args.state_dtypes, args.repeats
-        )
-    train = train_step_rows(args.repeats) if args.train_step else []
-    out = args.out or RESULTS / f"update_speed_{jax.devices()[0].platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "updates": rows, "train_steps": train}, indent=1))
+    else:
+        on_update = save("updates")
+        for size in args.sizes:
+            n = int(size)
+            params = {"w": jax.random.normal(jax.random.key(0), (n,)) * 0.02}
+            update_rows("flat vector", params, args.implementations, args.state_dtypes, args.repeats, on_update)
+        if args.transformer:
+            d, layers, vocab = (int(v) for v in args.transformer.split(","))
+            params = make_params(transformer_tree(d, layers, vocab), jax.random.key(1))
+            name = f"transformer d{d} x{layers}"
+            update_rows(name, params, args.implementations, args.state_dtypes, args.repeats, on_update)
+        on_train_step = save("train_steps")
+        if args.train_step:
+            for row in train_step_rows(args.repeats, args.implementations):
+                on_train_step(row)
+    write_results(out, results)
     print(f"wrote {out}")
 
 

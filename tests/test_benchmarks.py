@@ -27,6 +27,14 @@ def run_script(name: str, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
+def run_fit(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``update_speed.py --fit`` with ``options``: the process and the rows it wrote."""
+    result = tmp_path / "fit.json"
+    out = run_script("update_speed.py", "--fit", *options, "--out", str(result))
+    assert out.returncode == 0, out.stderr
+    return out, json.loads(result.read_text())["fit"]
+
+
 def test_there_are_benchmark_scripts():
     assert {"mnist.py", "update_speed.py", "bf16_state.py"} <= set(SCRIPTS)
 
@@ -45,6 +53,7 @@ def test_help_prints_usage_and_runs_nothing(name):
         (["--shipped"], "use it with --eval-only"),
         (["--eval-only", "--shipped", "--ship"], "drop --ship"),
         (["--eval-only", "--run-dir", "no-such-run"], "no trained run in no-such-run"),
+        (["--eval-only", "--shipped", "--meta-steps", "10"], "--run-dir and --meta-steps do not apply"),
     ],
 )
 def test_mnist_refuses_contradictory_options(args, message):
@@ -54,13 +63,7 @@ def test_mnist_refuses_contradictory_options(args, message):
 
 
 def test_fit_mode_trains_a_model_of_the_asked_size(tmp_path):
-    result = tmp_path / "fit.json"
-    out = run_script(
-        "update_speed.py", "--fit", "2e4", "--fit-steps", "3", "--implementations", "fused",
-        "--state-dtypes", "float32", "--out", str(result),
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    rows = json.loads(result.read_text())["fit"]
+    _, rows = run_fit(tmp_path, "2e4", "--fit-steps", "3", "--implementations", "fused", "--state-dtypes", "float32")
     assert [(r["implementation"], r["state_dtype"]) for r in rows] == [("adam", None), ("fused", "float32")]
     for row in rows:
         assert abs(row["parameters"] / 2e4 - 1) < 0.15
@@ -68,25 +71,106 @@ def test_fit_mode_trains_a_model_of_the_asked_size(tmp_path):
         for loss in (row["first_loss"], row["last_loss"]):
             assert math.isfinite(loss) and 0 < loss < 10
     # Same model, same data, same initialisation: the first loss is the same for both.
-    assert rows[0]["first_loss"] == rows[1]["first_loss"]
+    assert rows[0]["first_loss"] == pytest.approx(rows[1]["first_loss"], rel=1e-6)
     # The shipped optimizer's update is scaled down with the width, by default 32 / width.
     assert rows[0]["update_scale"] is None
     assert rows[1]["update_scale"] == pytest.approx(32 / rows[1]["width"])
 
 
 def test_fit_mode_takes_an_explicit_update_scale(tmp_path):
-    result = tmp_path / "fit.json"
-    out = run_script(
-        "update_speed.py", "--fit", "1e3", "--fit-steps", "1", "--implementations", "fused",
-        "--state-dtypes", "bfloat16", "--fit-update-scale", "0.5", "--out", str(result),
+    _, (_, row) = run_fit(
+        tmp_path, "1e3", "--fit-steps", "1", "--implementations", "fused", "--state-dtypes", "bfloat16",
+        "--fit-update-scale", "0.5",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    (_, row) = json.loads(result.read_text())["fit"]
     assert row["update_scale"] == 0.5 and row["state_dtype"] == "bfloat16"
-    assert row["seconds_per_step"] is None  # one step is the compiling call: no timing
+    assert row["seconds_per_step"] > 0 and row["compile_seconds"] > 0  # compiled before the timed step
 
 
 def test_fit_mode_refuses_a_model_too_small():
     out = run_script("update_speed.py", "--fit", "10")
     assert out.returncode == 2
     assert "--fit needs at least 100 parameters" in out.stderr
+
+
+def test_a_setting_that_does_not_fit_in_memory_is_recorded_and_the_run_goes_on(tmp_path):
+    # 1e13 parameters: the allocation fails at once with XLA's RESOURCE_EXHAUSTED.
+    out, rows = run_fit(
+        tmp_path, "1e13", "--fit-depth", "100", "--fit-steps", "1", "--implementations", "fused",
+        "--state-dtypes", "float32",
+    )  # fmt: skip
+    assert [r["implementation"] for r in rows] == ["adam", "fused"]
+    for row in rows:
+        assert row["out_of_memory"].startswith("RESOURCE_EXHAUSTED")
+        assert "losses" not in row
+    assert out.stdout.count("out of memory") == 2
+
+
+def test_only_out_of_memory_is_turned_into_a_result(monkeypatch):
+    import jax
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from meta_training_speed import measure_unless_out_of_memory
+
+    setting = {"batch_size": 4}
+    assert measure_unless_out_of_memory(setting, lambda b: {"b": b}, 3) == {"b": 3}
+
+    def out_of_memory():
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.")
+
+    row = measure_unless_out_of_memory(setting, out_of_memory)
+    assert row == {
+        "batch_size": 4,
+        "out_of_memory": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.",
+    }
+
+    def other_error():
+        raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes do not match")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
+        measure_unless_out_of_memory(setting, other_error)
+
+
+def test_meta_training_throughput_mode_writes_a_row_per_setting(tmp_path):
+    result = tmp_path / "speed.json"
+    out = run_script(
+        "meta_training_speed.py", "--batch-sizes", "1", "--tasks-per-chunk", "all", "--implementations", "fused",
+        "--steps", "2", "--out", str(result),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(result.read_text())["rows"]
+    assert [(r["batch_size"], r["remat"]) for r in rows] == [(1, False), (1, True)]
+    for row in rows:
+        assert row["meta_loss_finite"] and row["optimizee_steps_per_second"] > 0
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, through a temporary file
+
+
+def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_training(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from mnist import CONFIG, FINETUNE, _training_of_shipped
+
+    shipped = {"stage1": CONFIG.to_dict(), "training_config": FINETUNE.to_dict(), "best_step": 300}
+    earlier = {
+        "config": CONFIG.to_dict(),
+        "finetune_config": {k: v for k, v in FINETUNE.to_dict().items() if k != "tasks_per_chunk"},
+        "finetune_best_step": 300,
+        "meta_training_seconds": 2625.4,
+        "stage_seconds": [1779.3, 846.1],
+        "meta_training_wall_seconds": None,
+        "best_step": 3900,
+    }
+    previous = tmp_path / "mnist.json"
+    previous.write_text(json.dumps(earlier))
+    # A config written before a field existed still describes the same training.
+    training = _training_of_shipped(shipped, previous)
+    assert training["stage_seconds"] == [1779.3, 846.1] and training["best_step"] == 3900
+    assert training["finetune_best_step"] == 300
+
+    previous.write_text(json.dumps({**earlier, "finetune_best_step": 275}))
+    assert _training_of_shipped(shipped, previous) == {
+        "meta_training_seconds": None,
+        "stage_seconds": None,
+        "meta_training_wall_seconds": None,
+        "best_step": None,
+        "finetune_best_step": 300,
+    }
+    assert _training_of_shipped(shipped, tmp_path / "absent.json")["stage_seconds"] is None
