@@ -164,7 +164,7 @@ def test_segment_length_is_the_divisor_nearest_the_square_root():
     assert all(n % segment_length(n) == 0 for n in range(1, 200))
 
 
-@pytest.mark.parametrize("n", [30, 37])  # a whole number of blocks, and a padded last block
+@pytest.mark.parametrize("n", [30, 37])  # a whole number of blocks, and a last block overlapping the one before
 def test_the_step_in_blocks_of_coordinates_equals_one_call(n):
     weights, x, h, c = random_cell(jax.random.key(5), n=n)
     blocked = in_blocks(lstm_step_fused, 10)
@@ -175,6 +175,26 @@ def test_the_step_in_blocks_of_coordinates_equals_one_call(n):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     cotangents = tuple(jax.random.normal(jax.random.key(i), a.shape, a.dtype) for i, a in enumerate(whole))
     for a, b in zip(jax.tree.leaves(vjp_parts(cotangents)), jax.tree.leaves(vjp_whole(cotangents))):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_step_in_blocks_vmaps_over_tasks_like_one_call():
+    # Meta-training vmaps the step over a batch of tasks; so blocks must batch.
+    cells = [random_cell(jax.random.key(k), n=37) for k in range(3)]
+    weights = cells[0][0]
+    x, h, c = (jnp.stack([cell[i] for cell in cells]) for i in (1, 2, 3))
+    blocked = jax.vmap(in_blocks(lstm_step_fused, 10), in_axes=(None, 0, 0, 0))
+    whole = jax.vmap(lstm_step_fused, in_axes=(None, 0, 0, 0))
+    for fn_out, ref_out in zip(jax.jit(blocked)(weights, x, h, c), whole(weights, x, h, c)):
+        np.testing.assert_allclose(fn_out, ref_out, rtol=1e-12, atol=1e-14)
+
+    def loss(step, weights):
+        out, new_h, new_c = step(weights, x, h, c)
+        return jnp.sum(out**2) + jnp.sum(jnp.tanh(new_h)) + jnp.sum(new_c * 0.3)
+
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss, 1)(blocked, weights)), jax.tree.leaves(jax.grad(loss, 1)(whole, weights))
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
