@@ -248,7 +248,15 @@ def main() -> None:
         for b in args.batch_sizes:
             for chunk in effective_chunkings(chunkings, b):
                 for k in args.steps_per_call:
-                    setting = {"mode": "meta_train", "batch_size": b, "tasks_per_chunk": chunk, "steps_per_call": k}
+                    setting = {
+                        "mode": "meta_train",
+                        "implementation": "auto",
+                        "batch_size": b,
+                        "remat": False,
+                        "tasks_per_chunk": chunk,
+                        "steps_per_call": k,
+                        "meta_steps": args.meta_steps,
+                    }
                     r = measure_unless_out_of_memory(setting, whole_run, b, k, chunk, args.meta_steps)
                     record(f"meta_train B={b:4d} chunk={chunk or 'all'!s:4s} steps/call={k:2d}", r, _whole_run_line)
     elif args.memory:

@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -205,8 +206,12 @@ def main() -> None:
         parser.error("--shipped evaluates the shipped optimizer: use it with --eval-only")
     if args.shipped and args.ship:
         parser.error("--shipped re-evaluates what is already shipped: drop --ship")
-    if args.shipped and (args.run_dir is not None or args.meta_steps is not None):
-        parser.error("--shipped evaluates the shipped optimizer: --run-dir and --meta-steps do not apply")
+    if args.shipped and args.run_dir is not None:
+        parser.error("--shipped evaluates the shipped optimizer: --run-dir does not apply")
+    if args.eval_only and args.meta_steps is not None:
+        parser.error("--eval-only trains nothing: --meta-steps does not apply")
+    if args.ship and (args.tune_inits, args.test_inits) != (TUNE_INITS, TEST_INITS):
+        parser.error(f"--ship ships the full evaluation: keep --tune-inits {TUNE_INITS} and --test-inits {TEST_INITS}")
     if args.run_dir is None:
         args.run_dir = Path("runs/benchmark-mnist")
     if args.meta_steps is None:
@@ -262,9 +267,8 @@ def main() -> None:
             "best_step": rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"],
             "finetune_best_step": rd.read_json(finetune_dir / rd.OPTIMIZER_META)["best_step"],
         }
-    command = "python benchmarks/mnist.py" + (" --ship" if args.ship else "")
     summary = {
-        "command": command + (" --eval-only --shipped" if args.shipped else ""),
+        "command": " ".join(["python benchmarks/mnist.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores",
         "jax": jax.__version__,
         "data": data,

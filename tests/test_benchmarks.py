@@ -53,7 +53,9 @@ def test_help_prints_usage_and_runs_nothing(name):
         (["--shipped"], "use it with --eval-only"),
         (["--eval-only", "--shipped", "--ship"], "drop --ship"),
         (["--eval-only", "--run-dir", "no-such-run"], "no trained run in no-such-run"),
-        (["--eval-only", "--shipped", "--meta-steps", "10"], "--run-dir and --meta-steps do not apply"),
+        (["--eval-only", "--shipped", "--run-dir", "runs/x"], "--run-dir does not apply"),
+        (["--eval-only", "--meta-steps", "10"], "--meta-steps does not apply"),
+        (["--ship", "--test-inits", "4"], "--ship ships the full evaluation"),
     ],
 )
 def test_mnist_refuses_contradictory_options(args, message):

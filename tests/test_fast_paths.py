@@ -68,11 +68,12 @@ def test_pallas_step_has_the_reference_values_and_vjp(n):
 @pytest.mark.parametrize("n", [37, 2 * BLOCK + 5])
 def test_pallas_step_in_float32_is_within_the_stated_tolerance(n):
     # The paper's width (H = 20, padded to 32 in the kernel). On a GPU this is the
-    # compiled kernel with TF32x3 products; run it with JAX_DEFAULT_MATMUL_PRECISION=highest
-    # there, so that the reference is exact float32 rather than TF32.
+    # compiled kernel with TF32x3 products, against a reference in exact float32
+    # products (JAX's default float32 product there may be TF32).
     cell = random_cell(jax.random.key(n), n=n, hidden=20)
     weights, x, h, c = jax.tree.map(lambda a: a.astype(jnp.float32), cell)
-    ref = lstm_step_reference(weights, x, h, c)
+    with jax.default_matmul_precision("highest"):
+        ref = lstm_step_reference(weights, x, h, c)
     out = lstm_step_pallas(weights, x, h, c)
     for a, b in zip(ref, out):
         assert b.dtype == jnp.float32
@@ -164,12 +165,14 @@ def test_segment_length_is_the_divisor_nearest_the_square_root():
     assert all(n % segment_length(n) == 0 for n in range(1, 200))
 
 
-@pytest.mark.parametrize("n", [30, 37])  # a whole number of blocks, and a last block overlapping the one before
+# One block; a whole number of blocks; a last block overlapping the one before by 3,
+# and by 9 (of 10).
+@pytest.mark.parametrize("n", [10, 30, 37, 11])
 def test_the_step_in_blocks_of_coordinates_equals_one_call(n):
     weights, x, h, c = random_cell(jax.random.key(5), n=n)
     blocked = in_blocks(lstm_step_fused, 10)
     whole, vjp_whole = jax.vjp(lstm_step_fused, weights, x, h, c)
-    parts, vjp_parts = jax.vjp(blocked, weights, x, h, c)
+    parts, vjp_parts = jax.jit(lambda *args: jax.vjp(blocked, *args))(weights, x, h, c)
     for a, b in zip(parts, whole):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -188,18 +191,19 @@ def test_the_step_in_blocks_vmaps_over_tasks_like_one_call():
     for fn_out, ref_out in zip(jax.jit(blocked)(weights, x, h, c), whole(weights, x, h, c)):
         np.testing.assert_allclose(fn_out, ref_out, rtol=1e-12, atol=1e-14)
 
-    def loss(step, weights):
+    def loss(step, weights, x, h, c):
         out, new_h, new_c = step(weights, x, h, c)
         return jnp.sum(out**2) + jnp.sum(jnp.tanh(new_h)) + jnp.sum(new_c * 0.3)
 
-    for a, b in zip(
-        jax.tree.leaves(jax.grad(loss, 1)(blocked, weights)), jax.tree.leaves(jax.grad(loss, 1)(whole, weights))
-    ):
+    argnums = (1, 2, 3, 4)  # weights, x, h, c
+    grads_blocked = jax.jit(jax.grad(loss, argnums), static_argnums=0)(blocked, weights, x, h, c)
+    grads_whole = jax.grad(loss, argnums)(whole, weights, x, h, c)
+    for a, b in zip(jax.tree.leaves(grads_blocked), jax.tree.leaves(grads_whole)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fused step runs in blocks on a CPU only")
 def test_a_leaf_larger_than_a_cpu_block_gets_the_reference_update():
-    assert jax.default_backend() == "cpu"  # where the fused step runs in blocks
     grad = {"big": jax.random.normal(jax.random.key(4), (CPU_BLOCK * 2 + 123,)), "small": jnp.ones((3, 2))}
     phi = lstm().init(jax.random.key(0))
     out = {}
@@ -210,6 +214,22 @@ def test_a_leaf_larger_than_a_cpu_block_gets_the_reference_update():
         out[impl] = update(grad, state)
     for a, b in zip(jax.tree.leaves(out["reference"]), jax.tree.leaves(out["fused"])):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the fused step runs in blocks on a CPU only")
+def test_a_meta_gradient_through_a_leaf_larger_than_a_cpu_block_is_the_reference_one():
+    grad = jax.random.normal(jax.random.key(6), (CPU_BLOCK * 2 + 123,))
+    phi = lstm().init(jax.random.key(0))
+
+    def two_updates(phi, impl):
+        tx = lstm(implementation=impl).as_optax(phi)
+        first, state = tx.update(grad, tx.init(grad))
+        second, _ = tx.update(grad * 0.5 + first, state)
+        return jnp.sum(jnp.sin(first) + second**2)
+
+    meta_grads = {impl: jax.jit(jax.grad(two_updates), static_argnums=1)(phi, impl) for impl in ("reference", "fused")}
+    for a, b in zip(jax.tree.leaves(meta_grads["reference"]), jax.tree.leaves(meta_grads["fused"])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_the_lstm_drop_in_gives_the_same_updates_with_either_implementation():

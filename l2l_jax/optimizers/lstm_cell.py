@@ -22,7 +22,6 @@ output scale) and the new ``h``, ``c``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -164,7 +163,7 @@ IMPLEMENTATIONS = ("reference", "fused", "pallas")
 #: Coordinates per block for the fused step on a CPU. The step is bound by memory
 #: traffic, and its cost per coordinate grows with the working set (80 gate values
 #: per coordinate and layer): unblocked, about 200 ns for 16,384 coordinates and
-#: 550-600 ns for 131,072 on a 2-core x86 VM (``benchmarks/update_speed.py``).
+#: 520-600 ns for 131,072 on a 2-core x86 VM (``benchmarks/update_speed.py``).
 CPU_BLOCK = 16384
 
 
@@ -176,37 +175,78 @@ def in_blocks(step_fn: StepFn, block: int) -> StepFn:
 
     Every coordinate's numbers are those of one call over all coordinates; only the
     working set shrinks to one block. Leaves of at most ``block`` coordinates go
-    through in one call. Differentiable (a ``fori_loop`` of fixed length).
+    through in one call. Reverse-mode differentiable (a ``custom_vjp`` whose backward
+    pass is a loop over the same blocks); not forward-mode.
 
     Each block is sliced out of the step's inputs and written into the outputs in
     place (``dynamic_update_slice`` on the loop's carry), so the state never takes a
     block layout: no padding and no transposes. The last block ends at the last
     coordinate and overlaps the one before; since blocks read the inputs, never the
     carry, writing the overlap again writes the same numbers (and in the backward pass
-    only that last write carries a cotangent). A loop that reads its blocks from the
+    the overlap's cotangent is counted once). A loop that reads its blocks from the
     carry it writes makes XLA copy the whole carry every iteration (measured: ~6x
     slower at 1M coordinates); one that maps over transposed blocks pays for the
     transposes.
     """
 
-    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def take(a: jax.Array, start: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(a, start, block, axis=-1)
+
+    def put(into: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=-1)
+
+    def forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
         n = x.shape[-1]
-        if n <= block:
-            return step_fn(weights, x, h, c)
 
         def block_at(start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-            take = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=block, axis=-1)
-            return step_fn(weights, take(x), take(h), take(c))
+            return step_fn(weights, take(x, start), take(h, start), take(c, start))
 
         def body(i: jax.Array, outs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
             start = jnp.minimum(i * block, n - block)
-            return tuple(
-                jax.lax.dynamic_update_slice_in_dim(o, b, start, axis=-1) for o, b in zip(outs, block_at(start))
-            )
+            return tuple(put(o, b, start) for o, b in zip(outs, block_at(start)))
 
         shapes = jax.eval_shape(block_at, jnp.int32(0))
         outs = tuple(jnp.zeros((*s.shape[:-1], n), s.dtype) for s in shapes)
         return jax.lax.fori_loop(0, -(-n // block), body, outs)
+
+    # The backward pass is a loop of the same shape. Autodiff of the forward loop would
+    # add every block's input cotangents into full-size accumulators, touching all n
+    # coordinates per block (4x slower than one call at 1M coordinates, measured).
+    @jax.custom_vjp
+    def blocked(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+        return forward(weights, x, h, c)
+
+    def blocked_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[tuple, tuple]:
+        return forward(weights, x, h, c), (weights, x, h, c)
+
+    def blocked_bwd(residuals: tuple, cotangents: tuple) -> tuple:
+        weights, x, h, c = residuals
+        n = x.shape[-1]
+        num_blocks = -(-n // block)
+        covered = (num_blocks - 1) * block  # what the blocks before the last one write
+
+        def body(j: jax.Array, grads: tuple) -> tuple:
+            # The last block goes first, its overlap with the block before masked out of
+            # the output cotangents: that block wrote those outputs too, and then writes
+            # their input cotangents over the last block's (zeros there).
+            last_first = jnp.where(j == 0, num_blocks - 1, j - 1)
+            start = jnp.minimum(last_first * block, n - block)
+            keep = (j != 0) | (start + jnp.arange(block) >= covered)
+            cot = tuple(jnp.where(keep, take(t, start), jnp.zeros((), t.dtype)) for t in cotangents)
+            _, vjp = jax.vjp(step_fn, weights, take(x, start), take(h, start), take(c, start))
+            gw, gx, gh, gc = vjp(cot)
+            dw, dx, dh, dc = grads
+            return jax.tree.map(jnp.add, dw, gw), put(dx, gx, start), put(dh, gh, start), put(dc, gc, start)
+
+        zeros = jax.tree.map(jnp.zeros_like, (weights, x, h, c))
+        return jax.lax.fori_loop(0, num_blocks, body, zeros)
+
+    blocked.defvjp(blocked_fwd, blocked_bwd)
+
+    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if x.shape[-1] <= block:
+            return step_fn(weights, x, h, c)
+        return blocked(weights, x, h, c)
 
     return step
 
