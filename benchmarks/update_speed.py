@@ -10,6 +10,9 @@ implementation and state dtype, and prints:
   the parameters and the 2 layers x (h, c) x 20 state floats; write the parameters
   and the state) divided by the time.
 
+``--meta-gradient`` instead times ``jax.grad`` in φ through one update of ``--sizes``
+parameters: the backward pass that meta-training on a model of that size runs.
+
 ``--memory`` instead compiles (without running) the update of ``--sizes`` parameters
 for each implementation and state dtype and prints XLA's memory analysis of the
 compiled program (arguments + outputs + temporaries): whether a model of that size
@@ -146,6 +149,44 @@ def memory_rows(
                     flush=True,
                 )
     return rows
+
+
+def meta_gradient_rows(
+    sizes: list[float], implementations: list[str], repeats: int, on_row: Callable[[dict], None] = lambda row: None
+) -> list[dict]:
+    """Median seconds of ``jax.grad`` in φ through one update of a flat vector (meta-training's backward pass)."""
+    rows = []
+    for size in sizes:
+        n = int(size)
+        grads = {"w": jax.random.normal(jax.random.key(0), (n,)) * 0.02}
+        for impl in implementations:
+            opt = lstm(implementation=impl)
+            phi = opt.init(jax.random.key(0))
+            setting = {"parameters": n, "implementation": impl}
+            row = {**setting, **measure_unless_out_of_memory(setting, _meta_gradient_seconds, opt, phi, grads, repeats)}
+            rows.append(row)
+            on_row(row)
+            timing = "out of memory" if "out_of_memory" in row else f"{row['seconds'] * 1e3:9.2f} ms"
+            print(f"meta-gradient through one update {n / 1e6:8.2f}M {impl:9s} {timing}", flush=True)
+    return rows
+
+
+def _meta_gradient_seconds(opt: Any, phi: Any, grads: Any, repeats: int) -> dict[str, float]:
+    # From a non-zero state (a first update), so that every state input carries a cotangent.
+    state = opt.as_optax(phi).update(grads, opt.as_optax(phi).init(grads))[1]
+
+    def loss(phi: Any) -> jax.Array:
+        updates, new_state = opt.as_optax(phi).update(grads, state)
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves((updates, new_state)))
+
+    meta_grad = jax.jit(jax.grad(loss))
+    jax.block_until_ready(meta_grad(phi))  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(meta_grad(phi))
+        times.append(time.perf_counter() - t0)
+    return {"seconds": float(np.median(times))}
 
 
 def minimal_bytes(num_params: int, state_bytes_per_param: int) -> int:
@@ -400,6 +441,9 @@ def main() -> None:
     )
     parser.add_argument("--train-step", action="store_true")
     parser.add_argument("--memory", action="store_true", help="compile-only memory of the update for --sizes")
+    parser.add_argument(
+        "--meta-gradient", action="store_true", help="time the gradient in φ through one update of --sizes instead"
+    )
     parser.add_argument("--fit", type=float, default=None, help="train an MLP of about this many parameters")
     parser.add_argument("--fit-depth", type=int, default=6)
     parser.add_argument("--fit-steps", type=int, default=10)
@@ -417,7 +461,15 @@ def main() -> None:
     machine = describe_machine()
     print(machine, flush=True)
     platform = jax.devices()[0].platform
-    kind = "memory" if args.memory else "fit" if args.fit is not None else "speed"
+    kind = (
+        "memory"
+        if args.memory
+        else "fit"
+        if args.fit is not None
+        else "meta_gradient"
+        if args.meta_gradient
+        else "speed"
+    )
     out = args.out or RESULTS / f"update_{kind}_{platform}.json"
     # Rewritten after every row: a run cut short keeps what it measured.
     results: dict[str, Any] = {"machine": machine}
@@ -431,7 +483,9 @@ def main() -> None:
 
         return on_row
 
-    if args.memory:
+    if args.meta_gradient:
+        meta_gradient_rows(args.sizes, args.implementations, args.repeats, save("meta_gradients"))
+    elif args.memory:
         memory_rows(args.sizes, args.implementations, args.state_dtypes, save("memory"))
     elif args.fit is not None:
         fit_rows(

@@ -27,12 +27,17 @@ def run_script(name: str, *args: str, timeout: float = 120) -> subprocess.Comple
     )
 
 
-def run_fit(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """``update_speed.py --fit`` with ``options``: the process and the rows it wrote."""
-    result = tmp_path / "fit.json"
-    out = run_script("update_speed.py", "--fit", *options, "--out", str(result))
+def run_for_rows(tmp_path: Path, name: str, key: str, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """A benchmark script with ``options``, successful: the process and the rows it wrote under ``key``."""
+    result = tmp_path / "result.json"
+    out = run_script(name, *options, "--out", str(result))
     assert out.returncode == 0, out.stderr
-    return out, json.loads(result.read_text())["fit"]
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, through a temporary file
+    return out, json.loads(result.read_text())[key]
+
+
+def run_fit(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    return run_for_rows(tmp_path, "update_speed.py", "fit", "--fit", *options)
 
 
 def test_there_are_benchmark_scripts():
@@ -133,17 +138,13 @@ def test_only_out_of_memory_is_turned_into_a_result(monkeypatch):
 
 
 def test_meta_training_throughput_mode_writes_a_row_per_setting(tmp_path):
-    result = tmp_path / "speed.json"
-    out = run_script(
-        "meta_training_speed.py", "--batch-sizes", "1", "--tasks-per-chunk", "all", "--implementations", "fused",
-        "--steps", "2", "--out", str(result),
+    _, rows = run_for_rows(
+        tmp_path, "meta_training_speed.py", "rows", "--batch-sizes", "1", "--tasks-per-chunk", "all",
+        "--implementations", "fused", "--steps", "2",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    rows = json.loads(result.read_text())["rows"]
     assert [(r["batch_size"], r["remat"]) for r in rows] == [(1, False), (1, True)]
     for row in rows:
         assert row["meta_loss_finite"] and row["optimizee_steps_per_second"] > 0
-    assert not list(tmp_path.glob("*.tmp"))  # written whole, through a temporary file
 
 
 def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_training(tmp_path, monkeypatch):
@@ -176,3 +177,13 @@ def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_trai
         "finetune_best_step": 300,
     }
     assert _training_of_shipped(shipped, tmp_path / "absent.json")["stage_seconds"] is None
+
+
+def test_meta_gradient_mode_times_the_backward_pass_of_each_implementation(tmp_path):
+    # Larger than one CPU block, so that the fused step's blocked backward pass runs.
+    _, rows = run_for_rows(
+        tmp_path, "update_speed.py", "meta_gradients", "--meta-gradient", "--sizes", "40000",
+        "--implementations", "reference", "fused", "--repeats", "1",
+    )  # fmt: skip
+    assert [(r["parameters"], r["implementation"]) for r in rows] == [(40000, "reference"), (40000, "fused")]
+    assert all(r["seconds"] > 0 for r in rows)
