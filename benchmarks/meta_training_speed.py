@@ -92,6 +92,12 @@ def measure_unless_out_of_memory(
         return {**setting, "out_of_memory": str(error).strip().splitlines()[0][:500]}
 
 
+def device_peak_bytes() -> int | None:
+    """The device's peak memory in use so far in this process (None where the backend does not say)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
+
+
 def compiled_memory(compiled: Any) -> int | None:
     """Arguments + outputs + temporaries of a compiled program, in bytes (None if unknown)."""
     m = compiled.memory_analysis()
@@ -148,9 +154,9 @@ def throughput(
         "compiled_memory_bytes": compiled_memory(compiled),
         "meta_loss_finite": bool(np.isfinite(float(loss))),
     }
-    stats = jax.devices()[0].memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        row["device_peak_bytes_so_far"] = int(stats["peak_bytes_in_use"])
+    peak = device_peak_bytes()
+    if peak is not None:
+        row["device_peak_bytes_so_far"] = peak
     return row
 
 

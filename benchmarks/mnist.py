@@ -236,13 +236,20 @@ def main() -> None:
         optimizer, phi = pretrained.load_meta_params("mnist-lstm")
         shipped = pretrained.info("mnist-lstm")
         config, finetune = MetaTrainConfig.from_dict(shipped["stage1"]), shipped["training_config"]
+        training = _training_of_shipped(shipped, RESULTS / "mnist.json")  # read before it is rewritten
     else:
+        optimizer, phi = pretrained.load_meta_params(finetune_dir)
+        finetune = FINETUNE.to_dict()
         stage_seconds = [
             sum(r["seconds"] for r in rd.read_metrics(d / rd.METRICS)) for d in (args.run_dir, finetune_dir)
         ]
-        train_seconds = sum(stage_seconds)
-        optimizer, phi = pretrained.load_meta_params(finetune_dir)
-        finetune = FINETUNE.to_dict()
+        training = {
+            "meta_training_seconds": sum(stage_seconds),
+            "stage_seconds": stage_seconds,
+            "meta_training_wall_seconds": wall_seconds,
+            "best_step": rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"],
+            "finetune_best_step": rd.read_json(finetune_dir / rd.OPTIMIZER_META)["best_step"],
+        }
 
     all_rows, data = [], None
     RESULTS.mkdir(exist_ok=True)
@@ -257,16 +264,6 @@ def main() -> None:
         print(table(rows), flush=True)
     eval_seconds = time.perf_counter() - t1
 
-    if args.shipped:
-        training = _training_of_shipped(shipped, RESULTS / "mnist.json")
-    else:
-        training = {
-            "meta_training_seconds": train_seconds,
-            "stage_seconds": stage_seconds,
-            "meta_training_wall_seconds": wall_seconds,
-            "best_step": rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"],
-            "finetune_best_step": rd.read_json(finetune_dir / rd.OPTIMIZER_META)["best_step"],
-        }
     summary = {
         "command": " ".join(["python benchmarks/mnist.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores",

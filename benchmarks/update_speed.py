@@ -37,7 +37,7 @@ a model of that size trains next to its learned optimizer on this device.
     python benchmarks/update_speed.py --sizes 1e6 1e7 3e7 1e8 --implementations fused pallas  # GPU
     python benchmarks/update_speed.py --fit 1e8 --implementations pallas --state-dtypes float32  # GPU, 80 GB
 
-Results go to ``benchmarks/results/update_{speed,memory,fit}_<platform>.json`` (``--out``),
+Results go to ``benchmarks/results/update_{speed,memory,fit,meta_gradient}_<platform>.json`` (``--out``),
 rewritten after every row so that a run cut short keeps what it measured. A setting
 that runs out of device memory is recorded as such (``"out_of_memory"``) and the run
 goes on.
@@ -59,7 +59,13 @@ import numpy as np
 import optax
 
 # Shared with the meta-training benchmark (this folder is on sys.path when run as a script).
-from meta_training_speed import compiled_memory, describe_machine, measure_unless_out_of_memory, write_results
+from meta_training_speed import (
+    compiled_memory,
+    describe_machine,
+    device_peak_bytes,
+    measure_unless_out_of_memory,
+    write_results,
+)
 
 from l2l_jax import pretrained
 from l2l_jax.optimizers import lstm
@@ -292,21 +298,28 @@ def _lstm_train_step_seconds(*args: Any) -> dict[str, float]:
     return {"lstm_seconds": _time_train_step(*args)}
 
 
-def _time_train_step(model: nn.Module, tx: Any, params: Any, x, y, repeats: int, loss_of: Callable) -> float:
+def train_step(model: nn.Module, tx: Any, x: jax.Array, y: jax.Array, loss_of: Callable) -> Callable:
+    """One jitted training step on a fixed batch, params and state donated: ``(params, state) -> (params, state, loss)``."""
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, state):
         loss, grads = jax.value_and_grad(lambda p: loss_of(model.apply({"params": p}, x), y))(params)
         updates, state = tx.update(grads, state, params, value=loss)
-        return optax.apply_updates(params, updates), state
+        return optax.apply_updates(params, updates), state, loss
 
+    return step
+
+
+def _time_train_step(model: nn.Module, tx: Any, params: Any, x, y, repeats: int, loss_of: Callable) -> float:
+    step = train_step(model, tx, x, y, loss_of)
     params = jax.tree.map(jnp.copy, params)
     state = tx.init(params)
-    params, state = step(params, state)
+    params, state, _ = step(params, state)
     jax.block_until_ready(params)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        params, state = step(params, state)
+        params, state, _ = step(params, state)
         jax.block_until_ready((params, state))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
@@ -333,12 +346,6 @@ class DeepMLP(nn.Module):
 def fit_width(num_params: float, depth: int) -> int:
     """The width (a multiple of 8) that gives a ``DeepMLP`` of about ``num_params`` parameters."""
     return max(8, round((num_params / depth) ** 0.5 / 8) * 8)
-
-
-def device_peak_bytes() -> int | None:
-    """The device's peak memory in use so far in this process (None where the backend does not say)."""
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats or "peak_bytes_in_use" not in stats else int(stats["peak_bytes_in_use"])
 
 
 def fit_rows(
@@ -401,12 +408,7 @@ def _fit(model: nn.Module, x: jax.Array, y: jax.Array, tx: Any, steps: int) -> d
     """``steps`` training steps of ``model`` with ``tx`` from a fixed initialisation: losses, time, memory."""
     from l2l_jax.tasks.mnist import cross_entropy
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, state):
-        loss, grads = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x), y))(params)
-        updates, state = tx.update(grads, state, params, value=loss)
-        return optax.apply_updates(params, updates), state, loss
-
+    step = train_step(model, tx, x, y, cross_entropy)
     params = jax.jit(model.init)(jax.random.key(0), x)["params"]
     state = jax.jit(tx.init)(params)
     t0 = time.perf_counter()
