@@ -35,13 +35,16 @@ recover nearly float32 accuracy). Expected agreement with
 ``rtol=1e-5, atol=1e-6`` (met by a NumPy emulation of TF32x3 against the float64
 reference, H = 20), provided the reference's own matmuls run at
 ``Precision.HIGHEST``: JAX's default float32 matmul on GPU may be plain TF32
-(~1e-3 relative). The kernel is verified to lower for the cuda platform and to
-compile for sm_90 with Triton (H = 20, ``BLOCK = 64``, 8 warps: about 2 s, 142
-registers a thread, no spills); it has not been run on a GPU.
+(~1e-3 relative). CI lowers the kernel, and the programs of the README's GPU
+runbook that use it, for the cuda platform on a CPU-only machine
+(``tests/test_gpu_lowering.py``); its Triton IR was once compiled for sm_90 outside
+XLA (H = 20, ``BLOCK = 64``, 8 warps: about 2 s, 142 registers a thread, no spills).
+It has not been run on a GPU.
 
-Elsewhere it runs in Pallas' interpreter (for tests; slow) with exact products
-(``Precision.HIGHEST``; XLA:CPU has no TF32x3), as it does for float64 arithmetic
-everywhere. Its backward pass, when differentiated for meta-training, is the fused
+Where the program is lowered for any other platform it runs in Pallas' interpreter
+(for tests; slow) with exact products (``Precision.HIGHEST``; XLA:CPU has no
+TF32x3), as it does for float64 arithmetic everywhere. The choice is made when the
+program is lowered (``jax.lax.platform_dependent``), not from the default backend. Its backward pass, when differentiated for meta-training, is the fused
 one of :mod:`l2l_jax.optimizers.lstm_cell` (recompute, no stored activations).
 """
 
@@ -194,8 +197,23 @@ def _pallas_forward(
     return out, h2.reshape(h.shape), c2.reshape(c.shape)
 
 
-def _use_interpreter() -> bool:
-    return jax.default_backend() != "gpu"
+def _compiled(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _pallas_forward(weights, x, h, c, interpret=False)
+
+
+def _interpreted(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _pallas_forward(weights, x, h, c, interpret=True)
+
+
+def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # Chosen when the program is lowered, for the platform it is lowered for, not
+    # by the default backend at trace time: a program placed on the CPU of a GPU
+    # machine gets the interpreter, and one exported for CUDA from a CPU-only
+    # machine gets the Triton kernel (tests/test_gpu_lowering.py). The branch not
+    # taken is never lowered, so no conditional reaches the compiler.
+    return jax.lax.platform_dependent(weights, x, h, c, cuda=_compiled, rocm=_compiled, default=_interpreted)
 
 
 @jax.custom_vjp
@@ -206,13 +224,14 @@ def lstm_step_pallas(
 
     Same arguments and results; ``h``/``c`` are read and written in their own
     dtype (e.g. bfloat16 state, half the traffic), arithmetic is in ``x``'s dtype
-    (at least float32). Compiled with Triton on GPU, interpreted elsewhere.
+    (at least float32). Compiled with Triton where the program is lowered for a
+    GPU (CUDA or ROCm), interpreted elsewhere.
     """
-    return _pallas_forward(weights, x, h, c, _use_interpreter())
+    return _forward(weights, x, h, c)
 
 
 def _pallas_fwd(weights, x, h, c):
-    return _pallas_forward(weights, x, h, c, _use_interpreter()), (weights, x, h, c)
+    return _forward(weights, x, h, c), (weights, x, h, c)
 
 
 def _pallas_bwd(residuals, cotangents):
