@@ -94,14 +94,20 @@ def make_params(shapes: Any, key: jax.Array) -> Any:
     return jax.tree.unflatten(treedef, [jax.random.normal(k, s) * 0.02 for k, s in zip(keys, leaves)])
 
 
-def time_update(tx: optax.GradientTransformation, params: Any, repeats: int) -> float:
-    """Median seconds of one jitted update + apply, params and state donated."""
+def donated_update(tx: optax.GradientTransformation) -> Callable:
+    """One jitted update + apply, params and state donated: ``(params, state, grads) -> (params, state)``."""
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    return step
+
+
+def time_update(tx: optax.GradientTransformation, params: Any, repeats: int) -> float:
+    """Median seconds of one jitted update + apply, params and state donated."""
+    step = donated_update(tx)
     grads = jax.tree.map(lambda p: p * 0.1 + 1e-3, params)
     state = tx.init(params)
     params = jax.tree.map(jnp.copy, params)
@@ -118,15 +124,9 @@ def time_update(tx: optax.GradientTransformation, params: Any, repeats: int) -> 
 
 def compiled_update_memory(tx: optax.GradientTransformation, num_params: int) -> int:
     """Bytes XLA plans for one donated update + apply of a flat float32 vector (compile only)."""
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
     params = {"w": jax.ShapeDtypeStruct((num_params,), jnp.float32)}
     state = jax.eval_shape(tx.init, params)
-    return compiled_memory(step.lower(params, state, params).compile())
+    return compiled_memory(donated_update(tx).lower(params, state, params).compile())
 
 
 def memory_rows(
@@ -348,6 +348,20 @@ def fit_width(num_params: float, depth: int) -> int:
     return max(8, round((num_params / depth) ** 0.5 / 8) * 8)
 
 
+def fit_optimizer(implementation: str, state_dtype: str | None, update_scale: float) -> optax.GradientTransformation:
+    """``--fit``'s optimizer: ``optax.adam(1e-3)`` for ``"adam"``, else the shipped ``mnist-lstm``, update scaled.
+
+    mnist-lstm was meta-trained on 20 hidden units: its per-coordinate steps do not
+    shrink with the width, and on wide layers they add up and diverge (measured: 10M
+    parameters, width 1288, loss 2.37 -> 22.6 after 5 updates at scale 1).
+    """
+    if implementation == "adam":
+        return optax.adam(1e-3)
+    base, phi = pretrained.load_meta_params("mnist-lstm")
+    tx = lstm(**{**base.config(), "implementation": implementation, "state_dtype": state_dtype}).as_optax(phi)
+    return optax.chain(tx, optax.scale(update_scale))
+
+
 def fit_rows(
     num_params: float,
     depth: int,
@@ -361,20 +375,12 @@ def fit_rows(
     x = jax.random.normal(jax.random.key(1), (128, model.width))
     y = jax.random.randint(jax.random.key(2), (128,), 0, 10)
     n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0), x)))
-    base, phi = pretrained.load_meta_params("mnist-lstm")
     name = f"MLP {model.width}x{depth} sigmoid"
-    # mnist-lstm was meta-trained on 20 hidden units: its per-coordinate steps do not
-    # shrink with the width, and on wide layers they add up and diverge (measured:
-    # 10M parameters, width 1288, loss 2.37 -> 22.6 after 5 updates at scale 1).
     update_scale = FIT_SCALE_TIMES_WIDTH / model.width if update_scale is None else update_scale
     configs = [("adam", None)] + [(impl, dtype) for impl in implementations for dtype in dtypes]
     rows = []
     for impl, dtype in configs:
-        if impl == "adam":
-            tx = optax.adam(1e-3)
-        else:
-            tx = lstm(**{**base.config(), "implementation": impl, "state_dtype": dtype}).as_optax(phi)
-            tx = optax.chain(tx, optax.scale(update_scale))
+        tx = fit_optimizer(impl, dtype, update_scale)
         setting = {
             "model": name,
             "parameters": n,

@@ -187,3 +187,67 @@ def test_meta_gradient_mode_times_the_backward_pass_of_each_implementation(tmp_p
     )  # fmt: skip
     assert [(r["parameters"], r["implementation"]) for r in rows] == [(40000, "reference"), (40000, "fused")]
     assert all(r["seconds"] > 0 for r in rows)
+
+
+# gpu_plan.py compiles for an H100 with JAX's CUDA plugin, which CI does not install:
+# here, its parsing and arithmetic, and its message when the plugin is missing.
+PTXAS_LOG = """I1123 21:55:36.589130   30272 subprocess_compilation.cc:356] ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'loop_pad_fusion' for 'sm_90a'
+ptxas info    : Function properties for loop_pad_fusion
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 10 registers, used 0 barriers
+ptxas info    : Compile time = 2.722 ms
+ptxas info    : Compiling entry function 'coordinatewise_lstm_step' for 'sm_90a'
+ptxas info    : Function properties for coordinatewise_lstm_step
+    8 bytes stack frame, 16 bytes spill stores, 24 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 8192 bytes smem
+"""
+
+
+def test_gpu_plan_reads_each_kernels_registers_and_spills_from_xlas_ptxas_log(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from gpu_plan import ptxas_report
+
+    assert ptxas_report(PTXAS_LOG) == {
+        "loop_pad_fusion": {"registers": 10, "spill_store_bytes": 0, "spill_load_bytes": 0},
+        "coordinatewise_lstm_step": {"registers": 255, "spill_store_bytes": 16, "spill_load_bytes": 24},
+    }
+    assert ptxas_report("no compiler output") == {}
+
+
+@pytest.mark.parametrize(
+    ("registers", "warps", "programs"),
+    [
+        (170, 8, 1),  # 170 -> 176 a thread (units of 256 a warp): 2 warps in each partition of 16,384
+        (128, 8, 2),
+        (137, 8, 1),
+        (16, 8, 8),  # registers would allow 16; warps limit it (64 a SM)
+        (64, 4, 8),
+        (177, 2, 4),  # 2 warps of 5,888 registers in each 16,384-register partition: 8 warps, not 10
+        (16, 1, 32),  # the limit of 32 blocks an SM
+    ],
+)
+def test_gpu_plan_counts_the_programs_an_sm_holds_by_registers_and_warps(monkeypatch, registers, warps, programs):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from gpu_plan import programs_per_sm
+
+    assert programs_per_sm(registers, warps) == programs
+
+
+def test_gpu_plan_without_the_cuda_plugin_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12"):
+        pytest.skip("the CUDA plugin is installed here")
+    out = run_script("gpu_plan.py", "--sections", "kernel", "--out", str(tmp_path / "plan.json"), timeout=120)
+    assert out.returncode != 0
+    assert 'pip install -e ".[gpu]"' in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.parametrize("tiling", ["20x2", "64x3", "8x4", "64"])
+def test_gpu_plan_refuses_a_kernel_tiling_the_kernel_cannot_take(tiling):
+    out = run_script("gpu_plan.py", "--kernel-tilings", tiling, timeout=60)
+    assert out.returncode == 2
+    assert "--kernel-tilings" in out.stderr and "Traceback" not in out.stderr

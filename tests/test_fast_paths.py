@@ -19,7 +19,7 @@ from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
 from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights, in_blocks, lstm_step_fused, lstm_step_reference
-from l2l_jax.optimizers.lstm_pallas import BLOCK, lstm_step_pallas
+from l2l_jax.optimizers.lstm_pallas import BLOCK, kernel_call, lstm_step_pallas
 from l2l_jax.tasks import QuadraticFamily
 
 
@@ -63,6 +63,25 @@ def test_pallas_step_has_the_reference_values_and_vjp(n):
     # On the CPU the kernel runs in Pallas' interpreter: the same program, the
     # same masking of the tail block.
     assert_same_step_and_vjp(lstm_step_pallas, *random_cell(jax.random.key(n), n=n))
+
+
+@pytest.mark.parametrize(("block", "num_warps"), [(16, 2), (128, 4)])
+def test_other_tilings_of_the_kernel_give_the_reference_step(block, num_warps):
+    # benchmarks/gpu_plan.py weighs other tilings for the GPU; any of them must
+    # compute the same step (n = 37: a tail block for 16, one partial block for 128).
+    weights, x, h, c = random_cell(jax.random.key(block), n=37)
+    out = kernel_call(weights, x, h, c, interpret=True, block=block, num_warps=num_warps)
+    for a, b in zip(lstm_step_reference(weights, x, h, c), out):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("block", "num_warps", "message"), [(8, 4, "power of 2 of at least 16"),
+                                                             (48, 4, "power of 2 of at least 16"),
+                                                             (64, 3, "num_warps must be a power of 2"),
+                                                             (64, 64, "num_warps must be a power of 2")])  # fmt: skip
+def test_a_kernel_tiling_the_kernel_cannot_take_is_refused(block, num_warps, message):
+    with pytest.raises(ConfigError, match=message):
+        kernel_call(*random_cell(jax.random.key(0)), interpret=True, block=block, num_warps=num_warps)
 
 
 @pytest.mark.parametrize("n", [37, 2 * BLOCK + 5])
@@ -167,10 +186,13 @@ def test_segment_length_is_the_divisor_nearest_the_square_root():
 
 # One block; a whole number of blocks; a last block overlapping the one before by 3,
 # and by 9 (of 10).
+# With only_on, the blocks or the whole call are chosen when lowering: "cpu" takes the
+# blocks here, "tpu" (any platform this is not lowered for) the whole call.
+@pytest.mark.parametrize("only_on", [None, "cpu", "tpu"])
 @pytest.mark.parametrize("n", [10, 30, 37, 11])
-def test_the_step_in_blocks_of_coordinates_equals_one_call(n):
+def test_the_step_in_blocks_of_coordinates_equals_one_call(n, only_on):
     weights, x, h, c = random_cell(jax.random.key(5), n=n)
-    blocked = in_blocks(lstm_step_fused, 10)
+    blocked = in_blocks(lstm_step_fused, 10, only_on=only_on)
     whole, vjp_whole = jax.vjp(lstm_step_fused, weights, x, h, c)
     parts, vjp_parts = jax.jit(lambda *args: jax.vjp(blocked, *args))(weights, x, h, c)
     for a, b in zip(parts, whole):

@@ -29,7 +29,7 @@ import pytest
 from jax.export import DisabledSafetyCheck
 
 from l2l_jax.optimizers import lstm
-from l2l_jax.optimizers.lstm_cell import CellWeights
+from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights
 from l2l_jax.optimizers.lstm_pallas import NUM_WARPS, lstm_step_pallas
 
 #: The custom call of a Pallas kernel lowered with Triton.
@@ -147,3 +147,32 @@ def test_the_benchmark_1000_step_memory_program_lowers_for_cuda():
     step, setup = meta_training_speed.meta_step_fn("fused", "segments", 1000)
     module = lower_for_cuda(step, *jax.eval_shape(lambda: setup(64)))
     assert "stablehlo.while" in module and not kernel_calls(module)
+
+
+def test_the_fused_update_takes_a_large_leaf_in_blocks_on_a_cpu_and_whole_on_a_gpu():
+    params = {"w": jax.ShapeDtypeStruct((3 * CPU_BLOCK + 5,), jnp.float32)}
+    optimizer = lstm(implementation="fused")
+    tx = optimizer.as_optax(optimizer.init(jax.random.key(0)))
+    update = jax.jit(tx.update)
+    state = jax.eval_shape(tx.init, params)
+    # The blocks are a loop; chosen when lowering, for the platform lowered for.
+    assert "stablehlo.while" not in lower_for_cuda(update, params, state, params)
+    exported_for_cpu = jax.export.export(update, platforms=["cpu"])(params, state, params)
+    assert "stablehlo.while" in exported_for_cpu.mlir_module()
+
+
+def test_the_meta_gradient_through_a_large_leaf_has_the_block_loop_on_a_cpu_only():
+    # The blocks' backward pass is chosen when lowering too (inside their custom_vjp).
+    optimizer = lstm(implementation="fused")
+    params = {"w": jnp.ones(3 * CPU_BLOCK + 5)}
+
+    def loss_after_one_update(phi):
+        tx = optimizer.as_optax(phi)
+        updates, _ = tx.update(params, tx.init(params), params)
+        return jnp.sum((params["w"] + updates["w"]) ** 2)
+
+    meta_gradient = jax.jit(jax.grad(loss_after_one_update))
+    phi = optimizer.init(jax.random.key(0))
+    assert "stablehlo.while" not in lower_for_cuda(meta_gradient, phi)
+    for_cpu = jax.export.export(meta_gradient, platforms=["cpu"])(phi).mlir_module()
+    assert for_cpu.count("stablehlo.while") == 2  # the forward blocks and the backward blocks

@@ -131,8 +131,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
 
         implementation = "fused" if self.implementation == "auto" else self.implementation
         step_fn = step_function(implementation)
-        if implementation == "fused" and jax.default_backend() == "cpu":
-            step_fn = in_blocks(step_fn, CPU_BLOCK)  # Large leaves in cache-sized blocks.
+        if implementation == "fused":  # Large leaves in cache-sized blocks, on a CPU.
+            step_fn = in_blocks(step_fn, CPU_BLOCK, only_on="cpu")
 
         def leaf_update(grad: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Compute in at least float32 even when the state is stored in bfloat16.

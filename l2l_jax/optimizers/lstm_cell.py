@@ -170,13 +170,20 @@ CPU_BLOCK = 16384
 StepFn = Callable[[CellWeights, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 
 
-def in_blocks(step_fn: StepFn, block: int) -> StepFn:
+def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn:
     """``step_fn`` over blocks of ``block`` coordinates, one block after the other.
 
     Every coordinate's numbers are those of one call over all coordinates; only the
     working set shrinks to one block. Leaves of at most ``block`` coordinates go
     through in one call. Reverse-mode differentiable (a ``custom_vjp`` whose backward
     pass is a loop over the same blocks); not forward-mode.
+
+    With ``only_on`` (a platform name, e.g. ``"cpu"``) the blocks are used only where
+    the program is lowered for that platform, and elsewhere ``step_fn`` takes the
+    leaf in one call (forward and backward). The choice is made when lowering
+    (``jax.lax.platform_dependent`` inside the ``custom_vjp``, so autodiff never sees
+    both branches), not from the default backend: a program compiled for a GPU from a
+    CPU-only machine gets the GPU's version.
 
     Each block is sliced out of the step's inputs and written into the outputs in
     place (``dynamic_update_slice`` on the loop's carry), so the state never takes a
@@ -195,7 +202,7 @@ def in_blocks(step_fn: StepFn, block: int) -> StepFn:
     def put(into: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
         return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=-1)
 
-    def forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+    def loop_forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
         n = x.shape[-1]
 
         def block_at(start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -212,14 +219,7 @@ def in_blocks(step_fn: StepFn, block: int) -> StepFn:
     # The backward pass is a loop of the same shape. Autodiff of the forward loop would
     # add every block's input cotangents into full-size accumulators, touching all n
     # coordinates per block (4x slower than one call at 1M coordinates, measured).
-    @jax.custom_vjp
-    def blocked(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
-        return forward(weights, x, h, c)
-
-    def blocked_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[tuple, tuple]:
-        return forward(weights, x, h, c), (weights, x, h, c)
-
-    def blocked_bwd(residuals: tuple, cotangents: tuple) -> tuple:
+    def loop_bwd(residuals: tuple, cotangents: tuple) -> tuple:
         weights, x, h, c = residuals
         n = x.shape[-1]
         num_blocks = -(-n // block)
@@ -241,7 +241,27 @@ def in_blocks(step_fn: StepFn, block: int) -> StepFn:
         zeros = jax.tree.map(jnp.zeros_like, (weights, x, h, c))
         return jax.lax.fori_loop(0, num_blocks, body, zeros)
 
-    blocked.defvjp(blocked_fwd, blocked_bwd)
+    def whole_bwd(residuals: tuple, cotangents: tuple) -> tuple:
+        return jax.vjp(step_fn, *residuals)[1](cotangents)
+
+    def forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+        if only_on is None:
+            return loop_forward(weights, x, h, c)
+        return tuple(jax.lax.platform_dependent(weights, x, h, c, default=step_fn, **{only_on: loop_forward}))
+
+    def backward(residuals: tuple, cotangents: tuple) -> tuple:
+        if only_on is None:
+            return loop_bwd(residuals, cotangents)
+        return jax.lax.platform_dependent(residuals, cotangents, default=whole_bwd, **{only_on: loop_bwd})
+
+    @jax.custom_vjp
+    def blocked(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+        return forward(weights, x, h, c)
+
+    def blocked_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[tuple, tuple]:
+        return forward(weights, x, h, c), (weights, x, h, c)
+
+    blocked.defvjp(blocked_fwd, backward)
 
     def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         if x.shape[-1] <= block:

@@ -37,15 +37,16 @@ reference, H = 20), provided the reference's own matmuls run at
 ``Precision.HIGHEST``: JAX's default float32 matmul on GPU may be plain TF32
 (~1e-3 relative). CI lowers the kernel, and the programs of the README's GPU
 runbook that use it, for the cuda platform on a CPU-only machine
-(``tests/test_gpu_lowering.py``); its Triton IR was once compiled for sm_90 outside
-XLA (H = 20, ``BLOCK = 64``, 8 warps: about 2 s, 142 registers a thread, no spills).
-It has not been run on a GPU.
+(``tests/test_gpu_lowering.py``), and ``benchmarks/gpu_plan.py`` compiles it with
+XLA for an H100 without one (H = 20, ``BLOCK = 64``, 8 warps: 170 registers a
+thread, no spills). It has not been run on a GPU.
 
 Where the program is lowered for any other platform it runs in Pallas' interpreter
 (for tests; slow) with exact products (``Precision.HIGHEST``; XLA:CPU has no
 TF32x3), as it does for float64 arithmetic everywhere. The choice is made when the
-program is lowered (``jax.lax.platform_dependent``), not from the default backend. Its backward pass, when differentiated for meta-training, is the fused
-one of :mod:`l2l_jax.optimizers.lstm_cell` (recompute, no stored activations).
+program is lowered (``jax.lax.platform_dependent``), not from the default backend.
+Its backward pass, when differentiated for meta-training, is the fused one of
+:mod:`l2l_jax.optimizers.lstm_cell` (recompute, no stored activations).
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.lstm_cell import CellWeights, _fused_bwd
 
-#: Coordinates per program (the columns of every tile). With NUM_WARPS = 8 this
-#: compiles for sm_90 to 142 registers a thread and no spills at H = 20 (4 warps:
-#: 241); BLOCK = 128 needs 242 with 8 warps and spills with 4 or 16.
+#: Coordinates per program (the columns of every tile). With NUM_WARPS = 8, XLA
+#: compiles it for an H100 to 170 registers a thread and no spills at H = 20: one
+#: program per SM. Other tilings and their registers, spills and programs per SM:
+#: ``python benchmarks/gpu_plan.py --sections kernel``; which is fastest needs a GPU.
 BLOCK = 64
 #: Warps per program (Triton's ``num_warps``).
 NUM_WARPS = 8
@@ -163,15 +166,33 @@ def _kernel(
     plgpu.store(out_ref.at[cols], out.astype(out_ref.dtype), mask=col_mask[0])
 
 
-def _pallas_forward(
-    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, interpret: bool
+def kernel_call(
+    weights: CellWeights,
+    x: jax.Array,
+    h: jax.Array,
+    c: jax.Array,
+    *,
+    interpret: bool,
+    block: int = BLOCK,
+    num_warps: int = NUM_WARPS,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The kernel's forward call with its tiling explicit: ``block`` coordinates a program, ``num_warps`` warps.
+
+    What :func:`lstm_step_pallas` computes (``BLOCK``, ``NUM_WARPS``), without its
+    VJP or its choice of platform: for tuning the tiling (``benchmarks/gpu_plan.py``
+    compiles the candidates for an H100) and for testing other tilings.
+    ``interpret=True`` runs Pallas' interpreter; ``False`` lowers with Triton (GPU only).
+    """
+    if block < 16 or block & (block - 1):
+        raise ConfigError(f"block must be a power of 2 of at least 16 (tl.dot's smallest operand), got {block}")
+    if not 1 <= num_warps <= 32 or num_warps & (num_warps - 1):
+        raise ConfigError(f"num_warps must be a power of 2 from 1 to 32, got {num_warps}")
     num_layers, hidden, n = h.shape
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     # TF32x3 is a float32 tensor-core algorithm; float64 (and the CPU interpreter) multiply exactly.
     exact = interpret or dtype != jnp.float32
     precision = jax.lax.Precision.HIGHEST if exact else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-    kernel = functools.partial(_kernel, n=n, hidden=hidden, num_layers=num_layers, block=BLOCK, precision=precision)
+    kernel = functools.partial(_kernel, n=n, hidden=hidden, num_layers=num_layers, block=block, precision=precision)
     out, h2, c2 = pl.pallas_call(
         kernel,
         out_shape=(
@@ -179,13 +200,13 @@ def _pallas_forward(
             jax.ShapeDtypeStruct((num_layers * hidden, n), h.dtype),
             jax.ShapeDtypeStruct((num_layers * hidden, n), c.dtype),
         ),
-        grid=(math.ceil(n / BLOCK),),
+        grid=(math.ceil(n / block),),
         # New h, c overwrite the old in place (with the state donated, the update
         # needs no second copy of the state: 100M parameters fit in 80 GB).
         input_output_aliases={1: 1, 2: 2},
         # Triton, not the default Mosaic GPU lowering (see the module docstring);
         # one stage: there is no loop to pipeline.
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="coordinatewise_lstm_step",
     )(
@@ -198,13 +219,13 @@ def _pallas_forward(
 
 
 def _compiled(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return _pallas_forward(weights, x, h, c, interpret=False)
+    return kernel_call(weights, x, h, c, interpret=False)
 
 
 def _interpreted(
     weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return _pallas_forward(weights, x, h, c, interpret=True)
+    return kernel_call(weights, x, h, c, interpret=True)
 
 
 def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -225,7 +246,7 @@ def lstm_step_pallas(
     Same arguments and results; ``h``/``c`` are read and written in their own
     dtype (e.g. bfloat16 state, half the traffic), arithmetic is in ``x``'s dtype
     (at least float32). Compiled with Triton where the program is lowered for a
-    GPU (CUDA or ROCm), interpreted elsewhere.
+    GPU (CUDA; ROCm too, but it has never been compiled there), interpreted elsewhere.
     """
     return _forward(weights, x, h, c)
 
