@@ -317,7 +317,7 @@ def update_rows(planner: Planner, sizes: list[float], on_row: Callable[[dict], N
     import jax
     import jax.numpy as jnp
     import optax
-    from update_speed import donated_update, minimal_bytes
+    from update_speed import donated_update, minimal_bytes, state_bytes_per_param
 
     from l2l_jax.optimizers import lstm
 
@@ -331,7 +331,7 @@ def update_rows(planner: Planner, sizes: list[float], on_row: Callable[[dict], N
             else:
                 opt = lstm(implementation=impl, state_dtype=dtype)
                 tx = opt.as_optax(opt.init(jax.random.key(0)))
-                state_bytes = 2 * opt.num_layers * opt.hidden_size * jnp.dtype(dtype).itemsize
+                state_bytes = state_bytes_per_param(opt, dtype)
             state = jax.eval_shape(tx.init, params)
             plan = planner.compile(donated_update(tx), params, state, params)
             on_row(

@@ -195,9 +195,14 @@ def _meta_gradient_seconds(opt: Any, phi: Any, grads: Any, repeats: int) -> dict
     return {"seconds": float(np.median(times))}
 
 
-def minimal_bytes(num_params: int, state_bytes_per_param: int) -> int:
+def state_bytes_per_param(opt: Any, state_dtype: str) -> int:
+    """Bytes of the LSTM's state (h and c of every layer) per parameter, stored in ``state_dtype``."""
+    return 2 * opt.num_layers * opt.hidden_size * jnp.dtype(state_dtype).itemsize
+
+
+def minimal_bytes(num_params: int, state_bytes: int) -> int:
     # read grad + params, write params (float32), read + write the state.
-    return num_params * (3 * 4 + 2 * state_bytes_per_param)
+    return num_params * (3 * 4 + 2 * state_bytes)
 
 
 def update_rows(
@@ -229,8 +234,7 @@ def update_rows(
                 print(f"{name:>22s} {n / 1e6:8.1f}M {impl:9s} {dtype:8s} out of memory", flush=True)
                 continue
             seconds = timed["seconds"]
-            state_bytes = 2 * opt.num_layers * opt.hidden_size * jnp.dtype(dtype).itemsize
-            traffic = minimal_bytes(n, state_bytes)
+            traffic = minimal_bytes(n, state_bytes_per_param(opt, dtype))
             row = {
                 **setting,
                 "seconds": seconds,
