@@ -106,9 +106,16 @@ def compiled_memory(compiled: Any) -> int | None:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-def meta_step_fn(implementation: str, remat: bool | str, num_steps: int, tasks_per_chunk: int | None = None):
+def meta_step_fn(
+    implementation: str,
+    remat: bool | str,
+    num_steps: int,
+    tasks_per_chunk: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+):
+    """The jitted meta-step and ``setup(batch_size) -> (phi, meta_state, inner)``; MNIST from ``data_dir``."""
     optimizer = lstm(implementation=implementation)
-    family = tasks.get("mnist")
+    family = tasks.get("mnist", data_dir=None if data_dir is None else str(data_dir))
     meta_tx = optax.adam(1e-3)
 
     @functools.partial(jax.jit, donate_argnums=(1, 2))
@@ -128,9 +135,14 @@ def meta_step_fn(implementation: str, remat: bool | str, num_steps: int, tasks_p
 
 
 def throughput(
-    implementation: str, batch_size: int, remat: bool, steps: int, tasks_per_chunk: int | None = None
+    implementation: str,
+    batch_size: int,
+    remat: bool,
+    steps: int,
+    tasks_per_chunk: int | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
-    step, setup = meta_step_fn(implementation, remat, TRUNCATION, tasks_per_chunk)
+    step, setup = meta_step_fn(implementation, remat, TRUNCATION, tasks_per_chunk, data_dir)
     args = setup(batch_size)
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -160,8 +172,8 @@ def throughput(
     return row
 
 
-def memory(horizon: int, batch_size: int, remat: bool | str) -> dict[str, Any]:
-    step, setup = meta_step_fn("fused", remat, horizon)
+def memory(horizon: int, batch_size: int, remat: bool | str, data_dir: str | None = None) -> dict[str, Any]:
+    step, setup = meta_step_fn("fused", remat, horizon, data_dir=data_dir)
     args = jax.eval_shape(lambda: setup(batch_size))
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -174,11 +186,14 @@ def memory(horizon: int, batch_size: int, remat: bool | str) -> dict[str, Any]:
     }
 
 
-def whole_run(batch_size: int, steps_per_call: int, tasks_per_chunk: int | None, meta_steps: int) -> dict[str, Any]:
+def whole_run(
+    batch_size: int, steps_per_call: int, tasks_per_chunk: int | None, meta_steps: int, data_dir: str | None = None
+) -> dict[str, Any]:
     from l2l_jax.meta import MetaTrainConfig, meta_train
 
     config = MetaTrainConfig(
         task="mnist",
+        task_options={} if data_dir is None else {"data_dir": data_dir},
         num_meta_steps=meta_steps,
         horizon=100,
         truncation=TRUNCATION,
@@ -235,6 +250,11 @@ def main() -> None:
     parser.add_argument("--meta-train", action="store_true", help="time whole meta_train runs instead")
     parser.add_argument("--meta-steps", type=int, default=40, help="meta-steps per whole run (--meta-train)")
     parser.add_argument("--steps-per-call", type=int, nargs="+", default=[1, 4], help="for --meta-train")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the MNIST files (default: $L2L_JAX_DATA_DIR, else the user cache directory)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     machine = describe_machine()
@@ -263,13 +283,13 @@ def main() -> None:
                         "steps_per_call": k,
                         "meta_steps": args.meta_steps,
                     }
-                    r = measure_unless_out_of_memory(setting, whole_run, b, k, chunk, args.meta_steps)
+                    r = measure_unless_out_of_memory(setting, whole_run, b, k, chunk, args.meta_steps, args.data_dir)
                     record(f"meta_train B={b:4d} chunk={chunk or 'all'!s:4s} steps/call={k:2d}", r, _whole_run_line)
     elif args.memory:
         for remat in (False, True, "segments"):
             for horizon in args.horizons:
                 setting = {"horizon": horizon, "batch_size": args.memory_batch, "remat": remat}
-                r = measure_unless_out_of_memory(setting, memory, horizon, args.memory_batch, remat)
+                r = measure_unless_out_of_memory(setting, memory, horizon, args.memory_batch, remat, args.data_dir)
                 record(f"T={horizon:5d} B={args.memory_batch} remat={remat!s:8s}", r, _memory_line)
     else:
         for impl in args.implementations:
@@ -277,7 +297,9 @@ def main() -> None:
                 for chunk in effective_chunkings(chunkings, b):
                     for remat in (False, True):
                         setting = {"implementation": impl, "batch_size": b, "remat": remat, "tasks_per_chunk": chunk}
-                        r = measure_unless_out_of_memory(setting, throughput, impl, b, remat, args.steps, chunk)
+                        r = measure_unless_out_of_memory(
+                            setting, throughput, impl, b, remat, args.steps, chunk, args.data_dir
+                        )
                         record(
                             f"{impl:9s} B={b:4d} chunk={chunk or 'all'!s:4s} remat={remat!s:5s}", r, _throughput_line
                         )

@@ -139,7 +139,12 @@ def evaluate_variant(name, options, optimizer, phi, tune_inits, test_inits, prog
                 row["lstm_minus_this_stderr"] = float(np.std(diff) / np.sqrt(len(diff)))
             rows.append(row)
     plot_curves = {"learned lstm": curves["learned lstm"], **{b: curves[f"{b}@{horizon}"] for b in BASELINES}}
-    return rows, plot_curves, family.data_description
+    return rows, plot_curves, family.data_record
+
+
+def describe_data(record):
+    """One line for a data record of :func:`l2l_jax.tasks.mnist.data_record`."""
+    return f"{record['dataset']} {record['split']} split, {record['examples']:,} images (sha256 {record['sha256']})"
 
 
 def table(rows):
@@ -285,7 +290,7 @@ def main() -> None:
         else "Meta-training: not timed in this run"
     )
     (RESULTS / "mnist.md").write_text(
-        f"{table(all_rows)}\n\nData: {data}\n\n{trained}; evaluation {eval_seconds / 60:.1f} min "
+        f"{table(all_rows)}\n\nData: {describe_data(data)}\n\n{trained}; evaluation {eval_seconds / 60:.1f} min "
         f"on {summary['machine']}. Command: `{summary['command']}`.\n"
     )
     # The evaluation travels with the optimizer it describes (pretrained.info shows it),
@@ -295,10 +300,7 @@ def main() -> None:
         print(f"not written into {meta_dir}: --tune-inits/--test-inits differ from {TUNE_INITS}/{TEST_INITS}")
         meta_dir = None
     if meta_dir is not None:
-        meta = rd.read_json(meta_dir / rd.OPTIMIZER_META)
-        rd.write_json(
-            meta_dir / rd.OPTIMIZER_META, {**meta, "evaluation": all_rows, "data": data, "stage1": config.to_dict()}
-        )
+        rd.update_optimizer_meta(meta_dir, evaluation=all_rows, data=data, stage1=config.to_dict())
     print(f"\nevaluation {eval_seconds / 60:.1f} min, total {(time.perf_counter() - t0) / 60:.1f} min")
     if args.ship:
         print(f"shipped as {pretrained.export(finetune_dir, pretrained.SHIPPED_DIR / 'mnist-lstm')}")

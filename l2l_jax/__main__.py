@@ -1,4 +1,8 @@
-from l2l_jax.cli import main
+"""``python -m l2l_jax``: the ``l2l-jax`` command line."""
+
 import sys
 
-sys.exit(main())
+from l2l_jax.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,22 +1,39 @@
 """The ``l2l-jax`` command line: demo, meta-train, evaluate, seed-example.
 
 Errors a user can cause (bad names, sizes, run directories) print one line and
-exit with status 2; Ctrl-C during meta-training saves a checkpoint first.
+exit with status 2. Ctrl-C (exit status 130) and SIGTERM (143) during
+meta-training save a checkpoint first; the same command resumes the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import math
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn
 
-from l2l_jax.errors import ConfigError, L2LError
+import l2l_jax
+from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import tasks as tasks_lib
+from l2l_jax.errors import ConfigError, DataError, L2LError, Terminated
+from l2l_jax.evaluation import report
+from l2l_jax.meta.training import META_LR_SCHEDULES, META_OPTIMIZERS, MetaTrainConfig, meta_train
+from l2l_jax.meta.unroll import WEIGHTINGS
+
+#: The top-level ``--help`` text (plain words: argparse prints it as is).
+DESCRIPTION = (
+    "l2l-jax: meta-train learned optimizers (Andrychowicz et al., 2016) and compare them with tuned baselines."
+)
 
 #: The demo's meta-training run: the paper's LSTM on 10-d quadratics, sized to
-#: finish in about two minutes on 2 CPU cores.
+#: finish in a few minutes on a CPU.
 DEMO_CONFIG: dict[str, Any] = {
     "task": "quadratic",
     "task_options": {"dim": 10},
@@ -32,6 +49,37 @@ DEMO_CONFIG: dict[str, Any] = {
     "num_val_tasks": 128,
     "checkpoint_every": 100,
 }
+
+#: MetaTrainConfig's defaults, the defaults of ``meta-train``'s options.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(MetaTrainConfig) if f.default is not dataclasses.MISSING
+}
+
+
+def _defaults(function: Any) -> dict[str, Any]:
+    """``function``'s parameters that have defaults -> their defaults."""
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
+
+
+#: The defaults of ``evaluate``'s and ``meta-train``'s options that are not in the config.
+EVALUATE_DEFAULTS: dict[str, Any] = _defaults(report.evaluate_run)
+META_TRAIN_DEFAULTS: dict[str, Any] = _defaults(meta_train)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option that takes a value, unless its help states the default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        takes_value = action.option_strings and action.nargs != 0 and not action.required
+        if takes_value and action.default is not argparse.SUPPRESS and "default:" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM stopped a command; ``code`` is the exit status (128 + the signal's number)."""
 
 
 def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -49,14 +97,25 @@ def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _evaluate_run(
-    run_dir: Path, num_tasks: int, num_tune_tasks: int, num_steps: int, seed: int, progress: bool
+    run_dir: Path,
+    num_tasks: int,
+    num_tune_tasks: int,
+    num_steps: int,
+    seed: int,
+    progress: bool,
+    task: str | None = None,
 ) -> str:
     """Compares a run's optimizer with tuned baselines; returns the table and where files went."""
-    from l2l_jax.evaluation.report import evaluate_run
     from l2l_jax.meta import run_directory as rd
 
-    comparison = evaluate_run(
-        run_dir, num_tasks=num_tasks, num_tune_tasks=num_tune_tasks, num_steps=num_steps, seed=seed, progress=progress
+    comparison = report.evaluate_run(
+        run_dir,
+        num_tasks=num_tasks,
+        num_tune_tasks=num_tune_tasks,
+        num_steps=num_steps,
+        seed=seed,
+        progress=progress,
+        task=task,
     )
     written = ", ".join(str(run_dir / f) for f in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT))
     return f"{comparison.table()}\n\nwrote {written}"
@@ -65,35 +124,61 @@ def _evaluate_run(
 def _train(
     config_dict: dict[str, Any],
     run_dir: Path,
+    *,
     resume: bool,
     progress: bool,
+    overwrite: bool = False,
     devices: int | None = None,
     steps_per_call: int = 1,
 ) -> Any:
-    from l2l_jax.meta import MetaTrainConfig, meta_train
+    """Meta-trains into ``run_dir``, saying what it does once the run directory is accepted.
 
+    Ctrl-C exits with status 130 and SIGTERM with 128 + its number, after
+    meta-training has saved a checkpoint.
+    """
     config = MetaTrainConfig.from_dict(config_dict)
-    print(f"meta-training {config.optimizer} on {config.task} into {run_dir}", flush=True)
-    t0 = time.perf_counter()
+    total = config.num_meta_steps
+    started: list[float] = []  # The time meta-training started, once it has.
+
+    def on_start(start_step: int) -> None:
+        if start_step < total:
+            resuming = f", resuming at step {start_step}" if start_step else ""
+            print(f"meta-training {config.optimizer} on {config.task} into {run_dir}{resuming}", flush=True)
+        started.append(time.perf_counter())
+
     try:
         result = meta_train(
-            config, run_dir, resume=resume, progress=progress, devices=devices, steps_per_call=steps_per_call
+            config,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            devices=devices,
+            steps_per_call=steps_per_call,
+            overwrite=overwrite,
+            on_start=on_start,
         )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last checkpoint is in {run_dir}; run the same command again to resume.")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        if started:
+            print(f"\ninterrupted: checkpoint saved in {run_dir}; run the same command again to resume.", flush=True)
+        else:
+            print("\ninterrupted before meta-training started; nothing was saved.", flush=True)
+        raise Interrupted(128 + e.signum if isinstance(e, Terminated) else 130) from None
+    steps_run = total - result.start_step
+    if steps_run == 0:
+        print(f"nothing to do: the run in {run_dir} has finished all {total} meta-steps")
+        return result
+    best = f"best validation meta-loss {result.best_val:.4g}" if math.isfinite(result.best_val) else "no validation yet"
+    seconds = time.perf_counter() - started[0] if started else 0.0
     print(
-        f"meta-trained {config.num_meta_steps} meta-steps in {time.perf_counter() - t0:.1f} s "
-        f"(best validation meta-loss {result.best_val:.4g}, {result.skipped} skipped non-finite steps)"
+        f"meta-trained {steps_run} meta-steps in {seconds:.1f} s "
+        f"(steps {result.start_step + 1}-{total} of {total}; {best}; {result.skipped} skipped non-finite steps)"
     )
     return result
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    config = dict(DEMO_CONFIG, seed=args.seed)
-    if args.meta_steps is not None:
-        config["num_meta_steps"] = args.meta_steps
-    _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress)
+    config = dict(DEMO_CONFIG, seed=args.seed, num_meta_steps=args.meta_steps)
+    _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress, overwrite=args.overwrite)
     print("\nevaluating on held-out quadratics against tuned baselines ...", flush=True)
     print(_evaluate_run(args.run_dir, args.tasks, args.tune_tasks, 100, args.seed + 1, not args.no_progress))
     print(
@@ -103,13 +188,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_meta_train(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``meta-train``'s options as a :class:`MetaTrainConfig` dict (not yet validated)."""
     optimizer_options = _parse_options(args.optimizer_option, "--optimizer-option")
     if args.preset is not None:
         if args.optimizer != "lstm":
             raise ConfigError("--preset applies to the lstm optimizer only")
         optimizer_options["preset"] = args.preset
-    config = {
+    return {
         "task": args.task,
         "task_options": _parse_options(args.task_option, "--task-option"),
         "optimizer": args.optimizer,
@@ -131,16 +217,28 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         "checkpoint_every": args.checkpoint_every,
         "seed": args.seed,
     }
-    _train(
-        config,
-        args.run_dir,
-        resume=not args.no_resume,
-        progress=not args.no_progress,
-        devices=args.devices,
-        steps_per_call=args.steps_per_call,
-    )
+
+
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        _train(
+            config,
+            args.run_dir,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            devices=args.devices,
+            steps_per_call=args.steps_per_call,
+        )
+    except DataError as e:
+        if config["task"] == "mnist" and config["task_options"].get("download") is not True:
+            raise DataError(f"{e} Or pass --task-option download=true to download it.") from None
+        raise
     if args.evaluate:
-        print(_evaluate_run(args.run_dir, args.tasks, args.tune_tasks, args.horizon, args.seed + 1, not args.no_progress))
+        print(
+            _evaluate_run(args.run_dir, args.tasks, args.tune_tasks, args.horizon, args.seed + 1, not args.no_progress)
+        )
     print(f"wrote {args.run_dir}")
     return 0
 
@@ -151,7 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if not path.exists() and args.run in pretrained.available():
         raise ConfigError("evaluate writes its results into a run directory; pass a run directory, not a shipped name")
-    print(_evaluate_run(path, args.tasks, args.tune_tasks, args.steps, args.seed, not args.no_progress))
+    print(_evaluate_run(path, args.tasks, args.tune_tasks, args.steps, args.seed, not args.no_progress, args.task))
     return 0
 
 
@@ -185,11 +283,13 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
             f"g{t} = {g[t]:g}, θ{t + 1} = {th[t + 1]:g}"
         )
     print(f"\nmeta-loss L(φ) = (θ2 - 5)² = {result['meta_loss']:.6g}\n")
-    fmt = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"  # noqa: E731
+    fmt = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"
     print(f"assumed meta-gradient (source text):  {fmt(result['assumed_meta_grad'])}")
     print(f"exact meta-gradient (jax.grad):       {fmt(result['meta_grad'])}")
     print(f"first-order meta-gradient (∇_t const): {fmt(result['meta_grad_first_order'])}\n")
-    print(f"φ - 0.01·assumed = {fmt(result['phi_new_assumed'])} -> meta-loss {result['meta_loss_after_assumed_step']:.6g}")
+    print(
+        f"φ - 0.01·assumed = {fmt(result['phi_new_assumed'])} -> meta-loss {result['meta_loss_after_assumed_step']:.6g}"
+    )
     print(f"φ - 0.01·exact   = {fmt(result['phi_new'])} -> meta-loss {result['meta_loss_after_exact_step']:.6g}\n")
     print(result["explanation"])
     a = result["adam_meta_training"]
@@ -201,39 +301,103 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2l-jax", description=__doc__.splitlines()[0])
+    """The ``l2l-jax`` argument parser; every option's help shows its default."""
+    d = CONFIG_DEFAULTS
+    parser = argparse.ArgumentParser(prog="l2l-jax", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {l2l_jax.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
     def common_eval(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tasks", type=int, default=128, help="held-out test tasks (default 128)")
-        p.add_argument("--tune-tasks", type=int, default=100, help="other tasks for tuning baselines' lr (default 100)")
+        p.add_argument("--tasks", type=int, default=EVALUATE_DEFAULTS["num_tasks"], help="held-out test tasks")
+        p.add_argument(
+            "--tune-tasks",
+            type=int,
+            default=EVALUATE_DEFAULTS["num_tune_tasks"],
+            help="other held-out tasks on which each baseline's learning rate is tuned",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    demo = sub.add_parser("demo", help="meta-train the paper's LSTM on quadratics and compare with tuned baselines")
-    demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--meta-steps", type=int, default=None, help=f"default {DEMO_CONFIG['num_meta_steps']}")
-    demo.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a checkpoint")
+    def run_dir_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--no-resume",
+            action="store_true",
+            help="start over even if the run directory holds a checkpoint of this run",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="start a new run even in a directory holding other files or another run (replaces its run files)",
+        )
+
+    task_names = ", ".join(tasks_lib.available())
+    code_warning = "module:function, which imports and runs that code (a function returning a TaskFamily)"
+
+    demo = add("demo", "meta-train the paper's LSTM on quadratics and compare it with tuned baselines")
+    demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="the run directory")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the run")
+    demo.add_argument("--meta-steps", type=int, default=DEMO_CONFIG["num_meta_steps"], help="meta-steps")
+    run_dir_options(demo)
     common_eval(demo)
     demo.set_defaults(func=cmd_demo)
 
-    mt = sub.add_parser("meta-train", help="meta-train a learned optimizer into a run directory")
-    mt.add_argument("--task", default="quadratic", help="task family name (default quadratic)")
-    mt.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="e.g. dim=10 (repeatable)")
-    mt.add_argument("--optimizer", default="lstm", help="lstm or linear_rnn")
-    mt.add_argument("--preset", default=None, help="LSTM preset: paper (default) or deepmind")
-    mt.add_argument("--optimizer-option", action="append", metavar="KEY=VALUE", help="e.g. hidden_size=40")
-    mt.add_argument("--meta-steps", type=int, default=1000)
-    mt.add_argument("--horizon", type=int, default=100, help="inner steps per run, T (default 100)")
-    mt.add_argument("--truncation", type=int, default=20, help="inner steps per meta-step, K (default 20)")
-    mt.add_argument("--batch-size", type=int, default=128, help="tasks per meta-step")
-    mt.add_argument("--meta-optimizer", default="adam")
-    mt.add_argument("--meta-lr", type=float, default=1e-3)
-    mt.add_argument("--meta-lr-schedule", default="constant", help="constant or cosine")
-    mt.add_argument("--clip-norm", type=float, default=None)
-    mt.add_argument("--second-order", action="store_true", help="keep second derivatives (exact meta-gradient)")
-    mt.add_argument("--weighting", default="uniform", help="uniform (w_t = 1), final, or log (sum of log f)")
-    mt.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step")
+    mt = add("meta-train", "meta-train a learned optimizer into a run directory")
+    mt.add_argument(
+        "--task", default=d["task"], help=f"task family: a registered name ({task_names}), or {code_warning}"
+    )
+    mt.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the task family, e.g. dim=10 (repeatable; default: the family's own defaults)",
+    )
+    mt.add_argument("--optimizer", default=d["optimizer"], help="learned optimizer: lstm or linear_rnn")
+    mt.add_argument(
+        "--preset",
+        default=None,
+        help=f"LSTM preset: {', '.join(optimizers_lib.LSTM_PRESETS)} (default: paper)",
+    )
+    mt.add_argument(
+        "--optimizer-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the learned optimizer, e.g. hidden_size=40 (repeatable; default: the preset's)",
+    )
+    mt.add_argument("--meta-steps", type=int, default=d["num_meta_steps"], help="meta-steps (updates of φ) in all")
+    mt.add_argument("--horizon", type=int, default=d["horizon"], help="inner steps per run, T")
+    mt.add_argument("--truncation", type=int, default=d["truncation"], help="inner steps per meta-step, K")
+    mt.add_argument("--batch-size", type=int, default=d["batch_size"], help="tasks per meta-step")
+    mt.add_argument(
+        "--meta-optimizer", default=d["meta_optimizer"], help=f"optimizer of φ: {', '.join(META_OPTIMIZERS)}"
+    )
+    mt.add_argument("--meta-lr", type=float, default=d["meta_lr"], help="learning rate of the meta-optimizer")
+    mt.add_argument(
+        "--meta-lr-schedule",
+        default=d["meta_lr_schedule"],
+        help=f"{' or '.join(META_LR_SCHEDULES)} (cosine: decay to 0.1 x the meta-lr)",
+    )
+    mt.add_argument(
+        "--clip-norm",
+        type=float,
+        default=d["clip_norm"],
+        help="clip the meta-gradient to this global norm (default: no clipping)",
+    )
+    mt.add_argument(
+        "--second-order",
+        action="store_true",
+        help="keep second derivatives (exact meta-gradient; default: first order)",
+    )
+    mt.add_argument(
+        "--weighting",
+        default=d["weighting"],
+        help=f"meta-loss weighting: {', '.join(WEIGHTINGS)} (uniform: w_t = 1; final: last loss; log: sum of log f)",
+    )
+    mt.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step (less memory)")
+    mt.add_argument(
+        "--remat-segments", action="store_true", help="also checkpoint sqrt(K)-step segments (long truncations)"
+    )
     mt.add_argument(
         "--devices",
         type=int,
@@ -241,52 +405,94 @@ def build_parser() -> argparse.ArgumentParser:
         help="split each batch of tasks over this many devices (default: all, when the batch divides evenly)",
     )
     mt.add_argument(
-        "--remat-segments", action="store_true", help="also checkpoint sqrt(K)-step segments (long truncations)"
-    )
-    mt.add_argument(
         "--tasks-per-chunk",
         type=int,
-        default=None,
+        default=d["tasks_per_chunk"],
         help="unroll the batch in sequential chunks of this many tasks (1 is fastest on a CPU; default: all at once)",
     )
     mt.add_argument(
         "--steps-per-call",
         type=int,
-        default=1,
-        help="meta-steps per compiled call (fewer host round trips; 4 was about 15%% faster on a 2-core CPU at B=1)",
+        default=META_TRAIN_DEFAULTS["steps_per_call"],
+        help="meta-steps per compiled call (fewer host round trips; same run up to float rounding)",
     )
-    mt.add_argument("--validate-every", type=int, default=100)
-    mt.add_argument("--val-tasks", type=int, default=64)
-    mt.add_argument("--checkpoint-every", type=int, default=200)
-    mt.add_argument("--seed", type=int, default=0)
-    mt.add_argument("--run-dir", type=Path, required=True)
-    mt.add_argument("--no-resume", action="store_true")
+    mt.add_argument(
+        "--validate-every",
+        type=int,
+        default=d["validate_every"],
+        help="validate φ every this many meta-steps and keep the best (0: never)",
+    )
+    mt.add_argument("--val-tasks", type=int, default=d["num_val_tasks"], help="held-out validation tasks")
+    mt.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], help="checkpoint interval")
+    mt.add_argument("--seed", type=int, default=d["seed"], help="seed of the run")
+    mt.add_argument("--run-dir", type=Path, required=True, help="the run directory (resumed if it holds this run)")
+    run_dir_options(mt)
     mt.add_argument("--evaluate", action="store_true", help="compare with tuned baselines afterwards")
     common_eval(mt)
     mt.set_defaults(func=cmd_meta_train)
 
-    ev = sub.add_parser("evaluate", help="compare a run's learned optimizer with tuned baselines")
+    ev = add("evaluate", "compare a run's learned optimizer with tuned baselines")
     ev.add_argument("run", help="a run directory")
-    ev.add_argument("--steps", type=int, default=100)
-    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument(
+        "--task",
+        default=None,
+        help=f"the run's task family, given again: a registered name ({task_names}), or {code_warning}; "
+        "needed for a run directory whose task is module:function, as evaluate never imports code that "
+        "a run directory names (default: the run's task, if registered)",
+    )
+    ev.add_argument("--steps", type=int, default=EVALUATE_DEFAULTS["num_steps"], help="inner steps per test run")
+    ev.add_argument("--seed", type=int, default=EVALUATE_DEFAULTS["seed"], help="seed of the held-out tasks")
     common_eval(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    se = sub.add_parser("seed-example", help="the worked example, step by step, with exact meta-gradients")
+    se = add("seed-example", "the worked example, step by step, with exact meta-gradients")
     se.add_argument("--json", action="store_true", help="print one JSON object")
-    se.add_argument("--meta-steps", type=int, default=200, help="Adam meta-steps for the meta-training demo")
+    se.add_argument("--meta-steps", type=int, default=200, help="Adam meta-steps of the meta-training demo")
     se.set_defaults(func=cmd_seed_example)
     return parser
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Exits at once with ``code``, after flushing output, without finalising the interpreter.
+
+    An interrupt can land while XLA compiles on one of its own threads: jaxlib
+    stops waiting and raises, but the compilation runs on, and finalising the
+    interpreter under it crashes (SIGSEGV in the compiling thread) or hangs.
+    Everything meta-training keeps is on disk by then (files are written whole
+    and synced), and the run directory's lock is released by the OS.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``l2l-jax`` command."""
+    """Entry point of the ``l2l-jax`` command.
+
+    Args:
+      argv: the arguments; ``None``: ``sys.argv[1:]``, run as the program.
+
+    Returns:
+      The exit status: 0, or 2 for an error a user can cause (printed as one
+      line). An interrupted command (Ctrl-C: 130, SIGTERM: 143) raises
+      :class:`Interrupted` (a ``SystemExit``), or, run as the program, exits
+      at once with that status.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except L2LError as e:
         print(f"l2l-jax: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        if argv is None:
+            _exit_now(int(e.code))  # type: ignore[arg-type]
+        raise
+    except KeyboardInterrupt as e:
+        if argv is None:
+            print("\ninterrupted", file=sys.stderr)
+            _exit_now(128 + e.signum if isinstance(e, Terminated) else 130)
+        raise
 
 
 if __name__ == "__main__":

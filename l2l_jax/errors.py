@@ -33,12 +33,36 @@ class MetaParamsMismatchError(L2LError, ValueError):
     """Meta-parameters whose structure or shapes do not fit the learned optimizer."""
 
 
+class GradientsMismatchError(L2LError, ValueError):
+    """Gradients (or params) whose structure or shapes do not fit the optimizer state."""
+
+
 class RunDirectoryError(L2LError, FileNotFoundError):
     """A run directory that is missing, incomplete or corrupt."""
 
 
 class DataError(L2LError, OSError):
     """A data file that is missing, corrupt, truncated or cannot be downloaded."""
+
+
+class RunDirectoryBusyError(L2LError, BlockingIOError):
+    """A run directory that another process is writing to (its lock is held)."""
+
+
+class MetaTrainingError(L2LError, RuntimeError):
+    """Meta-training that ran but could not produce a trained optimizer (every step non-finite)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by meta-training on SIGTERM, after saving a checkpoint (as Ctrl-C does).
+
+    A subclass of :class:`KeyboardInterrupt`, so code that handles Ctrl-C handles
+    this too; ``signum`` is the signal's number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
 
 
 def positive_int(name: str, value: object) -> int:
@@ -52,7 +76,9 @@ def positive_int(name: str, value: object) -> int:
 
 
 def finite_float(name: str, value: object) -> float:
-    """``value`` as a finite float, or :class:`ConfigError` naming ``name``."""
+    """``value`` as a finite float, or :class:`ConfigError` naming ``name`` (strings and bools are refused)."""
+    if isinstance(value, (str, bytes, bool)) or type(value).__name__ == "bool_":
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -524,6 +524,7 @@ MNIST = [
     code(
         """
         %matplotlib inline
+        import os
         import time
 
         import jax
@@ -535,6 +536,12 @@ MNIST = [
         import l2l_jax
         from l2l_jax import MetaTrainConfig, meta_train
         from l2l_jax.evaluation import BASELINES, learned_curves, loss_curves, sample_tasks
+
+        # A folder holding the MNIST .gz files (in it or in its mnist/ subfolder), or None.
+        # None: download them (once) into ~/.cache/l2l_jax/mnist. Under pytest this is the
+        # repository's small test fixture (300 images).
+        DATA_DIR = os.environ.get("L2L_JAX_DATA_DIR")
+        DOWNLOAD = DATA_DIR is None
         """
     ),
     md(
@@ -544,14 +551,14 @@ MNIST = [
         `l2l_jax.tasks.get("mnist")` is the paper's MLP task family. A task is "train a freshly
         initialised MLP"; `loss(task, params, key)` draws a minibatch of 128 images (with
         replacement) from `key` and returns the cross-entropy. The family uses the 60,000-image
-        training split when it can find it; otherwise it falls back to the 10,000-image test
-        split and says so in `data_description` (it never downloads unless you pass
-        `download=True`).
+        training split when it can find it (in `data_dir`, `$L2L_JAX_DATA_DIR` or the user
+        cache directory); otherwise it falls back to the 10,000-image test split and says so in
+        `data_description`. It downloads only when asked to (`download=True`).
         """
     ),
     code(
         """
-        family = l2l_jax.tasks.get("mnist")  # 784-20-10, sigmoid, batch 128
+        family = l2l_jax.tasks.get("mnist", data_dir=DATA_DIR, download=DOWNLOAD)  # 784-20-10, sigmoid, batch 128
         print(family.data_description)
 
         params = family.init((), jax.random.key(0))
@@ -767,6 +774,8 @@ FLAX_DROPIN = [
     code(
         """
         %matplotlib inline
+        import os
+
         import flax
         import flax.linen as nn
         import jax
@@ -779,15 +788,21 @@ FLAX_DROPIN = [
 
         import l2l_jax
         from l2l_jax.data import as_float_arrays, load_mnist_for_experiment
+
+        # A folder holding the MNIST .gz files (in it or in its mnist/ subfolder), or None.
+        # None: download them (once) into ~/.cache/l2l_jax/mnist. Under pytest this is the
+        # repository's small test fixture (300 images).
+        DATA_DIR = os.environ.get("L2L_JAX_DATA_DIR")
+        DOWNLOAD = DATA_DIR is None
         """
     ),
     md(
         """
         ## Data and optimizers
 
-        The data: MNIST as float32 arrays (`download=True` would fetch the 60,000-image training
-        split where there is internet; offline it uses what it finds). Both loops draw the same
-        minibatches.
+        The data: MNIST as float32 arrays, the 60,000-image training split when it is found or
+        can be downloaded, else the 10,000-image test split (the printed description says which).
+        Both loops draw the same minibatches.
 
         The optimizers: we clip the gradient's global norm to 1 before either optimizer, with
         `optax.chain`, to show that the learned optimizer composes like any other.
@@ -795,7 +810,7 @@ FLAX_DROPIN = [
     ),
     code(
         """
-        images, labels, description = load_mnist_for_experiment(download=False)
+        images, labels, description = load_mnist_for_experiment(DATA_DIR, download=DOWNLOAD)
         x, y = as_float_arrays(images, labels)  # (N, 784) in [0, 1], (N,) int32
         print(description)
 

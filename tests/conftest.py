@@ -1,5 +1,49 @@
-"""Shared test set-up: CPU only, small seeded budgets."""
+"""Which tests only CI's full run needs (the environment is set up in the repository's ``conftest.py``)."""
 
-import os
+import pytest
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+#: Tests that only CI's full run needs (``pytest -m slow``), in files whose other tests run by
+#: default: (file, test function, parametrization id, or one part of it, or None for all) ->
+#: the faster default test that covers the same ground. (In the files of the benchmarks and
+#: of the README, ``@pytest.mark.slow`` stands at the test itself.)
+SLOW: dict[tuple[str, str, "str | None"], str] = {
+    # A run directory of the user's own: test_meta_training.py::test_run_directory_contents_and_pretrained_load.
+    ("test_flax_dropin.py", "test_nnx_training_loop", "own run"): "the same loop with the shipped optimizer",
+    ("test_flax_dropin.py", "test_linen_train_state_loop", "own run"): "the same loop with the shipped optimizer",
+    ("test_flax_dropin.py", "test_nnx_run_saved_and_resumed_continues_identically", "own run"): "shipped",
+    ("test_flax_dropin.py", "test_benchmark_unroll_equals_an_ordinary_linen_loop", "own run"): "shipped",
+    ("test_meta_training.py", "test_meta_training_lowers_the_meta_loss_on_held_out_tasks", None): (
+        "test_meta_training_with_log_weighting_and_segment_remat_lowers_the_meta_loss_on_held_out_tasks"
+    ),
+    ("test_meta_training.py", "test_a_run_resumes_with_another_number_of_steps_per_call", None): (
+        "test_interrupted_run_resumes_to_the_uninterrupted_result, "
+        "test_several_meta_steps_per_call_follow_the_same_path"
+    ),
+    ("test_meta_gradients.py", "test_remat_gives_the_same_meta_gradient", None): (
+        "test_fast_paths.py::test_rematerialised_unroll_equals_the_plain_one"
+    ),
+    # Two blocks and 5 coordinates, interpreted on the CPU: one block ([64]) and part of one ([37]) run by default.
+    ("test_fast_paths.py", "test_pallas_step_has_the_reference_values_and_vjp", "133"): "[37] and [64]",
+    ("test_fast_paths.py", "test_pallas_step_in_float32_is_within_the_stated_tolerance", "133"): "[37]",
+    # One block, and a whole number of blocks: the overlapping last blocks ([37], [11]) run by default.
+    ("test_fast_paths.py", "test_the_step_in_blocks_of_coordinates_equals_one_call", "10-None"): "[37-None], [11-None]",
+    ("test_fast_paths.py", "test_the_step_in_blocks_of_coordinates_equals_one_call", "30-None"): "[37-None], [11-None]",
+    # The nnx CNN ([nnx]) runs by default, and a linen model in test_own_task_from_the_command_line.
+    ("test_own_model.py", "test_meta_training_on_a_users_cnn_improves_its_training", "linen"): "[nnx]",
+    # Chunks of 1 and 2 of 6 tasks, first and second order, run by default.
+    ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "True-3"): "[True-1]",
+    ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-1"): "[True-1]",
+    ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-3"): "[False-2]",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", None)
+        callspec = getattr(item, "callspec", None)
+        for file, function, param in SLOW:
+            if item.path.name != file or name != function:
+                continue
+            ids = [] if callspec is None else [callspec.id, *callspec.id.split("-")]
+            if param is None or param in ids:
+                item.add_marker(pytest.mark.slow)

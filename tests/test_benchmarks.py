@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
 
 
-def run_script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(BENCHMARKS / name), *args],
         capture_output=True,
@@ -47,7 +48,7 @@ def test_there_are_benchmark_scripts():
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help_prints_usage_and_runs_nothing(name):
     # A benchmark can take an hour: --help must answer at once, not start it.
-    out = run_script(name, "--help", timeout=60)
+    out = run_script(name, "--help", timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage:")
 
@@ -64,7 +65,7 @@ def test_help_prints_usage_and_runs_nothing(name):
     ],
 )
 def test_mnist_refuses_contradictory_options(args, message):
-    out = run_script("mnist.py", *args, timeout=60)
+    out = run_script("mnist.py", *args, timeout=300)
     assert out.returncode == 2
     assert message in out.stderr
 
@@ -84,6 +85,7 @@ def test_fit_mode_trains_a_model_of_the_asked_size(tmp_path):
     assert rows[1]["update_scale"] == pytest.approx(32 / rows[1]["width"])
 
 
+@pytest.mark.slow  # --fit itself: test_fit_mode_trains_a_model_of_the_asked_size
 def test_fit_mode_takes_an_explicit_update_scale(tmp_path):
     _, (_, row) = run_fit(
         tmp_path, "1e3", "--fit-steps", "1", "--implementations", "fused", "--state-dtypes", "bfloat16",
@@ -99,6 +101,7 @@ def test_fit_mode_refuses_a_model_too_small():
     assert "--fit needs at least 100 parameters" in out.stderr
 
 
+@pytest.mark.slow  # the logic: test_only_out_of_memory_is_turned_into_a_result
 def test_a_setting_that_does_not_fit_in_memory_is_recorded_and_the_run_goes_on(tmp_path):
     # 1e13 parameters: the allocation fails at once with XLA's RESOURCE_EXHAUSTED.
     out, rows = run_fit(
@@ -137,10 +140,11 @@ def test_only_out_of_memory_is_turned_into_a_result(monkeypatch):
         measure_unless_out_of_memory(setting, other_error)
 
 
+@pytest.mark.slow  # its meta-step: test_gpu_lowering.py lowers it at every implementation
 def test_meta_training_throughput_mode_writes_a_row_per_setting(tmp_path):
     _, rows = run_for_rows(
         tmp_path, "meta_training_speed.py", "rows", "--batch-sizes", "1", "--tasks-per-chunk", "all",
-        "--implementations", "fused", "--steps", "2",
+        "--implementations", "fused", "--steps", "2", "--data-dir", str(MNIST_FIXTURE),
     )  # fmt: skip
     assert [(r["batch_size"], r["remat"]) for r in rows] == [(1, False), (1, True)]
     for row in rows:
@@ -179,6 +183,7 @@ def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_trai
     assert _training_of_shipped(shipped, tmp_path / "absent.json")["stage_seconds"] is None
 
 
+@pytest.mark.slow  # the meta-gradients themselves: test_fast_paths.py
 def test_meta_gradient_mode_times_the_backward_pass_of_each_implementation(tmp_path):
     # Larger than one CPU block, so that the fused step's blocked backward pass runs.
     _, rows = run_for_rows(
@@ -239,7 +244,7 @@ def test_gpu_plan_without_the_cuda_plugin_says_how_to_install_it(tmp_path):
 
     if importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12"):
         pytest.skip("the CUDA plugin is installed here")
-    out = run_script("gpu_plan.py", "--sections", "kernel", "--out", str(tmp_path / "plan.json"), timeout=120)
+    out = run_script("gpu_plan.py", "--sections", "kernel", "--out", str(tmp_path / "plan.json"))
     assert out.returncode != 0
     assert 'pip install -e ".[gpu]"' in out.stderr
     assert "Traceback" not in out.stderr
@@ -248,6 +253,6 @@ def test_gpu_plan_without_the_cuda_plugin_says_how_to_install_it(tmp_path):
 
 @pytest.mark.parametrize("tiling", ["20x2", "64x3", "8x4", "64"])
 def test_gpu_plan_refuses_a_kernel_tiling_the_kernel_cannot_take(tiling):
-    out = run_script("gpu_plan.py", "--kernel-tilings", tiling, timeout=60)
+    out = run_script("gpu_plan.py", "--kernel-tilings", tiling, timeout=300)
     assert out.returncode == 2
     assert "--kernel-tilings" in out.stderr and "Traceback" not in out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import importlib.util
 import shutil
 import socket
 import threading
@@ -251,7 +252,6 @@ def test_explicit_dir_is_not_silently_replaced(tmp_path: Path) -> None:
 
 
 def test_find_mnist_dir_searches_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mnist, "_repo_shared_dir", lambda: None)
     assert find_mnist_dir("test", tmp_path / "nothing") is None
     cache = _copy_split(mnist.cache_dir())
     assert find_mnist_dir("test", tmp_path / "nothing") == cache
@@ -483,18 +483,27 @@ def test_experiment_downloads_train(server: tuple[str, Path], published: None, t
     assert description == f"MNIST train split (300 images) from {tmp_path / 'd' / 'mnist'}"
 
 
-def test_experiment_nothing_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mnist, "_repo_shared_dir", lambda: None)
+def test_experiment_nothing_anywhere(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no MNIST data found") as info:
         load_mnist_for_experiment(tmp_path / "d", download=False)
     assert str(tmp_path / "d" / "mnist") in str(info.value)
 
 
-def test_experiment_uses_repo_shared_dir() -> None:
-    shared = mnist._repo_shared_dir()
-    if shared is None or find_mnist_dir("test") != shared:
-        pytest.skip("no <repo root>/../shared/data/mnist with the test split here")
-    images, labels, description = load_mnist_for_experiment(download=False)
-    assert images.shape == (10_000, 28, 28)
-    assert np.bincount(labels, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert description.startswith(f"MNIST test split (10,000 images) from {shared} — the training split was not found")
+def test_the_loader_never_looks_beside_the_package_for_data(tmp_path: Path) -> None:
+    """Data lying next to a checkout (``<repo>/../shared/data/mnist``) is not found: only
+    ``data_dir``, ``$L2L_JAX_DATA_DIR`` and the user cache directory are searched."""
+    checkout = tmp_path / "checkout"
+    module_file = checkout / "l2l_jax" / "data" / "mnist.py"
+    module_file.parent.mkdir(parents=True)
+    shutil.copy(mnist.__file__, module_file)
+    for beside in ("shared/data/mnist", "data/mnist", "mnist"):
+        _copy_split(tmp_path / beside)
+        _copy_split(checkout / beside)
+    # The loader's own source, imported from inside that checkout.
+    spec = importlib.util.spec_from_file_location("mnist_in_a_checkout", module_file)
+    moved = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(moved)
+    assert Path(moved.__file__) == module_file
+    assert moved.find_mnist_dir("test") is None
+    with pytest.raises(DataError, match="no MNIST data found"):
+        moved.load_mnist_for_experiment(download=False)

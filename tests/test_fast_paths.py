@@ -18,7 +18,14 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
-from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights, in_blocks, lstm_step_fused, lstm_step_reference
+from l2l_jax.optimizers.lstm_cell import (
+    CPU_BLOCK,
+    CellWeights,
+    in_blocks,
+    lstm_step_fused,
+    lstm_step_reference,
+    masked,
+)
 from l2l_jax.optimizers.lstm_pallas import BLOCK, kernel_call, lstm_step_pallas
 from l2l_jax.tasks import QuadraticFamily
 
@@ -63,6 +70,29 @@ def test_pallas_step_has_the_reference_values_and_vjp(n):
     # On the CPU the kernel runs in Pallas' interpreter: the same program, the
     # same masking of the tail block.
     assert_same_step_and_vjp(lstm_step_pallas, *random_cell(jax.random.key(n), n=n))
+
+
+def keep_mask(n):
+    """Skips coordinates 0, 5 and n - 2 (in the last block, and in its overlap when blocked by 10)."""
+    return jnp.ones(n, bool).at[jnp.array([0, 5, n - 2])].set(False)
+
+
+def test_masked_steps_have_the_masked_reference_values_and_vjp():
+    n = BLOCK + 5  # the Pallas kernel in two programs, the second one partly past the end
+    # Skipped coordinates: output 0, h and c passed through, and so are their cotangents.
+    weights, x, h, c = random_cell(jax.random.key(n), n=n)
+    keep = keep_mask(n)
+    reference = masked(lstm_step_reference)
+    ref, ref_vjp = jax.vjp(lambda *a: reference(*a, keep), weights, x, h, c)
+    assert float(jnp.max(jnp.abs(ref[0][~keep]))) == 0.0
+    np.testing.assert_array_equal(ref[1][..., ~keep], h[..., ~keep])
+    cot = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape), ref)
+    for step in (masked(lstm_step_fused), lstm_step_pallas):
+        out, out_vjp = jax.vjp(lambda *a, step=step: step(*a, keep), weights, x, h, c)
+        for a, b in zip(ref, out):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        for a, b in zip(jax.tree.leaves(ref_vjp(cot)), jax.tree.leaves(out_vjp(cot))):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(("block", "num_warps"), [(16, 2), (128, 4)])
@@ -201,6 +231,42 @@ def test_the_step_in_blocks_of_coordinates_equals_one_call(n, only_on):
     cotangents = tuple(jax.random.normal(jax.random.key(i), a.shape, a.dtype) for i, a in enumerate(whole))
     for a, b in zip(jax.tree.leaves(vjp_parts(cotangents)), jax.tree.leaves(vjp_whole(cotangents))):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [30, 37])
+def test_the_masked_step_in_blocks_equals_one_call(n):
+    weights, x, h, c = random_cell(jax.random.key(5), n=n)
+    keep = keep_mask(n)
+    step = masked(lstm_step_fused)
+    blocked = in_blocks(step, 10, only_on="cpu")
+    whole, vjp_whole = jax.vjp(lambda *a: step(*a, keep), weights, x, h, c)
+    parts, vjp_parts = jax.jit(lambda *args: jax.vjp(lambda *a: blocked(*a, keep), *args))(weights, x, h, c)
+    for a, b in zip(parts, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    cotangents = tuple(jax.random.normal(jax.random.key(i), a.shape, a.dtype) for i, a in enumerate(whole))
+    for a, b in zip(jax.tree.leaves(vjp_parts(cotangents)), jax.tree.leaves(vjp_whole(cotangents))):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_meta_gradient_through_a_nan_gradient_coordinate_is_the_reference_one():
+    # The masked coordinate is skipped by every implementation; its meta-gradient
+    # contribution is zero, not NaN, and the rest is the reference's.
+    grad = jax.random.normal(jax.random.key(6), (5, 7)).at[2, 3].set(jnp.nan).at[0, 0].set(-jnp.inf)
+    phi = lstm(hidden_size=6).init(jax.random.key(0))
+
+    def two_updates(phi, impl):
+        tx = lstm(hidden_size=6, implementation=impl).as_optax(phi)
+        first, state = tx.update(grad, tx.init(grad))
+        second, _ = tx.update(jnp.where(jnp.isfinite(grad), grad * 0.5, 1.0) + first, state)
+        return jnp.sum(jnp.sin(first) + second**2)
+
+    meta_grads = {
+        impl: jax.jit(jax.grad(two_updates), static_argnums=1)(phi, impl) for impl in ("reference", "fused", "pallas")
+    }
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(meta_grads["reference"]))
+    for impl in ("fused", "pallas"):
+        for a, b in zip(jax.tree.leaves(meta_grads["reference"]), jax.tree.leaves(meta_grads[impl])):
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
 
 
 def test_the_step_in_blocks_vmaps_over_tasks_like_one_call():

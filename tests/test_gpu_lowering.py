@@ -35,6 +35,8 @@ from l2l_jax.optimizers.lstm_pallas import NUM_WARPS, lstm_step_pallas
 #: The custom call of a Pallas kernel lowered with Triton.
 TRITON = "__gpu$xla.gpu.triton"
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+#: MNIST pixels for the benchmark's task family (lowering needs only their shapes).
+MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
 
 
 def lower_for_cuda(fn, *args) -> str:
@@ -135,7 +137,9 @@ def test_the_100m_parameter_training_step_of_the_runbook_lowers_for_cuda():
 @pytest.mark.parametrize("implementation", ["reference", "fused", "pallas"])
 def test_the_benchmark_meta_step_at_256_tasks_lowers_for_cuda(implementation):
     meta_training_speed = benchmark("meta_training_speed")
-    step, setup = meta_training_speed.meta_step_fn(implementation, False, meta_training_speed.TRUNCATION)
+    step, setup = meta_training_speed.meta_step_fn(
+        implementation, False, meta_training_speed.TRUNCATION, data_dir=MNIST_FIXTURE
+    )
     args = jax.eval_shape(lambda: setup(256))
     calls = kernel_calls(lower_for_cuda(step, *args))
     # The kernel once per leaf of the MLP 784-20-10, in the unroll's step; its backward is plain XLA.
@@ -144,7 +148,7 @@ def test_the_benchmark_meta_step_at_256_tasks_lowers_for_cuda(implementation):
 
 def test_the_benchmark_1000_step_memory_program_lowers_for_cuda():
     meta_training_speed = benchmark("meta_training_speed")
-    step, setup = meta_training_speed.meta_step_fn("fused", "segments", 1000)
+    step, setup = meta_training_speed.meta_step_fn("fused", "segments", 1000, data_dir=MNIST_FIXTURE)
     module = lower_for_cuda(step, *jax.eval_shape(lambda: setup(64)))
     assert "stablehlo.while" in module and not kernel_calls(module)
 

@@ -131,10 +131,16 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4}), tmp_path / "run", progress=False)
     with pytest.raises(errors.ConfigError, match="meta_lr"):
         meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False)
-    # ... unless asked to start over.
+    # Not resuming does not make it ours to replace ...
+    with pytest.raises(errors.RunDirectoryError, match="different configuration .meta_lr differ"):
+        meta_train(
+            MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, resume=False
+        )
+    # ... overwriting does.
     meta_train(
-        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, resume=False
+        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, overwrite=True
     )
+    assert json.loads((tmp_path / "run" / rd.CONFIG).read_text())["meta_lr"] == 0.1
 
 
 class SometimesNaN(TaskFamily):
@@ -196,9 +202,8 @@ def test_pretrained_load_errors(tmp_path):
 
 def test_weights_of_another_architecture_are_reported(tmp_path):
     meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
-    meta = json.loads((tmp_path / "run" / rd.OPTIMIZER_META).read_text())
-    meta["optimizer_config"]["hidden_size"] = 20  # Saved φ has 8 units.
-    (tmp_path / "run" / rd.OPTIMIZER_META).write_text(json.dumps(meta))
+    meta = rd.read_optimizer_meta(tmp_path / "run")
+    rd.update_optimizer_meta(tmp_path / "run", optimizer_config={**meta["optimizer_config"], "hidden_size": 20})
     with pytest.raises(errors.RunDirectoryError, match="does not fit"):
         pretrained.load(tmp_path / "run")
 
@@ -215,7 +220,7 @@ def test_weights_of_another_architecture_are_reported(tmp_path):
         ({"num_meta_steps": 0}, "num_meta_steps"),
         ({"clip_norm": 0.0}, "clip_norm"),
         ({"weighting": "exp"}, "weighting"),
-        ({"meta_optimizer": "lion"}, "meta-optimizer"),
+        ({"meta_optimizer": "lion"}, "meta_optimizer"),
         ({"remat": "sqrt"}, "remat"),
         ({"tasks_per_chunk": 3}, "tasks_per_chunk=3 must divide the batch of 8 tasks"),
         ({"tasks_per_chunk": 0}, "tasks_per_chunk"),
@@ -231,7 +236,7 @@ def test_unknown_task_and_optimizer_names():
         MetaTrainConfig(task="mnist2").build_task()
     with pytest.raises(errors.UnknownNameError, match="unknown learned optimizer"):
         MetaTrainConfig(optimizer="gru").build_optimizer()
-    with pytest.raises(errors.ConfigError, match="bad options for task"):
+    with pytest.raises(errors.ConfigError, match="task 'quadratic' has no option 'dimension'; valid options: dim"):
         MetaTrainConfig(task_options={"dimension": 3}).build_task()
 
 

@@ -27,6 +27,16 @@ def test_uses_the_fixture_and_says_which_split(family):
     assert "test split" in family.data_description and "training split was not found" in family.data_description
 
 
+def test_the_data_record_says_what_the_data_was_not_where_it_lay(family):
+    import hashlib
+
+    record = family.data_record
+    assert record["dataset"] == "MNIST" and record["split"] == "test" and record["examples"] == 300
+    images, labels = np.asarray(family.images).reshape(-1, 28, 28), np.asarray(family.labels).astype(np.uint8)
+    assert record["sha256"] == hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    assert FIXTURE not in str(record) and "fixtures" not in str(record)
+
+
 def test_architecture_and_flax_default_init(family):
     params = family.init((), jax.random.PRNGKey(0))
     assert params["Dense_0"]["kernel"].shape == (784, 20)

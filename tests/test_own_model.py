@@ -118,8 +118,12 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     argv += ["--val-tasks", "2", "--validate-every", "3", "--no-progress", "--run-dir", str(run)]
     assert cli.main(argv) == 0
     assert (run / "optimizer.msgpack").is_file()
-    # `evaluate` rebuilds the user's task from the options it was trained with.
-    assert cli.main(["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]) == 0
+    # `evaluate` runs a module:function task only when the user names it again ...
+    evaluate = ["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]
+    assert cli.main(evaluate) == 2
+    assert "--task my_tasks:make" in capsys.readouterr().err
+    # ... and then rebuilds it from the options it was trained with.
+    assert cli.main([*evaluate, "--task", "my_tasks:make"]) == 0
     assert cli.main(["meta-train", "--task", "no_such_module:make", "--run-dir", str(run)]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
     sys.modules.pop("my_tasks", None)

@@ -14,8 +14,9 @@ accepted. An explicit choice is never silently replaced by another location, so 
 typo in ``data_dir`` gives an error (or a download there), not some other copy.
 
 :func:`load_mnist_for_experiment` is more forgiving: it searches all of those places
-plus ``<repo root>/../shared/data/mnist`` (a machine-provided copy of the test split
-next to a source checkout) and falls back from the train to the test split.
+(``data_dir``, then ``$L2L_JAX_DATA_DIR``, then the user cache directory) and falls
+back from the train to the test split. No other place is ever searched: in
+particular nothing relative to where the package is installed or checked out.
 
 Downloads and checksums
 -----------------------
@@ -126,13 +127,6 @@ def _env_dir() -> Optional[Path]:
     return Path(value).expanduser() if value else None
 
 
-def _repo_shared_dir() -> Optional[Path]:
-    """``<repo root>/../shared/data/mnist`` when the package runs from a checkout."""
-    repo_root = Path(__file__).resolve().parents[2]  # l2l_jax/data/mnist.py -> repo root
-    shared = repo_root.parent / "shared" / "data" / "mnist"
-    return shared if shared.is_dir() else None
-
-
 def _subdirs(base: Path) -> list[Path]:
     """Candidate folders of a user-named data directory: ``<base>/mnist`` and ``<base>``."""
     return [base / "mnist", base]
@@ -165,9 +159,6 @@ def _search_dirs(data_dir: Optional[PathLike]) -> list[Path]:
     if env is not None:
         dirs += _subdirs(env)
     dirs.append(cache_dir())
-    shared = _repo_shared_dir()
-    if shared is not None:
-        dirs.append(shared)
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:
@@ -211,9 +202,8 @@ def find_mnist_dir(split: str = "train", data_dir: Optional[PathLike] = None) ->
 
     Returns:
         The first folder holding both files, searching ``data_dir``, then
-        ``$L2L_JAX_DATA_DIR`` (``/mnist`` and itself), the user cache directory,
-        and ``<repo root>/../shared/data/mnist`` if it exists; ``None`` if none
-        does. Nothing is downloaded or read.
+        ``$L2L_JAX_DATA_DIR`` (``/mnist`` and itself), then the user cache
+        directory; ``None`` if none does. Nothing is downloaded or read.
 
     Raises:
         DataError: If ``split`` is not a known split.

@@ -8,6 +8,7 @@ from typing import Any
 
 from l2l_jax import pretrained
 from l2l_jax import tasks as tasks_lib
+from l2l_jax.errors import RunDirectoryError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 from l2l_jax.meta import run_directory as rd
@@ -21,13 +22,16 @@ def evaluate_run(
     num_steps: int = 100,
     seed: int = 1,
     progress: bool = True,
+    task: str | None = None,
     **compare_kwargs: Any,
 ) -> Comparison:
     """Compares a run's learned optimizer with baselines tuned on other held-out tasks.
 
     Writes ``evaluation.json`` (rows, mean curves, tuning sweeps), ``evaluation.md``
     (the table) and ``loss_curves.png`` into the run directory, and adds the rows
-    to its ``optimizer.json``.
+    to its ``optimizer.json``. The run directory is data: a task named there as
+    ``module:function`` is refused unless the caller names it in ``task``, since
+    building it imports and runs that code.
 
     Args:
       run_dir: a run directory written by meta-training.
@@ -36,17 +40,59 @@ def evaluate_run(
       num_steps: inner steps per run.
       seed: seeds the held-out task sets.
       progress: show progress bars.
+      task: the task family to evaluate on (a registered name or
+        ``module:function``, which is imported and run); ``None``: the run's own
+        task, which must then be a registered name.
       **compare_kwargs: passed to :func:`compare_with_baselines` (``baselines``, ``grid``).
 
     Returns:
       The :class:`Comparison`.
+
+    Raises:
+      RunDirectoryError: if the run directory is damaged, or names a
+        ``module:function`` task that ``task`` does not name.
+      RunDirectoryBusyError: if another process is writing to it.
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} is not a run directory (it does not exist or is not a directory)")
+    with rd.lock(run_dir):
+        return _evaluate_locked(run_dir, num_tasks, num_tune_tasks, num_steps, seed, progress, task, compare_kwargs)
+
+
+def _evaluate_locked(
+    run_dir: Path,
+    num_tasks: int,
+    num_tune_tasks: int,
+    num_steps: int,
+    seed: int,
+    progress: bool,
+    task: str | None,
+    compare_kwargs: dict[str, Any],
+) -> Comparison:
     info = pretrained.info(run_dir)
     optimizer, phi = pretrained.load_meta_params(run_dir)
-    # task_options rebuild the task as it was built for training (also for your
-    # own module:function tasks); older files only have the family's config.
-    family = tasks_lib.get(info["task"], **info.get("task_options", info["task_config"]))
+    saved_task = info.get("task")
+    if not isinstance(saved_task, str):
+        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: no task name")
+    if task is None:
+        if ":" in saved_task:
+            raise RunDirectoryError(
+                f"{run_dir} was trained on the task {saved_task!r}, which is code to import and run; "
+                f"if you trust it, name it yourself: --task {saved_task} (task=...)"
+            )
+        if saved_task not in tasks_lib.available():
+            raise RunDirectoryError(
+                f"{run_dir} was trained on the task {saved_task!r}, which is not registered here; "
+                "register it (l2l_jax.tasks.register) or pass --task (task=...)"
+            )
+        task = saved_task
+    # task_options rebuild the task as it was built for training; older files
+    # only have the family's config.
+    options = info.get("task_options", info.get("task_config", {}))
+    if not isinstance(options, dict):
+        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
+    family = tasks_lib.get(task, **options)
     t0 = time.perf_counter()
     comparison = compare_with_baselines(
         {f"learned {info['optimizer']}": (optimizer, phi)},
@@ -71,6 +117,5 @@ def evaluate_run(
         run_dir / rd.LOSS_CURVES_PLOT,
         title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
     )
-    meta = rd.read_json(run_dir / rd.OPTIMIZER_META)
-    rd.write_json(run_dir / rd.OPTIMIZER_META, {**meta, "evaluation": comparison.rows()})
+    rd.update_optimizer_meta(run_dir, evaluation=comparison.rows())
     return comparison

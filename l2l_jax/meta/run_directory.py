@@ -5,27 +5,45 @@ Layout::
     config.json          the MetaTrainConfig of the run
     metrics.jsonl        one JSON object per logged meta-step
     checkpoint.msgpack   the whole training state, for exact resumption
-    optimizer.json       the learned optimizer's architecture, task and figures
+    optimizer.json       the learned optimizer's architecture, task, figures and checksums
     optimizer.msgpack    its best meta-parameters φ (flax.serialization, no pickle)
     meta_training.png    meta-loss and validation curves
     evaluation.{json,md}, loss_curves.png   comparison with tuned baselines, if evaluated
+    .lock                held (``flock``) by the one process writing the run
 
-Files are written to a temporary name and renamed, so an interruption never
-leaves a half-written checkpoint behind.
+Guarantees:
+
+* Every file is written to a temporary name and renamed, so an interruption
+  never leaves a half-written file; temporary files left by a hard kill are
+  removed when the directory is next opened for writing.
+* Data files are verified when read: ``checkpoint.msgpack`` carries the SHA-256
+  of its own payload and of ``metrics.jsonl`` as it was at that checkpoint;
+  ``optimizer.json`` carries the SHA-256 of ``optimizer.msgpack`` and of its own
+  content. A damaged file raises :class:`~l2l_jax.errors.RunDirectoryError`
+  naming it; it is never read half-way or trained through.
+* Files are created with the permissions the user's umask gives.
+* Nothing in a run directory is ever executed or imported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import math
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from flax import serialization
 
-from l2l_jax.errors import RunDirectoryError
+from l2l_jax.errors import RunDirectoryBusyError, RunDirectoryError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -36,12 +54,48 @@ PLOT = "meta_training.png"
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_TABLE = "evaluation.md"
 LOSS_CURVES_PLOT = "loss_curves.png"
+LOCK = ".lock"
 #: Everything a run writes; a fresh start removes all of it, so nothing stale survives.
-RUN_FILES = (CHECKPOINT, METRICS, OPTIMIZER_PARAMS, OPTIMIZER_META, PLOT, EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT)
+RUN_FILES = (
+    CONFIG,
+    CHECKPOINT,
+    METRICS,
+    OPTIMIZER_PARAMS,
+    OPTIMIZER_META,
+    PLOT,
+    EVALUATION_JSON,
+    EVALUATION_TABLE,
+    LOSS_CURVES_PLOT,
+)
+#: Version of the checkpoint and optimizer metadata formats written here.
+FORMAT = 2
+_CHECKSUMS = "sha256"
+
+
+def sha256(data: bytes) -> str:
+    """The hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Writes ``data`` to ``path`` via a temporary file and ``os.replace``.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give
+    (``0o666`` less the umask).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -49,10 +103,76 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stray_temp_files(run_path: Path) -> list[str]:
+    """Removes temporary files that an interrupted :func:`write_atomic` left; returns their names.
+
+    Call it only while holding the directory's :func:`lock`.
+    """
+    removed = []
+    for p in run_path.glob(".*.tmp"):
+        if any(p.name.startswith(f".{name}.") for name in RUN_FILES) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def user_files(run_path: Path) -> list[str]:
+    """Names in ``run_path`` other than its lock and stray temporary files (sorted)."""
+    if not run_path.is_dir():
+        return []
+    stray = lambda n: n.endswith(".tmp") and any(n.startswith(f".{f}.") for f in RUN_FILES)  # noqa: E731
+    return sorted(p.name for p in run_path.iterdir() if p.name != LOCK and not stray(p.name))
+
+
+@contextlib.contextmanager
+def lock(run_path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on a run directory (created if missing) for the ``with`` block.
+
+    Raises:
+      RunDirectoryBusyError: at once, if another process holds it.
+      RunDirectoryError: if ``run_path`` exists and is not a directory.
+    """
+    if run_path.exists() and not run_path.is_dir():
+        raise RunDirectoryError(f"run directory {run_path} exists and is not a directory")
+    run_path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # No flock on this platform: no protection against a second writer.
+        yield
+        return
+    path = run_path / LOCK
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise RunDirectoryBusyError(
+                f"{run_path} is in use by another l2l-jax process{who}; "
+                "wait for it to finish or use another run directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            if created and not (run_path / CHECKPOINT).exists():
+                path.unlink(missing_ok=True)  # Nothing was written: leave no trace in a folder that is not a run.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -64,31 +184,18 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise RunDirectoryError(f"{path.parent} is not a complete run directory: {path.name} is missing")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirectoryError(f"{path} is corrupt (not valid JSON: {e})") from None
 
 
-def save_tree(path: Path, tree: Any) -> None:
-    """Saves a pytree of arrays with flax's msgpack serialization, atomically."""
-    write_atomic(path, serialization.to_bytes(jax.device_get(tree)))
-
-
-def load_tree(path: Path, target: Any) -> Any:
-    """Loads a pytree saved by :func:`save_tree` into the structure of ``target``.
-
-    Raises:
-      RunDirectoryError: if the file is missing, corrupt, or does not fit ``target``.
-    """
-    if not path.is_file():
-        raise RunDirectoryError(f"{path.parent} is not a complete run directory: {path.name} is missing")
+def _restore(path: Path, target: Any, data: bytes) -> Any:
+    """``data`` restored into the structure of ``target``, shapes checked."""
     try:
-        restored = serialization.from_bytes(target, path.read_bytes())
+        restored = serialization.from_bytes(target, data)
     except Exception as e:  # msgpack raises many kinds of errors on bad bytes.
         raise RunDirectoryError(f"{path} is corrupt or does not fit this optimizer/config: {e}") from None
-    for (p, want), got in zip(
-        jax.tree_util.tree_leaves_with_path(target), jax.tree_util.tree_leaves(restored)
-    ):
+    for (p, want), got in zip(jax.tree_util.tree_leaves_with_path(target), jax.tree_util.tree_leaves(restored)):
         if getattr(want, "shape", None) != getattr(got, "shape", None):
             raise RunDirectoryError(
                 f"{path} does not fit: {jax.tree_util.keystr(p)} has shape "
@@ -97,12 +204,31 @@ def load_tree(path: Path, target: Any) -> Any:
     return restored
 
 
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise RunDirectoryError(f"{path.parent} is not a complete run directory: {path.name} is missing")
+    return path.read_bytes()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def metrics_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """The contents of ``metrics.jsonl`` for ``rows`` (one JSON object per line)."""
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The logged rows; unreadable lines (a torn last line after a hard kill) are skipped."""
+    """The logged rows of a metrics file, unverified (for reports and plots).
+
+    Lines that are not JSON objects with an integer ``step`` (a torn last line
+    after a hard kill) are skipped. Use :func:`load_checkpoint` to read the
+    metrics of a run that is to be resumed: that verifies them.
+    """
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -112,6 +238,159 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Writes the logged rows (one JSON object per line), atomically."""
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+def _parse_metrics(path: Path, data: bytes) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(data.decode("utf-8").splitlines()):
+        row = json.loads(line)
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and "meta_loss" in row):
+            raise RunDirectoryError(f"{path} is corrupt: line {i + 1} is not a metrics row")
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def save_checkpoint(run_path: Path, state: Any, history: list[dict[str, Any]]) -> None:
+    """Writes ``metrics.jsonl`` for ``history``, then ``checkpoint.msgpack`` for ``state``.
+
+    The checkpoint records the SHA-256 of its own payload and of the metrics file
+    as written here, so :func:`load_checkpoint` detects damage to either. A kill
+    between the two writes leaves a metrics file that extends the checkpoint's;
+    that is accepted, and the extra rows are dropped on resume.
+    """
+    metrics = metrics_bytes(history)
+    write_atomic(run_path / METRICS, metrics)
+    payload = serialization.to_bytes(jax.device_get(state))
+    record = {
+        "format": FORMAT,
+        "state": payload,
+        "state_sha256": sha256(payload),
+        "metrics_bytes": len(metrics),
+        "metrics_sha256": sha256(metrics),
+    }
+    write_atomic(run_path / CHECKPOINT, serialization.msgpack_serialize(record))
+
+
+def load_checkpoint(run_path: Path, target: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """The verified state (in the structure of ``target``) and metrics rows of a checkpoint.
+
+    Raises:
+      RunDirectoryError: naming the file, if the checkpoint or the metrics file is
+        missing, damaged, truncated, or does not fit ``target``.
+    """
+    path = run_path / CHECKPOINT
+    try:
+        record = serialization.msgpack_restore(_read_bytes(path))
+        ok = isinstance(record, dict) and record.get("format") == FORMAT
+        payload = record["state"] if ok else None
+    except RunDirectoryError:
+        raise
+    except Exception:  # msgpack raises many kinds of errors on bad bytes.
+        ok, payload = False, None
+    if not ok or not isinstance(payload, bytes):
+        raise RunDirectoryError(f"{path} is corrupt (not a checkpoint of this l2l-jax version)")
+    if sha256(payload) != record.get("state_sha256"):
+        raise RunDirectoryError(f"{path} is corrupt: its checksum does not match its contents")
+    state = _restore(path, target, payload)
+
+    metrics_path = run_path / METRICS
+    n = record.get("metrics_bytes")
+    data = metrics_path.read_bytes() if metrics_path.is_file() else None
+    if data is None and n:
+        raise RunDirectoryError(f"{metrics_path} is missing; the checkpoint expects {n} bytes of metrics")
+    data = (data or b"")[: n if isinstance(n, int) else 0]
+    if len(data) != n or sha256(data) != record.get("metrics_sha256"):
+        raise RunDirectoryError(
+            f"{metrics_path} is damaged (truncated or changed since the checkpoint); "
+            "restore it, or start over with overwrite=True (--overwrite)"
+        )
+    try:
+        rows = _parse_metrics(metrics_path, data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirectoryError(f"{metrics_path} is corrupt: {e}") from None
+    return state, rows
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def _canonical(meta: dict[str, Any]) -> bytes:
+    core = {k: v for k, v in meta.items() if k != _CHECKSUMS}
+    return json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check_finite(path: Path, tree: Any) -> None:
+    for p, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise RunDirectoryError(
+                f"{path} holds non-finite meta-parameters ({jax.tree_util.keystr(p)} has NaN or inf); "
+                "refusing to load them"
+            )
+
+
+def save_optimizer(directory: Path, meta: dict[str, Any], meta_params: Any) -> None:
+    """Writes ``optimizer.msgpack`` (φ) and ``optimizer.json`` (``meta`` plus checksums)."""
+    payload = serialization.to_bytes(jax.device_get(meta_params))
+    write_atomic(directory / OPTIMIZER_PARAMS, payload)
+    meta = {**meta, "format": FORMAT}
+    write_json(directory / OPTIMIZER_META, _with_checksums(meta, sha256(payload)))
+
+
+def _with_checksums(meta: dict[str, Any], params_sha: str) -> dict[str, Any]:
+    meta = {k: v for k, v in meta.items() if k != _CHECKSUMS}
+    return {**meta, _CHECKSUMS: {OPTIMIZER_PARAMS: params_sha, OPTIMIZER_META: sha256(_canonical(meta))}}
+
+
+def read_optimizer_meta(directory: Path) -> dict[str, Any]:
+    """The verified metadata of a trained optimizer (``optimizer.json``).
+
+    Raises:
+      RunDirectoryError: if it is missing, not a JSON object, or its content does
+        not match its checksum.
+    """
+    path = directory / OPTIMIZER_META
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise RunDirectoryError(f"{path} is corrupt: not a JSON object")
+    sums = meta.get(_CHECKSUMS)
+    if sums is None and meta.get("format", 1) < FORMAT:
+        warnings.warn(
+            f"{path} was written by an older l2l-jax and has no checksums; it cannot be verified", stacklevel=2
+        )
+        return meta
+    if not isinstance(sums, dict) or sums.get(OPTIMIZER_META) != sha256(_canonical(meta)):
+        raise RunDirectoryError(f"{path} is corrupt or was edited: its checksum does not match its contents")
+    return meta
+
+
+def update_optimizer_meta(directory: Path, **fields: Any) -> dict[str, Any]:
+    """Adds or replaces ``fields`` in a verified ``optimizer.json`` (φ unchanged); returns the new metadata."""
+    meta = read_optimizer_meta(directory)
+    sums = meta.get(_CHECKSUMS) or {}
+    params_sha = sums.get(OPTIMIZER_PARAMS) or sha256(_read_bytes(directory / OPTIMIZER_PARAMS))
+    new = _with_checksums({**meta, **fields}, params_sha)
+    write_json(directory / OPTIMIZER_META, new)
+    return new
+
+
+def load_optimizer_params(directory: Path, target: Any, meta: dict[str, Any]) -> Any:
+    """φ from ``optimizer.msgpack``, verified against ``meta``'s checksum and for finiteness.
+
+    Raises:
+      RunDirectoryError: if the file is missing, damaged, does not fit ``target``,
+        or holds NaN or infinite values.
+    """
+    path = directory / OPTIMIZER_PARAMS
+    data = _read_bytes(path)
+    expected = (meta.get(_CHECKSUMS) or {}).get(OPTIMIZER_PARAMS)
+    if expected is not None and sha256(data) != expected:
+        raise RunDirectoryError(f"{path} is corrupt: its checksum does not match the one in {OPTIMIZER_META}")
+    params = _restore(path, target, data)
+    _check_finite(path, params)
+    return params
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x``, or ``None`` where JSON could not hold it (NaN, inf)."""
+    return x if math.isfinite(x) else None

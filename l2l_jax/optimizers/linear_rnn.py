@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import optax
 
 from l2l_jax.errors import ConfigError
-from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
+from l2l_jax.optimizers.base import (
+    LearnedOptimizer,
+    MetaParams,
+    PyTree,
+    check_float_tree,
+    check_update_args,
+    state_dtype,
+)
 
 
 class LinearRNNState(NamedTuple):
@@ -24,6 +31,8 @@ class LinearRNN(LearnedOptimizer):
     Meta-parameters are a dict ``{"phi1", "phi2", "phi3"}`` of scalars. With
     φ = (η, β, -1) this is heavy-ball momentum; the worked example starts from
     φ = (0.1, 0.5, -1.0).
+
+    A coordinate whose gradient is NaN or ±inf gets g_t = 0 and keeps h_{t-1}.
     """
 
     name = "linear_rnn"
@@ -55,17 +64,22 @@ class LinearRNN(LearnedOptimizer):
         def update_fn(
             updates: PyTree, state: LinearRNNState, params: PyTree | None = None, **extra_args: Any
         ) -> tuple[PyTree, LinearRNNState]:
-            del params, extra_args
-            check_float_tree(updates, "gradients")
+            del extra_args
+            check_update_args(updates, state.hidden, params)
 
             def leaf(grad: jax.Array, h_prev: jax.Array) -> tuple[jax.Array, jax.Array]:
                 dt = h_prev.dtype
-                h = jnp.asarray(phi1, dt) * grad.astype(dt) + jnp.asarray(phi2, dt) * h_prev
-                return (jnp.asarray(phi3, dt) * h).astype(grad.dtype), h
+                # Non-finite coordinates: computed with 0 (no NaN in the arithmetic or
+                # its gradients), then update 0 and the old state.
+                keep = jnp.isfinite(grad)
+                grad_in = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
+                h = jnp.where(keep, jnp.asarray(phi1, dt) * grad_in + jnp.asarray(phi2, dt) * h_prev, h_prev)
+                step = jnp.where(keep, jnp.asarray(phi3, dt) * h, jnp.zeros((), dt))
+                return step.astype(grad.dtype), h
 
             pairs = jax.tree.map(leaf, updates, state.hidden)
-            outer = jax.tree.structure(updates)
-            new_updates, hidden = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
+            # Split the per-leaf pairs along the gradients' structure (an empty tree too).
+            new_updates, hidden = (jax.tree.map(lambda _, t, k=k: t[k], updates, pairs) for k in range(2))
             return new_updates, LinearRNNState(hidden=hidden)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -78,7 +92,14 @@ def linear_rnn(phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> LinearRNN:
       phi: the initial meta-parameters (φ1, φ2, φ3) that :meth:`LinearRNN.init` returns.
 
     Returns:
-      A :class:`LinearRNN`.
+      A :class:`LinearRNN`. A coordinate whose gradient is NaN or ±inf gets update 0
+      and keeps its hidden state unchanged, like ``optax.apply_if_finite`` per
+      coordinate; every other coordinate is updated exactly as if it were not there.
+      The coordinate is computed with gradient 0 and its results discarded by
+      selects, so meta-gradients stay finite.
+
+    Raises:
+      ConfigError: if ``phi`` is not three numbers.
 
     Example:
       >>> import jax, jax.numpy as jnp

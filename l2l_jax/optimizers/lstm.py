@@ -15,8 +15,15 @@ import jax.numpy as jnp
 import optax
 
 from l2l_jax.errors import ConfigError, finite_float, positive_int
-from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, PyTree, check_float_tree, state_dtype
-from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, IMPLEMENTATIONS, CellWeights, in_blocks, step_function
+from l2l_jax.optimizers.base import (
+    LearnedOptimizer,
+    MetaParams,
+    PyTree,
+    check_float_tree,
+    check_update_args,
+    state_dtype,
+)
+from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, IMPLEMENTATIONS, CellWeights, in_blocks, masked_step_function
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
@@ -26,6 +33,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"hidden_size": 20, "num_layers": 2, "preprocessing": "log_sign", "p": 10.0, "output_scale": 0.1},
     "deepmind": {"hidden_size": 20, "num_layers": 2, "preprocessing": "log_sign", "p": 5.0, "output_scale": 0.01},
 }
+
+
+#: At most this many layers: the step is unrolled layer by layer when it is traced.
+MAX_NUM_LAYERS = 64
+#: At most this many meta-parameters (elements of φ, all arrays together: 4 GiB in
+#: float32), far inside what XLA can allocate. The paper's φ has a few thousand;
+#: 2 layers of 9,000 units still fit (about 0.97 * 2**30).
+MAX_META_PARAMS = 2**30
+
+
+def meta_param_count(hidden_size: int, num_layers: int, preprocessing: str = "log_sign") -> int:
+    """The number of elements of φ for these sizes (exact, in Python integers).
+
+    Args:
+      hidden_size: units per layer.
+      num_layers: stacked layers.
+      preprocessing: the gradient preprocessing, which sets the first layer's inputs.
+
+    Returns:
+      The total over φ's arrays, as :meth:`CoordinatewiseLSTM.init` makes them.
+    """
+    total, in_size = 0, num_features(preprocessing)
+    for _ in range(num_layers):
+        total += (in_size + hidden_size) * 4 * hidden_size + 4 * hidden_size
+        in_size = hidden_size
+    return total + hidden_size + 1
 
 
 class LSTMState(NamedTuple):
@@ -40,7 +73,13 @@ class LSTMState(NamedTuple):
 
 
 class CoordinatewiseLSTM(LearnedOptimizer):
-    """A stacked LSTM applied independently to every coordinate (see :func:`lstm`)."""
+    """A stacked LSTM applied independently to every coordinate (see :func:`lstm`).
+
+    Coordinates with a non-finite gradient are skipped: update 0, state unchanged.
+
+    Raises:
+      ConfigError: at construction, for options that make no sense (see :func:`lstm`).
+    """
 
     name = "lstm"
 
@@ -57,9 +96,17 @@ class CoordinatewiseLSTM(LearnedOptimizer):
     ) -> None:
         hidden_size = positive_int("hidden_size", hidden_size)
         num_layers = positive_int("num_layers", num_layers)
+        if num_layers > MAX_NUM_LAYERS:
+            raise ConfigError(f"num_layers must be at most {MAX_NUM_LAYERS}, got {num_layers}")
         p = finite_float("p", p)
         output_scale = finite_float("output_scale", output_scale)
         check_preprocessing(preprocessing, p)
+        count = meta_param_count(hidden_size, num_layers, preprocessing)
+        if count > MAX_META_PARAMS:
+            raise ConfigError(
+                f"an LSTM with hidden_size={hidden_size} and num_layers={num_layers} would have {count} "
+                f"meta-parameters; at most 2**30 = {MAX_META_PARAMS} are supported"
+            )
         if not output_scale > 0:
             raise ConfigError(f"output_scale must be positive, got {output_scale!r}")
         output_init_scale = finite_float("output_init_scale", output_init_scale)
@@ -130,7 +177,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             return LSTMState(h=jax.tree.map(zeros, params), c=jax.tree.map(zeros, params))
 
         implementation = "fused" if self.implementation == "auto" else self.implementation
-        step_fn = step_function(implementation)
+        # The step with a keep mask: coordinates with a non-finite gradient are skipped.
+        step_fn = masked_step_function(implementation)
         if implementation == "fused":  # Large leaves in cache-sized blocks, on a CPU.
             step_fn = in_blocks(step_fn, CPU_BLOCK, only_on="cpu")
 
@@ -145,11 +193,17 @@ class CoordinatewiseLSTM(LearnedOptimizer):
                 w_out=jnp.asarray(meta_params["out"]["w"], dt),
                 b_out=jnp.asarray(meta_params["out"]["b"], dt),
             )
-            x = preprocess(grad.reshape(n).astype(dt), self.preprocessing, self.p).T
+            flat = grad.reshape(n)
+            # A non-finite coordinate enters the step as 0 (so no NaN reaches the
+            # arithmetic or its gradients) and the step keeps its output at 0 and its
+            # state as it was.
+            keep = jnp.isfinite(flat)
+            flat = jnp.where(keep, flat, jnp.zeros((), flat.dtype))
+            x = preprocess(flat.astype(dt), self.preprocessing, self.p).T
             h, c = h.reshape(layers, hidden, n), c.reshape(layers, hidden, n)
             if implementation != "pallas":  # The kernel reads and writes the stored dtype itself.
                 h, c = h.astype(dt), c.astype(dt)
-            out, new_h, new_c = step_fn(weights, x, h, c)
+            out, new_h, new_c = step_fn(weights, x, h, c, keep)
             step = (out * self.output_scale).reshape(grad.shape)
             shape = (layers, hidden, *grad.shape)
             return step.astype(grad.dtype), new_h.reshape(shape).astype(sdt), new_c.reshape(shape).astype(sdt)
@@ -157,11 +211,11 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         def update_fn(
             updates: PyTree, state: LSTMState, params: PyTree | None = None, **extra_args: Any
         ) -> tuple[PyTree, LSTMState]:
-            del params, extra_args
-            check_float_tree(updates, "gradients")
+            del extra_args
+            check_update_args(updates, state.h, params, leading=2)
             triples = jax.tree.map(leaf_update, updates, state.h, state.c)
-            outer = jax.tree.structure(updates)
-            new_updates, h, c = jax.tree.transpose(outer, jax.tree.structure((0, 0, 0)), triples)
+            # Split the per-leaf triples along the gradients' structure (an empty tree too).
+            new_updates, h, c = (jax.tree.map(lambda _, t, k=k: t[k], updates, triples) for k in range(3))
             return new_updates, LSTMState(h=h, c=c)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -187,9 +241,23 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
         untrained optimizer takes tiny steps, which keeps MNIST meta-training out
         of the flat region where the MLP's sigmoids saturate and meta-gradients
         vanish (seen with the default 1.0 at meta-lr ≥ 3e-3).
+        ``hidden_size`` and ``num_layers`` are positive integers (not strings or
+        booleans); ``num_layers`` is at most :data:`MAX_NUM_LAYERS` (64), and φ may
+        have at most :data:`MAX_META_PARAMS` (2**30) elements, which allows 2 layers
+        of up to about 9,000 units. ``p``, ``output_scale`` and ``output_init_scale``
+        are finite numbers.
 
     Returns:
       A :class:`CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer.
+      Non-finite gradients: a coordinate whose gradient is NaN or ±inf gets update 0
+      and keeps its LSTM state (h and c) unchanged, like ``optax.apply_if_finite``
+      per coordinate; every other coordinate is updated exactly as if it were not
+      there, with every implementation. The coordinate enters the LSTM as 0 and its
+      results are discarded by selects, so meta-gradients stay finite.
+
+    Raises:
+      ConfigError: for an unknown preset or option, or a value that makes no sense
+        (a wrong type, a non-positive size, sizes past the bounds above).
 
     Example:
       >>> import jax, jax.numpy as jnp

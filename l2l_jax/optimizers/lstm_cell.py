@@ -18,6 +18,12 @@ Layout: coordinates last, so that each hidden unit of each layer is one contiguo
 row. ``x`` is ``(F, n)`` (preprocessed gradient features of n coordinates), ``h``
 and ``c`` are ``(L, H, n)``; the step returns the raw output ``(n,)`` (before the
 output scale) and the new ``h``, ``c``.
+
+The optimizer calls a *masked* step (:func:`masked_step_function`), which takes a
+fifth argument ``keep`` ``(n,)`` (bool): where it is False the output is 0 and ``h``,
+``c`` come back unchanged. That is how a coordinate with a non-finite gradient is
+skipped; its features must already be finite (the caller puts 0 there), so no NaN
+enters the arithmetic and every gradient through the step stays finite.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ class CellWeights(NamedTuple):
     b: tuple[jax.Array, ...]
     w_out: jax.Array
     b_out: jax.Array
+
+
+StepFn = Callable[[CellWeights, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+#: A step with a ``keep`` mask as its fifth argument (see :func:`masked`).
+MaskedStepFn = Callable[
+    [CellWeights, jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]
+]
 
 
 def lstm_step_reference(
@@ -157,6 +170,31 @@ def _fused_bwd(residuals, cotangents):
 
 lstm_step_fused.defvjp(_fused_fwd, _fused_bwd)
 
+
+def keep_where(
+    keep: jax.Array, out: jax.Array, new_h: jax.Array, new_c: jax.Array, h: jax.Array, c: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The step's results where ``keep`` (``(n,)``, bool) is True; elsewhere output 0 and the old ``h``, ``c``."""
+    return (
+        jnp.where(keep, out, jnp.zeros((), out.dtype)),
+        jnp.where(keep, new_h, h.astype(new_h.dtype)),
+        jnp.where(keep, new_c, c.astype(new_c.dtype)),
+    )
+
+
+def masked(step_fn: StepFn) -> MaskedStepFn:
+    """``step_fn`` with a ``keep`` mask ``(n,)``: coordinates where it is False get
+    output 0 and keep their ``h``, ``c`` (selects only; differentiable by autodiff,
+    through ``step_fn``'s own VJP)."""
+
+    def step(
+        weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return keep_where(keep, *step_fn(weights, x, h, c), h, c)
+
+    return step
+
+
 #: Implementation names (see :func:`l2l_jax.optimizers.lstm`'s ``implementation``).
 IMPLEMENTATIONS = ("reference", "fused", "pallas")
 
@@ -167,11 +205,12 @@ IMPLEMENTATIONS = ("reference", "fused", "pallas")
 CPU_BLOCK = 16384
 
 
-StepFn = Callable[[CellWeights, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
-
-
-def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn:
+def in_blocks(step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on: str | None = None):
     """``step_fn`` over blocks of ``block`` coordinates, one block after the other.
+
+    ``step_fn(weights, x, h, c, *aux)``: a :data:`StepFn`, or one with more
+    per-coordinate arguments after ``c`` (coordinates last, not differentiated:
+    the ``keep`` mask of a :data:`MaskedStepFn`), which are cut into the same blocks.
 
     Every coordinate's numbers are those of one call over all coordinates; only the
     working set shrinks to one block. Leaves of at most ``block`` coordinates go
@@ -202,11 +241,11 @@ def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn
     def put(into: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
         return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=-1)
 
-    def loop_forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
-        n = x.shape[-1]
+    def loop_forward(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
+        n = coords[0].shape[-1]
 
-        def block_at(start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-            return step_fn(weights, take(x, start), take(h, start), take(c, start))
+        def block_at(start: jax.Array) -> tuple[jax.Array, ...]:
+            return step_fn(weights, *(take(a, start) for a in coords))
 
         def body(i: jax.Array, outs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
             start = jnp.minimum(i * block, n - block)
@@ -220,7 +259,7 @@ def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn
     # add every block's input cotangents into full-size accumulators, touching all n
     # coordinates per block (4x slower than one call at 1M coordinates, measured).
     def loop_bwd(residuals: tuple, cotangents: tuple) -> tuple:
-        weights, x, h, c = residuals
+        weights, x, h, c, *aux = residuals
         n = x.shape[-1]
         num_blocks = -(-n // block)
         covered = (num_blocks - 1) * block  # what the blocks before the last one write
@@ -233,7 +272,11 @@ def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn
             start = jnp.minimum(last_first * block, n - block)
             keep = (j != 0) | (start + jnp.arange(block) >= covered)
             cot = tuple(jnp.where(keep, take(t, start), jnp.zeros((), t.dtype)) for t in cotangents)
-            _, vjp = jax.vjp(step_fn, weights, take(x, start), take(h, start), take(c, start))
+            aux_block = [take(a, start) for a in aux]
+            _, vjp = jax.vjp(
+                lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux_block),
+                weights, take(x, start), take(h, start), take(c, start),
+            )  # fmt: skip
             gw, gx, gh, gc = vjp(cot)
             dw, dx, dh, dc = grads
             return jax.tree.map(jnp.add, dw, gw), put(dx, gx, start), put(dh, gh, start), put(dc, gc, start)
@@ -242,39 +285,55 @@ def in_blocks(step_fn: StepFn, block: int, only_on: str | None = None) -> StepFn
         return jax.lax.fori_loop(0, num_blocks, body, zeros)
 
     def whole_bwd(residuals: tuple, cotangents: tuple) -> tuple:
-        return jax.vjp(step_fn, *residuals)[1](cotangents)
+        weights, x, h, c, *aux = residuals
+        return jax.vjp(lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux), weights, x, h, c)[1](cotangents)
 
-    def forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+    def forward(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
         if only_on is None:
-            return loop_forward(weights, x, h, c)
-        return tuple(jax.lax.platform_dependent(weights, x, h, c, default=step_fn, **{only_on: loop_forward}))
+            return loop_forward(weights, *coords)
+        return tuple(jax.lax.platform_dependent(weights, *coords, default=step_fn, **{only_on: loop_forward}))
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
         if only_on is None:
-            return loop_bwd(residuals, cotangents)
-        return jax.lax.platform_dependent(residuals, cotangents, default=whole_bwd, **{only_on: loop_bwd})
+            grads = loop_bwd(residuals, cotangents)
+        else:
+            grads = jax.lax.platform_dependent(residuals, cotangents, default=whole_bwd, **{only_on: loop_bwd})
+        return (*grads, *(None for _ in residuals[4:]))  # no cotangent for the aux arguments
 
     @jax.custom_vjp
-    def blocked(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
-        return forward(weights, x, h, c)
+    def blocked(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
+        return forward(weights, *coords)
 
-    def blocked_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[tuple, tuple]:
-        return forward(weights, x, h, c), (weights, x, h, c)
+    def blocked_fwd(weights: CellWeights, *coords: jax.Array) -> tuple[tuple, tuple]:
+        return forward(weights, *coords), (weights, *coords)
 
     blocked.defvjp(blocked_fwd, backward)
 
-    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, *aux: jax.Array) -> tuple[jax.Array, ...]:
         if x.shape[-1] <= block:
-            return step_fn(weights, x, h, c)
-        return blocked(weights, x, h, c)
+            return step_fn(weights, x, h, c, *aux)
+        return blocked(weights, x, h, c, *aux)
 
     return step
 
 
-def step_function(implementation: str):
+def step_function(implementation: str) -> StepFn:
     """The step function of an implementation name."""
     if implementation == "pallas":
         from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
 
         return lstm_step_pallas
     return {"reference": lstm_step_reference, "fused": lstm_step_fused}[implementation]
+
+
+def masked_step_function(implementation: str) -> MaskedStepFn:
+    """The masked step (a ``keep`` mask as fifth argument) of an implementation name.
+
+    The Pallas kernel applies the mask itself, so the state is still read and written
+    once, in place; the others are :func:`masked` around their step.
+    """
+    if implementation == "pallas":
+        from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
+
+        return lstm_step_pallas
+    return masked(step_function(implementation))

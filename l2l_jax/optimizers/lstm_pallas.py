@@ -18,6 +18,11 @@ an hour to compile at H = 20):
   padded: they enter by broadcast multiply-adds, as in ``lstm_cell``.
 * The kernel loads a layer's ``h`` and ``c`` as ``(HP, BLOCK)`` tiles, computes each
   gate as ``w_in[g] @ inp + w_h[g] @ h + b[g]`` and writes the new tiles back.
+* With a ``keep`` mask (one row over the coordinates, 1 = update, 0 = skip) the
+  kernel writes, for a skipped coordinate, output 0 and the ``h``, ``c`` it read:
+  selects on tiles it holds anyway, so the state is still read once and written
+  once, in place (a select after the call would need the old state kept beside the
+  new, i.e. a copy).
 * Rows are addressed by index arrays ``l * H + arange(HP)`` (never clamped) with a
   row mask ``< H`` and a column mask ``< n``: masked elements are never read or
   written on the GPU, and in the interpreter a masked store writes back the value it
@@ -110,7 +115,10 @@ def _kernel(
     num_layers: int,
     block: int,
     precision: jax.lax.Precision | jax.lax.DotAlgorithmPreset,
+    with_keep: bool,
 ) -> None:
+    if with_keep:
+        keep_ref, *refs = refs
     *weight_refs, w_out_ref, b_out_ref, out_ref, h_out_ref, c_out_ref = refs
     dtype = w_out_ref.dtype  # the arithmetic's: float32, or float64 for tests
     hp = w_out_ref.shape[0]
@@ -136,6 +144,12 @@ def _kernel(
     def dot(w: jax.Array, v: jax.Array) -> jax.Array:
         return jnp.dot(w, v, precision=precision, preferred_element_type=dtype)
 
+    # Where the keep row is 0: output 0 and the state as read.
+    keep = load(keep_ref, 0, 1, 1) != 0 if with_keep else None  # (1, BLOCK)
+
+    def kept(new: jax.Array, old: jax.Array) -> jax.Array:
+        return new if keep is None else jnp.where(keep, new, old)
+
     # The layer's input: rows (1, BLOCK) for broadcast multiply-adds, or a tile
     # padded with zero rows to its weights' FP columns.
     n_features = x_ref.shape[0]
@@ -157,12 +171,15 @@ def _kernel(
         gate = functools.partial(pre_activation, *weight_refs[3 * layer : 3 * layer + 3], inp, h)
         # One gate at a time, each consumed at once: fewer live tiles, fewer registers.
         c_next = jax.nn.sigmoid(gate(0)) * jnp.tanh(gate(2))
-        c_next = jax.nn.sigmoid(gate(1)) * load(c_ref, layer * hidden, hp, hidden) + c_next
+        c = load(c_ref, layer * hidden, hp, hidden)
+        c_next = jax.nn.sigmoid(gate(1)) * c + c_next
+        store(c_out_ref, layer * hidden, kept(c_next, c))  # the old c is dead from here
         h_next = jax.nn.sigmoid(gate(3)) * jnp.tanh(c_next)
-        store(c_out_ref, layer * hidden, c_next)
-        store(h_out_ref, layer * hidden, h_next)
+        store(h_out_ref, layer * hidden, kept(h_next, h))
         inp = h_next
     out = jnp.sum(w_out_ref[...] * inp, axis=0) + b_out_ref[0, 0]
+    if keep is not None:
+        out = jnp.where(keep[0], out, 0.0)
     plgpu.store(out_ref.at[cols], out.astype(out_ref.dtype), mask=col_mask[0])
 
 
@@ -171,6 +188,7 @@ def kernel_call(
     x: jax.Array,
     h: jax.Array,
     c: jax.Array,
+    keep: jax.Array | None = None,
     *,
     interpret: bool,
     block: int = BLOCK,
@@ -182,6 +200,8 @@ def kernel_call(
     VJP or its choice of platform: for tuning the tiling (``benchmarks/gpu_plan.py``
     compiles the candidates for an H100) and for testing other tilings.
     ``interpret=True`` runs Pallas' interpreter; ``False`` lowers with Triton (GPU only).
+    ``keep`` ``(n,)`` (bool), if given, skips the coordinates where it is False
+    (output 0, ``h`` and ``c`` unchanged).
     """
     if block < 16 or block & (block - 1):
         raise ConfigError(f"block must be a power of 2 of at least 16 (tl.dot's smallest operand), got {block}")
@@ -192,7 +212,12 @@ def kernel_call(
     # TF32x3 is a float32 tensor-core algorithm; float64 (and the CPU interpreter) multiply exactly.
     exact = interpret or dtype != jnp.float32
     precision = jax.lax.Precision.HIGHEST if exact else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-    kernel = functools.partial(_kernel, n=n, hidden=hidden, num_layers=num_layers, block=block, precision=precision)
+    kernel = functools.partial(
+        _kernel, n=n, hidden=hidden, num_layers=num_layers, block=block, precision=precision,
+        with_keep=keep is not None,
+    )  # fmt: skip
+    # The keep row in the arithmetic's dtype (1 or 0): Triton loads it like a feature row.
+    keep_row = [] if keep is None else [keep.astype(dtype).reshape(1, n)]
     out, h2, c2 = pl.pallas_call(
         kernel,
         out_shape=(
@@ -213,33 +238,38 @@ def kernel_call(
         x.astype(dtype),
         h.reshape(num_layers * hidden, n),
         c.reshape(num_layers * hidden, n),
+        *keep_row,
         *_pack_weights(weights, hidden, dtype),
     )
     return out, h2.reshape(h.shape), c2.reshape(c.shape)
 
 
-def _compiled(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return kernel_call(weights, x, h, c, interpret=False)
+def _compiled(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return kernel_call(weights, x, h, c, keep, interpret=False)
 
 
 def _interpreted(
-    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return kernel_call(weights, x, h, c, interpret=True)
+    return kernel_call(weights, x, h, c, keep, interpret=True)
 
 
-def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _forward(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     # Chosen when the program is lowered, for the platform it is lowered for, not
     # by the default backend at trace time: a program placed on the CPU of a GPU
     # machine gets the interpreter, and one exported for CUDA from a CPU-only
     # machine gets the Triton kernel (tests/test_gpu_lowering.py). The branch not
     # taken is never lowered, so no conditional reaches the compiler.
-    return jax.lax.platform_dependent(weights, x, h, c, cuda=_compiled, rocm=_compiled, default=_interpreted)
+    return jax.lax.platform_dependent(weights, x, h, c, keep, cuda=_compiled, rocm=_compiled, default=_interpreted)
 
 
 @jax.custom_vjp
 def lstm_step_pallas(
-    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`l2l_jax.optimizers.lstm_cell.lstm_step_reference` as one Pallas kernel.
 
@@ -247,18 +277,31 @@ def lstm_step_pallas(
     dtype (e.g. bfloat16 state, half the traffic), arithmetic is in ``x``'s dtype
     (at least float32). Compiled with Triton where the program is lowered for a
     GPU (CUDA; ROCm too, but it has never been compiled there), interpreted elsewhere.
+
+    With ``keep`` ``(n,)`` (bool) it is the masked step of
+    :func:`l2l_jax.optimizers.lstm_cell.masked`: where ``keep`` is False the output
+    is 0 and ``h``, ``c`` are returned as they were (no cotangent flows to ``keep``).
     """
-    return _forward(weights, x, h, c)
+    return _forward(weights, x, h, c, keep)
 
 
-def _pallas_fwd(weights, x, h, c):
-    return _forward(weights, x, h, c), (weights, x, h, c)
+def _pallas_fwd(weights, x, h, c, keep=None):
+    return _forward(weights, x, h, c, keep), (weights, x, h, c, keep)
 
 
 def _pallas_bwd(residuals, cotangents):
-    _, _, h, c = residuals
-    d_weights, d_x, d_h, d_c = _fused_bwd(residuals, cotangents)
-    return d_weights, d_x, d_h.astype(h.dtype), d_c.astype(c.dtype)
+    weights, x, h, c, keep = residuals
+    if keep is None:
+        d_weights, d_x, d_h, d_c = _fused_bwd((weights, x, h, c), cotangents)
+    else:
+        # The step's cotangents where it ran; where it was skipped, h and c were
+        # passed through, and so are their cotangents.
+        _, d_h_next, d_c_next = cotangents
+        ran = tuple(jnp.where(keep, t, jnp.zeros((), t.dtype)) for t in cotangents)
+        d_weights, d_x, d_h, d_c = _fused_bwd((weights, x, h, c), ran)
+        d_h = d_h + jnp.where(keep, jnp.zeros((), d_h_next.dtype), d_h_next)
+        d_c = d_c + jnp.where(keep, jnp.zeros((), d_c_next.dtype), d_c_next)
+    return d_weights, d_x, d_h.astype(h.dtype), d_c.astype(c.dtype), None
 
 
 lstm_step_pallas.defvjp(_pallas_fwd, _pallas_bwd)

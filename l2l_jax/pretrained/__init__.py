@@ -2,8 +2,9 @@
 
 A shipped optimizer is a folder under ``l2l_jax/pretrained/shipped/`` holding the
 same two files a run directory has: ``optimizer.json`` (architecture, task,
-training config, evaluation figures) and ``optimizer.msgpack`` (φ, saved with
-flax.serialization: no pickle).
+training config, evaluation figures, checksums) and ``optimizer.msgpack`` (φ,
+saved with flax.serialization: no pickle). Loading verifies both checksums and
+refuses non-finite φ; it never imports code that the files name.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 def info(name_or_path: str | Path) -> dict[str, Any]:
-    """The metadata (``optimizer.json``) of a shipped optimizer or run directory."""
-    return rd.read_json(_resolve(name_or_path) / rd.OPTIMIZER_META)
+    """The verified metadata (``optimizer.json``) of a shipped optimizer or run directory.
+
+    Raises:
+      UnknownNameError: if it is neither a shipped name nor an existing path.
+      RunDirectoryError: if ``optimizer.json`` is missing, corrupt or was edited.
+    """
+    return rd.read_optimizer_meta(_resolve(name_or_path))
 
 
 def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaParams]:
@@ -59,10 +65,11 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
 
     Raises:
       UnknownNameError: if it is neither a shipped name nor an existing path.
-      RunDirectoryError: if the directory is incomplete or its files are corrupt.
+      RunDirectoryError: if the directory is incomplete, a file does not match its
+        checksum, or φ holds NaN or infinite values.
     """
     path = _resolve(name_or_path)
-    meta = rd.read_json(path / rd.OPTIMIZER_META)
+    meta = rd.read_optimizer_meta(path)
     try:
         optimizer = optimizers_lib.get(meta["optimizer"], **meta["optimizer_config"])
     except L2LError as e:
@@ -70,19 +77,21 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise RunDirectoryError(f"{path / rd.OPTIMIZER_META} is corrupt: {e!r}") from None
     target = optimizer.init(jax.random.PRNGKey(0))
-    return optimizer, rd.load_tree(path / rd.OPTIMIZER_PARAMS, target)
+    return optimizer, rd.load_optimizer_params(path, target, meta)
 
 
 def export(run_dir: str | Path, dest: str | Path) -> Path:
     """Copies a run's trained optimizer (its two files) into ``dest``, e.g. to ship it.
 
-    The copy is validated by loading it back.
+    The source is verified first and the copy is validated by loading it back.
+
+    Returns:
+      ``dest``.
     """
     src, dest = Path(run_dir), Path(dest)
     optimizer, phi = load_meta_params(src)  # Refuse to export anything broken.
-    meta = rd.read_json(src / rd.OPTIMIZER_META)
-    rd.save_tree(dest / rd.OPTIMIZER_PARAMS, phi)
-    rd.write_json(dest / rd.OPTIMIZER_META, meta)
+    meta = rd.read_optimizer_meta(src)
+    rd.save_optimizer(dest, meta, phi)
     load_meta_params(dest)
     return dest
 

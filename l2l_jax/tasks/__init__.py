@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.tasks.base import Task, TaskFamily
@@ -41,10 +43,47 @@ def _import_factory(path: str) -> Callable[..., TaskFamily]:
     return factory
 
 
+def _check_options(name: str, factory: Callable[..., TaskFamily], kwargs: dict[str, Any]) -> None:
+    """Raises :class:`ConfigError` naming the valid options if ``kwargs`` does not fit ``factory``."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # No signature to check against (some builtins).
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    keyword = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    valid = [p.name for p in keyword]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"task {name!r} has no option{s} {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid) if valid else '(none)'}"
+        )
+    missing = [p.name for p in keyword if p.default is p.empty and p.name not in kwargs]
+    if missing:
+        s = "s" if len(missing) > 1 else ""
+        raise ConfigError(f"task {name!r} needs the option{s} {', '.join(map(repr, missing))}")
+
+
 def get(name: str, **kwargs: Any) -> TaskFamily:
-    """Builds a task family by registered name (``get("quadratic", dim=10)``) or by
-    import path ``"my_package.my_module:make_family"`` (a function returning a
-    :class:`TaskFamily`, called with ``kwargs``)."""
+    """Builds a task family by registered name or by import path.
+
+    Args:
+      name: a registered name (see :func:`available`), e.g. ``get("quadratic",
+        dim=10)``, or ``"my_package.my_module:make_family"``: this imports that
+        module and calls that function, which must return a :class:`TaskFamily`.
+        Only pass import paths you trust: they run code.
+      **kwargs: the family's options (keyword arguments of its factory).
+
+    Returns:
+      The task family.
+
+    Raises:
+      UnknownNameError: if ``name`` is not registered and not an importable ``module:function``.
+      ConfigError: if an option is not one of the factory's (the message lists the
+        valid ones), a required one is missing, or a value is invalid.
+    """
     if ":" in name:
         factory = _import_factory(name)
     elif name in _REGISTRY:
@@ -53,6 +92,7 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
         raise UnknownNameError(
             f"unknown task {name!r}; choose one of {', '.join(available())}, or give module:function"
         )
+    _check_options(name, factory, kwargs)
     try:
         family = factory(**kwargs)
     except L2LError:

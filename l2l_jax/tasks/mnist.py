@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from l2l_jax.errors import ConfigError, positive_int
@@ -38,6 +40,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+def data_record(description: str, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """What the data was, without where it lay: split, number of examples and SHA-256 of the arrays.
+
+    Args:
+      description: the description :func:`l2l_jax.data.load_mnist_for_experiment` returned
+        (it starts ``"MNIST <split> split"``).
+      images: the uint8 images.
+      labels: the labels.
+    """
+    words = description.split()
+    split = words[1] if len(words) > 2 and words[0] == "MNIST" and words[2] == "split" else "unknown"
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + np.ascontiguousarray(labels).tobytes())
+    return {"dataset": "MNIST", "split": split, "examples": int(len(labels)), "sha256": digest.hexdigest()}
+
+
 class MNISTFamily(TaskFamily):
     """Training an MLP on MNIST; tasks differ by initialisation and minibatches.
 
@@ -53,6 +70,10 @@ class MNISTFamily(TaskFamily):
       data_dir: where to look for MNIST (see :func:`l2l_jax.data.load_mnist_for_experiment`):
         the training split when present, else the 10,000-image test split.
       download: try downloading the training split when it is missing.
+
+    Attributes:
+      data_description: which split was found where (for messages; names paths).
+      data_record: what the data was, without paths (for metadata): see :func:`data_record`.
     """
 
     name = "mnist"
@@ -77,6 +98,7 @@ class MNISTFamily(TaskFamily):
         self.activation, self.batch_size = activation, int(batch_size)
         self.data_dir, self.download = data_dir, bool(download)
         images, labels, self.data_description = load_mnist_for_experiment(data_dir, download=download)
+        self.data_record = data_record(self.data_description, images, labels)
         # uint8 on the device: 4x less memory than float32; scaled per minibatch.
         self.images = jnp.asarray(images.reshape(len(images), -1), jnp.uint8)
         self.labels = jnp.asarray(labels, jnp.int32)
@@ -117,4 +139,3 @@ class MNISTFamily(TaskFamily):
     def full_loss(self, params: PyTree) -> jax.Array:
         """The loss on every example (for reports; each step uses minibatches)."""
         return cross_entropy(self.model.apply({"params": params}, self.images.astype(jnp.float32) / 255.0), self.labels)
-

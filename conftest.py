@@ -1,0 +1,36 @@
+"""Test set-up for every test path (tests, doctests, notebooks): CPU only, no data from outside the checkout.
+
+Tests never read MNIST from the user's data directory or cache, nor download it: the
+environment points ``$L2L_JAX_DATA_DIR`` at ``tests/fixtures/mnist`` (300 real test
+images) and the user cache directory (``$XDG_CACHE_HOME``) at an empty temporary
+folder, for this process and the processes it starts (pytest-xdist workers, benchmark
+scripts, notebook kernels). Tests of the lookup itself change these variables with
+``monkeypatch``.
+
+Many tests compile the same programs (each ``meta_train`` call traces anew), so JAX's
+persistent compilation cache is on, in that temporary folder: it lives for one test
+session and is shared by its processes.
+"""
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+MNIST_FIXTURE = Path(__file__).resolve().parent / "tests" / "fixtures" / "mnist"
+os.environ["L2L_JAX_DATA_DIR"] = str(MNIST_FIXTURE)
+_PREFIX = "l2l-jax-test-cache-"
+_cache = Path(os.environ.get("XDG_CACHE_HOME") or ".")
+if not (_cache.name.startswith(_PREFIX) and _cache.is_dir()):  # else made by the process that started this one
+    _cache = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    os.environ["XDG_CACHE_HOME"] = str(_cache)
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache / "jax-compilation-cache")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+if "jax" in sys.modules:  # imported before this file (e.g. by a plugin): the variables came too late
+    sys.modules["jax"].config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    sys.modules["jax"].config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

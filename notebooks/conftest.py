@@ -1,0 +1,24 @@
+"""Under pytest the notebooks run on the MNIST test fixture, never on the user's data.
+
+Their kernels inherit the environment that the repository's ``conftest.py`` sets: ``$L2L_JAX_DATA_DIR`` names
+``tests/fixtures/mnist`` (300 real test images), so the notebooks neither download
+nor read a data directory of the user's, and the user cache directory
+(``$XDG_CACHE_HOME``) is an empty temporary folder.
+
+Notebooks 02 and 03 meta-train and tune baselines for a minute or more each: they are
+marked ``slow`` (CI's full run executes them, as does ``pytest -m slow``); the
+worked example (01) and the Flax loops (04) run by default.
+"""
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SLOW = {"02_quadratics.ipynb", "03_mnist.ipynb"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent == HERE and item.path.name in SLOW:
+            item.add_marker(pytest.mark.slow)
