@@ -57,65 +57,52 @@ def evaluate_run(
     if not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir} is not a run directory (it does not exist or is not a directory)")
     with rd.lock(run_dir):
-        return _evaluate_locked(run_dir, num_tasks, num_tune_tasks, num_steps, seed, progress, task, compare_kwargs)
-
-
-def _evaluate_locked(
-    run_dir: Path,
-    num_tasks: int,
-    num_tune_tasks: int,
-    num_steps: int,
-    seed: int,
-    progress: bool,
-    task: str | None,
-    compare_kwargs: dict[str, Any],
-) -> Comparison:
-    info = pretrained.info(run_dir)
-    optimizer, phi = pretrained.load_meta_params(run_dir)
-    saved_task = info.get("task")
-    if not isinstance(saved_task, str):
-        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: no task name")
-    if task is None:
-        if ":" in saved_task:
-            raise RunDirectoryError(
-                f"{run_dir} was trained on the task {saved_task!r}, which is code to import and run; "
-                f"if you trust it, name it yourself: --task {saved_task} (task=...)"
-            )
-        if saved_task not in tasks_lib.available():
-            raise RunDirectoryError(
-                f"{run_dir} was trained on the task {saved_task!r}, which is not registered here; "
-                "register it (l2l_jax.tasks.register) or pass --task (task=...)"
-            )
-        task = saved_task
-    # task_options rebuild the task as it was built for training; older files
-    # only have the family's config.
-    options = info.get("task_options", info.get("task_config", {}))
-    if not isinstance(options, dict):
-        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
-    family = tasks_lib.get(task, **options)
-    t0 = time.perf_counter()
-    comparison = compare_with_baselines(
-        {f"learned {info['optimizer']}": (optimizer, phi)},
-        family,
-        num_steps=num_steps,
-        num_tune_tasks=num_tune_tasks,
-        num_test_tasks=num_tasks,
-        seed=seed,
-        progress=progress,
-        **compare_kwargs,
-    )
-    results = {
-        **comparison.to_json(),
-        "seed": seed,
-        "num_tune_tasks": num_tune_tasks,
-        "seconds": time.perf_counter() - t0,
-    }
-    rd.write_json(run_dir / rd.EVALUATION_JSON, results)
-    rd.write_atomic(run_dir / rd.EVALUATION_TABLE, (comparison.table() + "\n").encode())
-    plot_loss_curves(
-        comparison.curves,
-        run_dir / rd.LOSS_CURVES_PLOT,
-        title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
-    )
-    rd.update_optimizer_meta(run_dir, evaluation=comparison.rows())
-    return comparison
+        info = pretrained.info(run_dir)
+        optimizer, phi = pretrained.load_meta_params(run_dir)
+        saved_task = info.get("task")
+        if not isinstance(saved_task, str):
+            raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: no task name")
+        if task is None:
+            if ":" in saved_task:
+                raise RunDirectoryError(
+                    f"{run_dir} was trained on the task {saved_task!r}, which is code to import and run; "
+                    f"if you trust it, name it yourself: --task {saved_task} (task=...)"
+                )
+            if saved_task not in tasks_lib.available():
+                raise RunDirectoryError(
+                    f"{run_dir} was trained on the task {saved_task!r}, which is not registered here; "
+                    "register it (l2l_jax.tasks.register) or pass --task (task=...)"
+                )
+            task = saved_task
+        # task_options rebuild the task as it was built for training; older files
+        # only have the family's config.
+        options = info.get("task_options", info.get("task_config", {}))
+        if not isinstance(options, dict):
+            raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
+        family = tasks_lib.get(task, **options)
+        t0 = time.perf_counter()
+        comparison = compare_with_baselines(
+            {f"learned {info['optimizer']}": (optimizer, phi)},
+            family,
+            num_steps=num_steps,
+            num_tune_tasks=num_tune_tasks,
+            num_test_tasks=num_tasks,
+            seed=seed,
+            progress=progress,
+            **compare_kwargs,
+        )
+        results = {
+            **comparison.to_json(),
+            "seed": seed,
+            "num_tune_tasks": num_tune_tasks,
+            "seconds": time.perf_counter() - t0,
+        }
+        rd.write_json(run_dir / rd.EVALUATION_JSON, results)
+        rd.write_atomic(run_dir / rd.EVALUATION_TABLE, (comparison.table() + "\n").encode())
+        plot_loss_curves(
+            comparison.curves,
+            run_dir / rd.LOSS_CURVES_PLOT,
+            title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
+        )
+        rd.update_optimizer_meta(run_dir, evaluation=comparison.rows())
+        return comparison

@@ -31,7 +31,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -110,14 +109,19 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _is_stray_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`write_atomic` for one of the run's files."""
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
+
+
 def remove_stray_temp_files(run_path: Path) -> list[str]:
     """Removes temporary files that an interrupted :func:`write_atomic` left; returns their names.
 
     Call it only while holding the directory's :func:`lock`.
     """
     removed = []
-    for p in run_path.glob(".*.tmp"):
-        if any(p.name.startswith(f".{name}.") for name in RUN_FILES) and p.is_file():
+    for p in run_path.iterdir():
+        if _is_stray_temp(p.name) and p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
@@ -127,8 +131,7 @@ def user_files(run_path: Path) -> list[str]:
     """Names in ``run_path`` other than its lock and stray temporary files (sorted)."""
     if not run_path.is_dir():
         return []
-    stray = lambda n: n.endswith(".tmp") and any(n.startswith(f".{f}.") for f in RUN_FILES)  # noqa: E731
-    return sorted(p.name for p in run_path.iterdir() if p.name != LOCK and not stray(p.name))
+    return sorted(p.name for p in run_path.iterdir() if p.name != LOCK and not _is_stray_temp(p.name))
 
 
 @contextlib.contextmanager
@@ -179,12 +182,17 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    """Reads a JSON file of a run directory, with a clear error if missing or corrupt."""
+def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise RunDirectoryError(f"{path.parent} is not a complete run directory: {path.name} is missing")
+    return path.read_bytes()
+
+
+def read_json(path: Path) -> Any:
+    """Reads a JSON file of a run directory, with a clear error if missing or corrupt."""
+    data = _read_bytes(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirectoryError(f"{path} is corrupt (not valid JSON: {e})") from None
 
@@ -202,12 +210,6 @@ def _restore(path: Path, target: Any, data: bytes) -> Any:
                 f"{getattr(got, 'shape', None)}, expected {getattr(want, 'shape', None)}"
             )
     return restored
-
-
-def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise RunDirectoryError(f"{path.parent} is not a complete run directory: {path.name} is missing")
-    return path.read_bytes()
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -280,15 +282,13 @@ def load_checkpoint(run_path: Path, target: Any) -> tuple[Any, list[dict[str, An
         missing, damaged, truncated, or does not fit ``target``.
     """
     path = run_path / CHECKPOINT
+    data = _read_bytes(path)
     try:
-        record = serialization.msgpack_restore(_read_bytes(path))
-        ok = isinstance(record, dict) and record.get("format") == FORMAT
-        payload = record["state"] if ok else None
-    except RunDirectoryError:
-        raise
+        record = serialization.msgpack_restore(data)
     except Exception:  # msgpack raises many kinds of errors on bad bytes.
-        ok, payload = False, None
-    if not ok or not isinstance(payload, bytes):
+        record = None
+    payload = record.get("state") if isinstance(record, dict) and record.get("format") == FORMAT else None
+    if not isinstance(payload, bytes):
         raise RunDirectoryError(f"{path} is corrupt (not a checkpoint of this l2l-jax version)")
     if sha256(payload) != record.get("state_sha256"):
         raise RunDirectoryError(f"{path} is corrupt: its checksum does not match its contents")
@@ -389,8 +389,3 @@ def load_optimizer_params(directory: Path, target: Any, meta: dict[str, Any]) ->
     params = _restore(path, target, data)
     _check_finite(path, params)
     return params
-
-
-def finite_or_none(x: float) -> float | None:
-    """``x``, or ``None`` where JSON could not hold it (NaN, inf)."""
-    return x if math.isfinite(x) else None

@@ -337,12 +337,10 @@ def meta_train(
         rounding, and a run may resume on a different number of devices.
       steps_per_call: run up to this many meta-steps in one compiled call (a
         ``lax.scan`` over meta-steps, new tasks drawn inside it), which saves the
-        per-call overhead of dispatch and host synchronisation: with 4, whole runs
-        were about 15% faster on a 2-core CPU at B = 1, and no faster at B = 16. Calls end at every validation and checkpoint step,
-        so the run is the same up to float rounding and may resume with another
-        value; ``on_step`` then sees each call's steps after the call, and an
-        interruption keeps the last whole call.
-
+        per-call overhead of dispatch and host synchronisation. Calls end at every
+        validation and checkpoint step, so the run is the same up to float rounding
+        and may resume with another value; ``on_step`` then sees each call's steps
+        after the call, and an interruption keeps the last whole call.
       overwrite: start a new run even in a directory holding other files or
         another run, replacing its run files (other files are kept).
       on_start: called as ``on_start(start_step)`` once the run directory is
@@ -726,7 +724,7 @@ def _write_optimizer(
             "task_config": family.config(),
             "meta_steps": int(state.step),
             "best_step": best_step,
-            "best_val_loss": rd.finite_or_none(float(state.best_val)),
+            "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
             "skipped_meta_steps": int(state.skipped),
             "training_config": config.to_dict(),
         },
