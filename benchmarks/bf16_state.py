@@ -14,12 +14,8 @@ Writes ``benchmarks/results/bf16_state.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 
-import jax
+import harness
 import numpy as np
 
 from l2l_jax import pretrained
@@ -27,7 +23,6 @@ from l2l_jax import tasks as tasks_lib
 from l2l_jax.evaluation import learned_curves, sample_tasks
 from l2l_jax.optimizers import lstm
 
-RESULTS = Path(__file__).parent / "results"
 #: (shipped optimizer, task options, evaluation seed, test tasks, steps reported);
 #: seeds and counts are those of benchmarks/quadratic.py and benchmarks/mnist.py.
 SETUPS = (
@@ -39,7 +34,7 @@ SETUPS = (
 def main() -> None:
     # No options; argparse gives --help (and refuses stray arguments) instead of running.
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    machine = f"{platform.machine()}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}"
+    machine = harness.describe_machine()
     print(machine)
     rows = []
     for name, options, seed, count, steps in SETUPS:
@@ -70,8 +65,7 @@ def main() -> None:
                 f"{row['max_per_task_abs_change']:.4f} apart)",
                 flush=True,
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bf16_state.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    harness.write_json(harness.RESULTS / "bf16_state.json", {"machine": machine, "rows": rows})
     lines = [
         "| optimizer | steps | tasks | mean loss, float32 state | mean loss, bfloat16 state | change | largest per-task difference |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -81,8 +75,9 @@ def main() -> None:
             f"| {r['optimizer']} | {r['steps']} | {r['tasks']} | {r['float32_mean_loss']:.4f} | "
             f"{r['bfloat16_mean_loss']:.4f} | {r['relative_change']:+.2%} | {r['max_per_task_abs_change']:.4f} |"
         )
-    (RESULTS / "bf16_state.md").write_text(
-        "\n".join(lines) + f"\n\nMachine: {machine}. Command: `python benchmarks/bf16_state.py`.\n"
+    harness.write_text(
+        harness.RESULTS / "bf16_state.md",
+        "\n".join(lines) + f"\n\nMachine: {machine}. Command: `{harness.command()}`.\n",
     )
 
 

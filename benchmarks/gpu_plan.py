@@ -1,7 +1,7 @@
 """What XLA plans for the GPU programs on an H100, compiled on a machine without a GPU.
 
-No machine that built this library had a GPU. XLA can compile for a GPU it does not
-have, from a description of the device (a deviceless compile), so this script compiles
+XLA can compile for a GPU it does not have, from a description of the device (a
+deviceless compile), so this script compiles
 the programs of the README's GPU runbook for an NVIDIA H100 80GB and prints what
 XLA:GPU plans for them:
 
@@ -21,6 +21,11 @@ preallocates 75% of the GPU by default: programs above ~59 GiB need
     pip install -e ".[gpu]"      # JAX's CUDA plugin; no GPU needed
     python benchmarks/gpu_plan.py
 
+``--ptxas-log FILE --warps W`` instead reads a log of ptxas' ``-v`` report (XLA's log
+with ``TF_CPP_VMODULE=subprocess_compilation=2``, from any compile, on a GPU or not)
+and prints each kernel's registers and spills as JSON, with the programs of W warps
+an H100 SM holds; it needs neither JAX nor its CUDA plugin.
+
 Results go to ``benchmarks/results/gpu_plan_h100.json`` (``--out`` to change),
 rewritten after every setting.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import re
 import sys
@@ -104,7 +110,13 @@ def parse_args() -> argparse.Namespace:
         help="Pallas kernel tilings to compile: coordinates a program x warps (default: 16..128 x 2, 4, 8)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_plan_h100.json")
+    parser.add_argument("--ptxas-log", type=Path, default=None, help="read this ptxas log instead of compiling")
+    parser.add_argument("--warps", type=int, default=None, help="warps a program, for --ptxas-log's programs per SM")
     args = parser.parse_args()
+    if (args.ptxas_log is None) != (args.warps is None):
+        parser.error("--ptxas-log and --warps go together")
+    if args.warps is not None and not 1 <= args.warps <= MAX_WARPS_PER_SM:
+        parser.error(f"--warps must be between 1 and {MAX_WARPS_PER_SM}")
     for name in ("batch_sizes", "horizons", "sizes"):
         if any(v < 1 for v in getattr(args, name)):
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -115,13 +127,19 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.ptxas_log is not None:
+        report = ptxas_report(args.ptxas_log.read_text())
+        for kernel in report.values():
+            kernel["programs_per_sm"] = programs_per_sm(kernel["registers"], args.warps)
+        print(json.dumps(report, indent=1))
+        return
     # Before JAX loads: the CUDA plugin must not look for a device (there is none),
     # and XLA's log must carry ptxas's register report.
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     os.environ["TF_CPP_VMODULE"] = "subprocess_compilation=2"
+    import harness
     import jax
-    from meta_training_speed import write_results
 
     try:
         from jax.experimental import topologies
@@ -133,22 +151,24 @@ def main() -> None:
             f'{str(error).splitlines()[0] if str(error) else ""}). Install it with: pip install -e ".[gpu]"'
         )
     planner = Planner(jax.sharding.Mesh(topology.devices, ("d",)))
-    results: dict[str, Any] = {
-        "device": "NVIDIA H100 80GB HBM3 (deviceless compile: a plan, nothing ran)",
-        "compiled_on": f"{os.uname().machine}, {os.cpu_count()} CPU cores, jax {jax.__version__}",
-        "device_memory_bytes": DEVICE_MEMORY_BYTES,
-        "command": " ".join(["python", "benchmarks/gpu_plan.py", *sys.argv[1:]]),
-    }
+    results = harness.Results(
+        args.out,
+        device="NVIDIA H100 80GB HBM3 (deviceless compile: a plan, nothing ran)",
+        compiled_on=harness.describe_machine(),
+        device_memory_bytes=DEVICE_MEMORY_BYTES,
+        command=harness.command(),
+    )
 
     def save(section: str) -> Callable[[dict], None]:
+        add = results.section(section)
+
         def on_row(row: dict) -> None:
-            results.setdefault(section, []).append(row)
-            write_results(args.out, results)
+            add(row)
             print(_line(section, row), flush=True)
 
         return on_row
 
-    print(results["device"], "| compiled on", results["compiled_on"], flush=True)
+    print(results.data["device"], "| compiled on", results.data["compiled_on"], flush=True)
     sections = {
         "kernel": lambda: kernel_rows(planner, args.kernel_tilings, save("kernel")),
         "update": lambda: update_rows(planner, args.sizes, save("update")),
@@ -158,7 +178,7 @@ def main() -> None:
     }
     for name in args.sections:
         sections[name]()
-    print(f"wrote {args.out}")
+    results.finish()
 
 
 class Planner:
@@ -206,10 +226,12 @@ class Planner:
                 compiled = lowered.compile(compiler_options=options)
         else:
             compiled = lowered.compile(compiler_options=options)
+        import harness
+
         m = compiled.memory_analysis()
-        planned = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+        planned = harness.compiled_memory(compiled)
         plan = {
-            "planned_bytes": int(planned),
+            "planned_bytes": planned,
             "temp_bytes": int(m.temp_size_in_bytes),
             "argument_bytes": int(m.argument_size_in_bytes),
             "donated_bytes": int(m.alias_size_in_bytes),
@@ -314,12 +336,10 @@ def kernel_rows(planner: Planner, tilings: list[tuple[int, int]], on_row: Callab
 
 def update_rows(planner: Planner, sizes: list[float], on_row: Callable[[dict], None]) -> None:
     """One donated update of a flat float32 vector per size: Adam, then each implementation and state dtype."""
+    import harness
     import jax
     import jax.numpy as jnp
     import optax
-    from update_speed import donated_update, minimal_bytes, state_bytes_per_param
-
-    from l2l_jax.optimizers import lstm
 
     for size in sizes:
         n = int(size)
@@ -329,66 +349,63 @@ def update_rows(planner: Planner, sizes: list[float], on_row: Callable[[dict], N
             if impl == "adam":
                 tx, state_bytes = optax.adam(1e-3), 8
             else:
-                opt = lstm(implementation=impl, state_dtype=dtype)
-                tx = opt.as_optax(opt.init(jax.random.key(0)))
-                state_bytes = state_bytes_per_param(opt, dtype)
+                tx, state_bytes = harness.learned(impl, dtype), harness.state_bytes_per_param(impl, dtype)
             state = jax.eval_shape(tx.init, params)
-            plan = planner.compile(donated_update(tx), params, state, params)
+            plan = planner.compile(harness.donated_update(tx), params, state, params)
             on_row(
                 {
                     "parameters": n,
                     "implementation": impl,
                     "state_dtype": dtype,
-                    "minimal_bytes": minimal_bytes(n, state_bytes),
+                    "minimal_bytes": harness.minimal_bytes(n, state_bytes),
                     **plan,
                 }
             )
 
 
 def fit_rows(planner: Planner, num_params: float, on_row: Callable[[dict], None]) -> None:
-    """``update_speed.py --fit``'s training step (forward, backward, update) for Adam, fused and Pallas."""
+    """``fit_wide_mlp.py``'s training step (forward, backward, update) for Adam, fused and Pallas."""
+    import harness
     import jax
     import jax.numpy as jnp
-    from update_speed import FIT_SCALE_TIMES_WIDTH, DeepMLP, fit_optimizer, fit_width, train_step
-
-    from l2l_jax.tasks.mnist import cross_entropy
 
     depth = 6
-    model = DeepMLP(fit_width(num_params, depth), depth)
-    x = jnp.zeros((128, model.width))
+    model = harness.fit_model(num_params, depth)
+    width = model.hidden[0]
+    x = jnp.zeros((128, width))
     y = jnp.zeros((128,), jnp.int32)
     params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
     n = sum(p.size for p in jax.tree.leaves(params))
     configs = [("adam", None)] + [(i, d) for i in ("fused", "pallas") for d in ("float32", "bfloat16")]
     for impl, dtype in configs:
-        tx = fit_optimizer(impl, dtype, FIT_SCALE_TIMES_WIDTH / model.width)
-        step = train_step(model, tx, x, y, cross_entropy)
+        tx = harness.fit_optimizer(impl, dtype, harness.FIT_SCALE_TIMES_WIDTH / width)
+        step = harness.train_step(model, tx, x, y)
         plan = planner.compile(step, params, jax.eval_shape(tx.init, params))
-        on_row({"model": f"MLP {model.width}x{depth} sigmoid", "parameters": n, "implementation": impl,
+        on_row({"model": f"MLP {width}x{depth} sigmoid", "parameters": n, "implementation": impl,
                 "state_dtype": dtype, **plan})  # fmt: skip
 
 
 def meta_step_rows(planner: Planner, batch_sizes: list[int], on_row: Callable[[dict], None]) -> None:
     """``meta_training_speed.py``'s meta-step per implementation, remat setting and task batch B."""
+    import harness
     import jax
-    from meta_training_speed import TRUNCATION, meta_step_fn
 
     for impl in ("reference", "fused", "pallas"):
         for remat in (False, True):
-            step, setup = meta_step_fn(impl, remat, TRUNCATION)
+            step, setup = harness.meta_step_fn(impl, remat, harness.TRUNCATION)
             for b in batch_sizes:
                 plan = planner.compile(step, *jax.eval_shape(functools.partial(setup, b)))
                 on_row({"implementation": impl, "remat": remat, "batch_size": b, **plan})
 
 
 def memory_rows(planner: Planner, horizons: list[int], batch_size: int, on_row: Callable[[dict], None]) -> None:
-    """``meta_training_speed.py --memory``: untruncated BPTT over ``horizons`` steps, per remat setting."""
+    """``meta_training_memory.py``: untruncated BPTT over ``horizons`` steps, per remat setting."""
+    import harness
     import jax
-    from meta_training_speed import meta_step_fn
 
     for remat in (False, True, "segments"):
         for horizon in horizons:
-            step, setup = meta_step_fn("fused", remat, horizon)
+            step, setup = harness.meta_step_fn("fused", remat, horizon)
             plan = planner.compile(step, *jax.eval_shape(functools.partial(setup, batch_size)))
             on_row({"horizon": horizon, "batch_size": batch_size, "remat": remat, **plan})
 

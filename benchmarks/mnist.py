@@ -23,37 +23,33 @@ initialisations; everything is then run on ``--test-inits`` other initialisation
 The same is repeated, with the LSTM trained on the base MLP, for 40 hidden units, two
 hidden layers, and ReLU.
 
-Writes ``benchmarks/results/mnist.{json,md}`` and ``mnist_<variant>.png``; ``--ship``
-also copies the trained optimizer into the package as ``mnist-lstm``.
+Writes ``mnist.{json,md}`` and ``mnist_<variant>.png`` into ``--results-dir``
+(default ``benchmarks/results``); ``--ship`` also copies the trained optimizer into
+the package as ``mnist-lstm``.
 
-    python benchmarks/mnist.py --ship          # about 80 minutes on 2 CPU cores
+    python benchmarks/mnist.py --ship          # meta-train, evaluate, ship
     python benchmarks/mnist.py --eval-only     # re-evaluate an existing run directory
-    python benchmarks/mnist.py --eval-only --shipped   # re-evaluate the shipped mnist-lstm (~10 min)
+    python benchmarks/mnist.py --eval-only --shipped   # re-evaluate the shipped mnist-lstm
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
-import jax
+import harness
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 from l2l_jax.meta import MetaTrainConfig, meta_train
-from l2l_jax.meta import run_directory as rd
-
-RESULTS = Path(__file__).parent / "results"
 
 CONFIG = MetaTrainConfig(
     task="mnist",
@@ -206,6 +202,7 @@ def main() -> None:
         help="with --eval-only: evaluate the shipped 'mnist-lstm' instead of a run directory",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=harness.RESULTS, help="where the results files go")
     args = parser.parse_args()
     if args.shipped and not args.eval_only:
         parser.error("--shipped evaluates the shipped optimizer: use it with --eval-only")
@@ -241,7 +238,7 @@ def main() -> None:
         optimizer, phi = pretrained.load_meta_params("mnist-lstm")
         shipped = pretrained.info("mnist-lstm")
         config, finetune = MetaTrainConfig.from_dict(shipped["stage1"]), shipped["training_config"]
-        training = _training_of_shipped(shipped, RESULTS / "mnist.json")  # read before it is rewritten
+        training = _training_of_shipped(shipped, args.results_dir / "mnist.json")  # read before it is rewritten
     else:
         optimizer, phi = pretrained.load_meta_params(finetune_dir)
         finetune = FINETUNE.to_dict()
@@ -257,22 +254,21 @@ def main() -> None:
         }
 
     all_rows, data = [], None
-    RESULTS.mkdir(exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     for name, options in VARIANTS.items():
         rows, curves, data = evaluate_variant(name, options, optimizer, phi, args.tune_inits, args.test_inits, progress)
         all_rows += rows
         slug = name.split(" ")[0].lower()
         plot_loss_curves(
-            curves, RESULTS / f"mnist_{slug}.png", title=f"MNIST MLP, {name}: mean of {args.test_inits} inits"
+            curves, args.results_dir / f"mnist_{slug}.png", title=f"MNIST MLP, {name}: mean of {args.test_inits} inits"
         )
         print(table(rows), flush=True)
     eval_seconds = time.perf_counter() - t1
 
     summary = {
-        "command": " ".join(["python benchmarks/mnist.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores",
-        "jax": jax.__version__,
+        "command": harness.command(),
+        "machine": harness.describe_machine(),
         "data": data,
         "config": config.to_dict(),
         "finetune_config": finetune,
@@ -282,16 +278,17 @@ def main() -> None:
         "test_inits": args.test_inits,
         "rows": all_rows,
     }
-    (RESULTS / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
+    harness.write_json(args.results_dir / "mnist.json", summary, indent=2)
     stages = training["stage_seconds"]
     trained = (
         f"Meta-training: {sum(stages) / 60:.1f} min (stage 1 {stages[0] / 60:.1f}, stage 2 {stages[1] / 60:.1f})"
         if stages
         else "Meta-training: not timed in this run"
     )
-    (RESULTS / "mnist.md").write_text(
+    harness.write_text(
+        args.results_dir / "mnist.md",
         f"{table(all_rows)}\n\nData: {describe_data(data)}\n\n{trained}; evaluation {eval_seconds / 60:.1f} min "
-        f"on {summary['machine']}. Command: `{summary['command']}`.\n"
+        f"on {summary['machine']}. Command: `{summary['command']}`.\n",
     )
     # The evaluation travels with the optimizer it describes (pretrained.info shows it),
     # but the package's copy only takes the full evaluation.

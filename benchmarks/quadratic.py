@@ -9,25 +9,21 @@ held-out quadratics for 100 steps.
 Writes ``benchmarks/results/quadratic.{json,md,png}``, which the README quotes.
 ``--ship`` also copies the trained optimizer into the package as ``quadratic-lstm``.
 
-    python benchmarks/quadratic.py            # ~5 minutes on 2 CPU cores
+    python benchmarks/quadratic.py --ship
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shutil
 import time
 from pathlib import Path
 
-import jax
+import harness
 
 from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
 from l2l_jax.evaluation import evaluate_run
 from l2l_jax.meta import MetaTrainConfig, meta_train
-
-RESULTS = Path(__file__).parent / "results"
 
 CONFIG = MetaTrainConfig(
     task="quadratic",
@@ -66,25 +62,23 @@ def main() -> None:
     lstm = by_name["learned lstm"]["mean_final_loss"]
     adam = by_name["adam"]["mean_final_loss"]
     summary = {
-        "command": "python benchmarks/quadratic.py" + (" --ship" if args.ship else ""),
-        "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
-        f"{__import__('os').cpu_count()} CPU cores",
-        "jax": jax.__version__,
+        "command": harness.command(),
+        "machine": harness.describe_machine(),
         "config": config.to_dict(),
         "meta_training_seconds": train_seconds,
         "best_val_loss": result.best_val,
-        "best_step": int(json.loads((args.run_dir / "optimizer.json").read_text())["best_step"]),
+        "best_step": int(rd.read_json(args.run_dir / rd.OPTIMIZER_META)["best_step"]),
         "skipped_meta_steps": result.skipped,
         "lstm_over_adam_final_loss": lstm / adam,
-        **json.loads((args.run_dir / "evaluation.json").read_text()),
+        **rd.read_json(args.run_dir / rd.EVALUATION_JSON),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quadratic.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RESULTS / "quadratic.md").write_text(
+    harness.write_json(harness.RESULTS / "quadratic.json", summary, indent=2)
+    harness.write_text(
+        harness.RESULTS / "quadratic.md",
         f"{comparison.table()}\n\nLearned LSTM / tuned Adam mean final loss: {lstm / adam:.3f}. "
-        f"Meta-training: {train_seconds:.0f} s on {summary['machine']}.\n"
+        f"Meta-training: {train_seconds:.0f} s on {summary['machine']}.\n",
     )
-    shutil.copy(args.run_dir / "loss_curves.png", RESULTS / "quadratic.png")
+    rd.write_atomic(harness.RESULTS / "quadratic.png", (args.run_dir / "loss_curves.png").read_bytes())
     print(comparison.table())
     print(f"\nlearned LSTM / tuned Adam: {lstm / adam:.3f}; meta-training took {train_seconds:.0f} s")
     if args.ship:

@@ -19,21 +19,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import l2l_jax
 from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, DataError, L2LError, Terminated
 from l2l_jax.evaluation import report
+from l2l_jax.evaluation.plots import plot_meta_training
 from l2l_jax.meta.training import META_LR_SCHEDULES, META_OPTIMIZERS, MetaTrainConfig, meta_train
 from l2l_jax.meta.unroll import WEIGHTINGS
+from l2l_jax.version import __version__
 
 #: The top-level ``--help`` text (plain words: argparse prints it as is).
 DESCRIPTION = (
     "l2l-jax: meta-train learned optimizers (Andrychowicz et al., 2016) and compare them with tuned baselines."
 )
 
-#: The demo's meta-training run: the paper's LSTM on 10-d quadratics, sized to
-#: finish in a few minutes on a CPU.
+#: The demo's meta-training run: the paper's LSTM on 10-d quadratics.
 DEMO_CONFIG: dict[str, Any] = {
     "task": "quadratic",
     "task_options": {"dim": 10},
@@ -106,8 +107,6 @@ def _evaluate_run(
     task: str | None = None,
 ) -> str:
     """Compares a run's optimizer with tuned baselines; returns the table and where files went."""
-    from l2l_jax.meta import run_directory as rd
-
     comparison = report.evaluate_run(
         run_dir,
         num_tasks=num_tasks,
@@ -167,6 +166,13 @@ def _train(
     if steps_run == 0:
         print(f"nothing to do: the run in {run_dir} has finished all {total} meta-steps")
         return result
+    with rd.lock(run_dir):
+        plot_meta_training(
+            result.history,
+            run_dir / rd.PLOT,
+            weighting=config.weighting,
+            title=f"meta-training {config.optimizer} on {config.task}",
+        )
     best = f"best validation meta-loss {result.best_val:.4g}" if math.isfinite(result.best_val) else "no validation yet"
     seconds = time.perf_counter() - started[0] if started else 0.0
     print(
@@ -189,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """``meta-train``'s options as a :class:`MetaTrainConfig` dict (not yet validated)."""
+    """``meta-train``'s options as a ``MetaTrainConfig`` dict (not yet validated)."""
     optimizer_options = _parse_options(args.optimizer_option, "--optimizer-option")
     if args.preset is not None:
         if args.optimizer != "lstm":
@@ -258,10 +264,10 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
     import numpy as np
 
     with jax.enable_x64(True):  # The example's figures are exact in float64.
-        from l2l_jax import worked_example
+        from l2l_jax.examples import worked_example
 
         result = worked_example.compute()
-        losses, phis = worked_example.meta_train(num_meta_steps=args.meta_steps)
+        losses, phis = worked_example.meta_descent(num_meta_steps=args.meta_steps)
     result["adam_meta_training"] = {
         "meta_lr": 0.01,
         "meta_steps": args.meta_steps,
@@ -304,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``l2l-jax`` argument parser; every option's help shows its default."""
     d = CONFIG_DEFAULTS
     parser = argparse.ArgumentParser(prog="l2l-jax", description=DESCRIPTION, formatter_class=_HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {l2l_jax.__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -408,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks-per-chunk",
         type=int,
         default=d["tasks_per_chunk"],
-        help="unroll the batch in sequential chunks of this many tasks (1 is fastest on a CPU; default: all at once)",
+        help="unroll the batch in sequential chunks of this many tasks (default: all at once)",
     )
     mt.add_argument(
         "--steps-per-call",
@@ -475,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
       The exit status: 0, or 2 for an error a user can cause (printed as one
       line). An interrupted command (Ctrl-C: 130, SIGTERM: 143) raises
-      :class:`Interrupted` (a ``SystemExit``), or, run as the program, exits
+      ``Interrupted`` (a ``SystemExit``), or, run as the program, exits
       at once with that status.
     """
     args = build_parser().parse_args(argv)

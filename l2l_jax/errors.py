@@ -1,13 +1,11 @@
 """Exceptions raised by l2l-jax.
 
-Every error a user can cause by bad input is an :class:`L2LError`, so the command
+Every error a user can cause by bad input is an ``L2LError``, so the command
 line can print its message without a traceback. Each one also derives from the
 matching built-in exception, so ``except ValueError`` keeps working.
 """
 
 from __future__ import annotations
-
-import numbers
 
 
 class L2LError(Exception):
@@ -56,33 +54,10 @@ class MetaTrainingError(L2LError, RuntimeError):
 class Terminated(KeyboardInterrupt):
     """Raised by meta-training on SIGTERM, after saving a checkpoint (as Ctrl-C does).
 
-    A subclass of :class:`KeyboardInterrupt`, so code that handles Ctrl-C handles
+    A subclass of ``KeyboardInterrupt``, so code that handles Ctrl-C handles
     this too; ``signum`` is the signal's number.
     """
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by signal {signum}")
         self.signum = signum
-
-
-def positive_int(name: str, value: object) -> int:
-    """``value`` as an int, or :class:`ConfigError` naming ``name`` if it is not a positive integer."""
-    ok = not isinstance(value, bool) and (
-        isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-    )
-    if not ok or int(value) < 1:  # type: ignore[call-overload]
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)  # type: ignore[call-overload]
-
-
-def finite_float(name: str, value: object) -> float:
-    """``value`` as a finite float, or :class:`ConfigError` naming ``name`` (strings and bools are refused)."""
-    if isinstance(value, (str, bytes, bool)) or type(value).__name__ == "bool_":
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if x != x or x in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    return x

@@ -8,6 +8,10 @@ nor read a data directory of the user's, and the user cache directory
 Notebooks 02 and 03 meta-train and tune baselines for a minute or more each: they are
 marked ``slow`` (CI's full run executes them, as does ``pytest -m slow``); the
 worked example (01) and the Flax loops (04) run by default.
+
+The notebooks' jupytext sources (``*.py`` beside this file) are not test modules: pytest does not
+collect them (``--doctest-modules`` would import, and so run, each of them in the test
+process). ``tests/test_notebooks_in_sync.py`` checks that they match the notebooks.
 """
 
 from pathlib import Path
@@ -16,6 +20,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 SLOW = {"02_quadratics.ipynb", "03_mnist.ipynb"}
+collect_ignore = sorted(p.name for p in HERE.glob("*.py") if p.name != "conftest.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

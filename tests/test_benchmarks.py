@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
-SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "harness.py")
 
 
 def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -38,11 +39,12 @@ def run_for_rows(tmp_path: Path, name: str, key: str, *options: str) -> tuple[su
 
 
 def run_fit(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    return run_for_rows(tmp_path, "update_speed.py", "fit", "--fit", *options)
+    return run_for_rows(tmp_path, "fit_wide_mlp.py", "fit", *options)
 
 
 def test_there_are_benchmark_scripts():
-    assert {"mnist.py", "update_speed.py", "bf16_state.py"} <= set(SCRIPTS)
+    assert {"mnist.py", "update_speed.py", "fit_wide_mlp.py", "bf16_state.py", "gpu_plan.py"} <= set(SCRIPTS)
+    assert "harness.py" not in SCRIPTS  # the scripts' shared module, not a script
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -70,13 +72,76 @@ def test_mnist_refuses_contradictory_options(args, message):
     assert message in out.stderr
 
 
-def test_fit_mode_trains_a_model_of_the_asked_size(tmp_path):
-    _, rows = run_fit(tmp_path, "2e4", "--fit-steps", "3", "--implementations", "fused", "--state-dtypes", "float32")
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("fit_wide_mlp.py", ["10"], "at least 100 parameters"),
+        ("fit_wide_mlp.py", ["1e4", "--steps", "0"], "--steps: must be at least 1, got 0"),
+        ("update_speed.py", ["--repeats", "0"], "--repeats: must be at least 1, got 0"),
+        ("update_memory.py", ["--sizes", "1e6", "0.5"], "--sizes: must be at least 1, got 0.5"),
+        ("meta_training_speed.py", ["--tasks-per-chunk", "0"], "neither 'all' nor a positive number"),
+        ("meta_train_runs.py", ["--meta-steps", "4", "--steps-per-call", "4"], "--meta-steps must exceed"),
+    ],
+)
+def test_scripts_refuse_options_that_cannot_run(tmp_path, name, args, message):
+    out = run_script(name, *args, "--out", str(tmp_path / "result.json"), timeout=300)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_update_speed_writes_a_row_per_setting_with_the_machine_and_the_command(tmp_path):
+    options = ["--sizes", "1000", "--implementations", "fused", "--state-dtypes", "float32", "bfloat16",
+               "--transformer", "", "--repeats", "2"]  # fmt: skip
+    out, rows = run_for_rows(tmp_path, "update_speed.py", "updates", *options)
+    results = json.loads((tmp_path / "result.json").read_text())
+    command = ["python", "benchmarks/update_speed.py", *options, "--out", str(tmp_path / "result.json")]
+    assert results["command"] == shlex.join(command)
+    assert "CPU cores" in results["machine"] and "jax" in results["machine"]
+    assert out.stdout.startswith(results["machine"])
+    assert results["train_steps"] == []
+    assert [(r["parameters"], r["state_dtype"]) for r in rows] == [(1000, "float32"), (1000, "bfloat16")]
+    for row in rows:
+        assert row["seconds"] > 0 and row["adam_seconds"] > 0
+        assert row["ratio_to_adam"] == pytest.approx(row["seconds"] / row["adam_seconds"])
+    # Read gradient and parameters, write parameters, read and write 2 layers x (h, c) x 20 units.
+    assert rows[0]["minimal_bytes"] == 1000 * (3 * 4 + 2 * 80 * 4)
+    assert rows[1]["minimal_bytes"] == 1000 * (3 * 4 + 2 * 80 * 2)
+
+
+def test_update_memory_plans_the_update_without_running_it(tmp_path):
+    _, rows = run_for_rows(
+        tmp_path, "update_memory.py", "memory", "--sizes", "1e5", "--implementations", "fused", "--state-dtypes",
+        "float32",
+    )  # fmt: skip
+    (row,) = rows
+    assert (row["parameters"], row["implementation"], row["state_dtype"]) == (100000, "fused", "float32")
+    # At least the parameters, the gradient and the 80 state floats a parameter.
+    assert row["bytes"] >= 100000 * (2 + 80) * 4 > row["adam_bytes"] >= 100000 * 4 * 4
+
+
+def test_a_setting_that_runs_out_of_memory_is_a_result_and_the_run_goes_on(tmp_path):
+    # 1e12 parameters: allocating their gradient fails at once with XLA's RESOURCE_EXHAUSTED.
+    out, rows = run_for_rows(
+        tmp_path, "update_meta_gradient.py", "meta_gradients", "--sizes", "1e12", "1000", "--implementations",
+        "fused", "--repeats", "1",
+    )  # fmt: skip
+    too_large, small = rows
+    assert too_large["parameters"] == 10**12 and too_large["implementation"] == "fused"
+    assert too_large["out_of_memory"].startswith("RESOURCE_EXHAUSTED") and "seconds" not in too_large
+    assert small["parameters"] == 1000 and small["seconds"] > 0 and "out_of_memory" not in small
+    assert out.stdout.count("out of memory") == 1
+
+
+def test_fit_trains_a_model_of_the_asked_size(tmp_path):
+    _, rows = run_fit(tmp_path, "2e4", "--steps", "3", "--implementations", "fused", "--state-dtypes", "float32")
     assert [(r["implementation"], r["state_dtype"]) for r in rows] == [("adam", None), ("fused", "float32")]
     for row in rows:
         assert abs(row["parameters"] / 2e4 - 1) < 0.15
-        assert row["steps"] == 3 and row["seconds_per_step"] > 0 and row["planned_bytes"] > 0
-        for loss in (row["first_loss"], row["last_loss"]):
+        assert row["steps"] == 3 and len(row["losses"]) == 3 and row["seconds_per_step"] > 0
+        assert row["planned_bytes"] > 0
+        assert (row["first_loss"], row["last_loss"]) == (row["losses"][0], row["losses"][-1])
+        for loss in row["losses"]:
             assert math.isfinite(loss) and 0 < loss < 10
     # Same model, same data, same initialisation: the first loss is the same for both.
     assert rows[0]["first_loss"] == pytest.approx(rows[1]["first_loss"], rel=1e-6)
@@ -85,28 +150,21 @@ def test_fit_mode_trains_a_model_of_the_asked_size(tmp_path):
     assert rows[1]["update_scale"] == pytest.approx(32 / rows[1]["width"])
 
 
-@pytest.mark.slow  # --fit itself: test_fit_mode_trains_a_model_of_the_asked_size
-def test_fit_mode_takes_an_explicit_update_scale(tmp_path):
+@pytest.mark.slow  # the fit itself: test_fit_trains_a_model_of_the_asked_size
+def test_fit_takes_an_explicit_update_scale(tmp_path):
     _, (_, row) = run_fit(
-        tmp_path, "1e3", "--fit-steps", "1", "--implementations", "fused", "--state-dtypes", "bfloat16",
-        "--fit-update-scale", "0.5",
+        tmp_path, "1e3", "--steps", "1", "--implementations", "fused", "--state-dtypes", "bfloat16",
+        "--update-scale", "0.5",
     )  # fmt: skip
     assert row["update_scale"] == 0.5 and row["state_dtype"] == "bfloat16"
     assert row["seconds_per_step"] > 0 and row["compile_seconds"] > 0  # compiled before the timed step
 
 
-def test_fit_mode_refuses_a_model_too_small():
-    out = run_script("update_speed.py", "--fit", "10")
-    assert out.returncode == 2
-    assert "--fit needs at least 100 parameters" in out.stderr
-
-
-@pytest.mark.slow  # the logic: test_only_out_of_memory_is_turned_into_a_result
-def test_a_setting_that_does_not_fit_in_memory_is_recorded_and_the_run_goes_on(tmp_path):
+@pytest.mark.slow  # out of memory as a result: test_a_setting_that_runs_out_of_memory_is_a_result_and_the_run_goes_on
+def test_a_fit_that_does_not_fit_in_memory_is_recorded_and_the_run_goes_on(tmp_path):
     # 1e13 parameters: the allocation fails at once with XLA's RESOURCE_EXHAUSTED.
     out, rows = run_fit(
-        tmp_path, "1e13", "--fit-depth", "100", "--fit-steps", "1", "--implementations", "fused",
-        "--state-dtypes", "float32",
+        tmp_path, "1e13", "--depth", "100", "--steps", "1", "--implementations", "fused", "--state-dtypes", "float32",
     )  # fmt: skip
     assert [r["implementation"] for r in rows] == ["adam", "fused"]
     for row in rows:
@@ -115,33 +173,8 @@ def test_a_setting_that_does_not_fit_in_memory_is_recorded_and_the_run_goes_on(t
     assert out.stdout.count("out of memory") == 2
 
 
-def test_only_out_of_memory_is_turned_into_a_result(monkeypatch):
-    import jax
-
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from meta_training_speed import measure_unless_out_of_memory
-
-    setting = {"batch_size": 4}
-    assert measure_unless_out_of_memory(setting, lambda b: {"b": b}, 3) == {"b": 3}
-
-    def out_of_memory():
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.")
-
-    row = measure_unless_out_of_memory(setting, out_of_memory)
-    assert row == {
-        "batch_size": 4,
-        "out_of_memory": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.",
-    }
-
-    def other_error():
-        raise jax.errors.JaxRuntimeError("INVALID_ARGUMENT: shapes do not match")
-
-    with pytest.raises(jax.errors.JaxRuntimeError, match="INVALID_ARGUMENT"):
-        measure_unless_out_of_memory(setting, other_error)
-
-
 @pytest.mark.slow  # its meta-step: test_gpu_lowering.py lowers it at every implementation
-def test_meta_training_throughput_mode_writes_a_row_per_setting(tmp_path):
+def test_meta_training_throughput_writes_a_row_per_setting(tmp_path):
     _, rows = run_for_rows(
         tmp_path, "meta_training_speed.py", "rows", "--batch-sizes", "1", "--tasks-per-chunk", "all",
         "--implementations", "fused", "--steps", "2", "--data-dir", str(MNIST_FIXTURE),
@@ -151,47 +184,63 @@ def test_meta_training_throughput_mode_writes_a_row_per_setting(tmp_path):
         assert row["meta_loss_finite"] and row["optimizee_steps_per_second"] > 0
 
 
-def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_training(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from mnist import CONFIG, FINETUNE, _training_of_shipped
+@pytest.mark.slow  # the meta-gradients themselves: test_fast_paths.py
+def test_meta_gradient_times_the_backward_pass_of_each_implementation(tmp_path):
+    # Larger than one CPU block, so that the fused step's blocked backward pass runs.
+    _, rows = run_for_rows(
+        tmp_path, "update_meta_gradient.py", "meta_gradients", "--sizes", "40000",
+        "--implementations", "reference", "fused", "--repeats", "1",
+    )  # fmt: skip
+    assert [(r["parameters"], r["implementation"]) for r in rows] == [(40000, "reference"), (40000, "fused")]
+    assert all(r["seconds"] > 0 for r in rows)
 
-    shipped = {"stage1": CONFIG.to_dict(), "training_config": FINETUNE.to_dict(), "best_step": 300}
+
+def mnist_training_kept(tmp_path: Path, earlier: dict) -> dict:
+    """The training figures ``mnist.py --eval-only --shipped`` writes, given an earlier ``mnist.json``."""
+    results = tmp_path / "results"
+    results.mkdir(parents=True)
+    (results / "mnist.json").write_text(json.dumps(earlier))
+    out = run_script(
+        "mnist.py", "--eval-only", "--shipped", "--tune-inits", "1", "--test-inits", "1", "--no-progress",
+        "--results-dir", str(results),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "not written into" in out.stdout  # a partial evaluation leaves the package alone
+    written = json.loads((results / "mnist.json").read_text())
+    fields = ("meta_training_seconds", "stage_seconds", "meta_training_wall_seconds", "best_step", "finetune_best_step")
+    return {k: written[k] for k in fields}
+
+
+@pytest.mark.slow  # a whole (tiny) evaluation of the shipped optimizer on four MLP variants
+def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_training(tmp_path):
+    from l2l_jax import pretrained
+
+    shipped = pretrained.info("mnist-lstm")
     earlier = {
-        "config": CONFIG.to_dict(),
-        "finetune_config": {k: v for k, v in FINETUNE.to_dict().items() if k != "tasks_per_chunk"},
-        "finetune_best_step": 300,
+        "config": shipped["stage1"],
+        # A config written before a field existed still describes the same training.
+        "finetune_config": {k: v for k, v in shipped["training_config"].items() if k != "tasks_per_chunk"},
+        "finetune_best_step": shipped["best_step"],
         "meta_training_seconds": 2625.4,
         "stage_seconds": [1779.3, 846.1],
         "meta_training_wall_seconds": None,
         "best_step": 3900,
     }
-    previous = tmp_path / "mnist.json"
-    previous.write_text(json.dumps(earlier))
-    # A config written before a field existed still describes the same training.
-    training = _training_of_shipped(shipped, previous)
-    assert training["stage_seconds"] == [1779.3, 846.1] and training["best_step"] == 3900
-    assert training["finetune_best_step"] == 300
-
-    previous.write_text(json.dumps({**earlier, "finetune_best_step": 275}))
-    assert _training_of_shipped(shipped, previous) == {
+    assert mnist_training_kept(tmp_path / "same", earlier) == {
+        "meta_training_seconds": 2625.4,
+        "stage_seconds": [1779.3, 846.1],
+        "meta_training_wall_seconds": None,
+        "best_step": 3900,
+        "finetune_best_step": shipped["best_step"],
+    }
+    other = {**earlier, "finetune_best_step": shipped["best_step"] + 1}
+    assert mnist_training_kept(tmp_path / "other", other) == {
         "meta_training_seconds": None,
         "stage_seconds": None,
         "meta_training_wall_seconds": None,
         "best_step": None,
-        "finetune_best_step": 300,
+        "finetune_best_step": shipped["best_step"],
     }
-    assert _training_of_shipped(shipped, tmp_path / "absent.json")["stage_seconds"] is None
-
-
-@pytest.mark.slow  # the meta-gradients themselves: test_fast_paths.py
-def test_meta_gradient_mode_times_the_backward_pass_of_each_implementation(tmp_path):
-    # Larger than one CPU block, so that the fused step's blocked backward pass runs.
-    _, rows = run_for_rows(
-        tmp_path, "update_speed.py", "meta_gradients", "--meta-gradient", "--sizes", "40000",
-        "--implementations", "reference", "fused", "--repeats", "1",
-    )  # fmt: skip
-    assert [(r["parameters"], r["implementation"]) for r in rows] == [(40000, "reference"), (40000, "fused")]
-    assert all(r["seconds"] > 0 for r in rows)
 
 
 # gpu_plan.py compiles for an H100 with JAX's CUDA plugin, which CI does not install:
@@ -209,15 +258,23 @@ ptxas info    : Used 255 registers, used 1 barriers, 8192 bytes smem
 """
 
 
-def test_gpu_plan_reads_each_kernels_registers_and_spills_from_xlas_ptxas_log(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from gpu_plan import ptxas_report
+def ptxas_report(tmp_path: Path, log: str, warps: int) -> dict:
+    """``gpu_plan.py --ptxas-log``'s report of ``log`` (no JAX, no CUDA plugin needed)."""
+    path = tmp_path / "ptxas.log"
+    path.write_text(log)
+    out = run_script("gpu_plan.py", "--ptxas-log", str(path), "--warps", str(warps), timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
-    assert ptxas_report(PTXAS_LOG) == {
-        "loop_pad_fusion": {"registers": 10, "spill_store_bytes": 0, "spill_load_bytes": 0},
-        "coordinatewise_lstm_step": {"registers": 255, "spill_store_bytes": 16, "spill_load_bytes": 24},
-    }
-    assert ptxas_report("no compiler output") == {}
+
+def test_gpu_plan_reads_each_kernels_registers_and_spills_from_xlas_ptxas_log(tmp_path):
+    assert ptxas_report(tmp_path, PTXAS_LOG, warps=8) == {
+        "loop_pad_fusion": {"registers": 10, "spill_store_bytes": 0, "spill_load_bytes": 0, "programs_per_sm": 8},
+        "coordinatewise_lstm_step": {
+            "registers": 255, "spill_store_bytes": 16, "spill_load_bytes": 24, "programs_per_sm": 1,
+        },
+    }  # fmt: skip
+    assert ptxas_report(tmp_path, "no compiler output", warps=8) == {}
 
 
 @pytest.mark.parametrize(
@@ -232,11 +289,15 @@ def test_gpu_plan_reads_each_kernels_registers_and_spills_from_xlas_ptxas_log(mo
         (16, 1, 32),  # the limit of 32 blocks an SM
     ],
 )
-def test_gpu_plan_counts_the_programs_an_sm_holds_by_registers_and_warps(monkeypatch, registers, warps, programs):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from gpu_plan import programs_per_sm
+def test_gpu_plan_counts_the_programs_an_sm_holds_by_registers_and_warps(tmp_path, registers, warps, programs):
+    log = PTXAS_LOG.replace("Used 255 registers", f"Used {registers} registers")
+    assert ptxas_report(tmp_path, log, warps)["coordinatewise_lstm_step"]["programs_per_sm"] == programs
 
-    assert programs_per_sm(registers, warps) == programs
+
+def test_gpu_plan_reads_a_ptxas_log_only_for_a_number_of_warps(tmp_path):
+    out = run_script("gpu_plan.py", "--ptxas-log", str(tmp_path / "ptxas.log"), timeout=300)
+    assert out.returncode == 2
+    assert "--ptxas-log and --warps go together" in out.stderr
 
 
 def test_gpu_plan_without_the_cuda_plugin_says_how_to_install_it(tmp_path):

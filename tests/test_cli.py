@@ -45,6 +45,7 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
     argv = ["meta-train", "--task", "quadratic", *TINY, "--steps-per-call", "3", "--tasks-per-chunk", "2"]
     assert cli.main([*argv, "--run-dir", str(run)]) == 0
     assert (run / "optimizer.msgpack").is_file()
+    assert (run / "meta_training.png").stat().st_size > 1000  # The CLI plots the run.
     assert json.loads((run / "config.json").read_text())["tasks_per_chunk"] == 2
     code = cli.main(["evaluate", str(run), "--tasks", "8", "--tune-tasks", "8", "--steps", "10", "--no-progress"])
     assert code == 0
@@ -73,7 +74,7 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
         (["meta-train", "--task-option", "dim=abc", "--run-dir", "X"], "dim) must be a positive integer"),
         (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
         (["seed-example", "--meta-steps", "0"], "num_meta_steps must be a positive integer"),
-        (["evaluate", "RUN", "--steps", "0"], "at least one step"),
+        (["evaluate", "RUN", "--steps", "0"], "num_steps must be a positive integer"),
     ],
 )
 def test_bad_input_prints_one_clear_line(argv, message, tmp_path, capsys):

@@ -1,14 +1,14 @@
 """The GPU programs lower for CUDA, checked on a machine without a GPU.
 
-No machine that built this library had a GPU. So the programs that the README's GPU
-runbook runs are lowered here for the ``cuda`` platform with :func:`jax.export.export`,
-at the shapes the benchmarks use (abstract arrays, nothing is allocated):
+The programs that the GPU benchmarks run are built here from the library and lowered
+for the ``cuda`` platform with :func:`jax.export.export`, at the shapes the benchmarks
+use (abstract arrays, nothing is allocated):
 
 * the Pallas kernel;
-* the drop-in update;
-* ``benchmarks/meta_training_speed.py``'s meta-step at B = 256 and its 1000-step
-  memory program;
-* ``benchmarks/update_speed.py --fit 1e8``'s training step.
+* the drop-in update on ``benchmarks/update_speed.py``'s default transformer tree;
+* ``benchmarks/meta_training_speed.py``'s meta-step at B = 256 and
+  ``benchmarks/meta_training_memory.py``'s 1000-step program;
+* ``benchmarks/fit_wide_mlp.py 1e8``'s training step.
 
 A pass means they trace and lower, the Triton kernel included, with the kernel where
 it belongs. It does not mean they compile or run: that, and their speed and memory,
@@ -17,24 +17,26 @@ need a GPU.
 
 from __future__ import annotations
 
-import importlib
+import functools
 import re
 from pathlib import Path
-from types import ModuleType
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.export import DisabledSafetyCheck
 
+from l2l_jax import tasks
+from l2l_jax.meta import init_inner, meta_value_and_grad
 from l2l_jax.optimizers import lstm
 from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights
 from l2l_jax.optimizers.lstm_pallas import NUM_WARPS, lstm_step_pallas
+from l2l_jax.tasks.mnist import MLP, cross_entropy
 
 #: The custom call of a Pallas kernel lowered with Triton.
 TRITON = "__gpu$xla.gpu.triton"
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 #: MNIST pixels for the benchmark's task family (lowering needs only their shapes).
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
 
@@ -54,11 +56,28 @@ def kernel_calls(module: str) -> list[str]:
     return [line for line in module.splitlines() if f"@{TRITON}(" in line]
 
 
-def benchmark(name: str) -> ModuleType:
-    """A script of ``benchmarks/`` as a module (they import each other by name)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))
-        return importlib.import_module(name)
+def pallas_tx() -> optax.GradientTransformation:
+    optimizer = lstm(implementation="pallas")
+    return optimizer.as_optax(optimizer.init(jax.random.key(0)))
+
+
+def meta_step(implementation: str, remat: bool | str, num_steps: int, batch_size: int):
+    """The paper's MNIST meta-step (meta-gradient + Adam on φ, buffers donated) and its abstract inputs."""
+    optimizer = lstm(implementation=implementation)
+    family = tasks.get("mnist", data_dir=str(MNIST_FIXTURE))
+    meta_tx = optax.adam(1e-3)
+
+    @functools.partial(jax.jit, donate_argnums=(1, 2))
+    def step(phi, meta_state, inner):
+        (loss, (inner, _)), grads = meta_value_and_grad(phi, optimizer, family, inner, num_steps, remat=remat)
+        updates, meta_state = meta_tx.update(grads, meta_state, phi)
+        return optax.apply_updates(phi, updates), meta_state, inner, loss
+
+    def inputs():
+        phi = optimizer.init(jax.random.key(0))
+        return phi, meta_tx.init(phi), init_inner(optimizer, phi, family, jax.random.key(1), batch_size)
+
+    return step, jax.eval_shape(inputs)
 
 
 def abstract_cell(n: int, state_dtype=jnp.float32, hidden: int = 20, layers: int = 2, features: int = 2):
@@ -100,12 +119,16 @@ def test_on_a_cpu_the_same_step_is_interpreted_and_no_platform_conditional_is_le
 
 
 def test_the_drop_in_update_lowers_for_cuda_with_one_kernel_per_leaf():
-    update_speed = benchmark("update_speed")
-    # The benchmark's transformer tree at its default --transformer 256,4,8192 (5.2M parameters, 26 leaves).
-    shapes = update_speed.transformer_tree(d=256, layers=4, vocab=8192)
-    params = jax.eval_shape(lambda: update_speed.make_params(shapes, jax.random.key(0)))
-    optimizer = lstm(implementation="pallas")
-    tx = optimizer.as_optax(optimizer.init(jax.random.key(0)))
+    # update_speed.py's transformer tree at its default --transformer 256,4,8192 (5.2M parameters, 26 leaves).
+    d, vocab = 256, 8192
+    block = {"qkv": (d, 3 * d), "proj": (d, d), "mlp_in": (d, 4 * d), "mlp_out": (4 * d, d), "norm_1": (d,),
+             "norm_2": (d,)}  # fmt: skip
+    shapes = {"embed": (vocab, d), "final_norm": (d,), **{f"block_{i}": block for i in range(4)}}
+    params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shapes, is_leaf=lambda x: isinstance(x, tuple)
+    )
+    assert sum(p.size for p in jax.tree.leaves(params)) == 5_245_184
+    tx = pallas_tx()
     state = jax.eval_shape(tx.init, params)
 
     @jax.jit
@@ -117,17 +140,20 @@ def test_the_drop_in_update_lowers_for_cuda_with_one_kernel_per_leaf():
 
 
 def test_the_100m_parameter_training_step_of_the_runbook_lowers_for_cuda():
-    update_speed = benchmark("update_speed")
-    from l2l_jax.tasks.mnist import cross_entropy
-
-    model = update_speed.DeepMLP(update_speed.fit_width(1e8, 6), 6)
-    x = jnp.zeros((128, model.width))
+    # fit_wide_mlp.py 1e8: 6 sigmoid layers of 4080 units, batch 128.
+    model = MLP(hidden=(4080,) * 6, activation="sigmoid")
+    x = jnp.zeros((128, 4080))
     y = jnp.zeros((128,), jnp.int32)
     params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
     assert sum(p.size for p in jax.tree.leaves(params)) > 0.99e8
-    optimizer = lstm(implementation="pallas")
-    tx = optimizer.as_optax(optimizer.init(jax.random.key(0)))
-    step = update_speed.train_step(model, tx, x, y, cross_entropy)
+    tx = pallas_tx()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        loss, grads = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x), y))(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state, loss
+
     module = lower_for_cuda(step, params, jax.eval_shape(tx.init, params))
     assert len(kernel_calls(module)) == len(jax.tree.leaves(params))
     # Parameters and state donated: the runbook's 100M fit relies on updating them in place.
@@ -136,20 +162,15 @@ def test_the_100m_parameter_training_step_of_the_runbook_lowers_for_cuda():
 
 @pytest.mark.parametrize("implementation", ["reference", "fused", "pallas"])
 def test_the_benchmark_meta_step_at_256_tasks_lowers_for_cuda(implementation):
-    meta_training_speed = benchmark("meta_training_speed")
-    step, setup = meta_training_speed.meta_step_fn(
-        implementation, False, meta_training_speed.TRUNCATION, data_dir=MNIST_FIXTURE
-    )
-    args = jax.eval_shape(lambda: setup(256))
+    step, args = meta_step(implementation, False, 20, 256)
     calls = kernel_calls(lower_for_cuda(step, *args))
     # The kernel once per leaf of the MLP 784-20-10, in the unroll's step; its backward is plain XLA.
     assert len(calls) == (4 if implementation == "pallas" else 0)
 
 
 def test_the_benchmark_1000_step_memory_program_lowers_for_cuda():
-    meta_training_speed = benchmark("meta_training_speed")
-    step, setup = meta_training_speed.meta_step_fn("fused", "segments", 1000, data_dir=MNIST_FIXTURE)
-    module = lower_for_cuda(step, *jax.eval_shape(lambda: setup(64)))
+    step, args = meta_step("fused", "segments", 1000, 64)
+    module = lower_for_cuda(step, *args)
     assert "stablehlo.while" in module and not kernel_calls(module)
 
 

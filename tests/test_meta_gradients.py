@@ -15,7 +15,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from l2l_jax import worked_example
+from l2l_jax.examples import worked_example
 from l2l_jax.meta import init_inner, truncation_loss, unroll
 from l2l_jax.optimizers import linear_rnn, lstm
 from l2l_jax.tasks import QuadraticFamily

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from l2l_jax import errors, pretrained
 from l2l_jax.meta import MetaTrainConfig, init_inner, meta_train, truncation_loss
-from l2l_jax.meta import run_directory as rd
+from l2l_jax import run_directory as rd
 from l2l_jax.optimizers import lstm
 from l2l_jax.tasks import QuadraticFamily, TaskFamily
 
@@ -174,8 +174,9 @@ def test_non_finite_meta_steps_are_skipped_and_counted(steps_per_call):
 def test_run_directory_contents_and_pretrained_load(tmp_path):
     config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 5})
     result = meta_train(config, tmp_path / "run", progress=False)
-    for name in (rd.CONFIG, rd.METRICS, rd.CHECKPOINT, rd.OPTIMIZER_META, rd.OPTIMIZER_PARAMS, rd.PLOT):
+    for name in (rd.CONFIG, rd.METRICS, rd.CHECKPOINT, rd.OPTIMIZER_META, rd.OPTIMIZER_PARAMS):
         assert (tmp_path / "run" / name).is_file(), name
+    assert not (tmp_path / "run" / rd.PLOT).exists()  # Plotting is the caller's job (the CLI plots).
     opt, phi = pretrained.load_meta_params(tmp_path / "run")
     np.testing.assert_array_equal(flat(phi), flat(result.meta_params))
     tx = pretrained.load(tmp_path / "run")

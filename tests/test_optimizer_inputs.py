@@ -244,7 +244,8 @@ def test_params_that_do_not_match_the_gradients_are_refused_naming_the_leaf(whic
         ({"num_layers": False}, r"num_layers must be a positive integer"),
         ({"p": "10"}, r"p must be a number, got '10'"),
         ({"p": True}, r"p must be a number, got True"),
-        ({"output_scale": "0.1"}, r"output_scale must be a number"),
+        ({"output_scale": "0.1"}, r"output_scale must be a positive number, got '0.1'"),
+        ({"output_scale": 0.0}, r"output_scale must be a positive number, got 0.0"),
         ({"output_init_scale": None}, r"output_init_scale must be a number"),
     ],
 )
@@ -279,4 +280,9 @@ def test_the_largest_sizes_allowed_are_accepted():
     assert shapes["layer_1"]["w"].shape == (18000, 36000)
     count = sum(leaf.size for leaf in jax.tree.leaves(shapes))
     assert count == meta_param_count(9000, 2) <= MAX_META_PARAMS
-    assert lstm(hidden_size=20.0).hidden_size == 20  # a whole float is a whole number
+
+
+def test_a_size_given_as_a_float_is_refused_even_when_whole():
+    # One rule for integers everywhere (l2l_jax.validation): 20.0 is not an integer.
+    with pytest.raises(errors.ConfigError, match=r"hidden_size must be a positive integer, got 20.0"):
+        lstm(hidden_size=20.0)

@@ -20,7 +20,7 @@ import pytest
 from l2l_jax import errors, pretrained
 from l2l_jax.evaluation import evaluate_run
 from l2l_jax.meta import MetaTrainConfig, meta_train
-from l2l_jax.meta import run_directory as rd
+from l2l_jax import run_directory as rd
 from l2l_jax.tasks import QuadraticFamily
 
 TINY = dict(

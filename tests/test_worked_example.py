@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from l2l_jax import cli, worked_example
+from l2l_jax import cli
+from l2l_jax.examples import worked_example
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_the_assumed_gradient_points_uphill(result):
 
 def test_adam_on_the_exact_meta_gradient_drives_the_meta_loss_to_zero():
     with jax.enable_x64(True):
-        losses, phis = worked_example.meta_train(num_meta_steps=200)
+        losses, phis = worked_example.meta_descent(num_meta_steps=200)
         assert losses[0] == pytest.approx(7.29)
         assert losses[-1] < 1e-6
         assert float(worked_example.meta_loss(jax.numpy.asarray(phis[-1]))) < 1e-6

@@ -1,10 +1,10 @@
-"""Data sets for l2l-jax: an IDX reader/writer and the MNIST loader.
+"""Data sets: the IDX reader (``idx``) and MNIST's download, verification, cache and loading (``mnist``).
 
 Every problem with a data file (missing, corrupt, truncated, failed download)
-raises :class:`l2l_jax.errors.DataError`.
+raises `l2l_jax.errors.DataError`.
 """
 
-from l2l_jax.data.idx import read_idx, write_idx
+from l2l_jax.data.idx import read_idx
 from l2l_jax.data.mnist import (
     MIRRORS,
     SHA256,
@@ -28,5 +28,4 @@ __all__ = [
     "load_mnist_for_experiment",
     "mnist_arrays",
     "read_idx",
-    "write_idx",
 ]

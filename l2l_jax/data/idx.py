@@ -1,21 +1,19 @@
-"""Reader and writer for the IDX file format used by MNIST.
+"""Reading the IDX file format that MNIST is distributed in.
 
 An IDX file is a 4-byte magic number ``00 00 <dtype code> <ndim>``, then ``ndim``
 big-endian uint32 dimension sizes, then the array data in C order, big-endian.
-The files are usually distributed gzip-compressed; :func:`read_idx` detects this by
+The files are usually distributed gzip-compressed; `read_idx` detects this by
 the gzip magic bytes ``1f 8b`` rather than by the file name.
 
 Every problem with a file (missing, bad magic, truncated header or data, trailing
-bytes, broken gzip stream) raises :class:`~l2l_jax.errors.DataError` naming the file
+bytes, broken gzip stream) raises `DataError` naming the file
 and the problem; a half-read array is never returned.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import secrets
 import zlib
 from pathlib import Path
 from typing import Union
@@ -37,7 +35,6 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_MAX_DIM = 2**32 - 1  # dimensions are stored as uint32
 
 
 def _decompress(raw: bytes, path: Path) -> bytes:
@@ -114,7 +111,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     Raises:
         DataError: If the file is missing or unreadable, the gzip stream is
             truncated or corrupt, or the IDX content is malformed (see
-            :func:`parse_idx`).
+            `parse_idx`).
     """
     path = Path(path)
     try:
@@ -125,88 +122,3 @@ def read_idx(path: PathLike) -> np.ndarray:
     if raw[:2] == _GZIP_MAGIC:
         raw = _decompress(raw, path)
     return parse_idx(raw, path)
-
-
-def temp_path_for(path: Path) -> Path:
-    """Returns an unused hidden temporary name next to ``path``.
-
-    Same directory, so ``os.replace`` onto ``path`` is an atomic rename. (Unlike
-    ``tempfile.mkstemp``, a file opened with mode ``"xb"`` gets the usual
-    umask-based permissions rather than 0600.)
-    """
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-
-def _code_for(dtype: np.dtype) -> int:
-    for code, idx_dtype in IDX_DTYPES.items():
-        if dtype.kind == idx_dtype.kind and dtype.itemsize == idx_dtype.itemsize:
-            return code
-    known = ", ".join(d.newbyteorder("=").name for d in IDX_DTYPES.values())
-    raise DataError(f"IDX cannot store dtype {dtype} (supported: {known})")
-
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """Encodes an array as uncompressed IDX bytes.
-
-    Args:
-        array: An array of dtype uint8, int8, int16, int32, float32 or float64,
-            every dimension below 2**32.
-
-    Returns:
-        The IDX bytes (header followed by big-endian data).
-
-    Raises:
-        DataError: If the dtype is not representable or a dimension is too big.
-    """
-    array = np.asarray(array)
-    code = _code_for(array.dtype)
-    if array.ndim > 255:
-        raise DataError(f"IDX cannot store {array.ndim} dimensions (at most 255)")
-    if any(dim > _MAX_DIM for dim in array.shape):
-        raise DataError(f"IDX cannot store shape {array.shape} (each dimension must be < 2**32)")
-    header = bytes([0, 0, code, array.ndim]) + b"".join(
-        int(dim).to_bytes(4, "big") for dim in array.shape
-    )
-    body = np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
-    return header + body
-
-
-def write_idx(path: PathLike, array: np.ndarray, compress: bool | None = None) -> Path:
-    """Writes an array as an IDX file, atomically.
-
-    The bytes go to a temporary file in the same directory, which is then renamed
-    over ``path``, so a reader never sees a half-written file.
-
-    Args:
-        path: The file to write; its directory must exist.
-        array: An array of dtype uint8, int8, int16, int32, float32 or float64.
-        compress: Whether to gzip the file. ``None`` (default) compresses when the
-            name ends in ``.gz``. The gzip header's mtime is 0 so the bytes are
-            reproducible.
-
-    Returns:
-        The path written.
-
-    Raises:
-        DataError: If the dtype or shape cannot be stored, or the file cannot be
-            written.
-    """
-    path = Path(path)
-    data = encode_idx(array)
-    if compress is None:
-        compress = path.name.endswith(".gz")
-    if compress:
-        data = gzip.compress(data, compresslevel=9, mtime=0)
-    tmp: Path | None = temp_path_for(path)
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write IDX file ({exc.strerror or exc})") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    return path

@@ -1,8 +1,8 @@
-"""MNIST: finding, downloading, verifying and loading the four IDX files.
+"""MNIST: finding, downloading, verifying, caching and loading the four IDX files.
 
 Where the files are looked for
 ------------------------------
-:func:`load_mnist` uses ONE data directory, the first of these that is configured:
+`load_mnist` uses ONE data directory, the first of these that is configured:
 
 1. the ``data_dir`` argument;
 2. the environment variable ``L2L_JAX_DATA_DIR``;
@@ -13,20 +13,20 @@ For 1 and 2 the files may lie in ``<dir>/mnist/`` or directly in ``<dir>``; both
 accepted. An explicit choice is never silently replaced by another location, so a
 typo in ``data_dir`` gives an error (or a download there), not some other copy.
 
-:func:`load_mnist_for_experiment` is more forgiving: it searches all of those places
+`load_mnist_for_experiment` is more forgiving: it searches all of those places
 (``data_dir``, then ``$L2L_JAX_DATA_DIR``, then the user cache directory) and falls
 back from the train to the test split. No other place is ever searched: in
 particular nothing relative to where the package is installed or checked out.
 
 Downloads and checksums
 -----------------------
-Missing files are downloaded (when ``download=True``) from each of :data:`MIRRORS`
+Missing files are downloaded (when ``download=True``) from each of `MIRRORS`
 in turn into a temporary file in the target directory, verified, and only then
-renamed into place. :data:`SHA256` holds the published SHA-256 of the
+renamed into place. `SHA256` holds the published SHA-256 of the
 **gzip-compressed** ``.gz`` files, byte for byte as the mirrors serve them; a
 download is accepted when its sha256 matches. Because a re-compressed copy of the
 same data (for instance a local re-gzipped mirror) has different ``.gz`` bytes,
-:data:`SHA256_DECOMPRESSED` additionally holds the SHA-256 of the **decompressed**
+`SHA256_DECOMPRESSED` additionally holds the SHA-256 of the **decompressed**
 IDX bytes where it is known (the test split only); a download whose ``.gz`` hash
 does not match is still accepted if its decompressed bytes match that table. A
 file with no entry in either table is never accepted. Files already on disk are not
@@ -41,16 +41,18 @@ import gzip
 import hashlib
 import http.client
 import os
+import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
-from l2l_jax.data.idx import read_idx, temp_path_for
+from l2l_jax.data.idx import read_idx
 from l2l_jax.errors import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -122,7 +124,7 @@ def cache_dir() -> Path:
     return root / "l2l_jax" / "mnist"
 
 
-def _env_dir() -> Optional[Path]:
+def _env_dir() -> Path | None:
     value = os.environ.get(ENV_VAR)
     return Path(value).expanduser() if value else None
 
@@ -138,7 +140,7 @@ def _download_target(base: Path) -> Path:
     return base if base.name.lower() == "mnist" else base / "mnist"
 
 
-def _primary_location(data_dir: Optional[PathLike]) -> tuple[list[Path], Path, str]:
+def _primary_location(data_dir: PathLike | None) -> tuple[list[Path], Path, str]:
     """The one configured location: (candidate folders, download target, description)."""
     if data_dir is not None:
         base = Path(data_dir).expanduser()
@@ -150,7 +152,7 @@ def _primary_location(data_dir: Optional[PathLike]) -> tuple[list[Path], Path, s
     return [cache], cache, "the user cache directory"
 
 
-def _search_dirs(data_dir: Optional[PathLike]) -> list[Path]:
+def _search_dirs(data_dir: PathLike | None) -> list[Path]:
     """Every folder the experiment fallback looks in, in order, without duplicates."""
     dirs: list[Path] = []
     if data_dir is not None:
@@ -193,7 +195,7 @@ def _resolve(candidates: list[Path], default: Path, names: Sequence[str]) -> tup
     return default, list(names)
 
 
-def find_mnist_dir(split: str = "train", data_dir: Optional[PathLike] = None) -> Optional[Path]:
+def find_mnist_dir(split: str = "train", data_dir: PathLike | None = None) -> Path | None:
     """Finds a folder holding both files of a split, searching every known place.
 
     Args:
@@ -250,9 +252,18 @@ def _verify(name: str, path: Path, gz_digest: str) -> None:
     raise _MirrorFailure(f"checksum mismatch (sha256 {gz_digest}, expected {wanted})")
 
 
+def _temp_path_for(path: Path) -> Path:
+    """An unused hidden name next to ``path``, so that ``os.replace`` onto it is atomic.
+
+    (Unlike ``tempfile.mkstemp``, a file opened with mode ``"xb"`` gets the usual
+    umask-based permissions rather than 0600.)
+    """
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
 def _fetch(url: str, name: str, dest: Path, timeout: float) -> None:
     """Downloads ``url`` to ``dest`` through a verified temp file, or raises _MirrorFailure."""
-    tmp: Optional[Path] = temp_path_for(dest)
+    tmp: Path | None = _temp_path_for(dest)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "l2l_jax"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -362,9 +373,9 @@ def _read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load(
     split: str,
-    data_dir: Optional[PathLike],
+    data_dir: PathLike | None,
     download: bool,
-    mirrors: Optional[Sequence[str]],
+    mirrors: Sequence[str] | None,
     timeout: float,
 ) -> tuple[np.ndarray, np.ndarray, Path]:
     names = _split_files(split)
@@ -385,10 +396,10 @@ def _load(
 
 def load_mnist(
     split: str = "train",
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     download: bool = True,
     *,
-    mirrors: Optional[Sequence[str]] = None,
+    mirrors: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads one MNIST split, downloading missing files if allowed.
@@ -398,7 +409,7 @@ def load_mnist(
         data_dir: Data directory (files in ``<dir>/mnist/`` or ``<dir>``). Default:
             ``$L2L_JAX_DATA_DIR``, else the user cache directory (see module docs).
         download: Whether to download missing files from the mirrors.
-        mirrors: Base URLs to try in order instead of :data:`MIRRORS`.
+        mirrors: Base URLs to try in order instead of `MIRRORS`.
         timeout: Seconds each HTTP connect/read may block.
 
     Returns:
@@ -430,26 +441,26 @@ def as_float_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
 
 def mnist_arrays(
     split: str = "train",
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     download: bool = True,
     *,
-    mirrors: Optional[Sequence[str]] = None,
+    mirrors: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads one MNIST split as flat float32 images and int32 labels.
 
     Args:
         split: ``"train"`` or ``"test"``.
-        data_dir: As for :func:`load_mnist`.
-        download: As for :func:`load_mnist`.
-        mirrors: As for :func:`load_mnist`.
-        timeout: As for :func:`load_mnist`.
+        data_dir: As for `load_mnist`.
+        download: As for `load_mnist`.
+        mirrors: As for `load_mnist`.
+        timeout: As for `load_mnist`.
 
     Returns:
         ``(x, y)``: float32 ``(N, 784)`` scaled to [0, 1] and int32 ``(N,)``.
 
     Raises:
-        DataError: As for :func:`load_mnist`.
+        DataError: As for `load_mnist`.
     """
     images, labels = load_mnist(split, data_dir, download, mirrors=mirrors, timeout=timeout)
     return as_float_arrays(images, labels)
@@ -460,10 +471,10 @@ def _describe(split: str, n: int, directory: Path) -> str:
 
 
 def load_mnist_for_experiment(
-    data_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
     *,
     download: bool = True,
-    mirrors: Optional[Sequence[str]] = None,
+    mirrors: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Loads the training split if it can be had, else falls back to the test split.
@@ -471,16 +482,16 @@ def load_mnist_for_experiment(
     Offline machines often hold only the 10,000-image test split; experiments can
     still run on it, and the description says so, so reports stay honest.
 
-    Order: the train split in any searched folder (see :func:`find_mnist_dir`);
+    Order: the train split in any searched folder (see `find_mnist_dir`);
     else, if ``download``, a train download into the configured location (as
-    :func:`load_mnist`); else the test split in any searched folder; else, if
+    `load_mnist`); else the test split in any searched folder; else, if
     ``download``, a test download.
 
     Args:
         data_dir: A data directory to look in first.
         download: Whether to try downloading (a failed download is not an error
             as long as the test split is found).
-        mirrors: Base URLs to try instead of :data:`MIRRORS`.
+        mirrors: Base URLs to try instead of `MIRRORS`.
         timeout: Seconds each HTTP connect/read may block.
 
     Returns:

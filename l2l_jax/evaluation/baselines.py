@@ -8,6 +8,7 @@ import jax
 import optax
 
 from l2l_jax.errors import ConfigError, UnknownNameError
+from l2l_jax.validation import positive_float
 
 
 def sgd(learning_rate: jax.Array | float) -> optax.GradientTransformation:
@@ -52,9 +53,8 @@ def get(name: str) -> Callable[[jax.Array | float], optax.GradientTransformation
 
 
 def check_learning_rates(grid: list[float] | tuple[float, ...]) -> None:
-    """Raises :class:`ConfigError` unless every rate is a positive finite number."""
+    """Raises ``ConfigError`` unless every rate is a positive finite number."""
     if len(grid) == 0:
         raise ConfigError("the learning-rate grid is empty")
-    bad = [lr for lr in grid if not (float(lr) > 0 and float(lr) < float("inf"))]
-    if bad:
-        raise ConfigError(f"learning rates must be positive and finite, got {bad}")
+    for lr in grid:
+        positive_float("every learning rate", lr)

@@ -13,11 +13,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import baselines as baselines_lib
 from l2l_jax.meta.unroll import unroll
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
+from l2l_jax.validation import positive_int
 
 #: Quarter-decade grid from 1e-4 to 10.
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-4, 1, 21))
@@ -40,8 +40,7 @@ class EvalTasks:
 
 def sample_tasks(family: TaskFamily, seed: int, num_tasks: int, stream: str = "test") -> EvalTasks:
     """Draws ``num_tasks`` held-out tasks; ``stream`` is ``"tune"`` or ``"test"``."""
-    if int(num_tasks) < 1:
-        raise ConfigError(f"need at least one evaluation task, got {num_tasks}")
+    num_tasks = positive_int("num_tasks", num_tasks)
     base = jax.random.fold_in(jax.random.PRNGKey(seed), _TUNE_STREAM if stream == "tune" else _TEST_STREAM)
     k_tasks, k_runs = jax.random.split(base)
     task_params = jax.vmap(family.sample)(jax.random.split(k_tasks, num_tasks))
@@ -80,15 +79,14 @@ def loss_curves(
     ``make_tx`` is static (compiled once), ``hyper`` is traced: one compilation
     serves a whole learning-rate grid, or any φ of a learned optimizer.
     """
-    if int(num_steps) < 1:
-        raise ConfigError(f"evaluation needs at least one step, got {num_steps}")
-    return np.asarray(_curves(make_tx, hyper, family, tasks.task_params, tasks.keys, int(num_steps)))
+    num_steps = positive_int("num_steps", num_steps)
+    return np.asarray(_curves(make_tx, hyper, family, tasks.task_params, tasks.keys, num_steps))
 
 
 def learned_curves(
     optimizer: LearnedOptimizer, meta_params: MetaParams, family: TaskFamily, tasks: EvalTasks, num_steps: int
 ) -> np.ndarray:
-    """:func:`loss_curves` of a learned optimizer with meta-parameters φ."""
+    """``loss_curves`` of a learned optimizer with meta-parameters φ."""
     return loss_curves(optimizer.as_optax, meta_params, family, tasks, num_steps)
 
 
@@ -159,7 +157,7 @@ class Comparison:
         return sorted(out, key=lambda r: (not math.isfinite(r["mean_final_loss"]), r["mean_final_loss"]))
 
     def table(self) -> str:
-        """A Markdown table of :meth:`rows`."""
+        """A Markdown table of ``rows``."""
         lines = [
             f"| optimizer | tuned lr | mean final loss (step {self.num_steps}) | ± s.e. | median final | mean loss over run |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -205,12 +203,12 @@ def compare_with_baselines(
       num_tune_tasks: tasks for learning-rate tuning.
       num_test_tasks: other tasks for the reported curves.
       seed: seeds both task sets (distinct from meta-training's streams).
-      baselines: names from :data:`l2l_jax.evaluation.baselines.BASELINES`.
+      baselines: names from ``l2l_jax.evaluation.baselines.BASELINES``.
       grid: learning rates to try.
       progress: show progress bars.
 
     Returns:
-      A :class:`Comparison`.
+      A ``Comparison``.
     """
     tune_tasks = sample_tasks(family, seed, num_tune_tasks, "tune")
     test_tasks = sample_tasks(family, seed, num_test_tasks, "test")

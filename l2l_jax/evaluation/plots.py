@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from l2l_jax.meta import run_directory as rd
+from l2l_jax import run_directory as rd
 
 #: The y-axis label of the meta-training plot for each meta-loss weighting.
 META_LOSS_LABELS: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""Evaluating a run directory's learned optimizer against tuned baselines, written to files."""
+"""Evaluating a run directory's learned optimizer against tuned baselines, written into the run directory."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import RunDirectoryError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
-from l2l_jax.meta import run_directory as rd
 
 
 def evaluate_run(
@@ -43,10 +43,10 @@ def evaluate_run(
       task: the task family to evaluate on (a registered name or
         ``module:function``, which is imported and run); ``None``: the run's own
         task, which must then be a registered name.
-      **compare_kwargs: passed to :func:`compare_with_baselines` (``baselines``, ``grid``).
+      **compare_kwargs: passed to ``compare_with_baselines`` (``baselines``, ``grid``).
 
     Returns:
-      The :class:`Comparison`.
+      The ``Comparison``.
 
     Raises:
       RunDirectoryError: if the run directory is damaged, or names a
@@ -97,12 +97,10 @@ def evaluate_run(
             "num_tune_tasks": num_tune_tasks,
             "seconds": time.perf_counter() - t0,
         }
-        rd.write_json(run_dir / rd.EVALUATION_JSON, results)
-        rd.write_atomic(run_dir / rd.EVALUATION_TABLE, (comparison.table() + "\n").encode())
+        rd.save_evaluation(run_dir, results, comparison.table(), comparison.rows())
         plot_loss_curves(
             comparison.curves,
             run_dir / rd.LOSS_CURVES_PLOT,
             title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
         )
-        rd.update_optimizer_meta(run_dir, evaluation=comparison.rows())
         return comparison

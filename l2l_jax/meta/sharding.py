@@ -7,7 +7,7 @@ share of the ``vmap``-ed unroll locally and averages the meta-gradient with one
 all-reduce; the numbers are those of one device, up to float reassociation.
 
 Multi-host: call ``jax.distributed.initialize()`` in every process before building
-anything; :func:`task_mesh` then spans the devices of all hosts
+anything; ``task_mesh`` then spans the devices of all hosts
 (``jax.devices()``), and because every process derives the same state from the
 same seed, placing it with ``jax.device_put`` gives each host its own shard.
 """
@@ -37,7 +37,7 @@ def task_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
     all_devices = jax.devices()
     if devices is None:
         chosen = all_devices
-    elif isinstance(devices, int):
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(all_devices):
             raise ConfigError(f"devices must be between 1 and {len(all_devices)} (the devices present), got {devices}")
         chosen = all_devices[:devices]
@@ -49,7 +49,7 @@ def task_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
-    """Raises :class:`ConfigError` unless the tasks split evenly over the mesh."""
+    """Raises ``ConfigError`` unless the tasks split evenly over the mesh."""
     n = mesh.devices.size
     if batch_size % n:
         raise ConfigError(

@@ -1,12 +1,10 @@
-"""Meta-training: truncated BPTT over batches of tasks, with validation and exact resume."""
+"""Meta-training's host loop: ``MetaTrainConfig`` and ``meta_train`` (truncated-BPTT meta-steps over batches of tasks, validation, checkpoints into a run directory, progress, interruption and exact resume)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import numbers
 import signal
 import threading
 import time
@@ -21,9 +19,10 @@ import optax
 from tqdm import tqdm
 
 from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import ConfigError, MetaTrainingError, RunDirectoryError, Terminated, positive_int
-from l2l_jax.meta import run_directory as rd
+from l2l_jax import validation as v
+from l2l_jax.errors import ConfigError, MetaTrainingError, Terminated
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
@@ -47,7 +46,7 @@ class MetaTrainConfig:
     """Everything that determines a meta-training run (with the seed, exactly).
 
     Attributes:
-      task: registered task family name (see :func:`l2l_jax.tasks.available`).
+      task: registered task family name (see ``l2l_jax.tasks.available``).
       task_options: keyword arguments of the task family.
       optimizer: ``"lstm"`` or ``"linear_rnn"``.
       optimizer_options: keyword arguments of the learned optimizer (for the LSTM:
@@ -63,14 +62,14 @@ class MetaTrainConfig:
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
       first_order: drop second derivatives (paper's default) or keep them.
       weighting: ``"uniform"`` (w_t = 1), ``"final"`` (last loss only) or
-        ``"log"`` (Σ log f(θ_t); see :func:`l2l_jax.meta.weighted_loss`).
+        ``"log"`` (Σ log f(θ_t); see ``l2l_jax.meta.weighted_loss``).
       remat: ``True``: ``jax.checkpoint`` each inner step (less memory, more
         compute); ``"segments"``: also checkpoint √K-step segments, for long
-        truncations (see :func:`l2l_jax.meta.unroll`).
+        truncations (see ``l2l_jax.meta.unroll``).
       tasks_per_chunk: ``None``: unroll the whole batch at once (``vmap``); a
         divisor c of ``batch_size``: unroll it in chunks of c tasks, one after the
-        other (see :func:`l2l_jax.meta.meta_value_and_grad`). Same result up to
-        float rounding; on a CPU, 1 is the fastest. With several devices, c must
+        other (see ``l2l_jax.meta.meta_value_and_grad``). Same result up to
+        float rounding. With several devices, c must
         be a multiple of their number.
       validate_every: validate φ on held-out tasks every this many meta-steps and
         keep the best (0, or before the first validation: the latest φ is kept).
@@ -101,60 +100,35 @@ class MetaTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def count(name: str, allow_zero: bool = False) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if allow_zero else 1):
-                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {v!r}")
-
-        def choice(name: str, choices: Sequence[str]) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, str) or v not in choices:
-                raise ConfigError(f"unknown {name} {v!r}; choose one of {', '.join(choices)}")
-
-        def is_number(v: object) -> bool:
-            return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-        for name in ("task", "optimizer"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
-        for name in ("task_options", "optimizer_options"):
-            v = getattr(self, name)
-            if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-                raise ConfigError(f"{name} must be a dict of keyword options, got {v!r}")
-            try:
-                json.dumps(v, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{name} must hold JSON values (numbers, strings, lists, dicts): {e}") from None
+        v.name("task", self.task)
+        v.name("optimizer", self.optimizer)
+        v.json_options("task_options", self.task_options)
+        v.json_options("optimizer_options", self.optimizer_options)
         for name in ("num_meta_steps", "horizon", "truncation", "batch_size", "num_val_tasks", "checkpoint_every"):
-            count(name)
-        count("validate_every", allow_zero=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1, got {self.seed!r}")
+            v.positive_int(name, getattr(self, name))
+        v.non_negative_int("validate_every", self.validate_every)
+        v.non_negative_int("seed", self.seed, below=2**32)
         if self.horizon % self.truncation:
             raise ConfigError(
                 f"the truncation length ({self.truncation}) must divide the horizon ({self.horizon}), "
                 "so every run splits into whole truncations"
             )
-        if not (is_number(self.meta_lr) and math.isfinite(self.meta_lr) and self.meta_lr > 0):
-            raise ConfigError(f"meta_lr must be a positive number, got {self.meta_lr!r}")
-        choice("meta_lr_schedule", META_LR_SCHEDULES)
-        if self.clip_norm is not None and not (
-            is_number(self.clip_norm) and math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise ConfigError(f"clip_norm must be a positive number or None, got {self.clip_norm!r}")
-        if not isinstance(self.first_order, bool):
-            raise ConfigError(f"first_order must be True or False, got {self.first_order!r}")
+        v.positive_float("meta_lr", self.meta_lr)
+        v.one_of("meta_lr_schedule", self.meta_lr_schedule, META_LR_SCHEDULES)
+        if self.clip_norm is not None:
+            v.positive_float("clip_norm", self.clip_norm)
+        v.boolean("first_order", self.first_order)
         check_remat(self.remat)
         check_tasks_per_chunk(self.tasks_per_chunk, self.batch_size)
-        choice("weighting", WEIGHTINGS)
-        choice("meta_optimizer", tuple(META_OPTIMIZERS))
+        v.one_of("weighting", self.weighting, WEIGHTINGS)
+        v.one_of("meta_optimizer", self.meta_optimizer, tuple(META_OPTIMIZERS))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
-        """The config from :meth:`to_dict`'s output (e.g. a run's ``config.json``).
+        """The config from ``to_dict``'s output (e.g. a run's ``config.json``).
 
         Raises:
           ConfigError: if ``d`` is not a dict, names unknown options, or holds invalid values.
@@ -203,7 +177,7 @@ def global_norm(tree: Any) -> jax.Array:
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """``optax.clip_by_global_norm`` with the norm of :func:`global_norm` (no overflow)."""
+    """``optax.clip_by_global_norm`` with the norm of ``global_norm`` (no overflow)."""
 
     def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
         del params
@@ -230,7 +204,7 @@ class MetaTrainState(NamedTuple):
 
 @dataclasses.dataclass
 class MetaTrainResult:
-    """What :func:`meta_train` returns."""
+    """What ``meta_train`` returns."""
 
     optimizer: LearnedOptimizer
     meta_params: MetaParams  # The best φ on validation (the last one if never validated).
@@ -311,7 +285,7 @@ def meta_train(
     Args:
       config: the run's settings.
       run_dir: where to write config, metrics, checkpoints and the trained φ
-        (see :mod:`l2l_jax.meta.run_directory`). If it holds a checkpoint of the
+        (see ``l2l_jax.run_directory``). If it holds a checkpoint of the
         same config, training resumes from it and gives the same result as an
         uninterrupted run. A new run starts only in an empty or missing
         directory, or one holding just this config (a run killed before its
@@ -331,7 +305,7 @@ def meta_train(
       init_meta_params: start from this φ (e.g. a trained one, to fine-tune)
         instead of ``optimizer.init``.
       devices: split each meta-step's batch of tasks over devices (see
-        :mod:`l2l_jax.meta.sharding`): a number of devices, a list of devices, or
+        ``l2l_jax.meta.sharding``): a number of devices, a list of devices, or
         ``None`` for all devices when ``batch_size`` (and ``tasks_per_chunk``, if
         set) divides evenly over them (otherwise one). The result is the same as on one device up to float
         rounding, and a run may resume on a different number of devices.
@@ -347,7 +321,7 @@ def meta_train(
         opened and checked, before compiling (``start_step`` is 0 for a new run).
 
     Returns:
-      A :class:`MetaTrainResult`; ``result.as_optax()`` is the trained optimizer.
+      A ``MetaTrainResult``; ``result.as_optax()`` is the trained optimizer.
 
     Raises:
       ConfigError: for invalid settings, or a run directory holding another config.
@@ -355,10 +329,10 @@ def meta_train(
         this config (without ``overwrite``), or one of its files is damaged.
       RunDirectoryBusyError: if another process is writing to ``run_dir``.
       MetaTrainingError: if every meta-step of the run was non-finite (φ untrained).
-      KeyboardInterrupt: on Ctrl-C, and :class:`~l2l_jax.errors.Terminated` on
+      KeyboardInterrupt: on Ctrl-C, and ``Terminated`` on
         SIGTERM, after saving a checkpoint to resume from.
     """
-    steps_per_call = positive_int("steps_per_call", steps_per_call)
+    steps_per_call = v.positive_int("steps_per_call", steps_per_call)
     run_path = Path(run_dir) if run_dir is not None else None
     with contextlib.ExitStack() as stack:
         optimizer = optimizer or config.build_optimizer()
@@ -392,7 +366,10 @@ def meta_train(
         history: list[dict[str, Any]] = []
         if run_path is not None:
             stack.enter_context(rd.lock(run_path))
-            state, history = _open_run_dir(run_path, config, state, resume, overwrite)
+            may_differ = ("num_meta_steps",) if config.meta_lr_schedule == "constant" else ()
+            state, history = rd.open_for_training(
+                run_path, config.to_dict(), state, resume=resume, overwrite=overwrite, may_differ=may_differ
+            )
         start = int(state.step)
         if on_start is not None:
             on_start(start)
@@ -470,7 +447,7 @@ def meta_train(
             # Optimizer first, then metrics and checkpoint: a kill in between leaves
             # an optimizer and metrics rows past the checkpoint, which the resumed
             # run rewrites.
-            _write_optimizer(run_path, optimizer, state, config, family)
+            rd.save_trained_optimizer(run_path, _optimizer_meta(optimizer, state, config, family), _best(state)[0])
             rd.save_checkpoint(run_path, state, history)
 
         def call_length(done: int) -> int:
@@ -546,15 +523,6 @@ def meta_train(
             bar.close()
             raise
         bar.close()
-        if run_path is not None:
-            from l2l_jax.evaluation.plots import plot_meta_training
-
-            plot_meta_training(
-                history,
-                run_path / rd.PLOT,
-                weighting=config.weighting,
-                title=f"meta-training {config.optimizer} on {config.task}",
-            )
         if int(state.step) > 0 and int(state.skipped) == int(state.step):
             raise MetaTrainingError(
                 f"every one of the {int(state.step)} meta-steps was skipped: the meta-loss or meta-gradient was "
@@ -608,7 +576,7 @@ def _best(state: MetaTrainState) -> tuple[MetaParams, int]:
 
 @contextlib.contextmanager
 def _sigterm_raises_terminated() -> Iterator[None]:
-    """Turns SIGTERM into :class:`Terminated` (a KeyboardInterrupt) for the block, in the main thread."""
+    """Turns SIGTERM into ``Terminated`` (a KeyboardInterrupt) for the block, in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -637,96 +605,19 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-def _config_differences(saved: Any, config: MetaTrainConfig) -> list[str] | None:
-    """The options in which a saved config differs from ``config`` (``None``: not a config at all).
-
-    Only the length may differ (to extend a finished run), and only where it does
-    not change the learning-rate schedule.
-    """
-    if not isinstance(saved, dict):
-        return None
-    mine = json.loads(json.dumps(config.to_dict()))  # Tuples compare as the lists JSON stores.
-    may_change = {"num_meta_steps"} if config.meta_lr_schedule == "constant" else set()
-    return sorted(k for k in set(saved) | set(mine) if k not in may_change and saved.get(k) != mine.get(k))
-
-
-def _open_run_dir(
-    run_path: Path, config: MetaTrainConfig, fresh: MetaTrainState, resume: bool, overwrite: bool
-) -> tuple[MetaTrainState, list[dict[str, Any]]]:
-    """Restores the checkpoint of a run of this config, or starts a new run where that loses nothing.
-
-    Called with the directory's lock held.
-    """
-    rd.remove_stray_temp_files(run_path)
-    files = rd.user_files(run_path)
-    differ = None
-    if rd.CONFIG in files and not overwrite:
-        differ = _config_differences(rd.read_json(run_path / rd.CONFIG), config)
-        if differ is None:
-            raise RunDirectoryError(f"{run_path / rd.CONFIG} is corrupt: not a JSON object")
-    if not overwrite and resume and rd.CHECKPOINT in files:
-        if differ is None:
-            raise RunDirectoryError(f"{run_path} holds a checkpoint but no {rd.CONFIG}; it cannot be resumed")
-        if differ:
-            raise ConfigError(
-                f"{run_path} holds a run with a different configuration ({', '.join(differ)} differ); "
-                "use another run directory, or --overwrite (overwrite=True) to replace that run"
-            )
-        state, history = rd.load_checkpoint(run_path, fresh)
-        history = [r for r in history if r["step"] <= int(state.step)]
-        rd.write_json(run_path / rd.CONFIG, json.loads(json.dumps(config.to_dict())))
-        if int(state.step) < config.num_meta_steps:
-            # φ will change: an earlier evaluation no longer describes it.
-            for name in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT):
-                (run_path / name).unlink(missing_ok=True)
-        return state, history
-    same_run = differ == [] and (not resume or files == [rd.CONFIG])
-    if files and not (overwrite or same_run):
-        foreign = [f for f in files if f not in rd.RUN_FILES]
-        if foreign:
-            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            why = f"it holds files that meta-training did not write ({listed})"
-        elif differ:
-            why = f"it holds a run with a different configuration ({', '.join(differ)} differ)"
-        else:
-            why = f"it holds a run with no checkpoint to resume ({', '.join(files)})"
-        raise RunDirectoryError(
-            f"refusing to start a new run in {run_path}: {why}; use another run directory, "
-            "or --overwrite (overwrite=True) to replace its run files"
-        )
-    for name in rd.RUN_FILES:
-        (run_path / name).unlink(missing_ok=True)
-    rd.write_json(run_path / rd.CONFIG, config.to_dict())
-    return fresh, []
-
-
-def _write_optimizer(
-    run_path: Path, optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
-) -> None:
-    """Saves the best φ with the metadata that :func:`l2l_jax.pretrained.load` needs."""
-    best_phi, best_step = _best(state)
-    old: Any = {}
-    if (run_path / rd.OPTIMIZER_META).is_file():
-        try:
-            old = rd.read_optimizer_meta(run_path)
-        except RunDirectoryError:
-            old = {}  # Rewritten below from the training state.
-    if not isinstance(old, dict) or old.get("best_step") != best_step or old.get("meta_steps") != int(state.step):
-        old = {}  # Figures added by `evaluate` describe another φ: drop them.
-    rd.save_optimizer(
-        run_path,
-        {
-            **old,  # Keeps evaluation figures that `evaluate` added for this φ.
-            "optimizer": optimizer.name,
-            "optimizer_config": optimizer.config(),
-            "task": config.task,
-            "task_options": config.task_options,  # What rebuilds the task by name.
-            "task_config": family.config(),
-            "meta_steps": int(state.step),
-            "best_step": best_step,
-            "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
-            "skipped_meta_steps": int(state.skipped),
-            "training_config": config.to_dict(),
-        },
-        best_phi,
-    )
+def _optimizer_meta(
+    optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
+) -> dict[str, Any]:
+    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state``."""
+    return {
+        "optimizer": optimizer.name,
+        "optimizer_config": optimizer.config(),
+        "task": config.task,
+        "task_options": config.task_options,  # What rebuilds the task by name.
+        "task_config": family.config(),
+        "meta_steps": int(state.step),
+        "best_step": _best(state)[1],
+        "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
+        "skipped_meta_steps": int(state.skipped),
+        "training_config": config.to_dict(),
+    }

@@ -7,12 +7,12 @@ from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
+from l2l_jax.validation import one_of, positive_int
 
 PyTree = Any
 LossFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -22,7 +22,7 @@ Remat = bool | Literal["segments"]
 
 
 def check_remat(remat: object) -> None:
-    """Raises :class:`ConfigError` unless ``remat`` is ``False``, ``True`` or ``"segments"``."""
+    """Raises ``ConfigError`` unless ``remat`` is ``False``, ``True`` or ``"segments"``."""
     if not (isinstance(remat, bool) or remat == "segments"):
         raise ConfigError(f"remat must be False, True or 'segments', got {remat!r}")
 
@@ -86,8 +86,7 @@ def unroll(
       ``(params, opt_state, losses)`` with ``losses[j] = f(θ_{start+j})`` for
       ``j = 0..num_steps`` (``num_steps + 1`` values).
     """
-    if int(num_steps) < 1:
-        raise ConfigError(f"an unroll needs at least one step, got num_steps={num_steps}")
+    num_steps = positive_int("num_steps", num_steps)
 
     def step(carry: tuple[PyTree, PyTree], t: jax.Array) -> tuple[tuple[PyTree, PyTree], jax.Array]:
         params, opt_state = carry
@@ -128,13 +127,12 @@ def weighted_loss(losses: jax.Array, weighting: Weighting = "uniform") -> jax.Ar
     small loss counts as much as halving an early, large one (for positive losses;
     values are clamped at 1e-30).
     """
-    if weighting == "uniform":
-        return jnp.sum(losses[..., 1:], axis=-1)
+    one_of("weighting", weighting, WEIGHTINGS)
     if weighting == "log":
         return jnp.sum(jnp.log(jnp.maximum(losses[..., 1:], 1e-30)), axis=-1)
     if weighting == "final":
         return losses[..., -1]
-    raise ConfigError(f"unknown meta-loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    return jnp.sum(losses[..., 1:], axis=-1)
 
 
 def init_inner(
@@ -199,11 +197,10 @@ def truncation_loss(
 
 
 def check_tasks_per_chunk(tasks_per_chunk: object, batch_size: int) -> None:
-    """Raises :class:`ConfigError` unless ``tasks_per_chunk`` is ``None`` or a positive divisor of ``batch_size``."""
+    """Raises ``ConfigError`` unless ``tasks_per_chunk`` is ``None`` or a positive divisor of ``batch_size``."""
     if tasks_per_chunk is None:
         return
-    if isinstance(tasks_per_chunk, bool) or not isinstance(tasks_per_chunk, (int, np.integer)) or tasks_per_chunk < 1:
-        raise ConfigError(f"tasks_per_chunk must be a positive integer or None, got {tasks_per_chunk!r}")
+    tasks_per_chunk = positive_int("tasks_per_chunk", tasks_per_chunk)
     if batch_size % tasks_per_chunk:
         raise ConfigError(
             f"tasks_per_chunk={tasks_per_chunk} must divide the batch of {batch_size} tasks, "
@@ -221,7 +218,7 @@ def _split_chunks(tree: PyTree, tasks_per_chunk: int) -> PyTree:
 
 
 def _join_chunks(tree: PyTree) -> PyTree:
-    """The inverse of :func:`_split_chunks`."""
+    """The inverse of ``_split_chunks``."""
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
@@ -237,18 +234,18 @@ def meta_value_and_grad(
     remat: Remat = False,
     tasks_per_chunk: int | None = None,
 ) -> tuple[tuple[jax.Array, tuple[InnerState, jax.Array]], MetaParams]:
-    """The meta-loss of one truncation (:func:`truncation_loss`) and its gradient in φ.
+    """The meta-loss of one truncation (``truncation_loss``) and its gradient in φ.
+
+    ``meta_params``, ``optimizer``, ``family``, ``inner``, ``num_steps``,
+    ``first_order``, ``weighting`` and ``remat`` are as for ``truncation_loss``.
 
     Args:
-      meta_params, optimizer, family, inner, num_steps, first_order, weighting,
-        remat: as for :func:`truncation_loss`.
       tasks_per_chunk: ``None`` unrolls all tasks at once (one ``vmap``). A divisor
         c of the batch size runs the batch as B / c chunks of c tasks, one after
         the other (``lax.map``), each with its own forward and backward pass, and
         averages their losses and gradients. The result is the same up to float
-        rounding; the working set is that of c tasks. On a CPU, where the
-        coordinatewise LSTM is bound by memory traffic, c = 1 keeps it in cache
-        and is the fastest; on a GPU, all at once (``None``) is.
+        rounding; the working set is that of c tasks. Which c is fastest
+        depends on the machine (see the performance page of the docs).
 
     Returns:
       ``((meta_loss, (inner_after, losses)), meta_grad)``, as

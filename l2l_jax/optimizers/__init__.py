@@ -1,8 +1,12 @@
-"""Learned optimizers: ``init(key) -> φ`` and ``as_optax(φ) -> optax transformation``."""
+"""Learned optimizers: ``init(key) -> φ`` and ``as_optax(φ) -> optax transformation``.
+
+Re-exports the optimizers and owns the registry of their names (`get`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
@@ -18,7 +22,19 @@ _REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
 
 
 def get(name: str, **kwargs: Any) -> LearnedOptimizer:
-    """Builds a learned optimizer by registry name (``"lstm"``, ``"linear_rnn"``)."""
+    """Builds a learned optimizer by registry name.
+
+    Args:
+      name: ``"lstm"`` or ``"linear_rnn"``.
+      **kwargs: the optimizer's options (see `lstm`, `linear_rnn`).
+
+    Returns:
+      The learned optimizer.
+
+    Raises:
+      UnknownNameError: for an unknown name.
+      ConfigError: for options the optimizer does not take.
+    """
     if name not in _REGISTRY:
         raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
     try:
@@ -30,9 +46,9 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
 
 
 __all__ = [
+    "LSTM_PRESETS",
     "CoordinatewiseLSTM",
     "LSTMState",
-    "LSTM_PRESETS",
     "LearnedOptimizer",
     "LinearRNN",
     "LinearRNNState",

@@ -29,8 +29,8 @@ PyTree = Any
 class LearnedOptimizer(abc.ABC):
     """A family of optax optimizers indexed by meta-parameters φ.
 
-    Subclasses define :meth:`init` and :meth:`_transformation`; :meth:`as_optax`
-    checks φ against the shapes :meth:`init` makes before building the optimizer.
+    Subclasses define `init` and `_transformation`; `as_optax`
+    checks φ against the shapes `init` makes before building the optimizer.
 
     The transformation's ``update(grads, state, params=None)`` treats each
     coordinate on its own. A coordinate whose gradient is not finite (NaN, ±inf)
@@ -70,7 +70,7 @@ class LearnedOptimizer(abc.ABC):
         Call it inside the function you differentiate so ``jax.grad`` reaches φ.
 
         Args:
-          meta_params: φ, a pytree with the structure and shapes of :meth:`init`'s.
+          meta_params: φ, a pytree with the structure and shapes of `init`'s.
 
         Returns:
           An ``optax.GradientTransformationExtraArgs``. Its ``init(params)`` makes a
@@ -83,9 +83,9 @@ class LearnedOptimizer(abc.ABC):
         Raises:
           MetaParamsMismatchError: if φ does not fit this optimizer.
 
-        The transformation raises :class:`~l2l_jax.errors.ParamsTypeError` for
+        The transformation raises `ParamsTypeError` for
         parameters or gradients that are not floating point, and
-        :class:`~l2l_jax.errors.GradientsMismatchError` naming the first leaf where the
+        `GradientsMismatchError` naming the first leaf where the
         gradients' structure or shapes differ from the state's (or from
         ``params``, when given); under ``jax.jit`` too, when tracing.
         """
@@ -98,7 +98,7 @@ class LearnedOptimizer(abc.ABC):
 
 
 def check_meta_params(optimizer: LearnedOptimizer, meta_params: MetaParams) -> None:
-    """Raises :class:`MetaParamsMismatchError` unless φ matches ``optimizer.init``'s shapes."""
+    """Raises `MetaParamsMismatchError` unless φ matches ``optimizer.init``'s shapes."""
     expected = jax.eval_shape(optimizer.init, jax.random.key(0))
     expected_def = jax.tree_util.tree_structure(expected)
     try:
@@ -126,7 +126,7 @@ def check_meta_params(optimizer: LearnedOptimizer, meta_params: MetaParams) -> N
 
 
 def check_float_tree(tree: PyTree, what: str) -> None:
-    """Raises :class:`ParamsTypeError` naming the first non-floating leaf of ``tree``."""
+    """Raises `ParamsTypeError` naming the first non-floating leaf of ``tree``."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
@@ -146,7 +146,7 @@ def _leaves(n: int) -> str:
 
 
 def check_same_tree(tree: PyTree, reference: PyTree, *, what: str, reference_what: str, leading: int = 0) -> None:
-    """Raises :class:`GradientsMismatchError` unless ``tree`` fits ``reference`` leaf for leaf.
+    """Raises `GradientsMismatchError` unless ``tree`` fits ``reference`` leaf for leaf.
 
     Fits means the same pytree structure, and each leaf's shape equal to the
     reference leaf's shape without its first ``leading`` dimensions (the state of an
@@ -201,7 +201,7 @@ def check_update_args(updates: PyTree, state_tree: PyTree, params: PyTree | None
 
     Raises:
       GradientsMismatchError: if the gradients do not fit ``state_tree`` or ``params``, when
-        given, do not fit the gradients (see :func:`check_same_tree`).
+        given, do not fit the gradients (see `check_same_tree`).
       ParamsTypeError: if a gradient is not floating point.
     """
     check_same_tree(updates, state_tree, what="gradient", reference_what="optimizer state", leading=leading)

@@ -1,4 +1,7 @@
-"""The worked example's optimizer: a coordinatewise linear RNN with three weights."""
+"""The worked example's optimizer: a coordinatewise linear RNN with three weights.
+
+Owns `LinearRNN`, its state and its constructor `linear_rnn`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from l2l_jax.optimizers.base import (
     check_update_args,
     state_dtype,
 )
+from l2l_jax.validation import finite_float
 
 
 class LinearRNNState(NamedTuple):
@@ -39,11 +43,12 @@ class LinearRNN(LearnedOptimizer):
 
     def __init__(self, phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> None:
         try:
-            self.phi = tuple(float(p) for p in phi)
-        except (TypeError, ValueError):
+            values = tuple(phi)
+        except TypeError:
             raise ConfigError(f"linear_rnn needs three numbers as initial weights, got {phi!r}") from None
-        if len(self.phi) != 3:
+        if len(values) != 3:
             raise ConfigError(f"linear_rnn needs three initial weights, got {phi!r}")
+        self.phi = tuple(finite_float(f"phi[{i}]", p) for i, p in enumerate(values))
 
     def config(self) -> dict[str, Any]:
         return {"phi": list(self.phi)}
@@ -89,17 +94,17 @@ def linear_rnn(phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> LinearRNN:
     """The worked example's learned optimizer.
 
     Args:
-      phi: the initial meta-parameters (φ1, φ2, φ3) that :meth:`LinearRNN.init` returns.
+      phi: the initial meta-parameters (φ1, φ2, φ3) that `LinearRNN.init` returns.
 
     Returns:
-      A :class:`LinearRNN`. A coordinate whose gradient is NaN or ±inf gets update 0
+      A `LinearRNN`. A coordinate whose gradient is NaN or ±inf gets update 0
       and keeps its hidden state unchanged, like ``optax.apply_if_finite`` per
       coordinate; every other coordinate is updated exactly as if it were not there.
       The coordinate is computed with gradient 0 and its results discarded by
       selects, so meta-gradients stay finite.
 
     Raises:
-      ConfigError: if ``phi`` is not three numbers.
+      ConfigError: if ``phi`` is not three finite numbers.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -1,9 +1,13 @@
 """The paper's optimizer: a coordinatewise LSTM with weights shared over coordinates.
 
+Owns `CoordinatewiseLSTM` and its constructor `lstm`, the presets,
+the bounds on its sizes, and the implementation registry that picks how the LSTM
+step is computed (``"reference"``, ``"fused"`` or ``"pallas"``; see
+`masked_step_function`).
+
 Every coordinate of every parameter leaf runs its own copy of a small stacked LSTM
-(2 layers of 20 units in the paper) with the same weights, reading its own
-preprocessed gradient and writing its own update. That is what lets one φ of a few
-thousand numbers optimize models of any size.
+with the same weights, reading its own preprocessed gradient and writing its own
+update, so one φ optimizes models of any size.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax.errors import ConfigError, finite_float, positive_int
+from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
@@ -23,8 +27,19 @@ from l2l_jax.optimizers.base import (
     check_update_args,
     state_dtype,
 )
-from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, IMPLEMENTATIONS, CellWeights, in_blocks, masked_step_function
+from l2l_jax.optimizers.lstm_cell import (
+    CPU_BLOCK,
+    CellWeights,
+    MaskedStepFn,
+    StepFn,
+    in_blocks,
+    lstm_step_fused,
+    lstm_step_reference,
+    masked,
+)
+from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
+from l2l_jax.validation import finite_float, one_of, positive_float, positive_int
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
 #: deepmind/learning-to-learn's released code (``LogAndSign`` with k = 5,
@@ -35,11 +50,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Names of the ways to compute the LSTM step (the ``implementation`` option; ``"auto"`` picks ``"fused"``).
+IMPLEMENTATIONS = ("reference", "fused", "pallas")
+
+
+def step_function(implementation: str) -> StepFn:
+    """The LSTM step of an implementation.
+
+    Args:
+      implementation: one of `IMPLEMENTATIONS`.
+
+    Returns:
+      ``step(weights, x, h, c) -> (out, new_h, new_c)``.
+
+    Raises:
+      ConfigError: for an unknown implementation.
+    """
+    one_of("LSTM implementation", implementation, IMPLEMENTATIONS)
+    return {"reference": lstm_step_reference, "fused": lstm_step_fused, "pallas": lstm_step_pallas}[implementation]
+
+
+def masked_step_function(implementation: str) -> MaskedStepFn:
+    """The LSTM step of an implementation with a ``keep`` mask as its fifth argument.
+
+    The Pallas kernel applies the mask itself, so that the state is still read and
+    written once, in place; the others are
+    `l2l_jax.optimizers.lstm_cell.masked` around their step.
+
+    Args:
+      implementation: one of `IMPLEMENTATIONS`.
+
+    Returns:
+      ``step(weights, x, h, c, keep) -> (out, new_h, new_c)``.
+
+    Raises:
+      ConfigError: for an unknown implementation.
+    """
+    step = step_function(implementation)
+    return lstm_step_pallas if step is lstm_step_pallas else masked(step)
+
+
 #: At most this many layers: the step is unrolled layer by layer when it is traced.
 MAX_NUM_LAYERS = 64
 #: At most this many meta-parameters (elements of φ, all arrays together: 4 GiB in
-#: float32), far inside what XLA can allocate. The paper's φ has a few thousand;
-#: 2 layers of 9,000 units still fit (about 0.97 * 2**30).
+#: float32). 2 layers of 9,000 units fit (about 0.97 * 2**30).
 MAX_META_PARAMS = 2**30
 
 
@@ -52,7 +106,7 @@ def meta_param_count(hidden_size: int, num_layers: int, preprocessing: str = "lo
       preprocessing: the gradient preprocessing, which sets the first layer's inputs.
 
     Returns:
-      The total over φ's arrays, as :meth:`CoordinatewiseLSTM.init` makes them.
+      The total over φ's arrays, as `CoordinatewiseLSTM.init` makes them.
     """
     total, in_size = 0, num_features(preprocessing)
     for _ in range(num_layers):
@@ -73,12 +127,12 @@ class LSTMState(NamedTuple):
 
 
 class CoordinatewiseLSTM(LearnedOptimizer):
-    """A stacked LSTM applied independently to every coordinate (see :func:`lstm`).
+    """A stacked LSTM applied independently to every coordinate (see `lstm`).
 
     Coordinates with a non-finite gradient are skipped: update 0, state unchanged.
 
     Raises:
-      ConfigError: at construction, for options that make no sense (see :func:`lstm`).
+      ConfigError: at construction, for options that make no sense (see `lstm`).
     """
 
     name = "lstm"
@@ -99,7 +153,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         if num_layers > MAX_NUM_LAYERS:
             raise ConfigError(f"num_layers must be at most {MAX_NUM_LAYERS}, got {num_layers}")
         p = finite_float("p", p)
-        output_scale = finite_float("output_scale", output_scale)
+        output_scale = positive_float("output_scale", output_scale)
         check_preprocessing(preprocessing, p)
         count = meta_param_count(hidden_size, num_layers, preprocessing)
         if count > MAX_META_PARAMS:
@@ -107,8 +161,6 @@ class CoordinatewiseLSTM(LearnedOptimizer):
                 f"an LSTM with hidden_size={hidden_size} and num_layers={num_layers} would have {count} "
                 f"meta-parameters; at most 2**30 = {MAX_META_PARAMS} are supported"
             )
-        if not output_scale > 0:
-            raise ConfigError(f"output_scale must be positive, got {output_scale!r}")
         output_init_scale = finite_float("output_init_scale", output_init_scale)
         if not output_init_scale >= 0:
             raise ConfigError(f"output_init_scale must be >= 0, got {output_init_scale!r}")
@@ -119,18 +171,15 @@ class CoordinatewiseLSTM(LearnedOptimizer):
                 raise ConfigError(f"state_dtype {state_dtype!r} is not a dtype") from None
             if not jnp.issubdtype(dt, jnp.floating):
                 raise ConfigError(f"state_dtype must be a floating dtype, got {state_dtype!r}")
-        if implementation != "auto" and implementation not in IMPLEMENTATIONS:
-            raise ConfigError(
-                f"unknown LSTM implementation {implementation!r}; choose one of auto, {', '.join(IMPLEMENTATIONS)}"
-            )
+        one_of("LSTM implementation", implementation, ("auto", *IMPLEMENTATIONS))
         # How the step is computed, not what it computes: not part of config().
         self.implementation = implementation
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
         self.preprocessing = preprocessing
-        self.p = float(p)
-        self.output_scale = float(output_scale)
-        self.output_init_scale = float(output_init_scale)
+        self.p = p
+        self.output_scale = output_scale
+        self.output_init_scale = output_init_scale
         self.state_dtype = None if state_dtype is None else str(jnp.dtype(state_dtype))
 
     def config(self) -> dict[str, Any]:
@@ -236,19 +285,19 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
         autodiff; needed for forward-mode ``jax.jvp`` in φ) or ``"pallas"`` (one
         in-place Pallas/Triton kernel for the update on GPU; interpreted, slowly,
         elsewhere). All give the same numbers (tested); the choice is not part of
-        :meth:`config`.
+        `config`.
         ``output_init_scale`` multiplies the initial output weights: with 0.01 the
-        untrained optimizer takes tiny steps, which keeps MNIST meta-training out
-        of the flat region where the MLP's sigmoids saturate and meta-gradients
-        vanish (seen with the default 1.0 at meta-lr ≥ 3e-3).
-        ``hidden_size`` and ``num_layers`` are positive integers (not strings or
-        booleans); ``num_layers`` is at most :data:`MAX_NUM_LAYERS` (64), and φ may
-        have at most :data:`MAX_META_PARAMS` (2**30) elements, which allows 2 layers
+        untrained optimizer takes tiny steps, which keeps meta-training out of
+        regions where the model saturates and meta-gradients vanish.
+        ``hidden_size`` and ``num_layers`` are positive integers (not floats, strings or
+        booleans); ``num_layers`` is at most `MAX_NUM_LAYERS` (64), and φ may
+        have at most `MAX_META_PARAMS` (2**30) elements, which allows 2 layers
         of up to about 9,000 units. ``p``, ``output_scale`` and ``output_init_scale``
-        are finite numbers.
+        are finite numbers; ``output_scale`` is positive and ``output_init_scale``
+        is not negative.
 
     Returns:
-      A :class:`CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer.
+      A `CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer.
       Non-finite gradients: a coordinate whose gradient is NaN or ±inf gets update 0
       and keeps its LSTM state (h and c) unchanged, like ``optax.apply_if_finite``
       per coordinate; every other coordinate is updated exactly as if it were not
@@ -272,8 +321,7 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
       Andrychowicz et al., "Learning to learn by gradient descent by gradient
       descent", NeurIPS 2016.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown LSTM preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    one_of("LSTM preset", preset, PRESETS)
     unknown = set(overrides) - set(PRESETS["paper"]) - {"state_dtype", "implementation", "output_init_scale"}
     if unknown:
         raise ConfigError(f"unknown LSTM option(s) {', '.join(sorted(unknown))}")

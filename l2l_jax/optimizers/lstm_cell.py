@@ -1,29 +1,17 @@
-"""One step of the coordinatewise stacked LSTM on a flat block of coordinates.
+"""The coordinatewise LSTM cell: one step on a flat block of coordinates, and its backward pass.
 
-Implementations with the same numbers:
+Owns the cell's maths shared by every implementation: the weights
+(`CellWeights`), the plain-JAX step (`lstm_step_reference`), the same
+step with a recomputing hand-written backward (`lstm_step_fused`, whose
+backward `fused_backward` the Pallas kernel reuses), the ``keep`` mask that
+skips coordinates (`masked`) and running a step over blocks of coordinates
+(`in_blocks`). Which implementation an optimizer uses is chosen in
+`l2l_jax.optimizers.lstm`.
 
-* :func:`lstm_step_reference`: plain JAX, differentiated by autodiff. It is the
-  specification, and the one to use for forward-mode differentiation in φ.
-* :func:`lstm_step_fused`: the same forward with a hand-written backward
-  (``jax.custom_vjp``). Autodiff of the reference stores every gate activation of
-  every step and assembles the gate gradients with pads and sums; the fused
-  backward stores only the step's inputs (features, h, c), recomputes the gates,
-  and builds each gradient once, with one matrix product per layer and direction
-  (see ``_rows``). ``benchmarks/meta_training_speed.py`` measures it.
-* :func:`l2l_jax.optimizers.lstm_pallas.lstm_step_pallas`: forward only, one Pallas
-  kernel that reads each coordinate's state once and writes it once (for the
-  optimizer's use inside a training loop).
-
-Layout: coordinates last, so that each hidden unit of each layer is one contiguous
-row. ``x`` is ``(F, n)`` (preprocessed gradient features of n coordinates), ``h``
-and ``c`` are ``(L, H, n)``; the step returns the raw output ``(n,)`` (before the
-output scale) and the new ``h``, ``c``.
-
-The optimizer calls a *masked* step (:func:`masked_step_function`), which takes a
-fifth argument ``keep`` ``(n,)`` (bool): where it is False the output is 0 and ``h``,
-``c`` come back unchanged. That is how a coordinate with a non-finite gradient is
-skipped; its features must already be finite (the caller puts 0 there), so no NaN
-enters the arithmetic and every gradient through the step stays finite.
+Layout: coordinates last. ``x`` is ``(F, n)`` (the preprocessed gradient features
+of n coordinates), ``h`` and ``c`` are ``(L, H, n)``; a step returns the raw output
+``(n,)`` (before the optimizer's output scale) and the new ``h`` and ``c``.
+See ``docs/design/lstm-implementations.md`` for why the fused step and the blocks exist.
 """
 
 from __future__ import annotations
@@ -36,9 +24,15 @@ import jax.numpy as jnp
 
 
 class CellWeights(NamedTuple):
-    """The LSTM's meta-parameters as arrays: per layer ``w`` ``(F_l + H, 4H)`` (rows:
-    input features, then h; columns: gates i, f, g, o) and ``b`` ``(4H,)``; then
-    the output projection ``w_out`` ``(H,)`` and ``b_out`` ``()``."""
+    """The LSTM's meta-parameters as arrays.
+
+    Attributes:
+      w: per layer, ``(F_l + H, 4H)``: rows are the layer's inputs, then ``h``;
+        columns are the gates i, f, g, o, ``H`` each.
+      b: per layer, the bias ``(4H,)``.
+      w_out: the output projection ``(H,)`` of the top layer's ``h``.
+      b_out: the output bias, a scalar.
+    """
 
     w: tuple[jax.Array, ...]
     b: tuple[jax.Array, ...]
@@ -46,8 +40,9 @@ class CellWeights(NamedTuple):
     b_out: jax.Array
 
 
+#: ``step(weights, x, h, c) -> (out, new_h, new_c)``.
 StepFn = Callable[[CellWeights, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
-#: A step with a ``keep`` mask as its fifth argument (see :func:`masked`).
+#: A step with a ``keep`` mask as its fifth argument (see `masked`).
 MaskedStepFn = Callable[
     [CellWeights, jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]
 ]
@@ -56,10 +51,21 @@ MaskedStepFn = Callable[
 def lstm_step_reference(
     weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One LSTM step in plain JAX: ``(out (n,), h (L, H, n), c (L, H, n))``.
+    """One LSTM step in plain JAX, differentiated by autodiff (the specification).
 
-    The textbook formulation (one matmul of ``[input; h]`` per layer, then split
-    into gates), differentiated by autodiff.
+    Each layer multiplies ``[input; h]`` by its weights and splits the result into
+    the gates i, f, g, o; ``c' = σ(f) c + σ(i) tanh(g)``, ``h' = σ(o) tanh(c')``; the
+    output is ``w_out · h'`` of the top layer plus ``b_out``. Supports forward-mode
+    differentiation (``jax.jvp``), unlike the fused step.
+
+    Args:
+      weights: the cell's weights.
+      x: the input features ``(F, n)``.
+      h: the hidden state ``(L, H, n)``.
+      c: the cell state ``(L, H, n)``.
+
+    Returns:
+      ``(out, new_h, new_c)``: ``(n,)``, ``(L, H, n)``, ``(L, H, n)``.
     """
     hidden = h.shape[1]
     new_h, new_c = [], []
@@ -75,8 +81,7 @@ def lstm_step_reference(
 
 
 def _sigmoid(z: jax.Array) -> jax.Array:
-    # Through tanh: XLA's CPU tanh is a cheap rational approximation, while
-    # logistic lowers to exp and a division.
+    # σ(z) = (tanh(z/2) + 1) / 2: the same function, through tanh (see the design doc).
     return 0.5 * jnp.tanh(0.5 * z) + 0.5
 
 
@@ -84,10 +89,8 @@ def _rows(inp: jax.Array, h: jax.Array) -> jax.Array:
     """``[input; h; 1]`` ``(F_l + H + 1, n)``: one operand for every matmul of a layer.
 
     With the ones row the bias rides in the same matmul, forward (``z``) and
-    backward (its gradient is the ones row's row of ``rows @ dz.T``). One matmul
-    per layer and direction instead of 2-3 (input, recurrent, bias) is what
-    matters on CPU: each matmul packs its operands again, and XLA duplicated the
-    whole ``dz`` computation into a separate kernel for the bias gradient's sum.
+    backward (its gradient is the ones row's row of ``rows @ dz.T``): one matmul per
+    layer and direction instead of three (input, recurrent, bias).
     """
     return jnp.concatenate([inp, h, jnp.ones((1, inp.shape[1]), inp.dtype)], axis=0)
 
@@ -118,8 +121,10 @@ def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
 def lstm_step_fused(
     weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`lstm_step_reference` with a recomputing, hand-written backward pass.
+    """`lstm_step_reference` with a recomputing, hand-written backward pass.
 
+    The same arguments and results as the reference. Its VJP (`fused_backward`)
+    keeps only the step's inputs as residuals and recomputes the gates.
     Reverse-mode only (``jax.grad``, ``jax.vjp``); use the reference for ``jax.jvp``.
     """
     out, new_h, new_c, _ = _forward(weights, x, h, c)
@@ -137,7 +142,21 @@ def _nt(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
 
 
-def _fused_bwd(residuals, cotangents):
+def fused_backward(
+    residuals: tuple[CellWeights, jax.Array, jax.Array, jax.Array],
+    cotangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[CellWeights, jax.Array, jax.Array, jax.Array]:
+    """The VJP of one LSTM step, recomputing the gates from the step's inputs.
+
+    The backward pass of `lstm_step_fused`, and of the Pallas kernel's step.
+
+    Args:
+      residuals: the step's inputs ``(weights, x, h, c)``.
+      cotangents: the cotangents of ``(out, new_h, new_c)``.
+
+    Returns:
+      The cotangents of ``(weights, x, h, c)``, in their shapes.
+    """
     weights, x, h, c = residuals
     d_out, d_h_next, d_c_next = cotangents
     hidden = h.shape[1]
@@ -168,13 +187,25 @@ def _fused_bwd(residuals, cotangents):
     return d_weights, d_above, jnp.stack(d_h), jnp.stack(d_c)
 
 
-lstm_step_fused.defvjp(_fused_fwd, _fused_bwd)
+lstm_step_fused.defvjp(_fused_fwd, fused_backward)
 
 
 def keep_where(
     keep: jax.Array, out: jax.Array, new_h: jax.Array, new_c: jax.Array, h: jax.Array, c: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The step's results where ``keep`` (``(n,)``, bool) is True; elsewhere output 0 and the old ``h``, ``c``."""
+    """The step's results where ``keep`` is True; elsewhere output 0 and the old ``h``, ``c``.
+
+    Args:
+      keep: ``(n,)`` bool, True for the coordinates the step updates.
+      out: the step's output ``(n,)``.
+      new_h: the step's new ``h`` ``(L, H, n)``.
+      new_c: the step's new ``c`` ``(L, H, n)``.
+      h: ``h`` before the step.
+      c: ``c`` before the step.
+
+    Returns:
+      ``(out, h, c)`` selected per coordinate, in the dtypes of ``out``, ``new_h``, ``new_c``.
+    """
     return (
         jnp.where(keep, out, jnp.zeros((), out.dtype)),
         jnp.where(keep, new_h, h.astype(new_h.dtype)),
@@ -183,9 +214,20 @@ def keep_where(
 
 
 def masked(step_fn: StepFn) -> MaskedStepFn:
-    """``step_fn`` with a ``keep`` mask ``(n,)``: coordinates where it is False get
-    output 0 and keep their ``h``, ``c`` (selects only; differentiable by autodiff,
-    through ``step_fn``'s own VJP)."""
+    """``step_fn`` with a ``keep`` mask ``(n,)`` as its fifth argument.
+
+    Coordinates where ``keep`` is False get output 0 and keep their ``h`` and ``c``.
+    Their features must be finite (the optimizer passes 0 there), so that no NaN
+    enters the arithmetic and every gradient through the step stays finite. The
+    mask is applied by selects, so the masked step is differentiable through
+    ``step_fn``'s own VJP.
+
+    Args:
+      step_fn: a step ``(weights, x, h, c) -> (out, new_h, new_c)``.
+
+    Returns:
+      The masked step ``(weights, x, h, c, keep) -> (out, new_h, new_c)``.
+    """
 
     def step(
         weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
@@ -195,44 +237,38 @@ def masked(step_fn: StepFn) -> MaskedStepFn:
     return step
 
 
-#: Implementation names (see :func:`l2l_jax.optimizers.lstm`'s ``implementation``).
-IMPLEMENTATIONS = ("reference", "fused", "pallas")
-
-#: Coordinates per block for the fused step on a CPU. The step is bound by memory
-#: traffic, and its cost per coordinate grows with the working set (80 gate values
-#: per coordinate and layer): unblocked, about 200 ns for 16,384 coordinates and
-#: 520-600 ns for 131,072 on a 2-core x86 VM (``benchmarks/update_speed.py``).
+#: Coordinates per block for the fused step on a CPU: the step's working set (its
+#: gate values) of one block stays in cache (see the design doc).
 CPU_BLOCK = 16384
 
 
-def in_blocks(step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on: str | None = None):
+def in_blocks(
+    step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on: str | None = None
+) -> Callable[..., tuple[jax.Array, ...]]:
     """``step_fn`` over blocks of ``block`` coordinates, one block after the other.
 
-    ``step_fn(weights, x, h, c, *aux)``: a :data:`StepFn`, or one with more
-    per-coordinate arguments after ``c`` (coordinates last, not differentiated:
-    the ``keep`` mask of a :data:`MaskedStepFn`), which are cut into the same blocks.
-
-    Every coordinate's numbers are those of one call over all coordinates; only the
+    Every coordinate gets the numbers of one call over all coordinates; only the
     working set shrinks to one block. Leaves of at most ``block`` coordinates go
-    through in one call. Reverse-mode differentiable (a ``custom_vjp`` whose backward
-    pass is a loop over the same blocks); not forward-mode.
+    through in one call. Each block is sliced out of the step's inputs and written
+    into the outputs in place; the last block ends at the last coordinate and may
+    overlap the one before (its overlap's cotangent is counted once).
 
-    With ``only_on`` (a platform name, e.g. ``"cpu"``) the blocks are used only where
-    the program is lowered for that platform, and elsewhere ``step_fn`` takes the
-    leaf in one call (forward and backward). The choice is made when lowering
-    (``jax.lax.platform_dependent`` inside the ``custom_vjp``, so autodiff never sees
-    both branches), not from the default backend: a program compiled for a GPU from a
-    CPU-only machine gets the GPU's version.
+    Args:
+      step_fn: ``step_fn(weights, x, h, c, *aux)``: a `StepFn`, or one with
+        more per-coordinate arguments after ``c`` (coordinates last, not
+        differentiated, such as the ``keep`` mask of a `MaskedStepFn`), which
+        are cut into the same blocks.
+      block: coordinates per block.
+      only_on: a platform name (e.g. ``"cpu"``): use the blocks only where the
+        program is lowered for that platform, and elsewhere take the leaf in one
+        call, forward and backward. The choice is made when the program is lowered
+        (``jax.lax.platform_dependent``), not from the default backend. ``None``:
+        blocks everywhere.
 
-    Each block is sliced out of the step's inputs and written into the outputs in
-    place (``dynamic_update_slice`` on the loop's carry), so the state never takes a
-    block layout: no padding and no transposes. The last block ends at the last
-    coordinate and overlaps the one before; since blocks read the inputs, never the
-    carry, writing the overlap again writes the same numbers (and in the backward pass
-    the overlap's cotangent is counted once). A loop that reads its blocks from the
-    carry it writes makes XLA copy the whole carry every iteration (measured: ~6x
-    slower at 1M coordinates); one that maps over transposed blocks pays for the
-    transposes.
+    Returns:
+      A step with ``step_fn``'s signature. It is reverse-mode differentiable (a
+      ``custom_vjp`` whose backward pass loops over the same blocks), not
+      forward-mode, and it can be vmapped.
     """
 
     def take(a: jax.Array, start: jax.Array) -> jax.Array:
@@ -257,7 +293,7 @@ def in_blocks(step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on
 
     # The backward pass is a loop of the same shape. Autodiff of the forward loop would
     # add every block's input cotangents into full-size accumulators, touching all n
-    # coordinates per block (4x slower than one call at 1M coordinates, measured).
+    # coordinates per block.
     def loop_bwd(residuals: tuple, cotangents: tuple) -> tuple:
         weights, x, h, c, *aux = residuals
         n = x.shape[-1]
@@ -315,25 +351,3 @@ def in_blocks(step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on
         return blocked(weights, x, h, c, *aux)
 
     return step
-
-
-def step_function(implementation: str) -> StepFn:
-    """The step function of an implementation name."""
-    if implementation == "pallas":
-        from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
-
-        return lstm_step_pallas
-    return {"reference": lstm_step_reference, "fused": lstm_step_fused}[implementation]
-
-
-def masked_step_function(implementation: str) -> MaskedStepFn:
-    """The masked step (a ``keep`` mask as fifth argument) of an implementation name.
-
-    The Pallas kernel applies the mask itself, so the state is still read and written
-    once, in place; the others are :func:`masked` around their step.
-    """
-    if implementation == "pallas":
-        from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
-
-        return lstm_step_pallas
-    return masked(step_function(implementation))

@@ -1,57 +1,13 @@
-"""The LSTM step as one Pallas kernel: each coordinate's state is read once and written once.
+"""The LSTM step as one Pallas kernel that reads and writes each coordinate's state once.
 
-As a drop-in optimizer the coordinatewise LSTM is bound by memory traffic: per
-parameter it reads the gradient and 2 layers x (h, c) x H floats of state and writes
-them back, and does a few thousand flops in between. Plain XLA splits the step into
-a chain of kernels that each stream the state through memory again. This kernel
-gives each program a block of ``BLOCK`` coordinates and computes both layers on
-tiles, touching every state element exactly once.
-
-Design (tiles, so that Triton emits a few dozen loads and small matrix products
-rather than thousands of scalar loads and multiply-adds, which took Triton most of
-an hour to compile at H = 20):
-
-* The wrapper re-packs the weights per gate and zero-pads them to powers of 2 of at
-  least 16 (the smallest ``tl.dot`` operand): per layer ``w_in`` ``(4, HP, FP)``,
-  ``w_h`` ``(4, HP, HP)`` and ``b`` ``(4, HP, 1)``, with ``HP``/``FP`` the padded
-  hidden and input widths (H = 20: HP = 32). The gradient features (F <= 2) are not
-  padded: they enter by broadcast multiply-adds, as in ``lstm_cell``.
-* The kernel loads a layer's ``h`` and ``c`` as ``(HP, BLOCK)`` tiles, computes each
-  gate as ``w_in[g] @ inp + w_h[g] @ h + b[g]`` and writes the new tiles back.
-* With a ``keep`` mask (one row over the coordinates, 1 = update, 0 = skip) the
-  kernel writes, for a skipped coordinate, output 0 and the ``h``, ``c`` it read:
-  selects on tiles it holds anyway, so the state is still read once and written
-  once, in place (a select after the call would need the old state kept beside the
-  new, i.e. a copy).
-* Rows are addressed by index arrays ``l * H + arange(HP)`` (never clamped) with a
-  row mask ``< H`` and a column mask ``< n``: masked elements are never read or
-  written on the GPU, and in the interpreter a masked store writes back the value it
-  read (in-range rows) or is dropped (out-of-range rows). Clamping the indices
-  instead would make duplicate rows, whose masked and unmasked writes race.
-  Padded rows compute to exactly 0 (zero weights and bias, masked loads give 0),
-  so they add nothing to the next layer or the output.
-
-On GPU it is compiled with the Triton backend (``triton.CompilerParams``): without
-compiler parameters JAX lowers ``pallas_call`` with Mosaic GPU, which fails on this
-kernel (shared memory). Float32 products use TF32x3
-(``DotAlgorithmPreset.TF32_TF32_F32_X3``: three tensor-core TF32 products that
-recover nearly float32 accuracy). Expected agreement with
-:func:`~l2l_jax.optimizers.lstm_cell.lstm_step_reference` in float32:
-``rtol=1e-5, atol=1e-6`` (met by a NumPy emulation of TF32x3 against the float64
-reference, H = 20), provided the reference's own matmuls run at
-``Precision.HIGHEST``: JAX's default float32 matmul on GPU may be plain TF32
-(~1e-3 relative). CI lowers the kernel, and the programs of the README's GPU
-runbook that use it, for the cuda platform on a CPU-only machine
-(``tests/test_gpu_lowering.py``), and ``benchmarks/gpu_plan.py`` compiles it with
-XLA for an H100 without one (H = 20, ``BLOCK = 64``, 8 warps: 170 registers a
-thread, no spills). It has not been run on a GPU.
-
-Where the program is lowered for any other platform it runs in Pallas' interpreter
-(for tests; slow) with exact products (``Precision.HIGHEST``; XLA:CPU has no
-TF32x3), as it does for float64 arithmetic everywhere. The choice is made when the
-program is lowered (``jax.lax.platform_dependent``), not from the default backend.
-Its backward pass, when differentiated for meta-training, is the fused one of
-:mod:`l2l_jax.optimizers.lstm_cell` (recompute, no stored activations).
+Owns the kernel (`kernel_call`) and the step built on it
+(`lstm_step_pallas`): compiled with Triton where the program is lowered for a
+GPU, run in Pallas' interpreter elsewhere, with the backward pass of
+`l2l_jax.optimizers.lstm_cell.fused_backward`. Each program of the grid takes
+``BLOCK`` coordinates and computes every layer on ``(hidden, BLOCK)`` tiles; the
+weights are re-packed per gate and zero-padded to the kernel's tile sizes. See
+``docs/design/lstm-implementations.md`` for the tiling, the masking of rows and
+columns, and the numerics.
 """
 
 from __future__ import annotations
@@ -65,12 +21,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from l2l_jax.errors import ConfigError
-from l2l_jax.optimizers.lstm_cell import CellWeights, _fused_bwd
+from l2l_jax.optimizers.lstm_cell import CellWeights, fused_backward
+from l2l_jax.validation import positive_int
 
-#: Coordinates per program (the columns of every tile). With NUM_WARPS = 8, XLA
-#: compiles it for an H100 to 170 registers a thread and no spills at H = 20: one
-#: program per SM. Other tilings and their registers, spills and programs per SM:
-#: ``python benchmarks/gpu_plan.py --sections kernel``; which is fastest needs a GPU.
+#: Coordinates per program (the columns of every tile); ``benchmarks/gpu_plan.py``
+#: compares other tilings.
 BLOCK = 64
 #: Warps per program (Triton's ``num_warps``).
 NUM_WARPS = 8
@@ -128,7 +83,7 @@ def _kernel(
     col_mask = (cols < n)[None, :]
 
     def tile(ref, first_row: int, n_rows: int, n_valid: int):
-        # Unclamped row indices + masks (see the module docstring): (ref view, mask).
+        # Unclamped row indices + masks (see the design doc): (ref view, mask).
         rows = first_row + jnp.arange(n_rows)
         mask = (rows < first_row + n_valid)[:, None] & col_mask
         return ref.at[rows[:, None], cols[None, :]], mask
@@ -194,15 +149,31 @@ def kernel_call(
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The kernel's forward call with its tiling explicit: ``block`` coordinates a program, ``num_warps`` warps.
+    """The kernel's forward call, with its tiling explicit.
 
-    What :func:`lstm_step_pallas` computes (``BLOCK``, ``NUM_WARPS``), without its
-    VJP or its choice of platform: for tuning the tiling (``benchmarks/gpu_plan.py``
-    compiles the candidates for an H100) and for testing other tilings.
-    ``interpret=True`` runs Pallas' interpreter; ``False`` lowers with Triton (GPU only).
-    ``keep`` ``(n,)`` (bool), if given, skips the coordinates where it is False
-    (output 0, ``h`` and ``c`` unchanged).
+    What `lstm_step_pallas` computes with ``BLOCK`` and ``NUM_WARPS``, without
+    its VJP or its choice of platform: for tuning and testing other tilings.
+
+    Args:
+      weights: the cell's weights.
+      x: the input features ``(F, n)``; the arithmetic is in its dtype, at least float32.
+      h: the hidden state ``(L, H, n)``, read and written in its own dtype.
+      c: the cell state ``(L, H, n)``, read and written in its own dtype.
+      keep: ``(n,)`` bool, or None. Where False: output 0, ``h`` and ``c`` unchanged.
+      interpret: run Pallas' interpreter (any platform); False lowers with Triton
+        (GPU only).
+      block: coordinates per program, a power of 2 of at least 16.
+      num_warps: warps per program (Triton's ``num_warps``), a power of 2 from 1 to 32.
+
+    Returns:
+      ``(out, new_h, new_c)`` as `l2l_jax.optimizers.lstm_cell.lstm_step_reference`
+      returns them; ``out`` in the arithmetic's dtype.
+
+    Raises:
+      ConfigError: for a ``block`` or ``num_warps`` the kernel cannot take.
     """
+    block = positive_int("block", block)
+    num_warps = positive_int("num_warps", num_warps)
     if block < 16 or block & (block - 1):
         raise ConfigError(f"block must be a power of 2 of at least 16 (tl.dot's smallest operand), got {block}")
     if not 1 <= num_warps <= 32 or num_warps & (num_warps - 1):
@@ -226,10 +197,10 @@ def kernel_call(
             jax.ShapeDtypeStruct((num_layers * hidden, n), c.dtype),
         ),
         grid=(math.ceil(n / block),),
-        # New h, c overwrite the old in place (with the state donated, the update
-        # needs no second copy of the state: 100M parameters fit in 80 GB).
+        # New h, c overwrite the old in place: with the state donated, the update
+        # needs no second copy of the state.
         input_output_aliases={1: 1, 2: 2},
-        # Triton, not the default Mosaic GPU lowering (see the module docstring);
+        # Triton, not the default Mosaic GPU lowering (see the design doc);
         # one stage: there is no loop to pipeline.
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
@@ -262,8 +233,7 @@ def _forward(
     # Chosen when the program is lowered, for the platform it is lowered for, not
     # by the default backend at trace time: a program placed on the CPU of a GPU
     # machine gets the interpreter, and one exported for CUDA from a CPU-only
-    # machine gets the Triton kernel (tests/test_gpu_lowering.py). The branch not
-    # taken is never lowered, so no conditional reaches the compiler.
+    # machine gets the Triton kernel. The branch not taken is never lowered.
     return jax.lax.platform_dependent(weights, x, h, c, keep, cuda=_compiled, rocm=_compiled, default=_interpreted)
 
 
@@ -271,16 +241,25 @@ def _forward(
 def lstm_step_pallas(
     weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`l2l_jax.optimizers.lstm_cell.lstm_step_reference` as one Pallas kernel.
+    """`l2l_jax.optimizers.lstm_cell.lstm_step_reference` as one Pallas kernel.
 
-    Same arguments and results; ``h``/``c`` are read and written in their own
-    dtype (e.g. bfloat16 state, half the traffic), arithmetic is in ``x``'s dtype
-    (at least float32). Compiled with Triton where the program is lowered for a
-    GPU (CUDA; ROCm too, but it has never been compiled there), interpreted elsewhere.
+    Compiled with Triton where the program is lowered for a GPU (CUDA or ROCm),
+    run in Pallas' interpreter elsewhere. Differentiable in reverse mode with the
+    backward pass of `l2l_jax.optimizers.lstm_cell.fused_backward`.
 
-    With ``keep`` ``(n,)`` (bool) it is the masked step of
-    :func:`l2l_jax.optimizers.lstm_cell.masked`: where ``keep`` is False the output
-    is 0 and ``h``, ``c`` are returned as they were (no cotangent flows to ``keep``).
+    Args:
+      weights: the cell's weights.
+      x: the input features ``(F, n)``; the arithmetic is in its dtype, at least float32.
+      h: the hidden state ``(L, H, n)``, read and written in its own dtype (e.g.
+        bfloat16).
+      c: the cell state ``(L, H, n)``, read and written in its own dtype.
+      keep: ``(n,)`` bool, or None. Given, this is the masked step of
+        `l2l_jax.optimizers.lstm_cell.masked`: where ``keep`` is False the
+        output is 0 and ``h``, ``c`` are returned as they were (no cotangent flows
+        to ``keep``).
+
+    Returns:
+      ``(out, new_h, new_c)``: ``(n,)``, ``(L, H, n)``, ``(L, H, n)``.
     """
     return _forward(weights, x, h, c, keep)
 
@@ -292,13 +271,13 @@ def _pallas_fwd(weights, x, h, c, keep=None):
 def _pallas_bwd(residuals, cotangents):
     weights, x, h, c, keep = residuals
     if keep is None:
-        d_weights, d_x, d_h, d_c = _fused_bwd((weights, x, h, c), cotangents)
+        d_weights, d_x, d_h, d_c = fused_backward((weights, x, h, c), cotangents)
     else:
         # The step's cotangents where it ran; where it was skipped, h and c were
         # passed through, and so are their cotangents.
         _, d_h_next, d_c_next = cotangents
         ran = tuple(jnp.where(keep, t, jnp.zeros((), t.dtype)) for t in cotangents)
-        d_weights, d_x, d_h, d_c = _fused_bwd((weights, x, h, c), ran)
+        d_weights, d_x, d_h, d_c = fused_backward((weights, x, h, c), ran)
         d_h = d_h + jnp.where(keep, jnp.zeros((), d_h_next.dtype), d_h_next)
         d_c = d_c + jnp.where(keep, jnp.zeros((), d_c_next.dtype), d_c_next)
     return d_weights, d_x, d_h.astype(h.dtype), d_c.astype(c.dtype), None

@@ -1,4 +1,4 @@
-"""Gradient preprocessing for coordinatewise learned optimizers.
+"""Gradient preprocessing for coordinatewise learned optimizers: the features each coordinate sees.
 
 Gradients span many orders of magnitude across coordinates and tasks; an LSTM
 with weights shared over coordinates sees them best on a log scale. Andrychowicz
@@ -14,20 +14,29 @@ import jax
 import jax.numpy as jnp
 
 from l2l_jax.errors import ConfigError
+from l2l_jax.validation import one_of
 
+#: The preprocessing names: the raw gradient, or the paper's log/sign features.
 PREPROCESSINGS = ("none", "log_sign")
 
 
 def num_features(kind: str) -> int:
-    """How many input features a preprocessing makes per coordinate."""
+    """How many input features a preprocessing makes per coordinate.
+
+    Raises:
+      ConfigError: for an unknown preprocessing.
+    """
     check_preprocessing(kind)
     return 1 if kind == "none" else 2
 
 
 def check_preprocessing(kind: str, p: float = 10.0) -> None:
-    """Raises :class:`ConfigError` for an unknown preprocessing or p <= 0."""
-    if kind not in PREPROCESSINGS:
-        raise ConfigError(f"unknown preprocessing {kind!r}; choose one of {', '.join(PREPROCESSINGS)}")
+    """Checks a preprocessing name and its cut-off exponent.
+
+    Raises:
+      ConfigError: for an unknown preprocessing, or ``p <= 0`` with ``"log_sign"``.
+    """
+    one_of("preprocessing", kind, PREPROCESSINGS)
     if kind == "log_sign" and not p > 0:
         raise ConfigError(f"log/sign preprocessing needs p > 0, got p={p}")
 

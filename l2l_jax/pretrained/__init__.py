@@ -16,8 +16,8 @@ import jax
 import optax
 
 from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import run_directory as rd
 from l2l_jax.errors import L2LError, RunDirectoryError, UnknownNameError
-from l2l_jax.meta import run_directory as rd
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -100,8 +100,8 @@ def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
     """A trained learned optimizer, ready to use as an optax optimizer.
 
     Args:
-      name_or_path: a name from :func:`available`, or a run directory written by
-        ``l2l-jax meta-train`` / :func:`l2l_jax.meta_train`.
+      name_or_path: a name from ``available``, or a run directory written by
+        ``l2l-jax meta-train`` / ``l2l_jax.meta_train``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.

@@ -1,4 +1,4 @@
-"""Optimizees: single tasks and task families that sample them."""
+"""Optimizees: the task families (quadratics, MNIST MLPs, any Flax model) and the registry that builds them by name."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
-from l2l_jax.tasks.base import Task, TaskFamily
+from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler, iterator_sampler, stack_batches
 from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
@@ -44,7 +44,7 @@ def _import_factory(path: str) -> Callable[..., TaskFamily]:
 
 
 def _check_options(name: str, factory: Callable[..., TaskFamily], kwargs: dict[str, Any]) -> None:
-    """Raises :class:`ConfigError` naming the valid options if ``kwargs`` does not fit ``factory``."""
+    """Raises ``ConfigError`` naming the valid options if ``kwargs`` does not fit ``factory``."""
     try:
         parameters = list(inspect.signature(factory).parameters.values())
     except (TypeError, ValueError):  # No signature to check against (some builtins).
@@ -70,9 +70,9 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
     """Builds a task family by registered name or by import path.
 
     Args:
-      name: a registered name (see :func:`available`), e.g. ``get("quadratic",
+      name: a registered name (see ``available``), e.g. ``get("quadratic",
         dim=10)``, or ``"my_package.my_module:make_family"``: this imports that
-        module and calls that function, which must return a :class:`TaskFamily`.
+        module and calls that function, which must return a ``TaskFamily``.
         Only pass import paths you trust: they run code.
       **kwargs: the family's options (keyword arguments of its factory).
 
@@ -110,7 +110,6 @@ __all__ = [
     "MNISTFamily",
     "QuadraticFamily",
     "ScalarQuadratic",
-    "Task",
     "TaskFamily",
     "available",
     "batch_sampler",

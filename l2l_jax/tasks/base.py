@@ -1,6 +1,6 @@
-"""Tasks (optimizees) and task families.
+"""The task family interface: what meta-training and evaluation need from an optimizee.
 
-A :class:`TaskFamily` samples *task parameters* (a pytree, e.g. the W and y of a
+A ``TaskFamily`` samples *task parameters* (a pytree, e.g. the W and y of a
 quadratic) so that a batch of tasks is a ``vmap`` over them. ``init`` draws the
 optimizee's starting parameters θ0; ``loss`` evaluates f(θ), with a key that
 draws a minibatch for stochastic tasks.
@@ -38,26 +38,7 @@ class TaskFamily(abc.ABC):
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this family (JSON-serialisable)."""
 
-    def task(self, task_params: PyTree) -> Task:
-        """The single task with parameters ``task_params``."""
-        return Task(self, task_params)
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
-
-class Task:
-    """One optimizee: ``init(key) -> θ0`` and ``loss(θ, key) -> f(θ)``."""
-
-    def __init__(self, family: TaskFamily, task_params: PyTree) -> None:
-        self.family = family
-        self.task_params = task_params
-
-    def init(self, key: jax.Array) -> PyTree:
-        """Draws starting parameters θ0."""
-        return self.family.init(self.task_params, key)
-
-    def loss(self, params: PyTree, key: jax.Array) -> jax.Array:
-        """The scalar loss f(θ); ``key`` draws a minibatch for stochastic tasks."""
-        return self.family.loss(self.task_params, params, key)

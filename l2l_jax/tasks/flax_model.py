@@ -4,8 +4,8 @@ A task is "train this model from a fresh initialisation on minibatches". Give th
 model (a linen module, or a function that builds an nnx module from ``nnx.Rngs``),
 a pure batch sampler ``sample_batch(key) -> batch`` and a loss on
 ``(model outputs, batch)``. Inner loops run inside ``lax.scan``, so batches must come
-from a JAX function of a key, not from a Python iterator: :func:`batch_sampler`
-makes one from in-memory arrays, and :func:`stack_batches` turns a finite number of
+from a JAX function of a key, not from a Python iterator: ``batch_sampler``
+makes one from in-memory arrays, and ``stack_batches`` turns a finite number of
 an iterator's batches into such arrays.
 """
 
@@ -21,6 +21,7 @@ from flax import nnx
 
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
+from l2l_jax.validation import positive_int
 
 Batch = Any
 BatchSampler = Callable[[jax.Array], Batch]
@@ -42,12 +43,11 @@ def batch_sampler(arrays: dict[str, Any] | tuple[Any, ...], batch_size: int) -> 
     n = int(np.shape(leaves[0])[0])
     if any(int(np.shape(a)[0]) != n for a in leaves):
         raise ConfigError("batch_sampler: every array needs the same number of examples (leading axis)")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     arrays = jax.tree.map(jnp.asarray, arrays)
 
     def sample(key: jax.Array) -> Batch:
-        idx = jax.random.randint(key, (int(batch_size),), 0, n)
+        idx = jax.random.randint(key, (batch_size,), 0, n)
         return jax.tree.map(lambda a: a[idx], arrays)
 
     return sample
@@ -58,7 +58,7 @@ def stack_batches(batches: Iterable[Batch], num_batches: int) -> Batch:
 
     ``batch_sampler(stack_batches(it, 100), 1)`` then picks one of those batches
     at random per step (squeeze the leading axis of 1 in your loss, or use
-    :func:`iterator_sampler`).
+    ``iterator_sampler``).
     """
     it: Iterator[Batch] = iter(batches)
     taken = []

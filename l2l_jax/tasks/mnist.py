@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax.errors import ConfigError, positive_int
+from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
+from l2l_jax.validation import positive_int
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
@@ -44,7 +45,7 @@ def data_record(description: str, images: np.ndarray, labels: np.ndarray) -> dic
     """What the data was, without where it lay: split, number of examples and SHA-256 of the arrays.
 
     Args:
-      description: the description :func:`l2l_jax.data.load_mnist_for_experiment` returned
+      description: the description ``l2l_jax.data.load_mnist_for_experiment`` returned
         (it starts ``"MNIST <split> split"``).
       images: the uint8 images.
       labels: the labels.
@@ -67,13 +68,13 @@ class MNISTFamily(TaskFamily):
       hidden_layers: number of hidden layers.
       activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
       batch_size: minibatch size; batches are drawn with replacement at every step.
-      data_dir: where to look for MNIST (see :func:`l2l_jax.data.load_mnist_for_experiment`):
+      data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
         the training split when present, else the 10,000-image test split.
       download: try downloading the training split when it is missing.
 
     Attributes:
       data_description: which split was found where (for messages; names paths).
-      data_record: what the data was, without paths (for metadata): see :func:`data_record`.
+      data_record: what the data was, without paths (for metadata): see ``data_record``.
     """
 
     name = "mnist"
@@ -135,7 +136,3 @@ class MNISTFamily(TaskFamily):
         del task_params
         x, y = self.batch(key)
         return cross_entropy(self.model.apply({"params": params}, x), y)
-
-    def full_loss(self, params: PyTree) -> jax.Array:
-        """The loss on every example (for reports; each step uses minibatches)."""
-        return cross_entropy(self.model.apply({"params": params}, self.images.astype(jnp.float32) / 255.0), self.labels)

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.errors import ConfigError, finite_float, positive_int
 from l2l_jax.tasks.base import PyTree, TaskFamily
+from l2l_jax.validation import finite_float, non_negative_float, positive_int
 
 
 class ScalarQuadratic(TaskFamily):
@@ -47,11 +47,8 @@ class QuadraticFamily(TaskFamily):
 
     def __init__(self, dim: int = 10, init_scale: float = 0.01) -> None:
         dim = positive_int("quadratic dimension (dim)", dim)
-        init_scale = finite_float("init_scale", init_scale)
-        if not init_scale >= 0:
-            raise ConfigError(f"init_scale must be >= 0, got {init_scale!r}")
-        self.dim = int(dim)
-        self.init_scale = float(init_scale)
+        self.dim = dim
+        self.init_scale = non_negative_float("init_scale", init_scale)
 
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "init_scale": self.init_scale}

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax.errors import ConfigError
 from l2l_jax.meta.unroll import unroll, weighted_loss
 from l2l_jax.optimizers.linear_rnn import linear_rnn
 from l2l_jax.tasks.quadratic import ScalarQuadratic
+from l2l_jax.validation import positive_int
 
 PHI0 = (0.1, 0.5, -1.0)
 ASSUMED_META_GRAD = (15.0, 8.0, -10.0)
@@ -101,7 +101,7 @@ def compute(phi0: tuple[float, float, float] = PHI0) -> dict[str, Any]:
     }
 
 
-def meta_train(
+def meta_descent(
     phi0: tuple[float, float, float] = PHI0,
     num_meta_steps: int = 200,
     meta_optimizer: optax.GradientTransformation | None = None,
@@ -111,8 +111,7 @@ def meta_train(
     Returns:
       ``(meta_losses, phis)``: the meta-loss before each step and φ after it.
     """
-    if isinstance(num_meta_steps, bool) or int(num_meta_steps) != num_meta_steps or num_meta_steps < 1:
-        raise ConfigError(f"num_meta_steps must be a positive integer, got {num_meta_steps!r}")
+    num_meta_steps = positive_int("num_meta_steps", num_meta_steps)
     meta_optimizer = meta_optimizer or optax.adam(0.01)
     phi = jnp.asarray(phi0, dtype=float)
 

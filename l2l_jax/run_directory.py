@@ -1,4 +1,8 @@
-"""A run directory: what meta-training writes and what :func:`l2l_jax.pretrained.load` reads.
+"""The run directory format: every file of a meta-training run, and the only code that touches them.
+
+Meta-training (``l2l_jax.meta.meta_train``), evaluation
+(``l2l_jax.evaluation.evaluate_run``), ``l2l_jax.pretrained`` and the CLI
+read and write run directories through this module.
 
 Layout::
 
@@ -19,7 +23,7 @@ Guarantees:
 * Data files are verified when read: ``checkpoint.msgpack`` carries the SHA-256
   of its own payload and of ``metrics.jsonl`` as it was at that checkpoint;
   ``optimizer.json`` carries the SHA-256 of ``optimizer.msgpack`` and of its own
-  content. A damaged file raises :class:`~l2l_jax.errors.RunDirectoryError`
+  content. A damaged file raises ``RunDirectoryError``
   naming it; it is never read half-way or trained through.
 * Files are created with the permissions the user's umask gives.
 * Nothing in a run directory is ever executed or imported.
@@ -34,7 +38,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from l2l_jax.errors import RunDirectoryBusyError, RunDirectoryError
+from l2l_jax.errors import ConfigError, RunDirectoryBusyError, RunDirectoryError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -110,14 +114,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _is_stray_temp(name: str) -> bool:
-    """Whether ``name`` is a temporary file of :func:`write_atomic` for one of the run's files."""
+    """Whether ``name`` is a temporary file of ``write_atomic`` for one of the run's files."""
     return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
 
 
 def remove_stray_temp_files(run_path: Path) -> list[str]:
-    """Removes temporary files that an interrupted :func:`write_atomic` left; returns their names.
+    """Removes temporary files that an interrupted ``write_atomic`` left; returns their names.
 
-    Call it only while holding the directory's :func:`lock`.
+    Call it only while holding the directory's ``lock``.
     """
     removed = []
     for p in run_path.iterdir():
@@ -224,7 +228,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The logged rows of a metrics file, unverified (for reports and plots).
 
     Lines that are not JSON objects with an integer ``step`` (a torn last line
-    after a hard kill) are skipped. Use :func:`load_checkpoint` to read the
+    after a hard kill) are skipped. Use ``load_checkpoint`` to read the
     metrics of a run that is to be resumed: that verifies them.
     """
     if not path.is_file():
@@ -257,7 +261,7 @@ def save_checkpoint(run_path: Path, state: Any, history: list[dict[str, Any]]) -
     """Writes ``metrics.jsonl`` for ``history``, then ``checkpoint.msgpack`` for ``state``.
 
     The checkpoint records the SHA-256 of its own payload and of the metrics file
-    as written here, so :func:`load_checkpoint` detects damage to either. A kill
+    as written here, so ``load_checkpoint`` detects damage to either. A kill
     between the two writes leaves a metrics file that extends the checkpoint's;
     that is accepted, and the extra rows are dropped on resume.
     """
@@ -389,3 +393,141 @@ def load_optimizer_params(directory: Path, target: Any, meta: dict[str, Any]) ->
     params = _restore(path, target, data)
     _check_finite(path, params)
     return params
+
+
+def _json_value(obj: Any) -> Any:
+    """``obj`` as JSON stores it (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+def config_differences(saved: Any, config: dict[str, Any], may_differ: Iterable[str] = ()) -> list[str] | None:
+    """The options in which a saved config differs from ``config``.
+
+    Args:
+      saved: the contents of a run's ``config.json``.
+      config: the config of the run being started, as a dict.
+      may_differ: options allowed to differ (e.g. the run's length).
+
+    Returns:
+      The sorted names of the differing options, or ``None`` if ``saved`` is not
+      a config at all (not a JSON object).
+    """
+    if not isinstance(saved, dict):
+        return None
+    mine = _json_value(config)
+    allowed = set(may_differ)
+    return sorted(k for k in set(saved) | set(mine) if k not in allowed and saved.get(k) != mine.get(k))
+
+
+def open_for_training(
+    run_path: Path,
+    config: dict[str, Any],
+    fresh: Any,
+    *,
+    resume: bool,
+    overwrite: bool,
+    may_differ: Iterable[str] = (),
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Restores the checkpoint of a run of ``config``, or starts a new run where that loses nothing.
+
+    Call it with the directory's ``lock`` held. A new run starts only in an
+    empty directory, one holding just this config (a run killed before its first
+    checkpoint), or anywhere with ``overwrite`` (which replaces the run's files
+    and keeps others). Resuming rewrites ``config.json`` (its allowed differences,
+    e.g. a longer run, are taken) and removes evaluation files that describe an
+    earlier φ.
+
+    Args:
+      run_path: the run directory.
+      config: the run's config as a dict (``l2l_jax.meta.MetaTrainConfig.to_dict``).
+      fresh: the initial training state; also the target that a checkpoint is restored into.
+      resume: resume from a checkpoint if there is one.
+      overwrite: start a new run whatever the directory holds.
+      may_differ: config options in which a resumed run may differ from the saved one.
+
+    Returns:
+      ``(state, history)``: the restored state and metrics rows, or ``(fresh, [])``.
+
+    Raises:
+      RunDirectoryError: if the directory holds other files or another run (without
+        ``overwrite``), or a damaged file.
+      ConfigError: if it holds a checkpoint of a run with a different config.
+    """
+    remove_stray_temp_files(run_path)
+    files = user_files(run_path)
+    differ = None
+    if CONFIG in files and not overwrite:
+        differ = config_differences(read_json(run_path / CONFIG), config, may_differ)
+        if differ is None:
+            raise RunDirectoryError(f"{run_path / CONFIG} is corrupt: not a JSON object")
+    if not overwrite and resume and CHECKPOINT in files:
+        if differ is None:
+            raise RunDirectoryError(f"{run_path} holds a checkpoint but no {CONFIG}; it cannot be resumed")
+        if differ:
+            raise ConfigError(
+                f"{run_path} holds a run with a different configuration ({', '.join(differ)} differ); "
+                "use another run directory, or --overwrite (overwrite=True) to replace that run"
+            )
+        state, history = load_checkpoint(run_path, fresh)
+        step = int(state.step)
+        history = [r for r in history if r["step"] <= step]
+        write_json(run_path / CONFIG, _json_value(config))
+        if step < config["num_meta_steps"]:
+            for name in (EVALUATION_JSON, EVALUATION_TABLE, LOSS_CURVES_PLOT):
+                (run_path / name).unlink(missing_ok=True)
+        return state, history
+    same_run = differ == [] and (not resume or files == [CONFIG])
+    if files and not (overwrite or same_run):
+        foreign = [f for f in files if f not in RUN_FILES]
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            why = f"it holds files that meta-training did not write ({listed})"
+        elif differ:
+            why = f"it holds a run with a different configuration ({', '.join(differ)} differ)"
+        else:
+            why = f"it holds a run with no checkpoint to resume ({', '.join(files)})"
+        raise RunDirectoryError(
+            f"refusing to start a new run in {run_path}: {why}; use another run directory, "
+            "or --overwrite (overwrite=True) to replace its run files"
+        )
+    for name in RUN_FILES:
+        (run_path / name).unlink(missing_ok=True)
+    write_json(run_path / CONFIG, _json_value(config))
+    return fresh, []
+
+
+def save_trained_optimizer(run_path: Path, meta: dict[str, Any], meta_params: Any) -> None:
+    """Saves a run's current best φ and its metadata (see ``save_optimizer``).
+
+    Fields that evaluation added to the previous ``optimizer.json`` are kept when
+    they describe the same φ (same ``best_step`` and ``meta_steps``) and dropped
+    otherwise.
+
+    Args:
+      run_path: the run directory.
+      meta: the metadata; must hold ``best_step`` and ``meta_steps``.
+      meta_params: φ.
+    """
+    old: dict[str, Any] = {}
+    if (run_path / OPTIMIZER_META).is_file():
+        try:
+            old = read_optimizer_meta(run_path)
+        except RunDirectoryError:
+            old = {}
+    if old.get("best_step") != meta["best_step"] or old.get("meta_steps") != meta["meta_steps"]:
+        old = {}
+    save_optimizer(run_path, {**old, **meta}, meta_params)
+
+
+def save_evaluation(run_path: Path, results: dict[str, Any], table: str, rows: list[dict[str, Any]]) -> None:
+    """Writes an evaluation of the run's optimizer: ``evaluation.json``, ``evaluation.md``, and ``rows`` into ``optimizer.json``.
+
+    Args:
+      run_path: the run directory.
+      results: everything the evaluation measured (JSON values).
+      table: the Markdown table.
+      rows: the summary rows to record in ``optimizer.json`` under ``evaluation``.
+    """
+    write_json(run_path / EVALUATION_JSON, results)
+    write_atomic(run_path / EVALUATION_TABLE, (table + "\n").encode())
+    update_optimizer_meta(run_path, evaluation=rows)

@@ -1,0 +1,132 @@
+"""The shipped optimizers give the same updates as before the LSTM modules were reorganised.
+
+The numbers below were produced by the code before the layout change (the
+implementation registry moving from ``lstm_cell`` to ``lstm``), with the updates
+jitted in float32 on a CPU. Any later change that alters what a shipped optimizer
+or the worked example's linear RNN does to a gradient fails here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from l2l_jax import optimizers, pretrained
+from l2l_jax.optimizers import linear_rnn
+
+#: A fixed gradient: a zero, a large value, tiny ones (below the log/sign cut-off
+#: e^-10 and above it), and both signs.
+GRADIENT = {
+    "w": np.array([[0.0, 1.5, -0.25], [1000.0, -3e-4, 0.07]], np.float32),
+    "b": np.array([-2.0, 1e-6], np.float32),
+}
+
+
+def gradient(step: int) -> dict[str, jax.Array]:
+    """The fixed gradient scaled by 1, 0.6 and 0.2 at steps 0, 1 and 2."""
+    return {k: jnp.asarray(v * np.float32(1.0 - 0.4 * step)) for k, v in GRADIENT.items()}
+
+
+def three_updates(tx: optax.GradientTransformationExtraArgs) -> list[dict[str, np.ndarray]]:
+    """The updates of three jitted steps from the initial state."""
+    update = jax.jit(tx.update)
+    state = tx.init(gradient(0))
+    out = []
+    for step in range(3):
+        updates, state = update(gradient(step), state)
+        out.append(jax.tree.map(np.asarray, updates))
+    return out
+
+
+def shipped_lstm(name: str, implementation: str) -> optax.GradientTransformationExtraArgs:
+    optimizer, phi = pretrained.load_meta_params(name)
+    return optimizers.get("lstm", **optimizer.config(), implementation=implementation).as_optax(phi)
+
+
+def worked_example_rnn() -> optax.GradientTransformationExtraArgs:
+    optimizer = linear_rnn()
+    return optimizer.as_optax(optimizer.init(jax.random.key(0)))
+
+
+#: (shipped optimizer, LSTM implementation) -> the updates of steps 0, 1, 2.
+PINNED_LSTM: dict[tuple[str, str], list[dict[str, list[float]]]] = {
+    ("quadratic-lstm", "reference"): [
+        {
+            "w": [-0.005042909, -0.09082067, 0.02935489, -0.2753509, -0.00928445, -0.0002900861],
+            "b": [0.1192867, -0.004848742],
+        },
+        {
+            "w": [-0.01186867, -0.1044188, 0.02503253, -0.3263434, -0.02061922, -0.006019656],
+            "b": [0.1331328, -0.01163844],
+        },
+        {
+            "w": [-0.0149074, -0.075718, 0.006960119, -0.3307044, -0.02536753, -0.008961431],
+            "b": [0.09777852, -0.01473964],
+        },
+    ],
+    ("quadratic-lstm", "fused"): [
+        {
+            "w": [-0.005042908, -0.09082067, 0.02935489, -0.2753509, -0.009284451, -0.0002900856],
+            "b": [0.1192867, -0.004848743],
+        },
+        {
+            "w": [-0.01186867, -0.1044188, 0.02503252, -0.3263434, -0.02061922, -0.006019656],
+            "b": [0.1331328, -0.01163845],
+        },
+        {
+            "w": [-0.0149074, -0.07571801, 0.006960114, -0.3307044, -0.02536753, -0.008961435],
+            "b": [0.09777852, -0.01473964],
+        },
+    ],
+    ("mnist-lstm", "reference"): [
+        {
+            "w": [0.0005170348, -0.02711796, 0.02174467, -0.02875236, 0.02175407, -0.0261925],
+            "b": [0.02162473, -6.68454e-05],
+        },
+        {
+            "w": [0.001599067, -0.0838981, 0.04223406, -0.09378258, 0.03949666, -0.07786684],
+            "b": [0.04257595, 0.0007086165],
+        },
+        {"w": [0.002265281, -0.1518562, 0.0614247, -0.1605828, 0.0526026, -0.1449134], "b": [0.06263881, 0.00133081]},
+    ],
+    ("mnist-lstm", "fused"): [
+        {
+            "w": [0.0005170344, -0.02711796, 0.02174467, -0.02875236, 0.02175407, -0.02619249],
+            "b": [0.02162473, -6.684563e-05],
+        },
+        {
+            "w": [0.001599066, -0.0838981, 0.04223406, -0.09378258, 0.03949666, -0.07786685],
+            "b": [0.04257595, 0.0007086156],
+        },
+        {"w": [0.002265281, -0.1518562, 0.0614247, -0.1605828, 0.0526026, -0.1449134], "b": [0.06263881, 0.001330809]},
+    ],
+}
+
+#: The linear RNN with the worked example's φ = (0.1, 0.5, -1.0).
+PINNED_LINEAR_RNN: list[dict[str, list[float]]] = [
+    {"w": [0.0, -0.15, 0.025, -100.0, 3e-05, -0.007], "b": [0.2, -1e-07]},
+    {"w": [0.0, -0.165, 0.0275, -110.0, 3.3e-05, -0.0077], "b": [0.22, -1.1e-07]},
+    {"w": [0.0, -0.1125, 0.01875, -75.0, 2.25e-05, -0.00525], "b": [0.15, -7.5e-08]},
+]
+
+
+def assert_updates(got: list[dict[str, np.ndarray]], want: list[dict[str, list[float]]]) -> None:
+    assert len(got) == len(want) == 3
+    for step, (g, w) in enumerate(zip(got, want)):
+        for leaf in ("w", "b"):
+            assert g[leaf].dtype == np.float32
+            np.testing.assert_allclose(
+                g[leaf].ravel(), np.array(w[leaf]), rtol=1e-5, atol=0, err_msg=f"step {step}, leaf {leaf}"
+            )
+
+
+@pytest.mark.parametrize(("name", "implementation"), list(PINNED_LSTM))
+def test_a_shipped_optimizer_gives_the_pinned_updates(name, implementation):
+    assert_updates(three_updates(shipped_lstm(name, implementation)), PINNED_LSTM[name, implementation])
+
+
+def test_the_worked_examples_linear_rnn_gives_the_pinned_updates():
+    assert_updates(three_updates(worked_example_rnn()), PINNED_LINEAR_RNN)
