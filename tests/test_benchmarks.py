@@ -317,3 +317,24 @@ def test_gpu_plan_refuses_a_kernel_tiling_the_kernel_cannot_take(tiling):
     out = run_script("gpu_plan.py", "--kernel-tilings", tiling, timeout=300)
     assert out.returncode == 2
     assert "--kernel-tilings" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_gpu_bandwidth_measures_the_copy_and_the_matrix_product(tmp_path):
+    out = run_script("gpu_bandwidth.py", "--copy-elements", "1e5", "--matmul-size", "64", "--repeats", "2",
+                     "--out", str(tmp_path / "result.json"), timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "result.json").read_text())
+    (copy,) = results["copy"]
+    (matmul,) = results["matmul"]
+    assert copy["copy_GB_per_s"] == pytest.approx(8 * 100000 / copy["seconds"] / 1e9)
+    assert matmul["bf16_TFLOP_per_s"] == pytest.approx(2 * 64**3 / matmul["seconds"] / 1e12)
+
+
+def test_kernel_tiling_times_each_step_and_checks_it_against_the_reference(tmp_path):
+    # Off a GPU the Pallas kernel runs in the interpreter.
+    _, rows = run_for_rows(tmp_path, "kernel_tiling.py", "rows", "--size", "100", "--tilings", "16x2", "--repeats", "1")
+    assert [r["kernel"] for r in rows] == ["xla-fused", "xla-reference", "pallas-16x2"]
+    for row in rows:
+        # x (2 features), out, h and c of 2 layers x 20 units read and written: 652 bytes a coordinate.
+        assert row["minimal_bytes"] == 100 * 652 and row["seconds"] > 0
+        assert row["relative_error"] < 1e-5
