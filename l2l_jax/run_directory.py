@@ -520,7 +520,9 @@ def save_trained_optimizer(run_path: Path, meta: dict[str, Any], meta_params: An
 
 
 def save_evaluation(run_path: Path, results: dict[str, Any], table: str, rows: list[dict[str, Any]]) -> None:
-    """Writes an evaluation of the run's optimizer: ``evaluation.json``, ``evaluation.md``, and ``rows`` into ``optimizer.json``.
+    """Writes an evaluation of the run's optimizer.
+
+    Writes ``evaluation.json`` and ``evaluation.md``, and adds ``rows`` to ``optimizer.json``.
 
     Args:
       run_path: the run directory.

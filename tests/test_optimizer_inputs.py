@@ -187,13 +187,17 @@ def test_a_fully_masked_tree_passes_through_like_adam(which):
         np.testing.assert_array_equal(a, b)
 
 
+def update_and_state(which: str, jit: bool):
+    """The ``which`` optimizer's update function (jitted or not) and its state for ``PARAMS``."""
+    opt = optimizers.get(which)
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    return (jax.jit(tx.update) if jit else tx.update), tx.init(PARAMS)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("which", ["lstm", "linear_rnn"])
 def test_gradients_of_another_structure_than_the_state_are_refused_naming_the_leaf(which, jit):
-    opt = optimizers.get(which)
-    tx = opt.as_optax(opt.init(jax.random.key(0)))
-    update = jax.jit(tx.update) if jit else tx.update
-    state = tx.init(PARAMS)
+    update, state = update_and_state(which, jit)
     grads = {"w": jnp.ones((3, 4)), "v": jnp.ones(4)}
     with pytest.raises(errors.GradientsMismatchError, match=r"gradient leaf \['v'\] is not in the optimizer state") as info:
         update(grads, state)
@@ -207,10 +211,7 @@ def test_gradients_of_another_structure_than_the_state_are_refused_naming_the_le
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("which", ["lstm", "linear_rnn"])
 def test_gradients_of_another_shape_than_the_state_are_refused_naming_the_leaf(which, jit):
-    opt = optimizers.get(which)
-    tx = opt.as_optax(opt.init(jax.random.key(0)))
-    update = jax.jit(tx.update) if jit else tx.update
-    state = tx.init(PARAMS)
+    update, state = update_and_state(which, jit)
     grads = {"w": jnp.ones((4, 3)), "b": jnp.ones(4)}
     with pytest.raises(errors.GradientsMismatchError, match=r"gradient leaf \['w'\] has shape \(4, 3\).*state.*\(3, 4\)"):
         update(grads, state)

@@ -1,4 +1,8 @@
-"""Meta-training's host loop: ``MetaTrainConfig`` and ``meta_train`` (truncated-BPTT meta-steps over batches of tasks, validation, checkpoints into a run directory, progress, interruption and exact resume)."""
+"""Meta-training's host loop: ``MetaTrainConfig`` and ``meta_train``.
+
+Truncated-BPTT meta-steps over batches of tasks, validation, checkpoints into a run
+directory, progress, interruption and exact resume.
+"""
 
 from __future__ import annotations
 
@@ -447,7 +451,8 @@ def meta_train(
             # Optimizer first, then metrics and checkpoint: a kill in between leaves
             # an optimizer and metrics rows past the checkpoint, which the resumed
             # run rewrites.
-            rd.save_trained_optimizer(run_path, _optimizer_meta(optimizer, state, config, family), _best(state)[0])
+            best_phi, best_step = _best(state)
+            rd.save_trained_optimizer(run_path, _optimizer_meta(optimizer, state, best_step, config, family), best_phi)
             rd.save_checkpoint(run_path, state, history)
 
         def call_length(done: int) -> int:
@@ -606,9 +611,9 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _optimizer_meta(
-    optimizer: LearnedOptimizer, state: MetaTrainState, config: MetaTrainConfig, family: TaskFamily
+    optimizer: LearnedOptimizer, state: MetaTrainState, best_step: int, config: MetaTrainConfig, family: TaskFamily
 ) -> dict[str, Any]:
-    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state``."""
+    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state`` (from ``best_step``)."""
     return {
         "optimizer": optimizer.name,
         "optimizer_config": optimizer.config(),
@@ -616,7 +621,7 @@ def _optimizer_meta(
         "task_options": config.task_options,  # What rebuilds the task by name.
         "task_config": family.config(),
         "meta_steps": int(state.step),
-        "best_step": _best(state)[1],
+        "best_step": best_step,
         "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
         "skipped_meta_steps": int(state.skipped),
         "training_config": config.to_dict(),
