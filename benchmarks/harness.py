@@ -11,7 +11,8 @@ script's own folder on ``sys.path``. It owns:
 * the machine: :func:`describe_machine`;
 * XLA's memory figures: :func:`compiled_memory`, :func:`device_peak_bytes`;
 * the programs that several scripts time or compile: :func:`donated_update`,
-  :func:`train_step`, :func:`meta_step_fn`, the wide MLP of ``fit_wide_mlp.py``
+  :func:`train_step`, :func:`meta_step_fn`, a run's meta-gradient estimates
+  (:func:`run_estimates`), the wide MLP of ``fit_wide_mlp.py``
   (:func:`fit_model`, :func:`fit_optimizer`) and the update's minimal memory traffic
   (:func:`minimal_bytes`).
 """
@@ -36,8 +37,10 @@ import numpy as np
 import optax
 
 from l2l_jax import pretrained, tasks
+from l2l_jax.meta import estimators as E
 from l2l_jax.meta import init_inner, meta_value_and_grad
 from l2l_jax.optimizers import lstm
+from l2l_jax.optimizers.base import MetaParams
 from l2l_jax.run_directory import write_atomic
 from l2l_jax.tasks.mnist import MLP, cross_entropy
 
@@ -375,6 +378,37 @@ def meta_step_fn(
         return phi, meta_tx.init(phi), inner
 
     return step, setup
+
+
+def run_estimates(
+    est: E.GradientEstimator, meta_params: MetaParams, state: Any, key: jax.Array, num_truncations: int
+) -> tuple[Any, jax.Array, MetaParams]:
+    """``num_truncations`` consecutive estimates of ``est`` from ``state``, as one ``lax.fori_loop``.
+
+    Estimate i draws its ES/PES perturbations with ``fold_in(key, i)`` and hands its
+    state to estimate i + 1. From ``est.init``, ``num_truncations = T / K`` estimates
+    cover a whole run of T steps, and for PES the sum of their gradients is an unbiased
+    estimate of the gradient of the whole run's Gaussian-smoothed loss.
+
+    Args:
+      est: the estimator (``l2l_jax.meta.estimators.get``).
+      meta_params: φ.
+      state: the estimator's state to start from (e.g. ``est.init(φ, key)``).
+      key: the perturbations' key.
+      num_truncations: how many estimates (truncations).
+
+    Returns:
+      ``(state, loss, grad)``: the state after the last estimate, and the sums of the
+      estimates' meta-losses and of their meta-gradients (a tree of φ's shape).
+    """
+
+    def body(i: jax.Array, carry: tuple[Any, jax.Array, MetaParams]) -> tuple[Any, jax.Array, MetaParams]:
+        state, loss, grad = carry
+        r = est.estimate(meta_params, state, jax.random.fold_in(key, i))
+        return r.state, loss + r.meta_loss, jax.tree.map(jnp.add, grad, r.meta_grad)
+
+    zeros = jax.tree.map(jnp.zeros_like, meta_params)
+    return jax.lax.fori_loop(0, num_truncations, body, (state, jnp.zeros(()), zeros))
 
 
 def add_data_dir_option(parser: argparse.ArgumentParser) -> None:

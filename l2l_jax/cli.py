@@ -210,6 +210,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "horizon": args.horizon,
         "truncation": args.truncation,
         "batch_size": args.batch_size,
+        "estimator": args.estimator,
+        "sigma": args.sigma,
+        "num_pairs": args.pairs,
         "meta_optimizer": args.meta_optimizer,
         "meta_lr": args.meta_lr,
         "meta_lr_schedule": args.meta_lr_schedule,
@@ -375,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--horizon", type=int, default=d["horizon"], help="inner steps per run, T")
     mt.add_argument("--truncation", type=int, default=d["truncation"], help="inner steps per meta-step, K")
     mt.add_argument("--batch-size", type=int, default=d["batch_size"], help="tasks per meta-step")
+    mt.add_argument(
+        "--estimator",
+        default=d["estimator"],
+        help="meta-gradient estimator: tbptt (truncated BPTT), es (truncated ES) or pes (persistent ES)",
+    )
+    mt.add_argument("--sigma", type=float, default=d["sigma"], help="es/pes: standard deviation of φ's perturbations")
+    mt.add_argument("--pairs", type=int, default=d["num_pairs"], help="es/pes: antithetic pairs of runs per task")
     mt.add_argument(
         "--meta-optimizer", default=d["meta_optimizer"], help=f"optimizer of φ: {', '.join(META_OPTIMIZERS)}"
     )

@@ -1,4 +1,14 @@
-"""Which tests only CI's full run needs (the environment is set up in the repository's ``conftest.py``)."""
+"""Which tests only CI's full run needs, and running code on fake devices.
+
+The environment is set up in the repository's ``conftest.py``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -34,6 +44,15 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "True-3"): "[True-1]",
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-1"): "[True-1]",
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-3"): "[False-2]",
+    # ES, PES and a mixture on 4 fake devices in a child process: test_sharding.py runs the same machinery (tbptt).
+    ("test_meta_training_estimators.py", "test_sharded_meta_training_matches_one_device", None): (
+        "test_sharding.py::test_sharded_meta_training_matches_one_device"
+    ),
+    ("test_meta_training_estimators.py", "test_a_task_mixture_meta_trains_validates_and_resumes_exactly", "tbptt"): (
+        "[pes]"
+    ),
+    ("test_meta_training_estimators.py", "test_a_non_finite_step_is_skipped_and_restarts_the_runs", "es"): "[pes]",
+    ("test_meta_training_estimators.py", "test_non_finite_meta_steps_are_skipped_and_counted", "es"): "[pes]",
 }
 
 
@@ -47,3 +66,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ids = [] if callspec is None else [callspec.id, *callspec.id.split("-")]
             if param is None or param in ids:
                 item.add_marker(pytest.mark.slow)
+
+
+def _run_with_fake_devices(script: str, num_devices: int, *args: str, timeout: float = 600) -> Any:
+    """Runs ``python -c script *args`` on ``num_devices`` fake CPU devices; the JSON it printed after ``RESULT``."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={num_devices}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], check=False, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+@pytest.fixture(scope="session")
+def fake_devices() -> Callable[..., Any]:
+    """``fake_devices(script, n, *args)``: runs a script in a child process with n fake CPU devices.
+
+    JAX fixes its device count when it starts, so multi-device code runs in a fresh
+    interpreter with ``--xla_force_host_platform_device_count``. The script prints one
+    line ``RESULT<json>``; the fixture's function returns the parsed JSON.
+    """
+    return _run_with_fake_devices

@@ -338,3 +338,106 @@ def test_kernel_tiling_times_each_step_and_checks_it_against_the_reference(tmp_p
         # x (2 features), out, h and c of 2 layers x 20 units read and written: 652 bytes a coordinate.
         assert row["minimal_bytes"] == 100 * 652 and row["seconds"] > 0
         assert row["relative_error"] < 1e-5
+
+
+def test_estimator_variance_compares_each_estimate_with_the_exact_and_the_smoothed_full_run_gradient(tmp_path):
+    options = ["--horizon", "4", "--truncations", "2", "--pairs", "1", "2", "--samples", "4", "--reference-draws", "3",
+               "--tasks", "1", "--estimators", "tbptt-first-order", "pes", "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    _, rows = run_for_rows(tmp_path, "estimator_variance.py", "rows", *options)
+    data = json.loads((tmp_path / "result.json").read_text())
+    assert [(r["reference"], r["truncation"], r["draws"]) for r in data["references"]] == [
+        ("exact", None, 1),
+        ("smoothed", 2, 3),  # its own draws, for each truncation K
+    ]
+    exact, smoothed = data["references"]
+    assert exact["variance"] == 0 and smoothed["variance"] > 0
+    assert [(r["estimator"], r["truncation"], r["pairs"], r["estimates_per_task"]) for r in rows] == [
+        ("tbptt-first-order", 2, None, 1),
+        ("pes", 2, 1, 4),
+        ("pes", 2, 2, 2),  # the means of disjoint pairs of the 4 one-pair draws
+    ]
+    for row in rows:
+        for prefix, reference in (("", exact), ("smoothed_", smoothed)):
+            for field in ("bias2", "bias2_se", "noise", "mse", "relative_mse", "cosine", "reference_norm2"):
+                assert math.isfinite(row[prefix + field]), (row["estimator"], prefix + field)
+            # MSE = mean ‖e − ref‖² − v_ref/M = bias² + v, with bias² = ‖mean − ref‖² − v/n − v_ref/M.
+            assert row[prefix + "mse"] == pytest.approx(row[prefix + "bias2"] + row["variance"], rel=1e-9)
+            assert row[prefix + "relative_mse"] == pytest.approx(
+                row[prefix + "mse"] / row[prefix + "reference_norm2"], rel=1e-9
+            )
+            n = row["estimates_per_task"]
+            assert row[prefix + "noise"] == pytest.approx(
+                row["variance"] / n + reference["variance"] / reference["draws"], rel=1e-9
+            )
+            assert -1 <= row[prefix + "cosine"] <= 1 and row[prefix + "bias2_se"] >= 0
+            assert row[prefix + "reference_norm2"] == pytest.approx(reference["norm2"], rel=1e-12)
+    tbptt, pes1, pes2 = rows
+    assert tbptt["variance"] == 0 and tbptt["bias2_se"] == 0  # deterministic, against a deterministic reference
+    assert tbptt["smoothed_bias2_se"] > 0  # the smoothed reference is itself a mean of random draws
+    assert pes1["variance"] > 0 and pes2["variance"] > 0
+    # The mean of the 2-pair estimates is that of the 4 one-pair draws: the same noise of the mean, the same s.e.
+    assert pes2["smoothed_bias2_se"] == pytest.approx(pes1["smoothed_bias2_se"], rel=1e-9)
+    text = (tmp_path / "result.md").read_text()
+    assert data["command"] in text
+    assert text.count("| pes | 2 |") == 4  # a row against each reference
+    assert "## Against the exact gradient" in text and "## Against the smoothed gradient" in text
+
+
+def test_estimator_memory_of_a_whole_es_or_pes_run_does_not_grow_with_its_length(tmp_path):
+    options = ["--families", "quadratic", "--horizons", "20", "80", "--truncation", "10", "--estimators", "es", "pes",
+               "--bptt", "bptt"]  # fmt: skip
+    _, per_truncation = run_for_rows(tmp_path, "estimator_memory.py", "per_truncation", *options)
+    whole = json.loads((tmp_path / "result.json").read_text())["whole_run"]
+    expected = [("es", 20), ("es", 80), ("pes", 20), ("pes", 80)]
+    assert [(r["estimator"], r["horizon"]) for r in per_truncation] == expected
+    assert [(r["method"], r["horizon"]) for r in whole] == [
+        ("es", 20), ("pes", 20), ("bptt", 20), ("es", 80), ("pes", 80), ("bptt", 80),
+    ]  # fmt: skip
+    for row in per_truncation + whole:
+        assert row["compiled_memory_bytes"] > 0 and row["temp_bytes"] >= 0 and row["argument_bytes"] > 0
+    memory = {(r["method"], r["horizon"]): r["compiled_memory_bytes"] for r in whole}
+    for name in ("es", "pes"):
+        first, last = (r for r in per_truncation if r["estimator"] == name)
+        assert first["program"] == last["program"]  # one estimate is the same program for every T
+        # The whole run's program: a loop of 2 or 8 estimates (a single one is no loop, and compiles otherwise).
+        assert memory[name, 20] == memory[name, 80]
+    assert memory["bptt", 80] > memory["bptt", 20]  # untruncated BPTT keeps every step for its backward pass
+    assert "# Compiled memory" in (tmp_path / "result.md").read_text()
+
+
+@pytest.mark.slow  # PES meta-training and evaluation: tests/test_meta_training_estimators.py, test_mnist_task.py
+def test_long_horizon_meta_trains_with_pes_from_the_shipped_optimizer_and_compares_paired(tmp_path):
+    options = ["--meta-steps", "2", "--horizon", "4", "--truncation", "2", "--batch-size", "1", "--pairs", "1",
+               "--val-tasks", "1", "--steps-per-call", "1", "--tune-inits", "2", "--test-inits", "3",
+               "--eval-steps", "2", "4", "--baselines", "adam", "--no-progress", "--tag", "_tiny",
+               "--run-dir", str(tmp_path / "run"), "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("long_horizon.py", *options, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "long_horizon_tiny.json").read_text())
+    assert results["config"]["estimator"] == "pes" and results["init"] == "shipped mnist-lstm"
+    assert [(r["steps"], r["optimizer"]) for r in results["rows"]] == [
+        (steps, name) for steps in (2, 4) for name in ("PES LSTM", "mnist-lstm", "adam")
+    ]
+    for row in results["rows"]:
+        assert math.isfinite(row["mean_loss"]) and row["stderr"] >= 0
+        assert ("reference_minus_this" in row) == (row["optimizer"] != "PES LSTM")
+        assert (row["learning_rate"] is None) == (row["optimizer"] != "adam")
+    table = (tmp_path / "long_horizon_tiny.md").read_text()
+    assert "| 4 | adam |" in table and "PES: σ = 0.01" in table
+    assert (tmp_path / "long_horizon_tiny.png").stat().st_size > 1000
+
+
+def test_worked_example_estimators_recover_the_exact_gradient_where_they_are_unbiased(tmp_path):
+    out = run_script("worked_example_estimators.py", "--samples", "4000", "--sigmas", "0.01",
+                     "--results-dir", str(tmp_path), timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "worked_example_estimators.json").read_text())
+    rows = {(r["estimator"], r["truncation"], r["setting"]): r for r in results["meta_losses"]["f(θ2)"]["rows"]}
+    # Truncated BPTT over the whole run, second order, is the worked example's exact meta-gradient.
+    assert rows[("tbptt", 2, "second order")]["mean"] == pytest.approx([-113.4, -5.4, 11.34], abs=1e-9)
+    pes = next(r for (name, k, _), r in rows.items() if name == "pes" and k == 1)
+    es = next(r for (name, k, _), r in rows.items() if name == "es" and k == 1)
+    # PES over two truncations is unbiased for its target; truncated ES is far from it.
+    assert pes["max_deviation_in_standard_errors"] < 5
+    assert es["max_deviation_in_standard_errors"] > 20
+    assert "| pes | 1 |" in (tmp_path / "worked_example_estimators.md").read_text()

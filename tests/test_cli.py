@@ -57,6 +57,22 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
     assert "evaluation" in json.loads((run / "optimizer.json").read_text())
 
 
+def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses_the_mixture(tmp_path, capsys):
+    run = tmp_path / "run"
+    members = '[{"task": "quadratic", "options": {"dim": 2}}, {"task": "quadratic", "options": {"dim": 4}}]'
+    argv = ["meta-train", "--task", "mixture", "--task-option", f"members={members}", *TINY[2:]]
+    argv += ["--estimator", "pes", "--sigma", "0.05", "--pairs", "2"]
+    assert cli.main([*argv, "--run-dir", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["estimator"], config["sigma"], config["num_pairs"]) == ("pes", 0.05, 2)
+    assert [m["options"]["dim"] for m in config["task_options"]["members"]] == [2, 4]
+    assert config["components"]["task"]["type"] == "TaskMixture"
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2l-jax: error: ") and "task mixture" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -75,6 +91,11 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
         (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
         (["seed-example", "--meta-steps", "0"], "num_meta_steps must be a positive integer"),
         (["evaluate", "RUN", "--steps", "0"], "num_steps must be a positive integer"),
+        (["meta-train", "--estimator", "reinforce", "--run-dir", "X"], "unknown estimator 'reinforce'"),
+        (["meta-train", "--sigma", "0.1", "--run-dir", "X"], "sigma and num_pairs apply to the es and pes"),
+        (["meta-train", "--estimator", "pes", "--second-order", "--run-dir", "X"], "apply to truncated BPTT only"),
+        (["meta-train", "--estimator", "es", "--sigma", "-1", "--run-dir", "X"], "sigma must be a positive number"),
+        (["meta-train", "--estimator", "pes", "--pairs", "0", "--run-dir", "X"], "num_pairs must be a positive"),
     ],
 )
 def test_bad_input_prints_one_clear_line(argv, message, tmp_path, capsys):

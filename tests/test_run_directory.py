@@ -377,7 +377,7 @@ def test_huge_finite_meta_gradients_are_not_skipped_as_non_finite():
 
 
 def test_global_norm_does_not_overflow():
-    from l2l_jax.meta.training import global_norm
+    from l2l_jax.meta.step import global_norm
 
     tree = {"a": jnp.full((4,), 1e30, jnp.float32), "b": jnp.zeros((2, 2), jnp.float32)}
     np.testing.assert_allclose(float(global_norm(tree)), 2e30, rtol=1e-6)

@@ -6,10 +6,6 @@ in a child process started with ``--xla_force_host_platform_device_count=8``.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -61,18 +57,8 @@ CHILD = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def child():
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD], check=False, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return json.loads(line[len("RESULT") :])
+def child(fake_devices):
+    return fake_devices(CHILD, 8)
 
 
 def test_the_child_sees_eight_devices_and_splits_tasks_evenly(child):

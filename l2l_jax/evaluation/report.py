@@ -9,7 +9,7 @@ from typing import Any
 from l2l_jax import pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import RunDirectoryError
+from l2l_jax.errors import ConfigError, RunDirectoryError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 
@@ -52,6 +52,8 @@ def evaluate_run(
       RunDirectoryError: if the run directory is damaged, or names a
         ``module:function`` task that ``task`` does not name.
       RunDirectoryBusyError: if another process is writing to it.
+      ConfigError: if the run was meta-trained on a task mixture (evaluate each
+        member family with ``compare_with_baselines`` instead).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -79,6 +81,12 @@ def evaluate_run(
         options = info.get("task_options", info.get("task_config", {}))
         if not isinstance(options, dict):
             raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
+        if task == "mixture":
+            # Refused before anything is built: members may name code to import (module:function).
+            raise ConfigError(
+                f"{run_dir} was meta-trained on a task mixture; it has no single task to evaluate on: "
+                "evaluate it on each member family in Python with l2l_jax.evaluation.compare_with_baselines"
+            )
         family = tasks_lib.get(task, **options)
         t0 = time.perf_counter()
         comparison = compare_with_baselines(

@@ -1,7 +1,8 @@
 """Meta-training's host loop: ``MetaTrainConfig`` and ``meta_train``.
 
-Truncated-BPTT meta-steps over batches of tasks, validation, checkpoints into a run
-directory, progress, interruption and exact resume.
+The trainer: compiled calls of ``l2l_jax.meta.step.meta_step`` (with the estimator the
+config names), validation, checkpoints into a run directory, progress, interruption
+and exact resume. What a meta-gradient is lives in ``l2l_jax.meta.estimators``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +28,26 @@ from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax import validation as v
 from l2l_jax.errors import ConfigError, MetaTrainingError, Terminated
+from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
+from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, init_members, meta_step
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
     InnerState,
     check_remat,
     check_tasks_per_chunk,
     init_inner,
-    meta_value_and_grad,
     unroll,
     weighted_loss,
 )
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
+from l2l_jax.tasks.mixture import TaskMixture
 
 META_LR_SCHEDULES = ("constant", "cosine")
+#: The key of ``config.json`` that records what was built (see ``components``).
+COMPONENTS = "components"
+DEFAULT_SIGMA = 0.01
 META_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop, "adamw": optax.adamw}
 
 
@@ -59,15 +65,20 @@ class MetaTrainConfig:
       horizon: T, the inner steps of one run before tasks are resampled (paper: 100).
       truncation: K, the inner steps per meta-update (paper: 20); must divide T.
       batch_size: tasks per meta-step (vmapped).
+      estimator: the meta-gradient estimator (see ``l2l_jax.meta.estimators``):
+        ``"tbptt"`` (truncated BPTT, the paper's), ``"es"`` (truncated antithetic
+        evolution strategies) or ``"pes"`` (persistent evolution strategies).
+      sigma: ES/PES: the standard deviation of φ's perturbations.
+      num_pairs: ES/PES: antithetic pairs of runs per task.
       meta_optimizer: ``"adam"`` (paper), ``"adamw"``, ``"rmsprop"`` or ``"sgd"``.
       meta_lr: the meta-optimizer's learning rate.
       meta_lr_schedule: ``"constant"``, or ``"cosine"`` (decay to 0.1·meta_lr over
         ``num_meta_steps``).
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
-      first_order: drop second derivatives (paper's default) or keep them.
+      first_order: truncated BPTT: drop second derivatives (paper's default) or keep them.
       weighting: ``"uniform"`` (w_t = 1), ``"final"`` (last loss only) or
         ``"log"`` (Σ log f(θ_t); see ``l2l_jax.meta.weighted_loss``).
-      remat: ``True``: ``jax.checkpoint`` each inner step (less memory, more
+      remat: truncated BPTT: ``True``: ``jax.checkpoint`` each inner step (less memory, more
         compute); ``"segments"``: also checkpoint √K-step segments, for long
         truncations (see ``l2l_jax.meta.unroll``).
       tasks_per_chunk: ``None``: unroll the whole batch at once (``vmap``); a
@@ -90,6 +101,9 @@ class MetaTrainConfig:
     horizon: int = 100
     truncation: int = 20
     batch_size: int = 128
+    estimator: str = "tbptt"
+    sigma: float = DEFAULT_SIGMA
+    num_pairs: int = 1
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
@@ -126,6 +140,16 @@ class MetaTrainConfig:
         check_tasks_per_chunk(self.tasks_per_chunk, self.batch_size)
         v.one_of("weighting", self.weighting, WEIGHTINGS)
         v.one_of("meta_optimizer", self.meta_optimizer, tuple(META_OPTIMIZERS))
+        v.one_of("estimator", self.estimator, tuple(estimators_lib.ESTIMATORS))
+        v.positive_float("sigma", self.sigma)
+        v.positive_int("num_pairs", self.num_pairs)
+        if self.estimator == "tbptt" and (self.sigma != DEFAULT_SIGMA or self.num_pairs != 1):
+            raise ConfigError("sigma and num_pairs apply to the es and pes estimators, not tbptt")
+        if self.estimator != "tbptt" and (not self.first_order or self.remat):
+            raise ConfigError(
+                f"first_order and remat apply to truncated BPTT only; the {self.estimator} estimator "
+                "does not differentiate the unroll"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +164,7 @@ class MetaTrainConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a meta-training config must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: x for k, x in d.items() if k != COMPONENTS}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown meta-training option(s): {', '.join(sorted(unknown))}")
@@ -148,8 +173,37 @@ class MetaTrainConfig:
     def build_optimizer(self) -> LearnedOptimizer:
         return optimizers_lib.get(self.optimizer, **self.optimizer_options)
 
-    def build_task(self) -> TaskFamily:
+    def build_task(self) -> TaskFamily | TaskMixture:
         return tasks_lib.get(self.task, **self.task_options)
+
+    def build_members(self, optimizer: LearnedOptimizer, family: TaskFamily | TaskMixture) -> list[Member]:
+        """The estimator of ``config.estimator`` over ``family``: one ``Member``, or one per member of a mixture.
+
+        Raises:
+          ConfigError: if a mixture has more members than ``batch_size`` tasks, or
+            ``tasks_per_chunk`` does not divide a member's share of the batch.
+        """
+        if self.estimator == "tbptt":
+            options = {"first_order": self.first_order, "remat": self.remat}
+        else:
+            options = {"sigma": self.sigma, "num_pairs": self.num_pairs}
+        options.update(weighting=self.weighting, truncation=self.truncation)
+        parts = _parts(family, self.batch_size)
+        for f, n, _ in parts:
+            if len(parts) > 1 and self.tasks_per_chunk is not None and n % self.tasks_per_chunk:
+                raise ConfigError(
+                    f"tasks_per_chunk={self.tasks_per_chunk} must divide every mixture member's share of the "
+                    f"batch; {f!r} gets {n} of the {self.batch_size} tasks"
+                )
+        return [
+            Member(
+                estimators_lib.get(
+                    self.estimator, optimizer, f, batch_size=n, tasks_per_chunk=self.tasks_per_chunk, **options
+                ),
+                w,
+            )
+            for f, n, w in parts
+        ]
 
     def build_meta_optimizer(self) -> optax.GradientTransformation:
         lr: float | optax.Schedule = self.meta_lr
@@ -161,49 +215,36 @@ class MetaTrainConfig:
         return tx
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """The global L2 norm of a pytree, computed without overflow.
+#: Options added to ``MetaTrainConfig`` after runs were first saved, with the values those runs had.
+_ADDED_OPTIONS: dict[str, Any] = {"estimator": "tbptt", "sigma": DEFAULT_SIGMA, "num_pairs": 1}
 
-    Unlike a plain ``sqrt(sum(x**2))``, finite entries as large as ~1e38 in
-    float32 give a finite norm: the entries are divided by the largest magnitude
-    before squaring. A NaN or infinite entry gives a non-finite norm.
+
+def components(
+    config: MetaTrainConfig,
+    family: TaskFamily | TaskMixture,
+    optimizer: LearnedOptimizer,
+    meta_optimizer: optax.GradientTransformation | None,
+) -> dict[str, Any]:
+    """What a run was built from, as recorded in its ``config.json`` under ``"components"``.
+
+    ``meta_train`` refuses to resume a run whose recorded components differ, so a
+    run cannot be continued with another task family or optimizer passed in code
+    (``family=``, ``optimizer=``). A ``meta_optimizer=`` given in code is recorded as
+    ``"custom"``: its settings cannot be read back, so resuming such a run trusts
+    the caller to pass the same one.
     """
-    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    dtype = jnp.result_type(*leaves, jnp.float32)
-    largest = jnp.max(
-        jnp.stack([jnp.max(jnp.abs(x)).astype(dtype) if x.size else jnp.zeros((), dtype) for x in leaves])
-    )
-    scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, jnp.ones((), dtype))
-    total = sum(jnp.sum(jnp.square(x.astype(dtype) / scale)) for x in leaves)
-    return scale * jnp.sqrt(total)
+    return {
+        "task": {"type": type(family).__qualname__, "name": family.name, "config": family.config()},
+        "optimizer": {"name": optimizer.name, "config": optimizer.config()},
+        "meta_optimizer": "custom" if meta_optimizer is not None else config.meta_optimizer,
+    }
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """``optax.clip_by_global_norm`` with the norm of ``global_norm`` (no overflow)."""
-
-    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
-        del params
-        norm = global_norm(updates)
-        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
-        return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
-
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
-class MetaTrainState(NamedTuple):
-    """The whole state of a meta-training run; a checkpoint is exactly this."""
-
-    step: jax.Array
-    meta_params: MetaParams
-    meta_opt_state: optax.OptState
-    inner: InnerState
-    healthy: jax.Array  # False after a non-finite step: the inner runs are restarted.
-    skipped: jax.Array  # Meta-updates skipped for a non-finite loss or gradient.
-    best_meta_params: MetaParams
-    best_val: jax.Array
-    best_step: jax.Array
+def _parts(family: TaskFamily | TaskMixture, batch_size: int) -> list[tuple[TaskFamily, int, float]]:
+    """``(family, tasks, weight)`` per member: the family itself for a plain family."""
+    if isinstance(family, TaskMixture):
+        return list(zip(family.families, family.split_batch(batch_size), family.weights))
+    return [(family, batch_size, 1.0)]
 
 
 @dataclasses.dataclass
@@ -255,7 +296,9 @@ class _Keys:
 
     def __init__(self, seed: int) -> None:
         base = jax.random.PRNGKey(seed)
-        self.meta_init, self.tasks, self.validation = (jax.random.fold_in(base, i) for i in range(3))
+        self.meta_init, self.tasks, self.validation, self.perturbations = (
+            jax.random.fold_in(base, i) for i in range(4)
+        )
 
     def tasks_at(self, step: int) -> jax.Array:
         return jax.random.fold_in(self.tasks, step)
@@ -277,14 +320,18 @@ def meta_train(
     overwrite: bool = False,
     on_start: Callable[[int], None] | None = None,
 ) -> MetaTrainResult:
-    """Meta-trains a learned optimizer by truncated BPTT.
+    """Meta-trains a learned optimizer with the estimator that ``config.estimator`` names.
 
-    Each meta-step unrolls every task in the batch for ``config.truncation`` inner
-    steps (one ``lax.scan``, ``vmap``-ed over tasks), takes ``jax.grad`` of the
-    weighted loss in φ, and updates φ. Parameters and optimizer state carry over to
-    the next truncation; after ``config.horizon`` steps new tasks are drawn. A
+    Each meta-step (``l2l_jax.meta.step.meta_step``) runs the next truncation of
+    ``config.truncation`` inner steps of every task in the batch (one ``lax.scan``,
+    ``vmap``-ed over tasks), estimates the meta-gradient (truncated BPTT, ES or PES:
+    see ``l2l_jax.meta.estimators``) and updates φ. Parameters and optimizer state
+    carry over to the next truncation; after ``config.horizon`` steps new tasks are
+    drawn. With a task mixture every member gets its share of the batch. A
     non-finite loss or meta-gradient skips the update (counted in ``skipped``) and
-    restarts the inner runs.
+    restarts the inner runs. A run directory records what the run was built from
+    (``components``), so a run cannot be resumed with another ``family=`` or
+    ``optimizer=``.
 
     Args:
       config: the run's settings.
@@ -295,8 +342,9 @@ def meta_train(
         directory, or one holding just this config (a run killed before its
         first checkpoint). The directory is locked for the whole call.
         ``None``: keep nothing on disk.
-      family: a task family to use instead of building ``config.task`` by name
-        (e.g. your own; then ``config.task`` is only a label).
+      family: a task family (or ``TaskMixture``) to use instead of building
+        ``config.task`` by name (e.g. your own; then ``config.task`` is only a
+        label, and the family's ``config()`` is what the run directory records).
       optimizer: a learned optimizer to use instead of ``config.optimizer``.
       meta_optimizer: any optax transformation for φ, instead of
         ``config.meta_optimizer``/``meta_lr``/``clip_norm``.
@@ -328,7 +376,8 @@ def meta_train(
       A ``MetaTrainResult``; ``result.as_optax()`` is the trained optimizer.
 
     Raises:
-      ConfigError: for invalid settings, or a run directory holding another config.
+      ConfigError: for invalid settings, or a run directory holding another config
+        or a run built from other components.
       RunDirectoryError: if ``run_dir`` is not empty and is not a run directory of
         this config (without ``overwrite``), or one of its files is damaged.
       RunDirectoryBusyError: if another process is writing to ``run_dir``.
@@ -342,6 +391,8 @@ def meta_train(
         optimizer = optimizer or config.build_optimizer()
         family = family or config.build_task()
         meta_tx = meta_optimizer or config.build_meta_optimizer()
+        members = config.build_members(optimizer, family)
+        parts = _parts(family, config.batch_size)
         keys = _Keys(config.seed)
 
         def init_state() -> MetaTrainState:
@@ -356,7 +407,7 @@ def meta_train(
                 step=jnp.zeros((), jnp.int32),
                 meta_params=phi,
                 meta_opt_state=meta_tx.init(phi),
-                inner=init_inner(optimizer, phi, family, keys.tasks_at(0), config.batch_size),
+                inner=init_members(members, phi, keys.tasks_at(0)),
                 healthy=jnp.array(True),
                 skipped=jnp.zeros((), jnp.int32),
                 best_meta_params=phi,
@@ -364,86 +415,78 @@ def meta_train(
                 best_step=jnp.zeros((), jnp.int32),
             )
 
-        mesh = _task_mesh(devices, config.batch_size, config.tasks_per_chunk)
+        mesh = _task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
         state = init_state()
         initial_meta_params = state.meta_params
         history: list[dict[str, Any]] = []
         if run_path is not None:
             stack.enter_context(rd.lock(run_path))
             may_differ = ("num_meta_steps",) if config.meta_lr_schedule == "constant" else ()
+            recorded = {**config.to_dict(), COMPONENTS: components(config, family, optimizer, meta_optimizer)}
             state, history = rd.open_for_training(
-                run_path, config.to_dict(), state, resume=resume, overwrite=overwrite, may_differ=may_differ
+                run_path,
+                recorded,
+                state,
+                resume=resume,
+                overwrite=overwrite,
+                may_differ=may_differ,
+                defaults={**_ADDED_OPTIONS, COMPONENTS: recorded[COMPONENTS]},
             )
         start = int(state.step)
         if on_start is not None:
             on_start(start)
         if mesh is not None:
             state = _place(state, mesh)
-
-        def train_step(state: MetaTrainState) -> tuple[MetaTrainState, dict[str, jax.Array]]:
-            (loss, (inner, _)), grads = meta_value_and_grad(
-                state.meta_params,
-                optimizer,
-                family,
-                state.inner,
-                config.truncation,
-                first_order=config.first_order,
-                weighting=config.weighting,
-                remat=config.remat,
-                tasks_per_chunk=config.tasks_per_chunk,
-            )
-            grad_norm = global_norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            updates, meta_opt_state = meta_tx.update(grads, state.meta_opt_state, state.meta_params)
-            new_phi = optax.apply_updates(state.meta_params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_state = state._replace(
-                step=state.step + 1,
-                meta_params=keep(new_phi, state.meta_params),
-                meta_opt_state=keep(meta_opt_state, state.meta_opt_state),
-                inner=inner,
-                healthy=finite,
-                skipped=state.skipped + (~finite).astype(jnp.int32),
-            )
-            return new_state, {"meta_loss": loss, "grad_norm": grad_norm}
+        constrain = (
+            None if mesh is None else lambda inner: jax.lax.with_sharding_constraint(inner, sh.task_sharding(mesh))
+        )
 
         def run_steps(state: MetaTrainState, num_steps: int) -> tuple[MetaTrainState, dict[str, jax.Array]]:
             """``num_steps`` meta-steps in one call; metrics stacked along a leading step axis."""
 
             def one(state: MetaTrainState, _: None) -> tuple[MetaTrainState, dict[str, jax.Array]]:
-                # New tasks after a whole run, or after a non-finite step, drawn
-                # from the step number so that the run does not depend on how the
-                # steps are grouped into calls.
-                def fresh() -> InnerState:
-                    inner = init_inner(
-                        optimizer, state.meta_params, family, keys.tasks_at(state.step), config.batch_size
-                    )
-                    return inner if mesh is None else jax.lax.with_sharding_constraint(inner, sh.task_sharding(mesh))
-
-                reset = (state.inner.step[0] >= config.horizon) | ~state.healthy
-                inner = jax.lax.cond(reset, fresh, lambda: state.inner)
-                new_state, metrics = train_step(state._replace(inner=inner, healthy=jnp.array(True)))
-                return new_state, {**metrics, "skipped": new_state.skipped}
+                # Tasks and perturbations are drawn from the step number, so the
+                # run does not depend on how the steps are grouped into calls.
+                return meta_step(
+                    state,
+                    members,
+                    meta_tx,
+                    horizon=config.horizon,
+                    task_key=keys.tasks,
+                    perturbation_key=keys.perturbations,
+                    constrain=constrain,
+                )
 
             return jax.lax.scan(one, state, length=num_steps)
 
-        init_inner_jit = jax.jit(lambda phi, key, n: init_inner(optimizer, phi, family, key, n), static_argnums=2)
+        def make_inner(f: TaskFamily, phi: MetaParams, key: jax.Array, n: int) -> InnerState:
+            inner = jax.jit(lambda phi, key: init_inner(optimizer, phi, f, key, n))(phi, key)
+            if mesh is None:
+                return inner
+            return sh.shard_tasks(inner, mesh) if n % mesh.devices.size == 0 else sh.replicate(inner, mesh)
+
         if mesh is None:
             run_steps = jax.jit(run_steps, static_argnums=1)
-            make_inner = init_inner_jit
         else:
             state_shardings = jax.tree.map(lambda x: x.sharding, state)
             run_steps = jax.jit(run_steps, static_argnums=1, out_shardings=(state_shardings, sh.replicated(mesh)))
 
-            def make_inner(phi: MetaParams, key: jax.Array, n: int) -> InnerState:
-                inner = init_inner_jit(phi, key, n)
-                return sh.shard_tasks(inner, mesh) if n % mesh.devices.size == 0 else sh.replicate(inner, mesh)
-
         # From the initial φ, so a resumed run validates on exactly the same states.
-        val_inner = make_inner(initial_meta_params, keys.validation, config.num_val_tasks)
-        validate = jax.jit(
-            lambda phi: validation_loss(optimizer, phi, family, val_inner, config.horizon, config.weighting)
+        val_parts = _parts(family, config.num_val_tasks)
+        val_keys = (
+            [keys.validation]
+            if len(val_parts) == 1
+            else [jax.random.fold_in(keys.validation, k) for k in range(len(val_parts))]
         )
+        val_inners = [make_inner(f, initial_meta_params, k, n) for (f, n, _), k in zip(val_parts, val_keys)]
+
+        @jax.jit
+        def validate(phi: MetaParams) -> jax.Array:
+            losses = [
+                validation_loss(optimizer, phi, f, inner, config.horizon, config.weighting)
+                for (f, _, _), inner in zip(val_parts, val_inners)
+            ]
+            return losses[0] if len(losses) == 1 else sum(w * x for (_, _, w), x in zip(val_parts, losses))
 
         def checkpoint(state: MetaTrainState) -> None:
             if run_path is None:
@@ -547,15 +590,19 @@ def meta_train(
 
 
 def _task_mesh(
-    devices: int | Sequence[jax.Device] | None, batch_size: int, tasks_per_chunk: int | None
+    devices: int | Sequence[jax.Device] | None, batch_sizes: Sequence[int], tasks_per_chunk: int | None
 ) -> sh.Mesh | None:
-    """The mesh to split tasks over, or ``None`` to stay on the default device."""
+    """The mesh to split tasks over, or ``None`` to stay on the default device.
+
+    ``batch_sizes``: the tasks of each member of the meta-step (one entry without a mixture).
+    """
     if devices is None:
         n = len(jax.devices())
-        if n == 1 or batch_size % n or (tasks_per_chunk or batch_size) % n:
+        if n == 1 or any(b % n for b in batch_sizes) or any((tasks_per_chunk or b) % n for b in batch_sizes):
             return None
     mesh = sh.task_mesh(devices)
-    sh.check_divisible(batch_size, mesh)
+    for b in batch_sizes:
+        sh.check_divisible(b, mesh)
     if tasks_per_chunk is not None and tasks_per_chunk % mesh.devices.size:
         n = mesh.devices.size
         raise ConfigError(

@@ -154,6 +154,42 @@ def init_inner(
     return jax.vmap(one)(jax.random.split(key, batch_size))
 
 
+def unroll_task(
+    tx: optax.GradientTransformation,
+    family: TaskFamily,
+    inner: InnerState,
+    num_steps: int,
+    *,
+    first_order: bool = True,
+    remat: Remat = False,
+) -> tuple[InnerState, jax.Array]:
+    """Advances one task's inner run (no task axis) by ``num_steps`` steps of ``tx``.
+
+    Args:
+      tx: the optimizer (e.g. ``optimizer.as_optax(φ)`` for some φ).
+      family: the task family of ``inner.task_params``.
+      inner: one task's run, without the leading task axis.
+      num_steps: inner steps to run.
+      first_order: as for ``unroll``.
+      remat: as for ``unroll``.
+
+    Returns:
+      ``(inner_after, losses)``; ``losses`` has ``num_steps + 1`` values, as for ``unroll``.
+    """
+    params, opt_state, losses = unroll(
+        tx,
+        lambda p, k: family.loss(inner.task_params, p, k),
+        inner.params,
+        inner.opt_state,
+        inner.key,
+        num_steps,
+        start_step=inner.step,
+        first_order=first_order,
+        remat=remat,
+    )
+    return inner._replace(params=params, opt_state=opt_state, step=inner.step + num_steps), losses
+
+
 def truncation_loss(
     meta_params: MetaParams,
     optimizer: LearnedOptimizer,
@@ -175,23 +211,9 @@ def truncation_loss(
       (truncated BPTT) and ``losses`` has shape ``(batch, num_steps + 1)``.
     """
     tx = optimizer.as_optax(meta_params)
-
-    def one(inner: InnerState) -> tuple[InnerState, jax.Array]:
-        loss_fn = lambda p, k: family.loss(inner.task_params, p, k)  # noqa: E731
-        params, opt_state, losses = unroll(
-            tx,
-            loss_fn,
-            inner.params,
-            inner.opt_state,
-            inner.key,
-            num_steps,
-            start_step=inner.step,
-            first_order=first_order,
-            remat=remat,
-        )
-        return inner._replace(params=params, opt_state=opt_state, step=inner.step + num_steps), losses
-
-    after, losses = jax.vmap(one)(inner)
+    after, losses = jax.vmap(lambda s: unroll_task(tx, family, s, num_steps, first_order=first_order, remat=remat))(
+        inner
+    )
     meta_loss = jnp.mean(weighted_loss(losses, weighting))
     return meta_loss, (jax.lax.stop_gradient(after), losses)
 
@@ -208,7 +230,7 @@ def check_tasks_per_chunk(tasks_per_chunk: object, batch_size: int) -> None:
         )
 
 
-def _split_chunks(tree: PyTree, tasks_per_chunk: int) -> PyTree:
+def split_chunks(tree: PyTree, tasks_per_chunk: int) -> PyTree:
     """(B, ...) -> (B / c, c, ...); chunk i holds tasks i, i + B/c, i + 2B/c, ...
 
     Interleaved rather than contiguous so that, when the task axis is split over
@@ -217,8 +239,8 @@ def _split_chunks(tree: PyTree, tasks_per_chunk: int) -> PyTree:
     return jax.tree.map(lambda x: jnp.swapaxes(x.reshape(tasks_per_chunk, -1, *x.shape[1:]), 0, 1), tree)
 
 
-def _join_chunks(tree: PyTree) -> PyTree:
-    """The inverse of ``_split_chunks``."""
+def join_chunks(tree: PyTree) -> PyTree:
+    """The inverse of ``split_chunks``."""
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
@@ -262,7 +284,7 @@ def meta_value_and_grad(
         (loss, (after, losses)), grads = value_and_grad(meta_params, optimizer, family, part, num_steps, **options)
         return loss, after, losses, grads
 
-    loss, after, losses, grads = jax.lax.map(chunk, _split_chunks(inner, int(tasks_per_chunk)))
+    loss, after, losses, grads = jax.lax.map(chunk, split_chunks(inner, int(tasks_per_chunk)))
     # Every chunk has the same number of tasks: the mean of the chunk means is the batch mean.
     grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
-    return (jnp.mean(loss), (_join_chunks(after), _join_chunks(losses))), grads
+    return (jnp.mean(loss), (join_chunks(after), join_chunks(losses))), grads

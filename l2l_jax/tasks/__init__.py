@@ -1,4 +1,4 @@
-"""Optimizees: the task families (quadratics, MNIST MLPs, any Flax model) and the registry that builds them by name."""
+"""Optimizees: task families (quadratics, MNIST MLPs, any Flax model), their mixtures, and the registry by name."""
 
 from __future__ import annotations
 
@@ -10,10 +10,63 @@ from typing import Any
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler, iterator_sampler, stack_batches
+from l2l_jax.tasks.mixture import TaskMixture
 from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
+from l2l_jax.validation import json_options, positive_float
+from l2l_jax.validation import name as valid_name
 
-_REGISTRY: dict[str, Callable[..., TaskFamily]] = {
+#: The keys of one member in ``get("mixture", members=[...])``.
+_MEMBER_KEYS = ("task", "options", "weight")
+
+
+def _build_mixture(members: list[dict[str, Any]]) -> TaskMixture:
+    """The registry's ``"mixture"`` entry: builds each member with ``get``.
+
+    Args:
+      members: a non-empty list of ``{"task": name, "options": {...}, "weight": w}``;
+        ``options`` defaults to ``{}`` and ``weight`` to 1.0.
+
+    Raises:
+      ConfigError: if ``members`` is not a non-empty list of such dicts, or a member
+        is itself a mixture; the message names the member's index.
+      UnknownNameError: if a member's task is unknown (the message names its index).
+    """
+    if not isinstance(members, (list, tuple)) or not members:
+        raise ConfigError(
+            f"task 'mixture' needs members: a non-empty list of {{'task': ..., 'options': ..., 'weight': ...}}, "
+            f"got {members!r}"
+        )
+    checked = []
+    for i, member in enumerate(members):  # Every member is checked before any family is built.
+        if not isinstance(member, dict):
+            raise ConfigError(f"mixture member {i} must be a dict with keys {', '.join(_MEMBER_KEYS)}, got {member!r}")
+        unknown = sorted(map(str, set(member) - set(_MEMBER_KEYS)))
+        if unknown:
+            raise ConfigError(
+                f"mixture member {i} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(_MEMBER_KEYS)}"
+            )
+        if "task" not in member:
+            raise ConfigError(f"mixture member {i} needs a 'task' (a task name)")
+        task = valid_name(f"mixture member {i} task", member["task"])
+        if task == "mixture":
+            raise ConfigError(f"mixture member {i}: a mixture cannot contain a mixture")
+        options = json_options(f"mixture member {i} options", member.get("options", {}))
+        weight = positive_float(f"mixture member {i} weight", member.get("weight", 1.0))
+        checked.append((task, options, weight))
+    families = []
+    for i, (task, options, weight) in enumerate(checked):
+        try:
+            family = get(task, **options)
+        except L2LError as e:
+            raise type(e)(f"mixture member {i}: {e}") from None
+        families.append((family, weight))
+    return TaskMixture(families)
+
+
+_REGISTRY: dict[str, Callable[..., TaskFamily | TaskMixture]] = {
+    "mixture": _build_mixture,
     "mnist": MNISTFamily,
     "quadratic": QuadraticFamily,
     "scalar_quadratic": ScalarQuadratic,
@@ -43,7 +96,7 @@ def _import_factory(path: str) -> Callable[..., TaskFamily]:
     return factory
 
 
-def _check_options(name: str, factory: Callable[..., TaskFamily], kwargs: dict[str, Any]) -> None:
+def _check_options(name: str, factory: Callable[..., TaskFamily | TaskMixture], kwargs: dict[str, Any]) -> None:
     """Raises ``ConfigError`` naming the valid options if ``kwargs`` does not fit ``factory``."""
     try:
         parameters = list(inspect.signature(factory).parameters.values())
@@ -66,23 +119,29 @@ def _check_options(name: str, factory: Callable[..., TaskFamily], kwargs: dict[s
         raise ConfigError(f"task {name!r} needs the option{s} {', '.join(map(repr, missing))}")
 
 
-def get(name: str, **kwargs: Any) -> TaskFamily:
-    """Builds a task family by registered name or by import path.
+def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
+    """Builds a task family (or, for ``"mixture"``, a task mixture) by registered name or by import path.
 
     Args:
       name: a registered name (see ``available``), e.g. ``get("quadratic",
         dim=10)``, or ``"my_package.my_module:make_family"``: this imports that
         module and calls that function, which must return a ``TaskFamily``.
         Only pass import paths you trust: they run code.
-      **kwargs: the family's options (keyword arguments of its factory).
+      **kwargs: the family's options (keyword arguments of its factory). For
+        ``"mixture"``: ``members=[{"task": name, "options": {...}, "weight": w}, ...]``,
+        each member built by ``get(task, **options)`` (``options`` defaults to
+        ``{}``, ``weight`` to 1.0); ``get("mixture", **mixture.config())``
+        rebuilds ``mixture``.
 
     Returns:
-      The task family.
+      The task family; a ``TaskMixture`` for ``"mixture"`` (and only then).
 
     Raises:
       UnknownNameError: if ``name`` is not registered and not an importable ``module:function``.
       ConfigError: if an option is not one of the factory's (the message lists the
         valid ones), a required one is missing, or a value is invalid.
+      L2LError: for ``"mixture"``, any of these (or a member family's own error,
+        e.g. ``DataError``) with the bad member's index in the message.
     """
     if ":" in name:
         factory = _import_factory(name)
@@ -99,7 +158,7 @@ def get(name: str, **kwargs: Any) -> TaskFamily:
         raise
     except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"bad options for task {name!r}: {e}") from None
-    if not isinstance(family, TaskFamily):
+    if not isinstance(family, TaskFamily) and not (factory is _build_mixture and isinstance(family, TaskMixture)):
         raise ConfigError(f"task {name!r} did not build a TaskFamily (got {type(family).__name__})")
     return family
 
@@ -111,6 +170,7 @@ __all__ = [
     "QuadraticFamily",
     "ScalarQuadratic",
     "TaskFamily",
+    "TaskMixture",
     "available",
     "batch_sampler",
     "get",

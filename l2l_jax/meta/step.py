@@ -1,0 +1,172 @@
+"""One meta-step as a pure function: restart finished runs, estimate the meta-gradient, update φ.
+
+``meta_step`` is what ``l2l_jax.meta.meta_train`` scans over; it is jittable and holds
+no host logic (no validation, checkpoints or progress), so it can be embedded in
+your own loop or benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_jax.meta.estimators.base import EstimatorState, GradientEstimator
+from l2l_jax.optimizers.base import MetaParams
+
+
+class MetaTrainState(NamedTuple):
+    """The whole state of a meta-training run; a checkpoint is exactly this.
+
+    Attributes:
+      step: meta-steps done.
+      meta_params: the current φ.
+      meta_opt_state: the meta-optimizer's state.
+      inner: the estimator's state (the inner runs); with several ``Member`` s, a
+        tuple of their states.
+      healthy: ``False`` after a non-finite step: the inner runs are restarted.
+      skipped: meta-updates skipped for a non-finite loss or gradient.
+      best_meta_params: the best φ on validation so far.
+      best_val: its validation loss (+inf before any validation).
+      best_step: the step it was reached at.
+    """
+
+    step: jax.Array
+    meta_params: MetaParams
+    meta_opt_state: optax.OptState
+    inner: Any
+    healthy: jax.Array
+    skipped: jax.Array
+    best_meta_params: MetaParams
+    best_val: jax.Array
+    best_step: jax.Array
+
+
+class Member(NamedTuple):
+    """One estimator's share of a meta-step (one member of a task mixture).
+
+    Attributes:
+      estimator: the estimator over this member's tasks.
+      weight: the weight of its meta-loss and meta-gradient in the step's (weights sum to 1).
+    """
+
+    estimator: GradientEstimator
+    weight: float
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The global L2 norm of a pytree, computed without overflow.
+
+    Unlike a plain ``sqrt(sum(x**2))``, finite entries as large as ~1e38 in
+    float32 give a finite norm: the entries are divided by the largest magnitude
+    before squaring. A NaN or infinite entry gives a non-finite norm.
+    """
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    dtype = jnp.result_type(*leaves, jnp.float32)
+    largest = jnp.max(
+        jnp.stack([jnp.max(jnp.abs(x)).astype(dtype) if x.size else jnp.zeros((), dtype) for x in leaves])
+    )
+    scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, jnp.ones((), dtype))
+    total = sum(jnp.sum(jnp.square(x.astype(dtype) / scale)) for x in leaves)
+    return scale * jnp.sqrt(total)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` with the norm of ``global_norm`` (no overflow)."""
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        norm = global_norm(updates)
+        factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def init_members(members: Sequence[Member], meta_params: MetaParams, key: jax.Array) -> EstimatorState:
+    """Every member's fresh state from ``key``: the state itself for one member, else a tuple.
+
+    Member ``k`` of several draws its tasks from ``fold_in(key, k)``.
+    """
+    if len(members) == 1:
+        return members[0].estimator.init(meta_params, key)
+    return tuple(m.estimator.init(meta_params, jax.random.fold_in(key, k)) for k, m in enumerate(members))
+
+
+def _states(members: Sequence[Member], inner: EstimatorState) -> Sequence[EstimatorState]:
+    return (inner,) if len(members) == 1 else inner
+
+
+def meta_step(
+    state: MetaTrainState,
+    members: Sequence[Member],
+    meta_optimizer: optax.GradientTransformation,
+    *,
+    horizon: int,
+    task_key: jax.Array,
+    perturbation_key: jax.Array,
+    constrain: Callable[[EstimatorState], EstimatorState] | None = None,
+) -> tuple[MetaTrainState, dict[str, jax.Array]]:
+    """One meta-step: restart the inner runs if due, estimate the meta-gradient, update φ.
+
+    The runs restart (``init_members`` from ``fold_in(task_key, state.step)``) after
+    ``horizon`` inner steps and after a non-finite step. Each member estimates its
+    meta-gradient with ``fold_in(perturbation_key, state.step)`` (folded with its
+    index when there are several); the step's meta-loss and meta-gradient are the
+    members' weighted sums. A non-finite loss or gradient leaves φ and the
+    meta-optimizer's state unchanged, counts in ``skipped`` and marks the state
+    unhealthy, so the next step restarts the runs.
+
+    Args:
+      state: the run's state; ``state.inner`` as ``init_members`` makes it.
+      members: the estimators (one per member of a task mixture) and their weights.
+      meta_optimizer: the optax transformation that updates φ.
+      horizon: inner steps of a run, T.
+      task_key: the key that restarted runs' tasks are drawn from.
+      perturbation_key: the key of the estimators' randomness.
+      constrain: applied to restarted states (e.g. a sharding constraint).
+
+    Returns:
+      ``(new_state, metrics)`` with scalar ``meta_loss``, ``grad_norm`` and ``skipped``.
+    """
+    step_key = jax.random.fold_in(task_key, state.step)
+
+    def fresh() -> EstimatorState:
+        inner = init_members(members, state.meta_params, step_key)
+        return inner if constrain is None else constrain(inner)
+
+    first = members[0].estimator.inner_step(_states(members, state.inner)[0])
+    inner = jax.lax.cond((first >= horizon) | ~state.healthy, fresh, lambda: state.inner)
+    key = jax.random.fold_in(perturbation_key, state.step)
+    if len(members) == 1:
+        loss, grads, inner = members[0].estimator.estimate(state.meta_params, inner, key)
+    else:
+        estimates = [
+            m.estimator.estimate(state.meta_params, s, jax.random.fold_in(key, k))
+            for k, (m, s) in enumerate(zip(members, inner))
+        ]
+        loss = sum(m.weight * e.meta_loss for m, e in zip(members, estimates))
+        grads = jax.tree.map(
+            lambda *g: sum(m.weight * x for m, x in zip(members, g)), *(e.meta_grad for e in estimates)
+        )
+        inner = tuple(e.state for e in estimates)
+    grad_norm = global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, meta_opt_state = meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
+    new_phi = optax.apply_updates(state.meta_params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    skipped = state.skipped + (~finite).astype(jnp.int32)
+    new_state = state._replace(
+        step=state.step + 1,
+        meta_params=keep(new_phi, state.meta_params),
+        meta_opt_state=keep(meta_opt_state, state.meta_opt_state),
+        inner=inner,
+        healthy=finite,
+        skipped=skipped,
+    )
+    return new_state, {"meta_loss": loss, "grad_norm": grad_norm, "skipped": skipped}
