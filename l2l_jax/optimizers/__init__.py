@@ -10,12 +10,14 @@ from typing import Any
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
+from l2l_jax.optimizers.feature_mlp import FeatureMLP, FeatureMLPState, feature_mlp
 from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
 from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
 from l2l_jax.optimizers.lstm import CoordinatewiseLSTM, LSTMState, lstm
 from l2l_jax.optimizers.preprocessing import preprocess
 
 _REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
+    "feature_mlp": FeatureMLP,
     "linear_rnn": LinearRNN,
     "lstm": lstm,
 }
@@ -25,8 +27,8 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
     """Builds a learned optimizer by registry name.
 
     Args:
-      name: ``"lstm"`` or ``"linear_rnn"``.
-      **kwargs: the optimizer's options (see `lstm`, `linear_rnn`).
+      name: ``"lstm"``, ``"feature_mlp"`` or ``"linear_rnn"``.
+      **kwargs: the optimizer's options (see `lstm`, `feature_mlp`, `linear_rnn`).
 
     Returns:
       The learned optimizer.
@@ -48,12 +50,15 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
 __all__ = [
     "LSTM_PRESETS",
     "CoordinatewiseLSTM",
+    "FeatureMLP",
+    "FeatureMLPState",
     "LSTMState",
     "LearnedOptimizer",
     "LinearRNN",
     "LinearRNNState",
     "MetaParams",
     "check_meta_params",
+    "feature_mlp",
     "get",
     "linear_rnn",
     "lstm",

@@ -1,0 +1,231 @@
+"""A per-coordinate MLP over optimizer features with a bounded output: ``FeatureMLP``.
+
+Owns `FeatureMLP`, its state and its constructor `feature_mlp`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2l_jax.errors import ConfigError
+from l2l_jax.optimizers.base import (
+    LearnedOptimizer,
+    MetaParams,
+    PyTree,
+    check_float_tree,
+    check_update_args,
+    state_dtype,
+)
+from l2l_jax.validation import boolean, positive_float, positive_int
+
+#: Time scales τ of the training-progress features tanh(t / τ).
+PROGRESS_SCALES = (10.0, 100.0, 1000.0)
+
+
+class FeatureMLPState(NamedTuple):
+    """The state of `FeatureMLP`'s optimizer.
+
+    Attributes:
+      momenta: per parameter leaf, ``(len(momentum_decays), *param.shape)``
+        exponential moving averages of the gradient.
+      second_moment: per parameter leaf, the moving average of the squared gradient.
+      count: steps taken (a scalar int32).
+    """
+
+    momenta: PyTree
+    second_moment: PyTree
+    count: jax.Array
+
+
+class FeatureMLP(LearnedOptimizer):
+    """A small MLP applied to every coordinate's features, with a bounded step.
+
+    Features of each coordinate: the gradient, momenta at several decays, each
+    divided by √(second moment) (Adam-like normalisation), the gradient so
+    normalised, optionally the parameter value, and optionally the training
+    progress tanh(t / τ) for τ in `PROGRESS_SCALES`. Every feature but progress is
+    then divided by its root mean square over the parameter tensor, so the network
+    sees the same scale in every tensor whatever its width or the loss's scale. The
+    network outputs a direction d and a magnitude m; the update is
+    ``d · exp(exp_mult · m) · step_mult``.
+
+    A coordinate whose gradient is NaN or ±inf gets update 0 and keeps its state;
+    it is left out of its tensor's normalisation.
+
+    References:
+      Metz et al. (2022), "Practical tradeoffs between memory, compute, and performance in
+      learned optimizers" (the small per-parameter MLP with this output form); Metz et al.
+      (2020), "Tasks, stability, architecture, and compute"; Harrison et al. (2022), "A
+      closer look at learned optimization: stability, robustness, and inductive biases".
+    """
+
+    name = "feature_mlp"
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (32, 32),
+        momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
+        second_moment_decay: float = 0.999,
+        use_params: bool = True,
+        use_progress: bool = True,
+        step_mult: float = 1e-3,
+        exp_mult: float = 1e-3,
+    ) -> None:
+        try:
+            sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
+        except TypeError:
+            raise ConfigError("hidden_sizes and momentum_decays must be lists of numbers") from None
+        self.hidden_sizes = tuple(positive_int(f"hidden_sizes[{i}]", h) for i, h in enumerate(sizes))
+        self.momentum_decays = tuple(float(d) for d in decays)
+        for i, d in enumerate(self.momentum_decays):
+            if not 0.0 <= d < 1.0:
+                raise ConfigError(f"momentum_decays[{i}] must be in [0, 1), got {d}")
+        self.second_moment_decay = float(second_moment_decay)
+        if not 0.0 < self.second_moment_decay < 1.0:
+            raise ConfigError(f"second_moment_decay must be in (0, 1), got {second_moment_decay}")
+        self.use_params = boolean("use_params", use_params)
+        self.use_progress = boolean("use_progress", use_progress)
+        self.step_mult = positive_float("step_mult", step_mult)
+        self.exp_mult = positive_float("exp_mult", exp_mult)
+
+    @property
+    def num_features(self) -> int:
+        """Inputs of the network per coordinate."""
+        k = len(self.momentum_decays)
+        return 2 + 2 * k + int(self.use_params) + (len(PROGRESS_SCALES) if self.use_progress else 0)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_sizes": list(self.hidden_sizes),
+            "momentum_decays": list(self.momentum_decays),
+            "second_moment_decay": self.second_moment_decay,
+            "use_params": self.use_params,
+            "use_progress": self.use_progress,
+            "step_mult": self.step_mult,
+            "exp_mult": self.exp_mult,
+        }
+
+    def init(self, key: jax.Array) -> MetaParams:
+        sizes = (self.num_features, *self.hidden_sizes, 2)
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+            w = jax.random.normal(jax.random.fold_in(key, i), (fan_in, fan_out)) / jnp.sqrt(fan_in)
+            layers.append({"w": w, "b": jnp.zeros((fan_out,))})
+        return {"layers": layers}
+
+    def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
+        decays = jnp.asarray(self.momentum_decays)
+        beta2 = self.second_moment_decay
+
+        def init_fn(params: PyTree) -> FeatureMLPState:
+            check_float_tree(params, "parameters")
+
+            def zeros(p: jax.Array, *lead: int) -> jax.Array:
+                return jnp.zeros((*lead, *jnp.shape(p)), state_dtype(jnp.result_type(p)))
+
+            return FeatureMLPState(
+                momenta=jax.tree.map(lambda p: zeros(p, len(self.momentum_decays)), params),
+                second_moment=jax.tree.map(zeros, params),
+                count=jnp.zeros((), jnp.int32),
+            )
+
+        def network(x: jax.Array) -> jax.Array:
+            layers = meta_params["layers"]
+            for i, layer in enumerate(layers):
+                x = x @ layer["w"].astype(x.dtype) + layer["b"].astype(x.dtype)
+                if i < len(layers) - 1:
+                    x = jax.nn.relu(x)
+            return x
+
+        def update_fn(
+            updates: PyTree, state: FeatureMLPState, params: PyTree | None = None, **extra_args: Any
+        ) -> tuple[PyTree, FeatureMLPState]:
+            del extra_args
+            check_update_args(updates, state.second_moment, params)
+            if self.use_params and params is None:
+                raise ConfigError("feature_mlp(use_params=True) needs params: call update(grads, state, params)")
+            count = state.count + 1
+            t = count.astype(jnp.float32)
+            progress = jnp.tanh(t / jnp.asarray(PROGRESS_SCALES))
+            param_tree = params if params is not None else updates
+
+            def leaf(
+                grad: jax.Array, momenta: jax.Array, v: jax.Array, p: jax.Array
+            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                dt = v.dtype
+                keep = jnp.isfinite(grad)
+                g = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
+                d = decays.astype(dt).reshape((-1,) + (1,) * g.ndim)
+                new_m = jnp.where(keep, d * momenta + (1 - d) * g, momenta)
+                new_v = jnp.where(keep, beta2 * v + (1 - beta2) * g * g, v)
+                rsqrt = jax.lax.rsqrt(new_v + 1e-12)
+                features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
+                if self.use_params:
+                    features.append(jnp.asarray(p, dt)[None])
+                x = jnp.concatenate(features, axis=0)
+                # Each feature divided by its root mean square over the tensor's finite coordinates.
+                count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
+                axes = tuple(range(1, x.ndim))
+                mask = keep.astype(dt)[None]
+                rms = jnp.sqrt(jnp.sum(jnp.square(x) * mask, axis=axes, keepdims=True) / count_finite + 1e-12)
+                x = jnp.moveaxis(x / rms, 0, -1)
+                if self.use_progress:
+                    x = jnp.concatenate(
+                        [x, jnp.broadcast_to(progress.astype(dt), (*g.shape, len(PROGRESS_SCALES)))], -1
+                    )
+                out = network(x)
+                step = out[..., 0] * jnp.exp(self.exp_mult * out[..., 1]) * self.step_mult
+                step = jnp.where(keep, step, jnp.zeros((), dt))
+                return step.astype(grad.dtype), new_m, new_v
+
+            triples = jax.tree.map(leaf, updates, state.momenta, state.second_moment, param_tree)
+            new_updates, momenta, second = (jax.tree.map(lambda _, r, k=k: r[k], updates, triples) for k in range(3))
+            return new_updates, FeatureMLPState(momenta=momenta, second_moment=second, count=count)
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def feature_mlp(
+    hidden_sizes: Sequence[int] = (32, 32),
+    momentum_decays: Sequence[float] = (0.5, 0.9, 0.99, 0.999),
+    second_moment_decay: float = 0.999,
+    use_params: bool = True,
+    use_progress: bool = True,
+    step_mult: float = 1e-3,
+    exp_mult: float = 1e-3,
+) -> FeatureMLP:
+    """A learned optimizer built for generalisation: an MLP over per-coordinate features.
+
+    Args:
+      hidden_sizes: widths of the MLP's hidden layers (ReLU).
+      momentum_decays: decays of the gradient's moving averages (one feature each,
+        and each normalised by the second moment).
+      second_moment_decay: decay of the squared gradient's moving average.
+      use_params: feed the parameter's value (then ``update`` needs ``params``).
+      use_progress: feed tanh(step / τ) for τ in ``PROGRESS_SCALES``.
+      step_mult: the update's scale (the step is direction · exp(exp_mult · magnitude) · step_mult).
+      exp_mult: how strongly the magnitude output scales the step.
+
+    Returns:
+      A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ConfigError: for invalid options.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> opt = feature_mlp()
+      >>> tx = opt.as_optax(opt.init(jax.random.key(0)))
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+      >>> updates["w"].shape
+      (3, 2)
+    """
+    return FeatureMLP(hidden_sizes, momentum_decays, second_moment_decay, use_params, use_progress, step_mult, exp_mult)

@@ -1,0 +1,146 @@
+"""The feature-MLP learned optimizer: the learned-optimizer contract, and its maths against a NumPy reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from l2l_jax import optimizers
+from l2l_jax.errors import ConfigError, GradientsMismatchError, ParamsTypeError
+from l2l_jax.optimizers.feature_mlp import PROGRESS_SCALES, feature_mlp
+
+
+def reference_steps(phi, opt, grads_seq, params_seq):
+    """The update of one tensor, step after step, written out in NumPy (float64)."""
+    decays = np.asarray(opt.momentum_decays)
+    m = np.zeros((len(decays), *grads_seq[0].shape))
+    v = np.zeros(grads_seq[0].shape)
+    out = []
+    for t, (g, p) in enumerate(zip(grads_seq, params_seq), start=1):
+        g = np.asarray(g, np.float64)
+        m = decays.reshape(-1, *([1] * g.ndim)) * m + (1 - decays.reshape(-1, *([1] * g.ndim))) * g
+        v = opt.second_moment_decay * v + (1 - opt.second_moment_decay) * g * g
+        r = 1 / np.sqrt(v + 1e-12)
+        feats = [g[None], m, m * r, (g * r)[None]]
+        if opt.use_params:
+            feats.append(np.asarray(p, np.float64)[None])
+        x = np.concatenate(feats, 0)
+        x = x / np.sqrt(np.mean(x.reshape(len(x), -1) ** 2, axis=1) + 1e-12).reshape(-1, *([1] * g.ndim))
+        x = np.moveaxis(x, 0, -1)
+        if opt.use_progress:
+            prog = np.tanh(t / np.asarray(PROGRESS_SCALES))
+            x = np.concatenate([x, np.broadcast_to(prog, (*g.shape, len(prog)))], -1)
+        layers = phi["layers"]
+        for i, layer in enumerate(layers):
+            x = x @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
+            if i < len(layers) - 1:
+                x = np.maximum(x, 0)
+        out.append(x[..., 0] * np.exp(opt.exp_mult * x[..., 1]) * opt.step_mult)
+    return out
+
+
+@pytest.mark.parametrize("use_params, use_progress", [(True, True), (False, False)])
+def test_updates_equal_the_numpy_reference(use_params, use_progress):
+    with jax.enable_x64(True):
+        opt = feature_mlp(hidden_sizes=(8, 8), use_params=use_params, use_progress=use_progress)
+        phi = jax.tree.map(lambda x: x.astype(jnp.float64) * 3, opt.init(jax.random.key(0)))
+        tx = jax.jit(opt.as_optax(phi).update)
+        rng = np.random.default_rng(0)
+        p = rng.normal(size=(4, 3))
+        grads = [rng.normal(size=(4, 3)) * s for s in (1.0, 0.1, 10.0, 1.0, 0.5)]
+        state = opt.as_optax(phi).init(jnp.asarray(p))
+        got = []
+        for g in grads:
+            u, state = tx(jnp.asarray(g), state, jnp.asarray(p))
+            got.append(np.asarray(u))
+        want = reference_steps(phi, opt, grads, [p] * len(grads))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15)
+        assert int(state.count) == len(grads)
+
+
+def test_it_composes_with_optax_chain_and_masks_in_any_pytree():
+    opt = optimizers.get("feature_mlp")
+    phi = opt.init(jax.random.key(1))
+    params = {"dense": {"w": jnp.ones((5, 3)), "b": jnp.zeros(3)}, "scale": jnp.array(2.0), "empty": {}}
+    tx = optax.chain(optax.clip_by_global_norm(1.0), opt.as_optax(phi), optax.scale(1.0))
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert all(bool(jnp.all(jnp.isfinite(u))) and bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+    masked = optax.masked(opt.as_optax(phi), {"dense": {"w": True, "b": False}, "scale": False, "empty": {}})
+    mstate = masked.init(params)
+    mu, _ = masked.update(grads, mstate, params)
+    assert bool(jnp.all(mu["dense"]["b"] == 1)) and bool(jnp.any(mu["dense"]["w"] != 1))
+
+
+@pytest.mark.parametrize("dtype, state_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.float32)])
+def test_updates_have_the_parameters_dtype_and_state_is_at_least_float32(dtype, state_dtype):
+    opt = feature_mlp()
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    params = jnp.ones((4,), dtype)
+    state = tx.init(params)
+    assert state.momenta.dtype == state_dtype and state.second_moment.dtype == state_dtype
+    updates, state = tx.update(jnp.full((4,), 0.3, dtype), state, params)
+    assert updates.dtype == dtype and state.momenta.shape == (4, 4)
+
+
+def test_a_non_finite_coordinate_gets_no_update_keeps_its_state_and_leaves_the_others_alone():
+    opt = feature_mlp()
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    params = jnp.arange(6.0).reshape(2, 3)
+    grads = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    bad = grads.at[0, 1].set(jnp.nan)
+    u_bad, s_bad = tx.update(bad, state, params)
+    assert float(u_bad[0, 1]) == 0.0
+    assert float(s_bad.second_moment[0, 1]) == float(state.second_moment[0, 1])
+    np.testing.assert_array_equal(s_bad.momenta[:, 0, 1], state.momenta[:, 0, 1])
+    # The other coordinates: as for the tensor without that coordinate (per-tensor normalisation over the others).
+    keep = np.ones((2, 3), bool)
+    keep[0, 1] = False
+    flat = lambda x: x.reshape(*x.shape[: x.ndim - 2], -1)[..., keep.reshape(-1)]
+    sub_state = state._replace(momenta=flat(state.momenta), second_moment=flat(state.second_moment))
+    u_sub, _ = tx.update(flat(grads), sub_state, flat(params))
+    np.testing.assert_allclose(flat(u_bad), u_sub, rtol=1e-6)
+
+
+def test_bad_input_is_refused_with_clear_errors():
+    opt = feature_mlp()
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    state = tx.init({"w": jnp.ones(3)})
+    with pytest.raises(ConfigError, match="needs params"):
+        tx.update({"w": jnp.ones(3)}, state)
+    with pytest.raises(GradientsMismatchError):
+        tx.update({"w": jnp.ones(4)}, state, {"w": jnp.ones(4)})
+    with pytest.raises(ParamsTypeError):
+        tx.init({"w": jnp.ones(3, jnp.int32)})
+    for options in ({"hidden_sizes": (0,)}, {"momentum_decays": (1.0,)}, {"second_moment_decay": 1.0},
+                    {"step_mult": -1.0}, {"use_params": "yes"}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            optimizers.get("feature_mlp", **options)
+
+
+def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
+    opt = feature_mlp(hidden_sizes=(16,), momentum_decays=(0.9, 0.99), use_progress=False)
+    again = optimizers.get("feature_mlp", **opt.config())
+    assert again.config() == opt.config() and again.num_features == opt.num_features == 2 + 2 * 2 + 1
+    phi = opt.init(jax.random.key(0))
+
+    def meta_loss(phi):
+        tx = opt.as_optax(phi)
+        p = jnp.array([3.0, -2.0])
+        state = tx.init(p)
+        for _ in range(5):
+            u, state = tx.update(2 * p, state, p)
+            p = p + u
+        return jnp.sum(p**2)
+
+    grads = jax.grad(meta_loss)(phi)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))
