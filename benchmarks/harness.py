@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from l2l_jax import pretrained, tasks
+from l2l_jax.evaluation import EvalTasks, loss_curves
 from l2l_jax.meta import estimators as E
 from l2l_jax.meta import init_inner, meta_value_and_grad
 from l2l_jax.optimizers import lstm
@@ -46,6 +47,8 @@ from l2l_jax.tasks.mnist import MLP, cross_entropy
 
 #: Where the scripts write their results by default.
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Quarter-decade grid of learning rates the baselines are tuned on (1e-3 to 10).
+LR_GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 #: Inner steps a meta-step unrolls in the paper's MNIST configuration.
 TRUNCATION = 20
 #: The fit model's learned update is multiplied by this over its width by default.
@@ -451,3 +454,35 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
         "is skipped (default: all 1)",
     )
     add_data_dir_option(parser)
+
+
+def tune_learning_rate(
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    family: Any,
+    tune: EvalTasks,
+    test: EvalTasks,
+    horizons: list[int] | tuple[int, ...],
+    grid: tuple[float, ...] = LR_GRID,
+) -> dict[int, tuple[float, np.ndarray]]:
+    """A baseline tuned separately for each horizon, then run on held-out tasks.
+
+    Every rate of ``grid`` runs on the ``tune`` tasks for ``max(horizons)`` steps;
+    for each horizon the best rate is the one with the lowest mean loss at that step
+    (a rate with a non-finite loss there never wins). The best rate then runs on the
+    ``test`` tasks (once per distinct rate).
+
+    Returns:
+      ``{horizon: (best_rate, test_curves)}``; the curves have shape
+      ``(test tasks, max(horizons) + 1)``.
+    """
+    horizon = max(horizons)
+    sweep = [loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tune, horizon) for lr in grid]
+    test_curves: dict[float, np.ndarray] = {}
+    out = {}
+    for steps in horizons:
+        scores = [np.mean(c[:, steps]) if np.all(np.isfinite(c[:, steps])) else np.inf for c in sweep]
+        best = float(grid[int(np.argmin(scores))])
+        if best not in test_curves:
+            test_curves[best] = loss_curves(make_tx, jnp.asarray(best, jnp.float32), family, test, horizon)
+        out[steps] = (best, test_curves[best])
+    return out

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import harness
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from l2l_jax import pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation import learned_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 from l2l_jax.meta import MetaTrainConfig, meta_train
 
@@ -56,8 +55,6 @@ CONFIG = MetaTrainConfig(
     seed=0,
 )
 
-#: Quarter-decade grid (as benchmarks/mnist.py).
-LR_GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 TUNE_INITS, TEST_INITS = 16, 48
 STEPS = (100, 200, 1000)
 
@@ -69,16 +66,10 @@ def evaluate(learned: dict, family, tune_inits: int, test_inits: int, baselines:
     curves = {name: learned_curves(opt, phi, family, test, horizon) for name, (opt, phi) in learned.items()}
     lrs = {}
     for baseline in tqdm(baselines, desc="baselines", disable=not progress):
-        make_tx = BASELINES[baseline]
-        sweep = [loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tune, horizon) for lr in LR_GRID]
-        for steps in steps_list:
-            scores = [np.mean(c[:, steps]) if np.all(np.isfinite(c[:, steps])) else np.inf for c in sweep]
-            best = float(LR_GRID[int(np.argmin(scores))])
+        tuned = harness.tune_learning_rate(BASELINES[baseline], family, tune, test, steps_list)
+        for steps, (best, c) in tuned.items():
             lrs[(baseline, steps)] = best
-            if f"{baseline}@{best}" not in curves:
-                curves[f"{baseline}@{best}"] = loss_curves(
-                    make_tx, jnp.asarray(best, jnp.float32), family, test, horizon
-                )
+            curves.setdefault(f"{baseline}@{best}", c)
     reference = next(iter(learned))
     rows = []
     for steps in steps_list:

@@ -40,14 +40,13 @@ import time
 from pathlib import Path
 
 import harness
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from l2l_jax import pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation import learned_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 from l2l_jax.meta import MetaTrainConfig, meta_train
 
@@ -69,9 +68,6 @@ CONFIG = MetaTrainConfig(
     checkpoint_every=50,
     seed=0,
 )
-
-#: Quarter-decade grid; every baseline's best rate on MNIST lies well inside it.
-LR_GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 
 #: Initialisations the baselines' learning rates are tuned on, and the held-out ones of the table.
 TUNE_INITS, TEST_INITS = 20, 48
@@ -106,12 +102,10 @@ def evaluate_variant(name, options, optimizer, phi, tune_inits, test_inits, prog
     curves = {"learned lstm": learned_curves(optimizer, phi, family, test, horizon)}
     lrs = {}
     for baseline, make_tx in tqdm(BASELINES.items(), desc=name, disable=not progress):
-        sweep = [loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tune, horizon) for lr in LR_GRID]
-        for steps in STEPS:
-            scores = [np.mean(c[:, steps]) if np.all(np.isfinite(c[:, steps])) else np.inf for c in sweep]
-            best = float(LR_GRID[int(np.argmin(scores))])
+        # harness.LR_GRID: every baseline's best rate on MNIST lies well inside it.
+        for steps, (best, c) in harness.tune_learning_rate(make_tx, family, tune, test, STEPS).items():
             lrs[(baseline, steps)] = best
-            curves[f"{baseline}@{steps}"] = loss_curves(make_tx, jnp.asarray(best, jnp.float32), family, test, horizon)
+            curves[f"{baseline}@{steps}"] = c
     rows = []
     for steps in STEPS:
         for label, c in curves.items():

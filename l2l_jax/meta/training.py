@@ -215,8 +215,10 @@ class MetaTrainConfig:
         return tx
 
 
-#: Options added to ``MetaTrainConfig`` after runs were first saved, with the values those runs had.
-_ADDED_OPTIONS: dict[str, Any] = {"estimator": "tbptt", "sigma": DEFAULT_SIGMA, "num_pairs": 1}
+#: Options added to ``MetaTrainConfig`` after runs were first saved, with the values those runs had (the defaults).
+_ADDED_OPTIONS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(MetaTrainConfig) if f.name in ("estimator", "sigma", "num_pairs")
+}
 
 
 def components(
