@@ -85,9 +85,8 @@ def evaluate(learned: dict, family, tune_inits: int, test_inits: int, baselines:
                 "stderr": float(np.std(final) / np.sqrt(len(final))),
             }
             if name != reference:
-                diff = curves[reference][:, steps] - final
-                row["reference_minus_this"] = float(np.mean(diff))
-                row["reference_minus_this_stderr"] = float(np.std(diff) / np.sqrt(len(diff)))
+                d, se = harness.paired_difference(curves[reference][:, steps], final)
+                row["reference_minus_this"], row["reference_minus_this_stderr"] = d, se
             rows.append(row)
     plot = {name: curves[name] for name in learned}
     plot.update({b: curves[f"{b}@{lrs[(b, horizon)]}"] for b in baselines})

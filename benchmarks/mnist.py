@@ -124,9 +124,8 @@ def evaluate_variant(name, options, optimizer, phi, tune_inits, test_inits, prog
             if opt_name != "learned lstm":
                 # Same initialisations and minibatch keys for every optimizer: the paired
                 # difference removes the spread between initialisations from the comparison.
-                diff = curves["learned lstm"][:, steps] - final
-                row["lstm_minus_this"] = float(np.mean(diff))
-                row["lstm_minus_this_stderr"] = float(np.std(diff) / np.sqrt(len(diff)))
+                d, se = harness.paired_difference(curves["learned lstm"][:, steps], final)
+                row["lstm_minus_this"], row["lstm_minus_this_stderr"] = d, se
             rows.append(row)
     plot_curves = {"learned lstm": curves["learned lstm"], **{b: curves[f"{b}@{horizon}"] for b in BASELINES}}
     return rows, plot_curves, family.data_record

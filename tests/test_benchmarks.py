@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -441,3 +442,94 @@ def test_worked_example_estimators_recover_the_exact_gradient_where_they_are_unb
     assert pes["max_deviation_in_standard_errors"] < 5
     assert es["max_deviation_in_standard_errors"] > 20
     assert "| pes | 1 |" in (tmp_path / "worked_example_estimators.md").read_text()
+
+
+def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_paired(tmp_path):
+    options = ["--tasks", "base MLP", "logistic regression", "--max-steps", "3", "--tune-inits", "2",
+               "--test-inits", "3", "--no-progress", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("generalisation.py", *options, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "generalisation.json").read_text())
+    optimizers = ["generalist", "mnist-lstm", "sgd", "momentum", "nag", "rmsprop", "adam"]
+    # Every horizon is capped at 3 steps: one row per optimizer and task.
+    assert [(r["task"], r["steps"], r["optimizer"]) for r in results["rows"]] == [
+        (task, 3, name) for task in ("base MLP", "logistic regression") for name in optimizers
+    ]
+    for row in results["rows"]:
+        assert math.isfinite(row["mean_loss"]) and row["stderr"] >= 0 and isinstance(row["diverged"], bool)
+        assert ("reference_minus_this" in row) == (row["optimizer"] != "generalist")
+        assert (row["learning_rate"] is None) == (row["optimizer"] in ("generalist", "mnist-lstm"))
+        assert row["held_out"] == (row["task"] == "logistic regression")
+    table = (tmp_path / "generalisation.md").read_text()
+    assert "| logistic regression | 3 | adam |" in table and "- base MLP, 3 steps: beats" in table
+    assert (tmp_path / "generalisation_base_mlp.png").stat().st_size > 1000
+
+    # Run again with a cache: the first run fills it, the second reads the same curves back.
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    for _ in range(2):
+        assert run_script("generalisation.py", *options, *cache, timeout=600).returncode == 0
+        again = json.loads((tmp_path / "generalisation.json").read_text())["rows"]
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "task_seconds"} for r in rows]
+        assert strip(again) == strip(results["rows"])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * 7
+
+
+def test_generalisation_refuses_an_unknown_task(tmp_path):
+    out = run_script("generalisation.py", "--tasks", "ImageNet", "--results-dir", str(tmp_path), timeout=300)
+    assert out.returncode == 2 and "unknown task(s) 'ImageNet'" in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # PES on a mixture: tests/test_meta_training_estimators.py; shipping: test_pretrained.py
+def test_generalist_meta_trains_on_its_mixture_and_records_what_it_was_built_from(tmp_path):
+    run = tmp_path / "run"
+    options = ["--meta-steps", "2", "--finetune-steps", "1", "--horizon", "4", "--truncation", "2", "--val-tasks", "1",
+               "--no-progress", "--run-dir", str(run), "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("generalist.py", *options, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Stage 2 starts from stage 1's best φ and is what ships.
+    meta = json.loads((tmp_path / "run-finetune" / "optimizer.json").read_text())
+    assert meta["optimizer"] == "feature_mlp" and meta["architecture"]["options"]["output"] == "nominal"
+    assert [e["estimator"] for e in meta["estimator"]] == ["pes", "pes"] and len(meta["mixture"]) == 4
+    assert meta["training"]["meta_steps"] == [2, 1] and meta["training"]["optimizee_steps"] == 3 * 4 * 2 * 2 * 2
+    assert str(MNIST_FIXTURE) not in json.dumps(meta)  # where the data lay is not recorded
+    assert meta["evaluation"] is None  # no battery results in tmp_path
+    out = run_script("generalist.py", *options, "--ship", timeout=300)
+    assert out.returncode == 2 and "--ship ships the documented recipe" in out.stderr
+
+
+@pytest.mark.slow  # meta-trains every variant: the optimizer options are tested in tests/test_feature_mlp.py
+def test_feature_ablation_trains_each_variant_and_compares_it_with_the_full_optimizer(tmp_path):
+    options = ["--meta-steps", "1", "--horizon", "4", "--truncation", "2", "--val-tasks", "1", "--test-inits", "3",
+               "--variants", "full", "inputs: no progress",
+               "--run-root", str(tmp_path / "runs"), "--no-progress", "--results-dir", str(tmp_path),
+               "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("feature_ablation.py", *options, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "feature_ablation.json").read_text())["rows"]
+    variants = ["full", "inputs: no progress", "untrained (Adam, lr 0.01)"]
+    assert [(r["task"], r["steps"], r["variant"]) for r in rows] == [
+        (task, steps, v) for task in ("base MLP", "ReLU") for steps in (100, 200) for v in variants
+    ]
+    assert all(math.isfinite(r["mean_loss"]) for r in rows)
+    assert all(r["full_minus_this"] == 0 for r in rows if r["variant"] == "full")
+
+
+def test_coarse_to_fine_tuning_finds_the_rate_of_the_full_grid_search():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from l2l_jax import tasks
+    from l2l_jax.evaluation import sample_tasks
+    from l2l_jax.evaluation.baselines import BASELINES
+
+    family = tasks.get("quadratic", dim=4)
+    tune, test = sample_tasks(family, 0, 8, "tune"), sample_tasks(family, 0, 4, "test")
+    for name in ("sgd", "adam"):
+        full = harness.tune_learning_rate(BASELINES[name], family, tune, test, (5, 20))
+        fast = harness.tune_learning_rate(BASELINES[name], family, tune, test, (5, 20), coarse_to_fine=True)
+        for steps in (5, 20):
+            assert fast[steps][0] == full[steps][0], (name, steps)
+            np.testing.assert_array_equal(fast[steps][1], full[steps][1])

@@ -10,7 +10,7 @@ import pytest
 
 from l2l_jax import optimizers
 from l2l_jax.errors import ConfigError, GradientsMismatchError, ParamsTypeError
-from l2l_jax.optimizers.feature_mlp import PROGRESS_SCALES, feature_mlp
+from l2l_jax.optimizers.feature_mlp import NOMINAL_DECAY, PROGRESS_SCALES, feature_mlp
 
 
 def reference_steps(phi, opt, grads_seq, params_seq):
@@ -28,7 +28,8 @@ def reference_steps(phi, opt, grads_seq, params_seq):
         if opt.use_params:
             feats.append(np.asarray(p, np.float64)[None])
         x = np.concatenate(feats, 0)
-        x = x / np.sqrt(np.mean(x.reshape(len(x), -1) ** 2, axis=1) + 1e-12).reshape(-1, *([1] * g.ndim))
+        if opt.normalise_features:
+            x = x / np.sqrt(np.mean(x.reshape(len(x), -1) ** 2, axis=1) + 1e-12).reshape(-1, *([1] * g.ndim))
         x = np.moveaxis(x, 0, -1)
         if opt.use_progress:
             prog = np.tanh(t / np.asarray(PROGRESS_SCALES))
@@ -38,18 +39,40 @@ def reference_steps(phi, opt, grads_seq, params_seq):
             x = x @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
             if i < len(layers) - 1:
                 x = np.maximum(x, 0)
-        out.append(x[..., 0] * np.exp(opt.exp_mult * x[..., 1]) * opt.step_mult)
+        if opt.output == "nominal":
+            k = list(opt.momentum_decays).index(NOMINAL_DECAY)
+            m_hat = m[k] / (1 - NOMINAL_DECAY**t)
+            v_hat = v / (1 - opt.second_moment_decay**t)
+            lr = np.exp(float(phi["log_lr"]))
+            out.append(
+                np.exp(opt.exp_mult * x[..., 1]) * (opt.step_mult * x[..., 0] - lr * m_hat / (np.sqrt(v_hat) + 1e-8))
+            )
+        else:
+            out.append(x[..., 0] * np.exp(opt.exp_mult * x[..., 1]) * opt.step_mult)
     return out
 
 
-@pytest.mark.parametrize("use_params, use_progress", [(True, True), (False, False)])
-def test_updates_equal_the_numpy_reference(use_params, use_progress):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"use_params": True, "use_progress": True},
+        {"use_params": False, "use_progress": False},
+        {"output": "nominal", "exp_mult": 0.1, "nominal_lr": 0.03},
+        {"output": "nominal", "normalise_features": False, "use_params": False},
+    ],
+)
+def test_updates_equal_the_numpy_reference(options):
     with jax.enable_x64(True):
-        opt = feature_mlp(hidden_sizes=(8, 8), use_params=use_params, use_progress=use_progress)
-        phi = jax.tree.map(lambda x: x.astype(jnp.float64) * 3, opt.init(jax.random.key(0)))
+        opt = feature_mlp(hidden_sizes=(8, 8), **options)
+        phi = opt.init(jax.random.key(0))
+        if opt.output == "nominal":  # Its last layer starts at zero: give it weights so the test sees them.
+            phi["layers"][-1]["w"] = jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+        phi = jax.tree.map(lambda x: x.astype(jnp.float64) * 3, phi)
         tx = jax.jit(opt.as_optax(phi).update)
         rng = np.random.default_rng(0)
         p = rng.normal(size=(4, 3))
+        if opt.output == "nominal":
+            assert set(phi) == {"layers", "log_lr"}
         grads = [rng.normal(size=(4, 3)) * s for s in (1.0, 0.1, 10.0, 1.0, 0.5)]
         state = opt.as_optax(phi).init(jnp.asarray(p))
         got = []
@@ -60,6 +83,20 @@ def test_updates_equal_the_numpy_reference(use_params, use_progress):
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15)
         assert int(state.count) == len(grads)
+
+
+def test_the_untrained_nominal_optimizer_is_adam_at_its_nominal_rate():
+    opt = feature_mlp(output="nominal", nominal_lr=0.03)
+    tx, adam = opt.as_optax(opt.init(jax.random.key(0))), optax.adam(0.03)
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    state, adam_state = tx.init(params), adam.init(params)
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 0.01, 100.0, 1.0):
+        grads = jax.tree.map(lambda p, scale=scale: jnp.asarray(rng.normal(size=p.shape) * scale, jnp.float32), params)
+        updates, state = tx.update(grads, state, params)
+        want, adam_state = adam.update(grads, adam_state, params)
+        for k in params:
+            np.testing.assert_allclose(updates[k], want[k], rtol=1e-5, atol=1e-9)
 
 
 def test_it_composes_with_optax_chain_and_masks_in_any_pytree():
@@ -121,16 +158,20 @@ def test_bad_input_is_refused_with_clear_errors():
     with pytest.raises(ParamsTypeError):
         tx.init({"w": jnp.ones(3, jnp.int32)})
     for options in ({"hidden_sizes": (0,)}, {"momentum_decays": (1.0,)}, {"second_moment_decay": 1.0},
-                    {"step_mult": -1.0}, {"use_params": "yes"}):  # fmt: skip
+                    {"step_mult": -1.0}, {"use_params": "yes"}, {"output": "linear"}, {"nominal_lr": 0.0},
+                    {"normalise_features": 1}):  # fmt: skip
         with pytest.raises(ConfigError):
             optimizers.get("feature_mlp", **options)
+    with pytest.raises(ConfigError, match="needs 0.9 among momentum_decays"):
+        feature_mlp(output="nominal", momentum_decays=(0.5, 0.99))
 
 
 def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
-    opt = feature_mlp(hidden_sizes=(16,), momentum_decays=(0.9, 0.99), use_progress=False)
+    opt = feature_mlp(hidden_sizes=(16,), momentum_decays=(0.9, 0.99), use_progress=False, output="nominal")
     again = optimizers.get("feature_mlp", **opt.config())
     assert again.config() == opt.config() and again.num_features == opt.num_features == 2 + 2 * 2 + 1
     phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = phi["layers"][-1]["w"] + 0.1
 
     def meta_loss(phi):
         tx = opt.as_optax(phi)

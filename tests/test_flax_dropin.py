@@ -1,7 +1,7 @@
 """Learned optimizers inside ordinary Flax training loops (NNX and linen) on the MNIST MLP.
 
-These are the README's drop-in examples, run as tests: a shipped optimizer and one
-from the user's own meta-training run, chained after gradient clipping, with the
+These are the README's drop-in examples, run as tests: the shipped LSTM and
+generalist and an optimizer from the user's own meta-training run, chained after gradient clipping, with the
 loss passed as ``value=`` or not, and a training run saved and resumed.
 """
 
@@ -49,9 +49,10 @@ def own_run(tmp_path_factory):
     return run
 
 
-@pytest.fixture(params=["shipped", "own run"])
+@pytest.fixture(params=["shipped", "generalist", "own run"])
 def learned_tx(request, own_run):
-    source = SHIPPED if request.param == "shipped" else own_run
+    # "generalist" is the shipped feature MLP, which reads the parameters that both loops pass.
+    source = {"shipped": SHIPPED, "generalist": "generalist", "own run": own_run}[request.param]
     return optax.chain(optax.clip_by_global_norm(1.0), l2l_jax.pretrained.load(source))
 
 
@@ -137,7 +138,9 @@ def test_nnx_run_saved_and_resumed_continues_identically(learned_tx, data, tmp_p
 
     first, model, optimizer = nnx_train(learned_tx, data, 6, False)
     # Save parameters and optimizer state (the LSTM's hidden states) with flax msgpack.
-    blob = serialization.to_bytes({"model": nnx.to_pure_dict(nnx.state(model)), "opt": nnx.to_pure_dict(nnx.state(optimizer))})
+    blob = serialization.to_bytes(
+        {"model": nnx.to_pure_dict(nnx.state(model)), "opt": nnx.to_pure_dict(nnx.state(optimizer))}
+    )
     (tmp_path / "ckpt.msgpack").write_bytes(blob)
 
     model2 = NNXMLP(nnx.Rngs(1))  # Different init: everything must come from the file.

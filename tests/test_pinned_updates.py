@@ -1,8 +1,9 @@
-"""The shipped optimizers give the same updates as before the LSTM modules were reorganised.
+"""The shipped optimizers give the same updates as before the LSTM modules were reorganised, and the
+generalist the updates it was shipped with.
 
-The numbers below were produced by the code before the layout change (the
-implementation registry moving from ``lstm_cell`` to ``lstm``), with the updates
-jitted in float32 on a CPU. Any later change that alters what a shipped optimizer
+The LSTMs' numbers below were produced by the code before the layout change (the
+implementation registry moving from ``lstm_cell`` to ``lstm``), and the generalist's
+by the code that shipped it, with the updates jitted in float32 on a CPU. Any later change that alters what a shipped optimizer
 or the worked example's linear RNN does to a gradient fails here.
 """
 
@@ -113,6 +114,14 @@ PINNED_LINEAR_RNN: list[dict[str, list[float]]] = [
 ]
 
 
+#: The shipped generalist (a feature MLP) with parameters 0.1 x the fixed gradient.
+PINNED_GENERALIST: list[dict[str, list[float]]] = [
+    {"w": [0.0002108316, -0.01470757, 0.01331433, -0.01839615, 0.013315, -0.01470292], "b": [0.01479006, -0.01340646]},
+    {"w": [0.0001616223, -0.014051, 0.01280781, -0.01793804, 0.01280772, -0.01404625], "b": [0.01417859, -0.01283856]},
+    {"w": [0.0001020742, -0.01231974, 0.0112565, -0.0165101, 0.01125612, -0.01231497], "b": [0.01254236, -0.01123526]},
+]
+
+
 def assert_updates(got: list[dict[str, np.ndarray]], want: list[dict[str, list[float]]]) -> None:
     assert len(got) == len(want) == 3
     for step, (g, w) in enumerate(zip(got, want)):
@@ -126,6 +135,19 @@ def assert_updates(got: list[dict[str, np.ndarray]], want: list[dict[str, list[f
 @pytest.mark.parametrize(("name", "implementation"), list(PINNED_LSTM))
 def test_a_shipped_optimizer_gives_the_pinned_updates(name, implementation):
     assert_updates(three_updates(shipped_lstm(name, implementation)), PINNED_LSTM[name, implementation])
+
+
+def test_the_shipped_generalist_gives_the_pinned_updates():
+    # The feature MLP reads the parameters: the fixed gradient's own tree stands in for them.
+    tx = pretrained.load("generalist")
+    update = jax.jit(tx.update)
+    params = {k: jnp.asarray(v) * 0.1 for k, v in GRADIENT.items()}
+    state = tx.init(params)
+    got = []
+    for step in range(3):
+        updates, state = update(gradient(step), state, params)
+        got.append(jax.tree.map(np.asarray, updates))
+    assert_updates(got, PINNED_GENERALIST)
 
 
 def test_the_worked_examples_linear_rnn_gives_the_pinned_updates():

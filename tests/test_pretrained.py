@@ -18,7 +18,7 @@ def test_shipped_names_are_listed_and_load():
         tx = pretrained.load(name)
         assert isinstance(tx, optax.GradientTransformationExtraArgs)
         info = pretrained.info(name)
-        assert info["optimizer"] == "lstm" and "training_config" in info and info["evaluation"]
+        assert info["optimizer"] in ("lstm", "feature_mlp") and "training_config" in info and info["evaluation"]
 
 
 def test_unknown_name_lists_what_exists():
@@ -36,3 +36,39 @@ def test_shipped_quadratic_lstm_beats_tuned_adam_on_fresh_quadratics():
         loss_curves(optax.adam, jnp.asarray(lr), family, fresh, 100)[:, -1].mean() for lr in (0.1, 0.178, 0.316, 0.562)
     )
     assert np.isfinite(lstm_final) and lstm_final < adam_final, (lstm_final, adam_final)
+
+
+def test_the_generalist_ships_with_what_it_was_built_from_and_its_evaluation():
+    info = pretrained.info("generalist")
+    assert info["optimizer"] == "feature_mlp" and info["architecture"]["options"]["output"] == "nominal"
+    assert {m["task"] for m in info["mixture"]} == {"mnist"}
+    assert {m["options"]["activation"] for m in info["mixture"]} == {"sigmoid", "tanh", "relu"}
+    # Two stages of PES: whole 1,000-step runs, then 200-step runs.
+    assert [(e["estimator"], e["horizon"]) for e in info["estimator"]] == [("pes", 1000), ("pes", 200)]
+    training = info["training"]
+    assert training["meta_training_seconds"] > 0 and training["optimizee_steps"] > 0 and training["machine"]
+    tasks_evaluated = {r["task"] for r in info["evaluation"]}
+    assert {"base MLP", "CNN", "wide MLP", "char LM", "logistic regression"} <= tasks_evaluated
+    assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+
+
+def data_dirs(value) -> list:
+    """Every ``"data_dir"`` value anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k == "data_dir"] + [d for v in value.values() for d in data_dirs(v)]
+    if isinstance(value, list):
+        return [d for v in value for d in data_dirs(v)]
+    return []
+
+
+def test_the_generalist_needs_the_parameters_and_trains_a_model_it_never_saw():
+    tx = pretrained.load("generalist")
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    state = tx.init(params)
+    with pytest.raises(errors.ConfigError, match="needs params"):
+        tx.update(params, state)
+    family = tasks.get("logistic_regression")
+    test = sample_tasks(family, seed=5, num_tasks=8)
+    opt, phi = pretrained.load_meta_params("generalist")
+    curves = learned_curves(opt, phi, family, test, 100)
+    assert np.all(np.isfinite(curves)) and np.all(curves[:, -1] < 0.8 * curves[:, 0])

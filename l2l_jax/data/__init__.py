@@ -1,4 +1,5 @@
-"""Data sets: the IDX reader (``idx``) and MNIST's download, verification, cache and loading (``mnist``).
+"""Data sets: the IDX reader (``idx``), MNIST's download, verification, cache and loading (``mnist``), and the
+standard-library text of the character-level language model (``text``).
 
 Every problem with a data file (missing, corrupt, truncated, failed download)
 raises `l2l_jax.errors.DataError`.

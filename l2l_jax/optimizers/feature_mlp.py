@@ -22,10 +22,16 @@ from l2l_jax.optimizers.base import (
     check_update_args,
     state_dtype,
 )
-from l2l_jax.validation import boolean, positive_float, positive_int
+from l2l_jax.validation import boolean, one_of, positive_float, positive_int
 
 #: Time scales τ of the training-progress features tanh(t / τ).
 PROGRESS_SCALES = (10.0, 100.0, 1000.0)
+
+#: The output forms: the network's step alone, or added to a nominal Adam step.
+OUTPUTS = ("bounded", "nominal")
+
+#: The momentum decay of the nominal Adam step (one of ``momentum_decays``).
+NOMINAL_DECAY = 0.9
 
 
 class FeatureMLPState(NamedTuple):
@@ -50,10 +56,15 @@ class FeatureMLP(LearnedOptimizer):
     divided by √(second moment) (Adam-like normalisation), the gradient so
     normalised, optionally the parameter value, and optionally the training
     progress tanh(t / τ) for τ in `PROGRESS_SCALES`. Every feature but progress is
-    then divided by its root mean square over the parameter tensor, so the network
+    then divided by its root mean square over the parameter tensor (unless
+    ``normalise_features`` is off), so the network
     sees the same scale in every tensor whatever its width or the loss's scale. The
-    network outputs a direction d and a magnitude m; the update is
-    ``d · exp(exp_mult · m) · step_mult``.
+    network outputs a direction d and a magnitude m. With ``output="bounded"`` the
+    update is ``d · exp(exp_mult · m) · step_mult``. With ``output="nominal"`` it is
+    ``exp(exp_mult · m) · (step_mult · d − η · n)``, where n is Adam's bias-corrected
+    direction (momentum decay `NOMINAL_DECAY` over √(second moment)) and η = exp(φ's
+    ``log_lr``) is learned; the last layer starts at zero, so the untrained optimizer is
+    Adam with learning rate ``nominal_lr``.
 
     A coordinate whose gradient is NaN or ±inf gets update 0 and keeps its state;
     it is left out of its tensor's normalisation.
@@ -76,6 +87,9 @@ class FeatureMLP(LearnedOptimizer):
         use_progress: bool = True,
         step_mult: float = 1e-3,
         exp_mult: float = 1e-3,
+        output: str = "bounded",
+        nominal_lr: float = 1e-2,
+        normalise_features: bool = True,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -93,6 +107,14 @@ class FeatureMLP(LearnedOptimizer):
         self.use_progress = boolean("use_progress", use_progress)
         self.step_mult = positive_float("step_mult", step_mult)
         self.exp_mult = positive_float("exp_mult", exp_mult)
+        self.output = one_of("output", output, OUTPUTS)
+        self.nominal_lr = positive_float("nominal_lr", nominal_lr)
+        self.normalise_features = boolean("normalise_features", normalise_features)
+        if self.output == "nominal" and NOMINAL_DECAY not in self.momentum_decays:
+            raise ConfigError(
+                f"output='nominal' needs {NOMINAL_DECAY} among momentum_decays (its Adam momentum), "
+                f"got {list(self.momentum_decays)}"
+            )
 
     @property
     def num_features(self) -> int:
@@ -109,6 +131,9 @@ class FeatureMLP(LearnedOptimizer):
             "use_progress": self.use_progress,
             "step_mult": self.step_mult,
             "exp_mult": self.exp_mult,
+            "output": self.output,
+            "nominal_lr": self.nominal_lr,
+            "normalise_features": self.normalise_features,
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -116,12 +141,18 @@ class FeatureMLP(LearnedOptimizer):
         layers = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             w = jax.random.normal(jax.random.fold_in(key, i), (fan_in, fan_out)) / jnp.sqrt(fan_in)
+            if self.output == "nominal" and i == len(sizes) - 2:
+                w = jnp.zeros_like(w)
             layers.append({"w": w, "b": jnp.zeros((fan_out,))})
+        if self.output == "nominal":
+            return {"layers": layers, "log_lr": jnp.log(jnp.asarray(self.nominal_lr, jnp.float32))}
         return {"layers": layers}
 
     def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
         decays = jnp.asarray(self.momentum_decays)
         beta2 = self.second_moment_decay
+        nominal = self.output == "nominal"
+        nominal_index = self.momentum_decays.index(NOMINAL_DECAY) if nominal else 0
 
         def init_fn(params: PyTree) -> FeatureMLPState:
             check_float_tree(params, "parameters")
@@ -169,18 +200,27 @@ class FeatureMLP(LearnedOptimizer):
                 if self.use_params:
                     features.append(jnp.asarray(p, dt)[None])
                 x = jnp.concatenate(features, axis=0)
-                # Each feature divided by its root mean square over the tensor's finite coordinates.
-                count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
-                axes = tuple(range(1, x.ndim))
-                mask = keep.astype(dt)[None]
-                rms = jnp.sqrt(jnp.sum(jnp.square(x) * mask, axis=axes, keepdims=True) / count_finite + 1e-12)
-                x = jnp.moveaxis(x / rms, 0, -1)
+                if self.normalise_features:
+                    # Each feature divided by its root mean square over the tensor's finite coordinates.
+                    count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
+                    axes = tuple(range(1, x.ndim))
+                    mask = keep.astype(dt)[None]
+                    rms = jnp.sqrt(jnp.sum(jnp.square(x) * mask, axis=axes, keepdims=True) / count_finite + 1e-12)
+                    x = x / rms
+                x = jnp.moveaxis(x, 0, -1)
                 if self.use_progress:
                     x = jnp.concatenate(
                         [x, jnp.broadcast_to(progress.astype(dt), (*g.shape, len(PROGRESS_SCALES)))], -1
                     )
                 out = network(x)
-                step = out[..., 0] * jnp.exp(self.exp_mult * out[..., 1]) * self.step_mult
+                if nominal:
+                    m_hat = new_m[nominal_index] / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
+                    v_hat = new_v / (1 - jnp.asarray(beta2, dt) ** t.astype(dt))
+                    adam = m_hat / (jnp.sqrt(v_hat) + 1e-8)
+                    lr = jnp.exp(meta_params["log_lr"].astype(dt))
+                    step = jnp.exp(self.exp_mult * out[..., 1]) * (self.step_mult * out[..., 0] - lr * adam)
+                else:
+                    step = out[..., 0] * jnp.exp(self.exp_mult * out[..., 1]) * self.step_mult
                 step = jnp.where(keep, step, jnp.zeros((), dt))
                 return step.astype(grad.dtype), new_m, new_v
 
@@ -199,6 +239,9 @@ def feature_mlp(
     use_progress: bool = True,
     step_mult: float = 1e-3,
     exp_mult: float = 1e-3,
+    output: str = "bounded",
+    nominal_lr: float = 1e-2,
+    normalise_features: bool = True,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -211,6 +254,11 @@ def feature_mlp(
       use_progress: feed tanh(step / τ) for τ in ``PROGRESS_SCALES``.
       step_mult: the update's scale (the step is direction · exp(exp_mult · magnitude) · step_mult).
       exp_mult: how strongly the magnitude output scales the step.
+      output: ``"bounded"`` (the network's step alone) or ``"nominal"`` (the network
+        corrects and rescales a learned-rate Adam step; see `FeatureMLP`).
+      nominal_lr: the Adam learning rate the untrained ``"nominal"`` optimizer starts at.
+      normalise_features: divide every feature but progress by its root mean square
+        over the tensor (off, the network sees raw magnitudes).
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -228,4 +276,15 @@ def feature_mlp(
       >>> updates["w"].shape
       (3, 2)
     """
-    return FeatureMLP(hidden_sizes, momentum_decays, second_moment_decay, use_params, use_progress, step_mult, exp_mult)
+    return FeatureMLP(
+        hidden_sizes,
+        momentum_decays,
+        second_moment_decay,
+        use_params,
+        use_progress,
+        step_mult,
+        exp_mult,
+        output,
+        nominal_lr,
+        normalise_features,
+    )

@@ -1,4 +1,5 @@
-"""Optimizees: task families (quadratics, MNIST MLPs, any Flax model), their mixtures, and the registry by name."""
+"""Optimizees: task families (quadratics, MNIST MLPs, a CNN on MNIST, a character-level LM, logistic regression,
+any Flax model), their mixtures, and the registry by name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.tasks.base import TaskFamily
+from l2l_jax.tasks.char_lm import CharLMFamily
+from l2l_jax.tasks.cnn import MNISTCNNFamily
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler, iterator_sampler, stack_batches
+from l2l_jax.tasks.logistic import LogisticRegressionFamily
 from l2l_jax.tasks.mixture import TaskMixture
 from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
@@ -66,8 +70,11 @@ def _build_mixture(members: list[dict[str, Any]]) -> TaskMixture:
 
 
 _REGISTRY: dict[str, Callable[..., TaskFamily | TaskMixture]] = {
+    "char_lm": CharLMFamily,
+    "logistic_regression": LogisticRegressionFamily,
     "mixture": _build_mixture,
     "mnist": MNISTFamily,
+    "mnist_cnn": MNISTCNNFamily,
     "quadratic": QuadraticFamily,
     "scalar_quadratic": ScalarQuadratic,
 }
@@ -165,7 +172,10 @@ def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
 
 __all__ = [
     "MLP",
+    "CharLMFamily",
     "FlaxModelFamily",
+    "LogisticRegressionFamily",
+    "MNISTCNNFamily",
     "MNISTFamily",
     "QuadraticFamily",
     "ScalarQuadratic",

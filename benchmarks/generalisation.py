@@ -1,0 +1,397 @@
+"""The held-out battery: learned optimizers against tuned baselines, on the paper's MNIST MLP,
+its variants, and tasks that no learned optimizer here was meta-trained on.
+
+Optimizers: the generalist (``--generalist``, default the shipped one), the shipped
+``mnist-lstm``, and SGD, momentum, NAG, RMSprop and Adam, each with its learning rate
+tuned separately per task and per horizon on a quarter-decade grid over
+``--tune-inits`` initialisations that are not evaluated. Every optimizer then runs on
+the same held-out initialisations with the same minibatches, so a difference is
+reported as mean ± paired standard error, and a win or loss is called only beyond
+2 paired s.e.
+
+Tasks (``TASKS``): the paper's MLP (784-20-10 sigmoid, batch 128) at 100, 200 and
+1,000 steps; 40 units, 2 layers, ReLU and tanh at 100 and 200 steps; and, held out
+from the generalist's meta-training mixture, a small CNN on MNIST, a wide ReLU MLP
+(784-1280-10, 1.02M parameters, no hand scaling), a character-level GRU language
+model on Python's own source text (these two at 100 steps only, as their runs cost
+minutes here), and logistic regression.
+
+"Diverged" means the mean loss over initialisations rose above its starting value,
+or went non-finite, at any step of the run.
+
+Writes ``generalisation.{json,md}`` and ``generalisation_<task>.png`` into
+``--results-dir`` (default ``benchmarks/results``).
+
+    python benchmarks/generalisation.py --data-dir DIR
+    python benchmarks/generalisation.py --data-dir DIR --tasks "base MLP" CNN   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import harness
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from l2l_jax import pretrained
+from l2l_jax import tasks as tasks_lib
+from l2l_jax.evaluation import learned_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation.baselines import BASELINES
+
+#: Held-out tasks' baselines are tuned from 1e-4: their best rates are not known in advance.
+WIDE_GRID = tuple(float(x) for x in np.logspace(-4, 1, 21))
+
+PAPER_MLP = {"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One row group of the battery: a task family and how it is evaluated."""
+
+    label: str
+    task: str
+    options: dict[str, Any]
+    horizons: tuple[int, ...]
+    test_inits: int
+    held_out: bool
+    uses_mnist: bool = True
+    grid: tuple[float, ...] = harness.LR_GRID
+    #: Learned optimizers not run on this task (the docs say why).
+    skip: tuple[str, ...] = ()
+
+
+TASKS = (
+    Task("base MLP", "mnist", PAPER_MLP, (100, 200, 1000), 48, False),
+    Task("40 units", "mnist", {**PAPER_MLP, "hidden_units": 40}, (100, 200), 48, False),
+    Task("2 layers", "mnist", {**PAPER_MLP, "hidden_layers": 2}, (100, 200), 48, False),
+    Task("ReLU", "mnist", {**PAPER_MLP, "activation": "relu"}, (100, 200), 48, False),
+    Task("tanh", "mnist", {**PAPER_MLP, "activation": "tanh"}, (100, 200), 48, False),
+    Task("CNN", "mnist_cnn", {}, (100, 200), 16, True, grid=WIDE_GRID),
+    Task(
+        "wide MLP",
+        "mnist",
+        {"hidden_units": 1280, "hidden_layers": 1, "activation": "relu", "batch_size": 32},
+        (100,),
+        16,
+        True,
+        grid=WIDE_GRID,
+    ),
+    Task("char LM", "char_lm", {}, (100,), 16, True, uses_mnist=False, grid=WIDE_GRID, skip=("mnist-lstm",)),
+    Task("logistic regression", "logistic_regression", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
+)
+TUNE_INITS = 16
+REFERENCE = "generalist"
+
+
+def build_family(task: Task, data_dir: str | None) -> Any:
+    options = {**task.options, "data_dir": data_dir} if task.uses_mnist else task.options
+    return tasks_lib.get(task.task, **options)
+
+
+def diverged(curve: np.ndarray) -> bool:
+    """True if the mean loss over initialisations is non-finite or above its start at any step."""
+    mean = np.mean(curve, axis=0)
+    return bool(not np.all(np.isfinite(mean)) or np.max(mean[1:]) > mean[0])
+
+
+def evaluate_task(
+    task: Task,
+    family: Any,
+    learned: dict[str, tuple[Any, Any]],
+    horizons: tuple[int, ...],
+    tune_inits: int,
+    test_inits: int,
+    cache: Path | None,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon)."""
+    horizon = max(horizons)
+    tune, test = sample_tasks(family, 1, tune_inits, "tune"), sample_tasks(family, 1, test_inits, "test")
+    key = {
+        "task": {k: v for k, v in dataclasses.asdict(task).items() if k != "skip"},
+        "horizons": list(horizons),
+        "tune_inits": tune.size,
+        "test_inits": test.size,
+        "data": getattr(family, "data_record", None),
+    }
+    curves = {}
+    learned = {name: v for name, v in learned.items() if name not in task.skip}
+    for name, (opt, phi) in learned.items():
+        learned_key = {**key, "optimizer": opt.name, "config": opt.config(), "phi_sha256": fingerprint(phi)}
+        curves[name] = cached(
+            cache,
+            f"{task_slug(task)}__{name}",
+            learned_key,
+            lambda opt=opt, phi=phi: {"curves": learned_curves(opt, phi, family, test, horizon)},
+        )["curves"]
+    lrs, baseline_curves = tuned_baselines(task, family, tune, test, horizons, key, cache, progress)
+    curves.update(baseline_curves)
+    rows = []
+    for steps in horizons:
+        for label in [*learned, *(f"{b}@{lrs[(b, steps)]}" for b in BASELINES)]:
+            name = label.split("@")[0]
+            curve = curves[label]
+            final = curve[:, steps]
+            row = {
+                "task": task.label,
+                "held_out": task.held_out,
+                "steps": steps,
+                "optimizer": name,
+                "learning_rate": lrs.get((name, steps)),
+                "lr_at_grid_edge": lrs.get((name, steps)) in (task.grid[0], task.grid[-1]),
+                "mean_loss": float(np.mean(final)),
+                "stderr": float(np.std(final) / np.sqrt(len(final))),
+                "initial_loss": float(np.mean(curve[:, 0])),
+                "diverged": diverged(curve[:, : steps + 1]),
+            }
+            if name != REFERENCE and REFERENCE in learned:
+                d, se = harness.paired_difference(curves[REFERENCE][:, steps], final)
+                row["reference_minus_this"], row["reference_minus_this_stderr"] = d, se
+            rows.append(row)
+    plot = {name: curves[name] for name in learned}
+    plot.update({b: curves[f"{b}@{lrs[(b, horizon)]}"] for b in BASELINES})
+    return rows, plot
+
+
+def task_slug(task: Task) -> str:
+    return task.label.replace(" ", "_").lower()
+
+
+def fingerprint(tree: Any) -> str:
+    """SHA-256 of a pytree's arrays (its values, shapes and dtypes, in leaf order)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        array = np.asarray(leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def cached(
+    cache: Path | None, name: str, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``compute()``, or the arrays kept in ``cache/<name>.npz`` by an earlier call with the same ``key``.
+
+    The key is kept beside the arrays as JSON; the arrays are read without pickle.
+    """
+    if cache is None:
+        return compute()
+    meta, arrays_path = cache / f"{name}.json", cache / f"{name}.npz"
+    if meta.exists() and arrays_path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            return {label: arrays[label] for label in arrays.files}
+    out = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(arrays_path, **out)
+    harness.write_json(meta, key)
+    return out
+
+
+def tuned_baselines(
+    task: Task,
+    family: Any,
+    tune: Any,
+    test: Any,
+    horizons: tuple[int, ...],
+    key: dict[str, Any],
+    cache: Path | None,
+    progress: bool,
+) -> tuple[dict[tuple[str, int], float], dict[str, np.ndarray]]:
+    """Every baseline tuned per horizon: ``{(baseline, steps): rate}`` and the test curves by ``"name@rate"``.
+
+    With ``cache``, each baseline's result is kept (see `cached`) and reused when the
+    task, horizons, grid, data and numbers of initialisations are the same.
+    """
+    lrs: dict[tuple[str, int], float] = {}
+    curves: dict[str, np.ndarray] = {}
+    for baseline in tqdm(BASELINES, desc=task.label, disable=not progress):
+
+        def tune_baseline(baseline: str = baseline) -> dict[str, np.ndarray]:
+            tuned = harness.tune_learning_rate(
+                BASELINES[baseline], family, tune, test, horizons, task.grid, coarse_to_fine=True
+            )
+            return {
+                "rates": np.asarray([tuned[s][0] for s in horizons]),
+                **{f"curves_{s}": tuned[s][1] for s in horizons},
+            }
+
+        out = cached(cache, f"{task_slug(task)}__{baseline}", {**key, "baseline": baseline}, tune_baseline)
+        for i, steps in enumerate(horizons):
+            best = float(out["rates"][i])
+            lrs[(baseline, steps)] = best
+            curves.setdefault(f"{baseline}@{best}", out[f"curves_{steps}"])
+    return lrs, curves
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """The generalist against this row by the 2-paired-s.e. rule: ``wins``, ``loses`` or ``tie``."""
+    if "reference_minus_this" not in row:
+        return ""
+    d, se = row["reference_minus_this"], row["reference_minus_this_stderr"]
+    return "wins" if d < -2 * se else "loses" if d > 2 * se else "tie"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        (
+            "| task | steps | optimizer | tuned lr | mean training loss | ± s.e. | generalist − this, paired (± s.e.) "
+            "| generalist | diverged |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lr = (
+            "learned"
+            if r["learning_rate"] is None
+            else f"{r['learning_rate']:.3g}" + (" (edge)" if r["lr_at_grid_edge"] else "")
+        )
+        paired = (
+            f"{r['reference_minus_this']:+.4f} ({r['reference_minus_this_stderr']:.4f})"
+            if "reference_minus_this" in r
+            else ""
+        )
+        lines.append(
+            f"| {r['task']} | {r['steps']} | {r['optimizer']} | {lr} | {r['mean_loss']:.4f} | {r['stderr']:.4f} "
+            f"| {paired} | {verdict(r)} | {'yes' if r['diverged'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def compact_table(rows: list[dict[str, Any]]) -> str:
+    """Per task and horizon: the generalist, tuned Adam, and the best of every other optimizer."""
+    lines = [
+        (
+            "| task | steps | generalist | tuned Adam | generalist vs Adam | best other (loss) "
+            "| generalist vs best other | generalist diverged |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task, steps in dict.fromkeys((r["task"], r["steps"]) for r in rows):
+        cells = {r["optimizer"]: r for r in rows if (r["task"], r["steps"]) == (task, steps)}
+        if REFERENCE not in cells:
+            continue
+        ours, adam = cells[REFERENCE], cells["adam"]
+        best = min((r for name, r in cells.items() if name != REFERENCE), key=lambda r: r["mean_loss"])
+        lines.append(
+            f"| {task}{' (held out)' if ours['held_out'] else ''} | {steps} | {ours['mean_loss']:.4f} "
+            f"| {adam['mean_loss']:.4f} | {verdict(adam)} | {best['optimizer']} ({best['mean_loss']:.4f}) "
+            f"| {verdict(best)} | {'yes' if ours['diverged'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per task and horizon: whom the generalist beats, ties and loses to."""
+    out = []
+    keys = dict.fromkeys((r["task"], r["steps"]) for r in rows)
+    for task, steps in keys:
+        cells = [r for r in rows if (r["task"], r["steps"]) == (task, steps)]
+        by = {v: [r["optimizer"] for r in cells if verdict(r) == v] for v in ("wins", "tie", "loses")}
+        out.append(
+            f"- {task}, {steps} steps: beats {', '.join(by['wins']) or 'none'}; ties {', '.join(by['tie']) or 'none'}; "
+            f"loses to {', '.join(by['loses']) or 'none'}"
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_data_dir_option(parser)
+    parser.add_argument(
+        "--generalist", default="generalist", help="a shipped name or a run directory (default: the shipped one)"
+    )
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"a subset of: {', '.join(t.label for t in TASKS)}")
+    parser.add_argument("--tune-inits", type=harness.count, default=TUNE_INITS)
+    parser.add_argument(
+        "--test-inits", type=harness.count, default=None, help="for every task (default: each task's own, 48 or 16)"
+    )
+    parser.add_argument(
+        "--max-steps", type=harness.count, default=None, help="cap every horizon (for quick checks; not for results)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep the tuned baselines here and reuse them when run again with the same settings",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=harness.RESULTS)
+    args = parser.parse_args()
+    known = {t.label: t for t in TASKS}
+    unknown = [t for t in args.tasks or () if t not in known]
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
+    selected = [known[t] for t in args.tasks] if args.tasks else list(TASKS)
+
+    learned = {
+        REFERENCE: pretrained.load_meta_params(args.generalist),
+        "mnist-lstm": pretrained.load_meta_params("mnist-lstm"),
+    }
+    all_rows, t0 = [], time.perf_counter()
+    data = None
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    for task in selected:
+        horizons = task.horizons
+        if args.max_steps is not None:
+            horizons = tuple(sorted({min(h, args.max_steps) for h in horizons}))
+        family = build_family(task, args.data_dir)
+        if task.uses_mnist:
+            data = family.data_record
+        test_inits = args.test_inits or task.test_inits
+        t1 = time.perf_counter()
+        rows, curves = evaluate_task(
+            task, family, learned, horizons, args.tune_inits, test_inits, args.cache_dir, not args.no_progress
+        )
+        for r in rows:
+            r["task_seconds"] = time.perf_counter() - t1
+        all_rows += rows
+        plot_loss_curves(
+            curves,
+            args.results_dir / f"generalisation_{task_slug(task)}.png",
+            title=f"{task.label}: mean of {test_inits} inits{' (held out)' if task.held_out else ''}",
+        )
+        print(table(rows), flush=True)
+        # Written after every task, so an interrupted battery keeps what it measured.
+        write_results(args, selected, all_rows, data, time.perf_counter() - t0)
+    print("\n".join(summary_lines(all_rows)))
+    print(f"\nevaluation {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+def write_results(
+    args: argparse.Namespace, selected: list[Task], rows: list[dict[str, Any]], data: Any, seconds: float
+) -> None:
+    """``generalisation.{json,md}`` in ``args.results_dir`` with the rows measured so far."""
+    summary = {
+        "command": harness.command(),
+        "machine": harness.describe_machine(),
+        "generalist": str(args.generalist),
+        "generalist_training": pretrained.info(args.generalist).get("training"),
+        "mnist_data": data,
+        "tune_inits": args.tune_inits,
+        "evaluation_seconds": seconds,
+        "tasks": [dataclasses.asdict(t) for t in selected],
+        "rows": rows,
+    }
+    harness.write_json(args.results_dir / "generalisation.json", summary, indent=2)
+    done = len(dict.fromkeys(r["task"] for r in rows))
+    status = "" if done == len(selected) else f"**Partial: {done} of {len(selected)} tasks.**\n\n"
+    harness.write_text(
+        args.results_dir / "generalisation.md",
+        f"{status}{compact_table(rows)}\n\n{table(rows)}\n\n"
+        + "\n".join(summary_lines(rows))
+        + f"\n\nEvaluation {seconds / 60:.1f} min on "
+        f"{summary['machine']}. Command: `{summary['command']}`.\n",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Meta-train the generalist: the feature MLP on a mixture of MNIST MLPs, with PES over 1,000-step runs.
+
+The optimizer is ``feature_mlp`` with the ``"nominal"`` output: untrained, it is
+Adam with learning rate 0.01, and meta-training learns the rate and a per-coordinate
+correction and rescaling from gradient, momenta at four decays, Adam-normalised
+momenta, the parameter value and training progress. The mixture holds sigmoid, tanh
+and ReLU MLPs of several widths, depths and batch sizes; every meta-step draws one
+task of each. PES (whole 1,000-step runs seen through 50-step truncations, without
+the truncation bias of TBPTT) and the meta-loss Σ_t log f(θ_t) (so every member's
+late, small losses count) aim it at long runs.
+
+Writes the run into ``--run-dir`` (resumable: rerun the same command) and, with
+``--ship``, copies the best φ on validation into the package as ``generalist``
+with its metadata: architecture, mixture, estimator, compute spent, the machine,
+and the held-out battery's figures when ``benchmarks/results/generalisation.json``
+has them (run ``benchmarks/generalisation.py`` first, then ``--ship`` again).
+
+    python benchmarks/generalist.py --data-dir DIR            # meta-train (resumable)
+    python benchmarks/generalist.py --data-dir DIR --ship     # ... and ship it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+
+from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
+from l2l_jax import tasks as tasks_lib
+from l2l_jax.meta import MetaTrainConfig, meta_train
+
+MEMBERS = [
+    {"task": "mnist", "options": {"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128}},
+    {"task": "mnist", "options": {"hidden_units": 32, "hidden_layers": 2, "activation": "relu", "batch_size": 64}},
+    {"task": "mnist", "options": {"hidden_units": 40, "hidden_layers": 1, "activation": "tanh", "batch_size": 128}},
+    {"task": "mnist", "options": {"hidden_units": 64, "hidden_layers": 2, "activation": "sigmoid", "batch_size": 32}},
+]
+
+OPTIMIZER_OPTIONS = {
+    "hidden_sizes": [16, 16],
+    "output": "nominal",
+    "nominal_lr": 0.01,
+    "step_mult": 0.01,
+    "exp_mult": 1.0,
+}
+
+CONFIG = MetaTrainConfig(
+    task="mixture",
+    task_options={"members": MEMBERS},
+    optimizer="feature_mlp",
+    optimizer_options=OPTIMIZER_OPTIONS,
+    estimator="pes",
+    sigma=0.01,
+    num_pairs=2,
+    num_meta_steps=300,
+    horizon=1000,
+    truncation=50,
+    batch_size=len(MEMBERS),
+    meta_lr=3e-3,
+    weighting="log",
+    validate_every=100,
+    num_val_tasks=4,
+    checkpoint_every=10,
+    seed=0,
+)
+
+#: Stage 2: stage 1's best φ, fine-tuned with PES on 200-step runs (4 truncations of 50).
+FINETUNE = MetaTrainConfig.from_dict(
+    {**CONFIG.to_dict(), "horizon": 200, "num_meta_steps": 600, "validate_every": 50, "num_val_tasks": 8}
+)
+
+SHIPPED_NAME = "generalist"
+
+
+def with_data_dir(config: MetaTrainConfig, data_dir: str | None) -> MetaTrainConfig:
+    """``config`` with every member's ``data_dir`` set (``None`` keeps the library's lookup)."""
+    members = [{**m, "options": {**m["options"], "data_dir": data_dir}} for m in config.task_options["members"]]
+    return MetaTrainConfig.from_dict({**config.to_dict(), "task_options": {"members": members}})
+
+
+def without_data_dir(value: Any) -> Any:
+    """``value`` (JSON) with every ``"data_dir"`` entry set to ``None``."""
+    if isinstance(value, dict):
+        return {k: None if k == "data_dir" else without_data_dir(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_data_dir(v) for v in value]
+    return value
+
+
+def steps_done(run_dir: Path) -> int:
+    """The meta-steps a run directory has recorded (0 if it has none)."""
+    path = run_dir / rd.METRICS
+    return max((r["step"] for r in rd.read_metrics(path)), default=0) if path.exists() else 0
+
+
+def battery_rows(results: Path) -> list[dict] | None:
+    """The generalist's rows of the held-out battery's results file, if there is one."""
+    if not results.exists():
+        return None
+    rows = json.loads(results.read_text())["rows"]
+    return [r for r in rows if r["optimizer"] == SHIPPED_NAME] or None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path("runs/generalist"), help="stage 2 goes to <run-dir>-finetune"
+    )
+    parser.add_argument("--meta-steps", type=harness.count, default=CONFIG.num_meta_steps, help="stage 1")
+    parser.add_argument("--finetune-steps", type=harness.count, default=FINETUNE.num_meta_steps, help="stage 2")
+    parser.add_argument("--horizon", type=harness.count, default=None, help="both stages' (for quick checks)")
+    parser.add_argument("--truncation", type=harness.count, default=None, help="both stages' (for quick checks)")
+    parser.add_argument("--val-tasks", type=harness.count, default=None, help="both stages' (for quick checks)")
+    parser.add_argument("--ship", action="store_true", help=f"ship the best φ as pretrained '{SHIPPED_NAME}'")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=harness.RESULTS, help="where generalisation.json lies")
+    harness.add_data_dir_option(parser)
+    args = parser.parse_args()
+    quick = {"horizon": args.horizon, "truncation": args.truncation, "num_val_tasks": args.val_tasks}
+    quick = {k: v for k, v in quick.items() if v is not None}
+    if args.ship and quick:
+        parser.error("--ship ships the documented recipe: drop --horizon, --truncation and --val-tasks")
+    stages = [
+        (CONFIG, args.meta_steps, args.run_dir),
+        (FINETUNE, args.finetune_steps, args.run_dir.with_name(args.run_dir.name + "-finetune")),
+    ]
+    t0 = time.perf_counter()
+    phi = None
+    seconds, optimizee_steps, configs = [], 0, []
+    for base, steps, run_dir in stages:
+        config = MetaTrainConfig.from_dict({**base.to_dict(), **quick, "num_meta_steps": steps})
+        config = with_data_dir(config, args.data_dir)
+        if steps_done(run_dir) < steps:  # A finished stage is kept as it is.
+            meta_train(config, run_dir, progress=not args.no_progress, init_meta_params=phi)
+        optimizer, phi = pretrained.load_meta_params(run_dir)
+        metrics = rd.read_metrics(run_dir / rd.METRICS)
+        seconds.append(sum(r["seconds"] for r in metrics))
+        optimizee_steps += len(metrics) * config.batch_size * config.num_pairs * 2 * config.truncation
+        configs.append(config)
+    final_dir = stages[-1][2]
+    optimizer_meta = rd.read_json(final_dir / rd.OPTIMIZER_META)
+    training = {
+        "machine": harness.describe_machine(),
+        "command": harness.command(),
+        "meta_training_seconds": sum(seconds),
+        "stage_seconds": seconds,
+        "meta_steps": [c.num_meta_steps for c in configs],
+        "optimizee_steps": optimizee_steps,
+        "best_step": optimizer_meta["best_step"],
+        "best_val_loss": optimizer_meta["best_val_loss"],
+    }
+    print(json.dumps(training, indent=1))
+    # Data directories are where the data lay on the training machine: recorded without them.
+    keys = ("estimator", "sigma", "num_pairs", "horizon", "truncation", "weighting", "num_meta_steps", "meta_lr")
+    rd.update_optimizer_meta(
+        final_dir,
+        **{k: without_data_dir(optimizer_meta[k]) for k in ("task_options", "task_config", "training_config")},
+        stage1=without_data_dir(configs[0].to_dict()),
+        architecture={"optimizer": optimizer.name, "options": optimizer.config()},
+        mixture=with_data_dir(configs[0], None).task_options["members"],
+        estimator=[{k: c.to_dict()[k] for k in keys} for c in configs],
+        training=training,
+        data=tasks_lib.get("mnist", data_dir=args.data_dir).data_record,
+        evaluation=battery_rows(args.results_dir / "generalisation.json"),
+    )
+    print(f"meta-training {(time.perf_counter() - t0) / 60:.1f} min in this call")
+    if args.ship:
+        print(f"shipped as {pretrained.export(final_dir, pretrained.SHIPPED_DIR / SHIPPED_NAME)}")
+
+
+if __name__ == "__main__":
+    main()

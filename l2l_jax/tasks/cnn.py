@@ -1,0 +1,152 @@
+"""A small convolutional network on MNIST: strided 3x3 convolutions, then one dense layer to 10 logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from l2l_jax.errors import ConfigError
+from l2l_jax.tasks.base import PyTree, TaskFamily
+from l2l_jax.tasks.mnist import MNISTFamily, cross_entropy
+from l2l_jax.validation import boolean, positive_int
+
+#: The height and width of every convolution's kernel.
+KERNEL = 3
+#: The stride of every convolution (with "SAME" padding).
+STRIDE = 2
+
+
+class StridedConv(nn.Module):
+    """``nn.Conv(features, (3, 3), strides=(2, 2), padding="SAME")``, computed as patches times a matrix.
+
+    Same parameters (``kernel`` (3, 3, in, features), ``bias``), initialisation and
+    outputs as ``flax.linen.Conv``; written as slices and one matrix product so that
+    ``jax.vmap`` over tasks (a different kernel per task) stays a batched matrix
+    product instead of a grouped convolution, which XLA runs slowly on CPU.
+
+    Attributes:
+      features: output channels.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x`` (batch, height, width, in) → (batch, ⌈height/2⌉, ⌈width/2⌉, features)."""
+        channels = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (KERNEL, KERNEL, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        out = [-(-size // STRIDE) for size in x.shape[1:3]]
+        pads = [max((n - 1) * STRIDE + KERNEL - size, 0) for n, size in zip(out, x.shape[1:3])]
+        x = jnp.pad(x, [(0, 0)] + [(p // 2, p - p // 2) for p in pads] + [(0, 0)])
+        last = [STRIDE * (n - 1) + 1 for n in out]
+        patches = [
+            x[:, i : i + last[0] : STRIDE, j : j + last[1] : STRIDE, :] for i in range(KERNEL) for j in range(KERNEL)
+        ]
+        return jnp.concatenate(patches, axis=-1) @ kernel.reshape(KERNEL * KERNEL * channels, self.features) + bias
+
+
+class CNN(nn.Module):
+    """(batch, 28, 28, 1) images → 3x3 convolutions of stride 2 with ReLU → flatten → 10 logits.
+
+    Every convolution halves the height and width ("SAME" padding: 28 → 14 → 7
+    with two layers). Flax's default initialisation; the parameters are named and
+    shaped as ``flax.linen.Conv``'s (``Conv_0``, ``Conv_1``, ...) and ``Dense_0``.
+
+    Attributes:
+      channels: output channels of each convolution, in order.
+    """
+
+    channels: Sequence[int] = (8, 16)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, width in enumerate(self.channels):
+            x = jax.nn.relu(StridedConv(width, name=f"Conv_{i}")(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def _channels(value: object) -> tuple[int, ...]:
+    """``value`` as a non-empty tuple of positive ints, or ``ConfigError``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(f"channels must be a non-empty list of positive integers, got {value!r}")
+    return tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(value))
+
+
+class MNISTCNNFamily(TaskFamily):
+    """Training a small CNN on MNIST; tasks differ by initialisation and minibatches.
+
+    The data and minibatches are ``MNISTFamily``'s (pixels in [0, 1], batches drawn
+    with replacement at every step), shaped as 28x28 single-channel images; the
+    loss is the mean softmax cross-entropy.
+
+    Args:
+      channels: output channels of each stride-2 3x3 convolution.
+      batch_size: minibatch size.
+      data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
+        the training split when present, else the 10,000-image test split.
+      download: try downloading the training split when it is missing.
+
+    Attributes:
+      data: the ``MNISTFamily`` (default MLP options, this ``batch_size``) that loads
+        the data and draws the minibatches.
+      data_description: which split was found where (for messages; names paths).
+      data_record: what the data was, without paths (see ``l2l_jax.tasks.mnist.data_record``).
+
+    Raises:
+      ConfigError: if ``channels`` is not a non-empty list of positive integers,
+        ``batch_size`` is not a positive integer or ``download`` not a bool.
+      DataError: if MNIST cannot be found (or downloaded).
+    """
+
+    name = "mnist_cnn"
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (8, 16),
+        batch_size: int = 128,
+        data_dir: str | None = None,
+        download: bool = False,
+    ) -> None:
+        self.channels = _channels(channels)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.download = boolean("download", download)
+        self.data_dir = data_dir
+        # The MLP family owns loading, recording and batching MNIST; this family only reshapes its batches.
+        self.data = MNISTFamily(batch_size=self.batch_size, data_dir=data_dir, download=self.download)
+        self.data_description, self.data_record = self.data.data_description, self.data.data_record
+        self.model = CNN(channels=self.channels)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "channels": list(self.channels),
+            "batch_size": self.batch_size,
+            "data_dir": self.data_dir,
+            "download": self.download,
+        }
+
+    @property
+    def num_examples(self) -> int:
+        return self.data.num_examples
+
+    def sample(self, key: jax.Array) -> PyTree:
+        del key
+        return ()  # Tasks differ only by θ0 and the minibatches.
+
+    def init(self, task_params: PyTree, key: jax.Array) -> PyTree:
+        del task_params
+        return self.model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
+
+    def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A minibatch drawn with replacement: float32 images (batch_size, 28, 28, 1) in [0, 1] and labels."""
+        x, y = self.data.batch(key)
+        return x.reshape(-1, 28, 28, 1), y
+
+    def loss(self, task_params: PyTree, params: PyTree, key: jax.Array) -> jax.Array:
+        del task_params
+        x, y = self.batch(key)
+        return cross_entropy(self.model.apply({"params": params}, x), y)
