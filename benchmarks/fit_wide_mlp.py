@@ -35,8 +35,9 @@ from l2l_jax.tasks.mnist import MLP
 def fit(model: MLP, x: jax.Array, y: jax.Array, tx: optax.GradientTransformation, steps: int) -> dict[str, Any]:
     """``steps`` training steps of ``model`` with ``tx`` from a fixed initialisation: losses, time, memory."""
     step = harness.train_step(model, tx, x, y)
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-    state = jax.jit(tx.init)(params)
+    # Blocking: a model too large to allocate fails here, before its step is compiled.
+    params = jax.block_until_ready(jax.jit(model.init)(jax.random.key(0), x)["params"])
+    state = jax.block_until_ready(jax.jit(tx.init)(params))
     t0 = time.perf_counter()
     compiled = step.lower(params, state).compile()
     compile_seconds = time.perf_counter() - t0

@@ -18,6 +18,7 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
+from l2l_jax.optimizers.lstm import auto_step
 from l2l_jax.optimizers.lstm_cell import (
     CPU_BLOCK,
     CellWeights,
@@ -72,6 +73,13 @@ def test_pallas_step_has_the_reference_values_and_vjp(n):
     assert_same_step_and_vjp(lstm_step_pallas, *random_cell(jax.random.key(n), n=n))
 
 
+@pytest.mark.parametrize("hidden", [1, 2])
+def test_pallas_step_with_at_most_two_hidden_units_has_the_reference_values_and_vjp(hidden):
+    # A later layer's input is then as narrow as the gradient features, but it is the
+    # layer below's padded tile, not rows for multiply-adds.
+    assert_same_step_and_vjp(lstm_step_pallas, *random_cell(jax.random.key(hidden), hidden=hidden, layers=3))
+
+
 def keep_mask(n):
     """Skips coordinates 0, 5 and n - 2 (in the last block, and in its overlap when blocked by 10)."""
     return jnp.ones(n, bool).at[jnp.array([0, 5, n - 2])].set(False)
@@ -87,7 +95,8 @@ def test_masked_steps_have_the_masked_reference_values_and_vjp():
     assert float(jnp.max(jnp.abs(ref[0][~keep]))) == 0.0
     np.testing.assert_array_equal(ref[1][..., ~keep], h[..., ~keep])
     cot = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape), ref)
-    for step in (masked(lstm_step_fused), lstm_step_pallas):
+    # auto_step: the fused step when differentiated, what the platform picks when not.
+    for step in (masked(lstm_step_fused), lstm_step_pallas, auto_step):
         out, out_vjp = jax.vjp(lambda *a, step=step: step(*a, keep), weights, x, h, c)
         for a, b in zip(ref, out):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
@@ -155,14 +164,15 @@ def quadratic_setup(implementation, batch=3):
 def test_fused_lstm_meta_gradient_equals_the_reference(first_order):
     results = {}
     # (The Pallas step's backward is the fused one; its VJP is checked above.)
-    for impl in ("reference", "fused"):
+    for impl in ("reference", "fused", "auto"):
         optimizer, family, phi, inner = quadratic_setup(impl)
         (loss, (after, losses)), grad = jax.value_and_grad(truncation_loss, has_aux=True)(
             phi, optimizer, family, inner, 8, first_order=first_order
         )
         results[impl] = (loss, losses, after.params, grad)
-    for a, b in zip(jax.tree.leaves(results["reference"]), jax.tree.leaves(results["fused"])):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    for impl in ("fused", "auto"):
+        for a, b in zip(jax.tree.leaves(results["reference"]), jax.tree.leaves(results[impl])):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("remat", [True, "segments"])
@@ -325,13 +335,23 @@ def test_the_lstm_drop_in_gives_the_same_updates_with_either_implementation():
     # A narrow LSTM keeps the interpreted kernel quick to compile.
     phi = lstm(hidden_size=6).init(jax.random.key(0))
     out = {}
-    for impl in ("reference", "fused", "pallas"):
+    for impl in ("reference", "fused", "pallas", "auto"):
         tx = lstm(hidden_size=6, implementation=impl).as_optax(phi)
         state = tx.init(params)
         update = jax.jit(tx.update)
         for _ in range(3):
             updates, state = update(params, state)
         out[impl] = (updates, state)
-    for impl in ("fused", "pallas"):
+    for impl in ("fused", "pallas", "auto"):
         for a, b in zip(jax.tree.leaves(out["reference"]), jax.tree.leaves(out[impl])):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_leaf_past_int32_coordinates_goes_through_in_one_call_not_in_blocks():
+    # Block offsets are int32: such a leaf (traced only, never allocated) is not cut into blocks.
+    weights, x, h, c = random_cell(jax.random.key(0), hidden=3)
+    n = 2**31 + 5
+    shapes = [jax.ShapeDtypeStruct((*a.shape[:-1], n), a.dtype) for a in (x, h, c)]
+    jaxpr = jax.make_jaxpr(in_blocks(lstm_step_fused, CPU_BLOCK))(weights, *shapes)
+    assert "while" not in str(jaxpr)
+    assert [v.aval.shape for v in jaxpr.jaxpr.outvars] == [(n,), h.shape[:-1] + (n,), c.shape[:-1] + (n,)]

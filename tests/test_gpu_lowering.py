@@ -160,12 +160,28 @@ def test_the_100m_parameter_training_step_of_the_runbook_lowers_for_cuda():
     assert module.count("tf.aliasing_output") >= 2 * len(jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("implementation", ["reference", "fused", "pallas"])
+@pytest.mark.parametrize("implementation", ["reference", "fused", "pallas", "auto"])
 def test_the_benchmark_meta_step_at_256_tasks_lowers_for_cuda(implementation):
     step, args = meta_step(implementation, False, 20, 256)
     calls = kernel_calls(lower_for_cuda(step, *args))
     # The kernel once per leaf of the MLP 784-20-10, in the unroll's step; its backward is plain XLA.
+    # "auto" meta-trains with the fused step, the faster one there.
     assert len(calls) == (4 if implementation == "pallas" else 0)
+
+
+@pytest.mark.parametrize("state_dtype", [None, "bfloat16"])
+def test_auto_updates_with_the_kernel_on_a_gpu_in_place_and_with_the_fused_step_on_a_cpu(state_dtype):
+    optimizer = lstm(state_dtype=state_dtype)  # implementation="auto"
+    tx = optimizer.as_optax(optimizer.init(jax.random.key(0)))
+    params = {"w": jax.ShapeDtypeStruct((1000, 30), jnp.float32), "b": jax.ShapeDtypeStruct((30,), jnp.float32)}
+    update = jax.jit(tx.update, donate_argnums=(1,))
+    state = jax.eval_shape(tx.init, params)
+    on_gpu = lower_for_cuda(update, params, state, params)
+    assert len(kernel_calls(on_gpu)) == 2
+    # h and c of both leaves overwrite the donated state.
+    assert on_gpu.count("tf.aliasing_output") == 4
+    on_cpu = jax.export.export(update, platforms=["cpu"])(params, state, params).mlir_module()
+    assert TRITON not in on_cpu
 
 
 def test_the_benchmark_1000_step_memory_program_lowers_for_cuda():

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from l2l_jax import errors, optimizers
-from l2l_jax.optimizers import linear_rnn, lstm
+from l2l_jax.optimizers import feature_mlp, linear_rnn, lstm
 from l2l_jax.optimizers.lstm import MAX_META_PARAMS, meta_param_count
 
 #: Every implementation of every learned optimizer. A narrow LSTM keeps the Pallas
@@ -287,3 +287,15 @@ def test_a_size_given_as_a_float_is_refused_even_when_whole():
     # One rule for integers everywhere (l2l_jax.validation): 20.0 is not an integer.
     with pytest.raises(errors.ConfigError, match=r"hidden_size must be a positive integer, got 20.0"):
         lstm(hidden_size=20.0)
+
+
+@pytest.mark.parametrize("which", ["lstm", "linear_rnn", "feature_mlp"])
+def test_python_and_numpy_leaves_are_updated_like_arrays(which):
+    opt = {"lstm": lstm, "linear_rnn": linear_rnn, "feature_mlp": feature_mlp}[which]()
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    plain = {"w": np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(2, 3), "b": 0.5}
+    arrays = jax.tree.map(jnp.asarray, plain)
+    got, _ = tx.update(plain, tx.init(plain), plain)
+    want, _ = tx.update(arrays, tx.init(arrays), arrays)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)

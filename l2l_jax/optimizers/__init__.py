@@ -15,6 +15,7 @@ from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
 from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
 from l2l_jax.optimizers.lstm import CoordinatewiseLSTM, LSTMState, lstm
 from l2l_jax.optimizers.preprocessing import preprocess
+from l2l_jax.optimizers.sharding import state_shardings
 
 _REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
     "feature_mlp": FeatureMLP,
@@ -63,4 +64,5 @@ __all__ = [
     "linear_rnn",
     "lstm",
     "preprocess",
+    "state_shardings",
 ]

@@ -22,6 +22,7 @@ from l2l_jax.optimizers.base import (
     check_update_args,
     state_dtype,
 )
+from l2l_jax.optimizers.sharding import zeros_like_param
 from l2l_jax.validation import boolean, one_of, positive_float, positive_int
 
 #: Time scales τ of the training-progress features tanh(t / τ).
@@ -158,7 +159,7 @@ class FeatureMLP(LearnedOptimizer):
             check_float_tree(params, "parameters")
 
             def zeros(p: jax.Array, *lead: int) -> jax.Array:
-                return jnp.zeros((*lead, *jnp.shape(p)), state_dtype(jnp.result_type(p)))
+                return zeros_like_param(p, lead, state_dtype(jnp.result_type(p)))
 
             return FeatureMLPState(
                 momenta=jax.tree.map(lambda p: zeros(p, len(self.momentum_decays)), params),
@@ -189,7 +190,7 @@ class FeatureMLP(LearnedOptimizer):
             def leaf(
                 grad: jax.Array, momenta: jax.Array, v: jax.Array, p: jax.Array
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
-                dt = v.dtype
+                dt, grad = v.dtype, jnp.asarray(grad)
                 keep = jnp.isfinite(grad)
                 g = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
                 d = decays.astype(dt).reshape((-1,) + (1,) * g.ndim)
@@ -210,7 +211,9 @@ class FeatureMLP(LearnedOptimizer):
                 x = jnp.moveaxis(x, 0, -1)
                 if self.use_progress:
                     x = jnp.concatenate(
-                        [x, jnp.broadcast_to(progress.astype(dt), (*g.shape, len(PROGRESS_SCALES)))], -1
+                        # zeros_like(g) (not a bare shape) keeps g's explicit sharding, if any.
+                        [x, jnp.zeros_like(g)[..., None] + progress.astype(dt)],
+                        -1,
                     )
                 out = network(x)
                 if nominal:

@@ -20,6 +20,7 @@ from l2l_jax.optimizers.base import (
     check_update_args,
     state_dtype,
 )
+from l2l_jax.optimizers.sharding import zeros_like_param
 from l2l_jax.validation import finite_float
 
 
@@ -63,7 +64,7 @@ class LinearRNN(LearnedOptimizer):
         def init_fn(params: PyTree) -> LinearRNNState:
             check_float_tree(params, "parameters")
             return LinearRNNState(
-                hidden=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), state_dtype(jnp.result_type(p))), params)
+                hidden=jax.tree.map(lambda p: zeros_like_param(p, (), state_dtype(jnp.result_type(p))), params)
             )
 
         def update_fn(
@@ -73,7 +74,7 @@ class LinearRNN(LearnedOptimizer):
             check_update_args(updates, state.hidden, params)
 
             def leaf(grad: jax.Array, h_prev: jax.Array) -> tuple[jax.Array, jax.Array]:
-                dt = h_prev.dtype
+                dt, grad = h_prev.dtype, jnp.asarray(grad)
                 # Non-finite coordinates: computed with 0 (no NaN in the arithmetic or
                 # its gradients), then update 0 and the old state.
                 keep = jnp.isfinite(grad)

@@ -12,6 +12,7 @@ update, so one φ optimizes models of any size.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -37,8 +38,9 @@ from l2l_jax.optimizers.lstm_cell import (
     lstm_step_reference,
     masked,
 )
-from l2l_jax.optimizers.lstm_pallas import lstm_step_pallas
+from l2l_jax.optimizers.lstm_pallas import kernel_call, lstm_step_pallas
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
+from l2l_jax.optimizers.sharding import on_each_shard, zeros_like_param
 from l2l_jax.validation import finite_float, one_of, positive_float, positive_int
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
@@ -50,7 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Names of the ways to compute the LSTM step (the ``implementation`` option; ``"auto"`` picks ``"fused"``).
+#: Names of the ways to compute the LSTM step (the ``implementation`` option, which may
+#: also be ``"auto"``: see `auto_step`).
 IMPLEMENTATIONS = ("reference", "fused", "pallas")
 
 
@@ -88,6 +91,54 @@ def masked_step_function(implementation: str) -> MaskedStepFn:
     """
     step = step_function(implementation)
     return lstm_step_pallas if step is lstm_step_pallas else masked(step)
+
+
+def _fused_on_stored_state(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    # The masked fused step (in cache-sized blocks on a CPU) on state stored in any
+    # float dtype, computing in x's dtype, like the Pallas step.
+    step = in_blocks(masked(lstm_step_fused), CPU_BLOCK, only_on="cpu")
+    out, new_h, new_c = step(weights, x, h.astype(x.dtype), c.astype(x.dtype), keep)
+    return out, new_h.astype(h.dtype), new_c.astype(c.dtype)
+
+
+@jax.custom_vjp
+def auto_step(
+    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The masked LSTM step of ``implementation="auto"``: chosen per use.
+
+    Not differentiated (the drop-in update): the Pallas kernel where the program is
+    lowered for a GPU (CUDA or ROCm), which updates the state in place; the fused
+    step elsewhere. Differentiated in reverse mode (meta-training): the fused step,
+    forward and backward, on every platform. Both give the reference step's numbers.
+
+    Args:
+      weights: the cell's weights.
+      x: the input features ``(F, n)``; the arithmetic is in its dtype.
+      h: the hidden state ``(L, H, n)``, in the dtype it is stored in.
+      c: the cell state ``(L, H, n)``, in the dtype it is stored in.
+      keep: ``(n,)`` bool; where False the output is 0 and h, c are unchanged.
+
+    Returns:
+      ``(out, new_h, new_c)``; ``out`` in x's dtype, the state in its own.
+    """
+    # The kernel compiled for the GPU (never the interpreter: that branch is for GPUs only).
+    kernel = functools.partial(kernel_call, interpret=False)
+    return jax.lax.platform_dependent(weights, x, h, c, keep, cuda=kernel, rocm=kernel, default=_fused_on_stored_state)
+
+
+def _auto_fwd(weights, x, h, c, keep):
+    out, vjp = jax.vjp(lambda w, x, h, c: _fused_on_stored_state(w, x, h, c, keep), weights, x, h, c)
+    return out, vjp
+
+
+def _auto_bwd(vjp, cotangents):
+    return (*vjp(cotangents), None)
+
+
+auto_step.defvjp(_auto_fwd, _auto_bwd)
 
 
 #: At most this many layers: the step is unrolled layer by layer when it is traced.
@@ -220,18 +271,22 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             check_float_tree(params, "parameters")
 
             def zeros(p: Any) -> jax.Array:
-                dt = state_dtype(jnp.result_type(p), self.state_dtype)
-                return jnp.zeros((layers, hidden, *jnp.shape(p)), dt)
+                return zeros_like_param(p, (layers, hidden), state_dtype(jnp.result_type(p), self.state_dtype))
 
             return LSTMState(h=jax.tree.map(zeros, params), c=jax.tree.map(zeros, params))
 
-        implementation = "fused" if self.implementation == "auto" else self.implementation
+        implementation = self.implementation
         # The step with a keep mask: coordinates with a non-finite gradient are skipped.
-        step_fn = masked_step_function(implementation)
+        if implementation == "auto":
+            step_fn = auto_step
+        else:
+            step_fn = masked_step_function(implementation)
         if implementation == "fused":  # Large leaves in cache-sized blocks, on a CPU.
             step_fn = in_blocks(step_fn, CPU_BLOCK, only_on="cpu")
 
-        def leaf_update(grad: jax.Array, h: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        def local_update(
+            meta_params: MetaParams, grad: jax.Array, h: jax.Array, c: jax.Array
+        ) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Compute in at least float32 even when the state is stored in bfloat16.
             sdt = h.dtype
             dt = jnp.promote_types(h.dtype, jnp.float32)
@@ -250,7 +305,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             flat = jnp.where(keep, flat, jnp.zeros((), flat.dtype))
             x = preprocess(flat.astype(dt), self.preprocessing, self.p).T
             h, c = h.reshape(layers, hidden, n), c.reshape(layers, hidden, n)
-            if implementation != "pallas":  # The kernel reads and writes the stored dtype itself.
+            if implementation in ("reference", "fused"):  # The others read and write the stored dtype.
                 h, c = h.astype(dt), c.astype(dt)
             out, new_h, new_c = step_fn(weights, x, h, c, keep)
             step = (out * self.output_scale).reshape(grad.shape)
@@ -262,7 +317,13 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         ) -> tuple[PyTree, LSTMState]:
             del extra_args
             check_update_args(updates, state.h, params, leading=2)
-            triples = jax.tree.map(leaf_update, updates, state.h, state.c)
+            # Each device updates its own shard of an explicitly sharded leaf.
+            triples = jax.tree.map(
+                lambda g, h, c: on_each_shard(local_update, meta_params, jnp.asarray(g), h, c, leading=2),
+                updates,
+                state.h,
+                state.c,
+            )
             # Split the per-leaf triples along the gradients' structure (an empty tree too).
             new_updates, h, c = (jax.tree.map(lambda _, t, k=k: t[k], updates, triples) for k in range(3))
             return new_updates, LSTMState(h=h, c=c)
@@ -279,13 +340,14 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
         Both use 2 layers of 20 units.
       **overrides: any of ``hidden_size``, ``num_layers``, ``preprocessing``
         (``"log_sign"`` or ``"none"``), ``p``, ``output_scale``, ``state_dtype``,
-        ``implementation``: ``"fused"`` (a hand-written, recomputing backward pass;
-        on a CPU, leaves run in cache-sized blocks of coordinates; what ``"auto"``,
-        the default, picks), ``"reference"`` (plain JAX
-        autodiff; needed for forward-mode ``jax.jvp`` in φ) or ``"pallas"`` (one
-        in-place Pallas/Triton kernel for the update on GPU; interpreted, slowly,
-        elsewhere). All give the same numbers (tested); the choice is not part of
-        `config`.
+        ``implementation``: ``"auto"`` (the default: per use, see `auto_step`;
+        the Pallas kernel for an update that is not differentiated on a GPU, the
+        fused step otherwise), ``"fused"`` (a hand-written, recomputing backward
+        pass; on a CPU, leaves run in cache-sized blocks of coordinates),
+        ``"reference"`` (plain JAX autodiff; needed for forward-mode ``jax.jvp``
+        in φ) or ``"pallas"`` (one in-place Pallas/Triton kernel for the update
+        on GPU; interpreted, slowly, elsewhere). All give the same numbers
+        (tested); the choice is not part of `config`.
         ``output_init_scale`` multiplies the initial output weights: with 0.01 the
         untrained optimizer takes tiny steps, which keeps meta-training out of
         regions where the model saturates and meta-gradients vanish.

@@ -240,6 +240,8 @@ def masked(step_fn: StepFn) -> MaskedStepFn:
 #: Coordinates per block for the fused step on a CPU: the step's working set (its
 #: gate values) of one block stays in cache (see the design doc).
 CPU_BLOCK = 16384
+#: `in_blocks` takes larger leaves in one call: block offsets are int32.
+MAX_BLOCKED_COORDINATES = 2**31 - 1
 
 
 def in_blocks(
@@ -251,7 +253,8 @@ def in_blocks(
     working set shrinks to one block. Leaves of at most ``block`` coordinates go
     through in one call. Each block is sliced out of the step's inputs and written
     into the outputs in place; the last block ends at the last coordinate and may
-    overlap the one before (its overlap's cotangent is counted once).
+    overlap the one before (its overlap's cotangent is counted once). Leaves of more
+    than `MAX_BLOCKED_COORDINATES` coordinates also go through in one call.
 
     Args:
       step_fn: ``step_fn(weights, x, h, c, *aux)``: a `StepFn`, or one with
@@ -346,7 +349,9 @@ def in_blocks(
     blocked.defvjp(blocked_fwd, backward)
 
     def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, *aux: jax.Array) -> tuple[jax.Array, ...]:
-        if x.shape[-1] <= block:
+        # A leaf past int32's range cannot be indexed in blocks (JAX indexes in int32
+        # unless x64 is on); it goes through in one call.
+        if x.shape[-1] <= block or x.shape[-1] > MAX_BLOCKED_COORDINATES:
             return step_fn(weights, x, h, c, *aux)
         return blocked(weights, x, h, c, *aux)
 

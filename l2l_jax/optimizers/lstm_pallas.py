@@ -24,11 +24,11 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.lstm_cell import CellWeights, fused_backward
 from l2l_jax.validation import positive_int
 
-#: Coordinates per program (the columns of every tile); ``benchmarks/gpu_plan.py``
-#: compares other tilings.
+#: Coordinates per program (the columns of every tile); ``benchmarks/kernel_tiling.py``
+#: times other tilings and ``docs/performance/gpu.md`` has the measurements.
 BLOCK = 64
 #: Warps per program (Triton's ``num_warps``).
-NUM_WARPS = 8
+NUM_WARPS = 4
 #: Layer inputs this narrow (the gradient features) are projected with broadcast
 #: multiply-adds, not a product padded to 16 mostly-zero rows.
 _FMA_INPUTS = 2
@@ -47,9 +47,11 @@ def _pack_weights(weights: CellWeights, hidden: int, dtype: jnp.dtype) -> list[j
     """
     hp = _padded(hidden)
     packed = []
-    for w, b in zip(weights.w, weights.b):
+    for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
         n_in = w.shape[0] - hidden
-        fp = n_in if n_in <= _FMA_INPUTS else _padded(n_in)
+        # Only the first layer's input (the features) can be rows for multiply-adds;
+        # a later layer's is the layer below's padded (HP, BLOCK) tile.
+        fp = n_in if layer == 0 and n_in <= _FMA_INPUTS else _padded(n_in)
         per_gate = w.astype(dtype).reshape(w.shape[0], 4, hidden).transpose(1, 2, 0)  # (4, H, n_in + H)
         w_in = jnp.zeros((4, hp, fp), dtype).at[:, :hidden, :n_in].set(per_gate[:, :, :n_in])
         w_h = jnp.zeros((4, hp, hp), dtype).at[:, :hidden, :hidden].set(per_gate[:, :, n_in:])
