@@ -2,7 +2,7 @@
 
 Owns `CoordinatewiseLSTM` and its constructor `lstm`, the presets,
 the bounds on its sizes, and the implementation registry that picks how the LSTM
-step is computed (``"reference"``, ``"fused"`` or ``"pallas"``; see
+step is computed (``"auto"``, ``"reference"``, ``"fused"`` or ``"pallas"``; see
 `masked_step_function`).
 
 Every coordinate of every parameter leaf runs its own copy of a small stacked LSTM
@@ -74,14 +74,16 @@ def step_function(implementation: str) -> StepFn:
 
 
 def masked_step_function(implementation: str) -> MaskedStepFn:
-    """The LSTM step of an implementation with a ``keep`` mask as its fifth argument.
+    """The LSTM step that an optimizer with this ``implementation`` runs on each leaf.
 
-    The Pallas kernel applies the mask itself, so that the state is still read and
-    written once, in place; the others are
-    `l2l_jax.optimizers.lstm_cell.masked` around their step.
+    The step takes a ``keep`` mask as its fifth argument (coordinates where it is
+    False get output 0 and keep h and c), reads and writes h and c in the dtype they
+    are stored in, and computes in x's dtype. The Pallas kernel applies the mask and
+    the dtypes itself, so that the state is still read and written once, in place;
+    the fused step runs in cache-sized blocks of coordinates on a CPU (`in_blocks`).
 
     Args:
-      implementation: one of `IMPLEMENTATIONS`.
+      implementation: ``"auto"`` (`auto_step`) or one of `IMPLEMENTATIONS`.
 
     Returns:
       ``step(weights, x, h, c, keep) -> (out, new_h, new_c)``.
@@ -89,18 +91,29 @@ def masked_step_function(implementation: str) -> MaskedStepFn:
     Raises:
       ConfigError: for an unknown implementation.
     """
-    step = step_function(implementation)
-    return lstm_step_pallas if step is lstm_step_pallas else masked(step)
+    one_of("LSTM implementation", implementation, ("auto", *IMPLEMENTATIONS))
+    if implementation == "auto":
+        return auto_step
+    if implementation == "pallas":
+        return lstm_step_pallas
+    if implementation == "fused":
+        return _fused_on_stored_state
+    return _on_stored_state(masked(lstm_step_reference))
 
 
-def _fused_on_stored_state(
-    weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    # The masked fused step (in cache-sized blocks on a CPU) on state stored in any
-    # float dtype, computing in x's dtype, like the Pallas step.
-    step = in_blocks(masked(lstm_step_fused), CPU_BLOCK, only_on="cpu")
-    out, new_h, new_c = step(weights, x, h.astype(x.dtype), c.astype(x.dtype), keep)
-    return out, new_h.astype(h.dtype), new_c.astype(c.dtype)
+def _on_stored_state(step: MaskedStepFn) -> MaskedStepFn:
+    # ``step`` on state stored in any float dtype, computing in x's dtype, like the Pallas step.
+    def stored(
+        weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        out, new_h, new_c = step(weights, x, h.astype(x.dtype), c.astype(x.dtype), keep)
+        return out, new_h.astype(h.dtype), new_c.astype(c.dtype)
+
+    return stored
+
+
+#: The masked fused step, in cache-sized blocks on a CPU, on the stored state.
+_fused_on_stored_state = _on_stored_state(in_blocks(masked(lstm_step_fused), CPU_BLOCK, only_on="cpu"))
 
 
 @jax.custom_vjp
@@ -275,14 +288,8 @@ class CoordinatewiseLSTM(LearnedOptimizer):
 
             return LSTMState(h=jax.tree.map(zeros, params), c=jax.tree.map(zeros, params))
 
-        implementation = self.implementation
         # The step with a keep mask: coordinates with a non-finite gradient are skipped.
-        if implementation == "auto":
-            step_fn = auto_step
-        else:
-            step_fn = masked_step_function(implementation)
-        if implementation == "fused":  # Large leaves in cache-sized blocks, on a CPU.
-            step_fn = in_blocks(step_fn, CPU_BLOCK, only_on="cpu")
+        step_fn = masked_step_function(self.implementation)
 
         def local_update(
             meta_params: MetaParams, grad: jax.Array, h: jax.Array, c: jax.Array
@@ -305,8 +312,6 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             flat = jnp.where(keep, flat, jnp.zeros((), flat.dtype))
             x = preprocess(flat.astype(dt), self.preprocessing, self.p).T
             h, c = h.reshape(layers, hidden, n), c.reshape(layers, hidden, n)
-            if implementation in ("reference", "fused"):  # The others read and write the stored dtype.
-                h, c = h.astype(dt), c.astype(dt)
             out, new_h, new_c = step_fn(weights, x, h, c, keep)
             step = (out * self.output_scale).reshape(grad.shape)
             shape = (layers, hidden, *grad.shape)
