@@ -1,8 +1,9 @@
 """The held-out battery: learned optimizers against tuned baselines, on the paper's MNIST MLP,
 its variants, and tasks that no learned optimizer here was meta-trained on.
 
-Optimizers: the generalist (``--generalist``, default the shipped one), the shipped
-``mnist-lstm``, and SGD, momentum, NAG, RMSprop and Adam, each with its learning rate
+Optimizers: the generalist (``--generalist``, default the shipped one), the other
+learned optimizers of ``--others`` (default the shipped ``generalist-v1`` and
+``mnist-lstm``), and SGD, momentum, NAG, RMSprop and Adam, each with its learning rate
 tuned separately per task and per horizon on a quarter-decade grid over
 ``--tune-inits`` initialisations that are not evaluated. Every optimizer then runs on
 the same held-out initialisations with the same minibatches, so a difference is
@@ -11,10 +12,16 @@ reported as mean ± paired standard error, and a win or loss is called only beyo
 
 Tasks (``TASKS``): the paper's MLP (784-20-10 sigmoid, batch 128) at 100, 200 and
 1,000 steps; 40 units, 2 layers, ReLU and tanh at 100 and 200 steps; and, held out
-from the generalist's meta-training mixture, a small CNN on MNIST, a wide ReLU MLP
-(784-1280-10, 1.02M parameters, no hand scaling), a character-level GRU language
-model on Python's own source text (these two at 100 steps only, as their runs cost
-minutes here), and logistic regression.
+from the generalist's meta-training mixture (and at MNIST's full 28x28 resolution),
+a small CNN on MNIST, wide ReLU MLPs (784-1280-10 and 784-4096-10, 1.02M and 3.26M
+parameters, no hand scaling), a character-level GRU language model on Python's own
+source text (these three at 100 steps only, as their runs cost minutes here),
+logistic regression, and a small regression network (teacher-student).
+
+``--rates-from`` reads the baselines' tuned rates from an earlier results file for
+every task whose definition, tuning initialisations and data are the same there
+(tuning is deterministic, so the rates are those a new search would find), and runs
+only the test initialisations.
 
 "Diverged" means the mean loss over initialisations rose above its starting value,
 or went non-finite, at any step of the run.
@@ -39,12 +46,13 @@ from typing import Any
 
 import harness
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from l2l_jax import pretrained
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.evaluation import learned_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 
 #: Held-out tasks' baselines are tuned from 1e-4: their best rates are not known in advance.
@@ -85,9 +93,21 @@ TASKS = (
         True,
         grid=WIDE_GRID,
     ),
+    Task(
+        "wide MLP 4096",
+        "mnist",
+        {"hidden_units": 4096, "hidden_layers": 1, "activation": "relu", "batch_size": 32},
+        (100,),
+        16,
+        True,
+        grid=WIDE_GRID,
+    ),
     Task("char LM", "char_lm", {}, (100,), 16, True, uses_mnist=False, grid=WIDE_GRID, skip=("mnist-lstm",)),
     Task("logistic regression", "logistic_regression", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
+    Task("regression network", "teacher_student", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
 )
+#: The learned optimizers run beside the generalist by default.
+OTHERS = ("generalist-v1", "mnist-lstm")
 TUNE_INITS = 16
 REFERENCE = "generalist"
 
@@ -112,8 +132,12 @@ def evaluate_task(
     test_inits: int,
     cache: Path | None,
     progress: bool,
+    recorded: dict[tuple[str, int], float] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon)."""
+    """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon).
+
+    ``recorded``: the baselines' tuned rates ``{(baseline, steps): rate}`` (see `recorded_rates`), or ``None`` to tune.
+    """
     horizon = max(horizons)
     tune, test = sample_tasks(family, 1, tune_inits, "tune"), sample_tasks(family, 1, test_inits, "test")
     key = {
@@ -133,7 +157,7 @@ def evaluate_task(
             learned_key,
             lambda opt=opt, phi=phi: {"curves": learned_curves(opt, phi, family, test, horizon)},
         )["curves"]
-    lrs, baseline_curves = tuned_baselines(task, family, tune, test, horizons, key, cache, progress)
+    lrs, baseline_curves = tuned_baselines(task, family, tune, test, horizons, key, cache, progress, recorded)
     curves.update(baseline_curves)
     rows = []
     for steps in horizons:
@@ -205,17 +229,32 @@ def tuned_baselines(
     key: dict[str, Any],
     cache: Path | None,
     progress: bool,
+    recorded: dict[tuple[str, int], float] | None = None,
 ) -> tuple[dict[tuple[str, int], float], dict[str, np.ndarray]]:
     """Every baseline tuned per horizon: ``{(baseline, steps): rate}`` and the test curves by ``"name@rate"``.
 
     With ``cache``, each baseline's result is kept (see `cached`) and reused when the
-    task, horizons, grid, data and numbers of initialisations are the same.
+    task, horizons, grid, data and numbers of initialisations are the same. With
+    ``recorded`` rates for every baseline and horizon, no rate is searched: each runs
+    on the test initialisations only.
     """
     lrs: dict[tuple[str, int], float] = {}
     curves: dict[str, np.ndarray] = {}
     for baseline in tqdm(BASELINES, desc=task.label, disable=not progress):
 
         def tune_baseline(baseline: str = baseline) -> dict[str, np.ndarray]:
+            if recorded is not None:
+                tuned = {}
+                for s in horizons:
+                    rate = recorded[(baseline, s)]
+                    curve = loss_curves(
+                        BASELINES[baseline], jnp.asarray(rate, jnp.float32), family, test, max(horizons)
+                    )
+                    tuned[s] = (rate, curve)
+                return {
+                    "rates": np.asarray([tuned[s][0] for s in horizons]),
+                    **{f"curves_{s}": tuned[s][1] for s in horizons},
+                }
             tuned = harness.tune_learning_rate(
                 BASELINES[baseline], family, tune, test, horizons, task.grid, coarse_to_fine=True
             )
@@ -224,12 +263,39 @@ def tuned_baselines(
                 **{f"curves_{s}": tuned[s][1] for s in horizons},
             }
 
-        out = cached(cache, f"{task_slug(task)}__{baseline}", {**key, "baseline": baseline}, tune_baseline)
+        cache_key = {**key, "baseline": baseline, **({"recorded": True} if recorded is not None else {})}
+        out = cached(cache, f"{task_slug(task)}__{baseline}", cache_key, tune_baseline)
         for i, steps in enumerate(horizons):
             best = float(out["rates"][i])
             lrs[(baseline, steps)] = best
             curves.setdefault(f"{baseline}@{best}", out[f"curves_{steps}"])
     return lrs, curves
+
+
+def recorded_rates(
+    path: Path, task: Task, tune_inits: int, data: Any, horizons: tuple[int, ...]
+) -> dict[tuple[str, int], float] | None:
+    """The baselines' tuned rates for ``task`` in the results file ``path``, if it tuned the same task the same way.
+
+    Same way: the same task definition (family, options, horizons, grid), tuning
+    initialisations and data (the MNIST record, for tasks on MNIST), and a rate for
+    every baseline at every horizon in ``horizons``. Otherwise ``None``.
+    """
+    results = json.loads(path.read_text())
+    definition = {k: v for k, v in dataclasses.asdict(task).items() if k not in ("skip", "test_inits")}
+    same = [
+        t
+        for t in results["tasks"]
+        if {k: v for k, v in t.items() if k not in ("skip", "test_inits")} == json.loads(json.dumps(definition))
+    ]
+    if not same or results["tune_inits"] != tune_inits or (task.uses_mnist and results["mnist_data"] != data):
+        return None
+    rates = {
+        (r["optimizer"], r["steps"]): r["learning_rate"]
+        for r in results["rows"]
+        if r["task"] == task.label and r["optimizer"] in BASELINES
+    }
+    return rates if all((b, s) in rates for b in BASELINES for s in horizons) else None
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -309,7 +375,13 @@ def main() -> None:
     parser.add_argument(
         "--generalist", default="generalist", help="a shipped name or a run directory (default: the shipped one)"
     )
+    parser.add_argument(
+        "--others", nargs="*", default=list(OTHERS), help="other learned optimizers: shipped names or run directories"
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help=f"a subset of: {', '.join(t.label for t in TASKS)}")
+    parser.add_argument(
+        "--rates-from", type=Path, default=None, help="an earlier generalisation.json whose tuned rates to reuse"
+    )
     parser.add_argument("--tune-inits", type=harness.count, default=TUNE_INITS)
     parser.add_argument(
         "--test-inits", type=harness.count, default=None, help="for every task (default: each task's own, 48 or 16)"
@@ -332,10 +404,8 @@ def main() -> None:
         parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
     selected = [known[t] for t in args.tasks] if args.tasks else list(TASKS)
 
-    learned = {
-        REFERENCE: pretrained.load_meta_params(args.generalist),
-        "mnist-lstm": pretrained.load_meta_params("mnist-lstm"),
-    }
+    learned = {REFERENCE: pretrained.load_meta_params(args.generalist)}
+    learned.update({str(name): pretrained.load_meta_params(name) for name in args.others})
     all_rows, t0 = [], time.perf_counter()
     data = None
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -348,9 +418,17 @@ def main() -> None:
             data = family.data_record
         test_inits = args.test_inits or task.test_inits
         t1 = time.perf_counter()
-        rows, curves = evaluate_task(
-            task, family, learned, horizons, args.tune_inits, test_inits, args.cache_dir, not args.no_progress
+        data_record = getattr(family, "data_record", None)
+        recorded = (
+            None
+            if args.rates_from is None
+            else recorded_rates(args.rates_from, task, args.tune_inits, data_record, horizons)
         )
+        rows, curves = evaluate_task(
+            task, family, learned, horizons, args.tune_inits, test_inits, args.cache_dir, not args.no_progress, recorded
+        )
+        for r in rows:
+            r["rate_from"] = "recorded" if recorded is not None and r["optimizer"] in BASELINES else None
         for r in rows:
             r["task_seconds"] = time.perf_counter() - t1
         all_rows += rows
@@ -374,6 +452,8 @@ def write_results(
         "command": harness.command(),
         "machine": harness.describe_machine(),
         "generalist": str(args.generalist),
+        "others": [str(o) for o in args.others],
+        "rates_from": None if args.rates_from is None else str(args.rates_from),
         "generalist_training": pretrained.info(args.generalist).get("training"),
         "mnist_data": data,
         "tune_inits": args.tune_inits,

@@ -28,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import jax.numpy as jnp
+import numpy as np
 
 from l2l_jax import pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
+from l2l_jax.evaluation import learned_curves, sample_tasks
 from l2l_jax.meta import MetaTrainConfig, meta_train
 
 MEMBERS = [
@@ -74,12 +77,82 @@ FINETUNE = MetaTrainConfig.from_dict(
     {**CONFIG.to_dict(), "horizon": 200, "num_meta_steps": 600, "validate_every": 50, "num_val_tasks": 8}
 )
 
+#: v2's bound on the meta-gradient's global norm.
+CLIP_NORM = 10.0
+
+#: v2: a broader, cheaper mixture: MNIST downsampled to 8x8 and 14x14 beside the 28x28 MLPs
+#: (the paper's weighted 2), widths 20 to 256, and two members scale-augmented.
+V2_MEMBERS = [
+    {"task": "mnist", "options": {**MEMBERS[0]["options"]}, "weight": 2.0},
+    {"task": "mnist", "options": {**MEMBERS[1]["options"]}},
+    {"task": "mnist", "options": {"hidden_units": 40, "hidden_layers": 1, "activation": "tanh", "batch_size": 128, "image_size": 14}},
+    {"task": "mnist", "options": {"hidden_units": 128, "hidden_layers": 1, "activation": "relu", "batch_size": 64, "image_size": 14}},
+    {"task": "mnist", "options": {"hidden_units": 64, "hidden_layers": 2, "activation": "sigmoid", "batch_size": 32, "image_size": 8}},
+    {
+        "task": "scale_augmented",
+        "options": {
+            "task": "mnist",
+            "options": {"hidden_units": 128, "hidden_layers": 1, "activation": "relu", "batch_size": 128, "image_size": 8},
+            "min_scale": 0.3,
+            "max_scale": 3.0,
+        },
+    },
+    {
+        "task": "scale_augmented",
+        "options": {
+            "task": "mnist",
+            "options": {"hidden_units": 256, "hidden_layers": 1, "activation": "relu", "batch_size": 32, "image_size": 8},
+            "min_scale": 0.3,
+            "max_scale": 3.0,
+        },
+    },
+]  # fmt: skip
+
+#: v2's optimizer: v1's, with width-aware updates (every tensor's update x min(1, 128 / fan-in)).
+V2_OPTIMIZER_OPTIONS = {**OPTIMIZER_OPTIONS, "reference_fan_in": 128.0}
+
+#: v2: PES over runs of 100 to 1,000 steps (log-uniform), validated on 200-step runs.
+V2_CONFIG = MetaTrainConfig(
+    task="mixture",
+    task_options={"members": V2_MEMBERS},
+    optimizer="feature_mlp",
+    optimizer_options=V2_OPTIMIZER_OPTIONS,
+    estimator="pes",
+    sigma=0.01,
+    num_pairs=2,
+    num_meta_steps=1200,
+    horizon=1000,
+    min_horizon=100,
+    truncation=50,
+    batch_size=8,
+    meta_lr=1e-3,
+    meta_lr_warmup=50,
+    clip_norm=CLIP_NORM,
+    weighting="log",
+    validate_every=100,
+    num_val_tasks=16,
+    validation_horizon=200,
+    checkpoint_every=10,
+    seed=1,
+)
+
+#: v2 starts from v1's φ (shipped as ``generalist-v1``) with its learning rate η re-chosen for the width scaling.
+V2_INIT = "generalist-v1"
+#: The learning rates η tried for v2's start (on the mixture's members, initialisations not evaluated).
+V2_START_LRS = tuple(float(x) for x in np.logspace(-2, -0.5, 7))
+
 SHIPPED_NAME = "generalist"
 
 
 def with_data_dir(config: MetaTrainConfig, data_dir: str | None) -> MetaTrainConfig:
     """``config`` with every member's ``data_dir`` set (``None`` keeps the library's lookup)."""
-    members = [{**m, "options": {**m["options"], "data_dir": data_dir}} for m in config.task_options["members"]]
+
+    def set_dir(task: str, options: dict[str, Any]) -> dict[str, Any]:
+        if task == "scale_augmented":
+            return {**options, "options": set_dir(options["task"], options["options"])}
+        return {**options, "data_dir": data_dir}
+
+    members = [{**m, "options": set_dir(m["task"], m["options"])} for m in config.task_options["members"]]
     return MetaTrainConfig.from_dict({**config.to_dict(), "task_options": {"members": members}})
 
 
@@ -106,36 +179,91 @@ def battery_rows(results: Path) -> list[dict] | None:
     return [r for r in rows if r["optimizer"] == SHIPPED_NAME] or None
 
 
+def start_for_v2(
+    optimizer: Any, phi: Any, config: MetaTrainConfig, inits: int, steps: int
+) -> tuple[Any, dict[str, Any]]:
+    """v1's φ with η set to the rate in `V2_START_LRS` that gives the lowest mean log loss on v2's members.
+
+    Each member runs ``inits`` initialisations (seed 7, the tuning stream: not the
+    battery's) for ``steps`` steps; the score is the mean of log f over steps, inits and members.
+    """
+    families = config.build_task().families
+    runs = [sample_tasks(f, 7, inits, "tune") for f in families]
+    scores = []
+    for lr in V2_START_LRS:
+        candidate = {**phi, "log_lr": jnp.log(jnp.asarray(lr, jnp.float32))}
+        curves = [learned_curves(optimizer, candidate, f, r, steps) for f, r in zip(families, runs)]
+        scores.append(float(np.mean([np.mean(np.log(c)) for c in curves])))
+    best = V2_START_LRS[int(np.nanargmin(scores))]
+    record = {"source": V2_INIT, "lrs": list(V2_START_LRS), "scores": scores, "chosen_lr": best}
+    return {**phi, "log_lr": jnp.log(jnp.asarray(best, jnp.float32))}, record
+
+
+def recorded_start(run_dir: Path) -> dict[str, Any] | None:
+    """The record of how v2's start was chosen, kept in a finished run's ``optimizer.json`` by an earlier call."""
+    path = run_dir / rd.OPTIMIZER_META
+    return rd.read_json(path).get("training", {}).get("start") if path.exists() else None
+
+
+def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Path]]:
+    """The recipe's stages: (config, meta-steps, run directory)."""
+    if args.recipe == "v1":
+        return [
+            (CONFIG, args.meta_steps or CONFIG.num_meta_steps, args.run_dir),
+            (
+                FINETUNE,
+                args.finetune_steps or FINETUNE.num_meta_steps,
+                args.run_dir.with_name(args.run_dir.name + "-finetune"),
+            ),
+        ]
+    return [(V2_CONFIG, args.meta_steps or V2_CONFIG.num_meta_steps, args.run_dir)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", choices=("v1", "v2"), default="v2", help="v1: the first generalist's two stages")
     parser.add_argument(
-        "--run-dir", type=Path, default=Path("runs/generalist"), help="stage 2 goes to <run-dir>-finetune"
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune",
     )
-    parser.add_argument("--meta-steps", type=harness.count, default=CONFIG.num_meta_steps, help="stage 1")
-    parser.add_argument("--finetune-steps", type=harness.count, default=FINETUNE.num_meta_steps, help="stage 2")
-    parser.add_argument("--horizon", type=harness.count, default=None, help="both stages' (for quick checks)")
-    parser.add_argument("--truncation", type=harness.count, default=None, help="both stages' (for quick checks)")
-    parser.add_argument("--val-tasks", type=harness.count, default=None, help="both stages' (for quick checks)")
+    parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
+    parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")
+    parser.add_argument("--horizon", type=harness.count, default=None, help="every stage's (for quick checks)")
+    parser.add_argument("--truncation", type=harness.count, default=None, help="every stage's (for quick checks)")
+    parser.add_argument("--val-tasks", type=harness.count, default=None, help="every stage's (for quick checks)")
+    parser.add_argument(
+        "--start-inits", type=harness.count, default=4, help="v2: initialisations per member when choosing η"
+    )
+    parser.add_argument("--start-steps", type=harness.count, default=200, help="v2: steps per run when choosing η")
     parser.add_argument("--ship", action="store_true", help=f"ship the best φ as pretrained '{SHIPPED_NAME}'")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--results-dir", type=Path, default=harness.RESULTS, help="where generalisation.json lies")
     harness.add_data_dir_option(parser)
     args = parser.parse_args()
+    args.run_dir = args.run_dir or Path(f"runs/generalist-{args.recipe}")
     quick = {"horizon": args.horizon, "truncation": args.truncation, "num_val_tasks": args.val_tasks}
     quick = {k: v for k, v in quick.items() if v is not None}
-    if args.ship and quick:
-        parser.error("--ship ships the documented recipe: drop --horizon, --truncation and --val-tasks")
-    stages = [
-        (CONFIG, args.meta_steps, args.run_dir),
-        (FINETUNE, args.finetune_steps, args.run_dir.with_name(args.run_dir.name + "-finetune")),
-    ]
+    if quick.get("horizon") is not None:  # Quick checks: fixed horizons no longer than the one given.
+        quick.update(min_horizon=None, validation_horizon=None)
+    if args.ship and (quick or args.start_inits != 4 or args.start_steps != 200):
+        parser.error("--ship ships the documented recipe: drop --horizon, --truncation, --val-tasks and --start-*")
+    stages = stages_for(args)
     t0 = time.perf_counter()
-    phi = None
+    phi, start = None, None
     seconds, optimizee_steps, configs = [], 0, []
     for base, steps, run_dir in stages:
         config = MetaTrainConfig.from_dict({**base.to_dict(), **quick, "num_meta_steps": steps})
         config = with_data_dir(config, args.data_dir)
-        if steps_done(run_dir) < steps:  # A finished stage is kept as it is.
+        finished = steps_done(run_dir) >= steps  # A finished stage is kept as it is.
+        if args.recipe == "v2":
+            start = recorded_start(run_dir) if finished else None
+            if start is None:
+                _, v1_phi = pretrained.load_meta_params(V2_INIT)
+                phi, start = start_for_v2(config.build_optimizer(), v1_phi, config, args.start_inits, args.start_steps)
+            print(f"v2 starts from {V2_INIT} with η = {start['chosen_lr']:.4g}", flush=True)
+        if not finished:
             meta_train(config, run_dir, progress=not args.no_progress, init_meta_params=phi)
         optimizer, phi = pretrained.load_meta_params(run_dir)
         metrics = rd.read_metrics(run_dir / rd.METRICS)
@@ -145,6 +273,7 @@ def main() -> None:
     final_dir = stages[-1][2]
     optimizer_meta = rd.read_json(final_dir / rd.OPTIMIZER_META)
     training = {
+        "recipe": args.recipe,
         "machine": harness.describe_machine(),
         "command": harness.command(),
         "meta_training_seconds": sum(seconds),
@@ -154,9 +283,21 @@ def main() -> None:
         "best_step": optimizer_meta["best_step"],
         "best_val_loss": optimizer_meta["best_val_loss"],
     }
+    if start is not None:
+        training["start"] = start
     print(json.dumps(training, indent=1))
     # Data directories are where the data lay on the training machine: recorded without them.
-    keys = ("estimator", "sigma", "num_pairs", "horizon", "truncation", "weighting", "num_meta_steps", "meta_lr")
+    keys = (
+        "estimator",
+        "sigma",
+        "num_pairs",
+        "horizon",
+        "min_horizon",
+        "truncation",
+        "weighting",
+        "num_meta_steps",
+        "meta_lr",
+    )
     rd.update_optimizer_meta(
         final_dir,
         **{k: without_data_dir(optimizer_meta[k]) for k in ("task_options", "task_config", "training_config")},

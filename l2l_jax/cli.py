@@ -208,6 +208,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer_options": optimizer_options,
         "num_meta_steps": args.meta_steps,
         "horizon": args.horizon,
+        "min_horizon": args.min_horizon,
+        "validation_horizon": args.validation_horizon,
         "truncation": args.truncation,
         "batch_size": args.batch_size,
         "estimator": args.estimator,
@@ -216,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "meta_optimizer": args.meta_optimizer,
         "meta_lr": args.meta_lr,
         "meta_lr_schedule": args.meta_lr_schedule,
+        "meta_lr_warmup": args.meta_lr_warmup,
         "clip_norm": args.clip_norm,
         "first_order": not args.second_order,
         "weighting": args.weighting,
@@ -375,7 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="an option of the learned optimizer, e.g. hidden_size=40 (repeatable; default: the preset's)",
     )
     mt.add_argument("--meta-steps", type=int, default=d["num_meta_steps"], help="meta-steps (updates of φ) in all")
-    mt.add_argument("--horizon", type=int, default=d["horizon"], help="inner steps per run, T")
+    mt.add_argument(
+        "--horizon", type=int, default=d["horizon"], help="inner steps per run, T (the longest, with --min-horizon)"
+    )
+    mt.add_argument(
+        "--min-horizon",
+        type=int,
+        default=d["min_horizon"],
+        help="draw each run's length log-uniformly from [min-horizon, horizon] (default: every run lasts horizon)",
+    )
+    mt.add_argument(
+        "--validation-horizon",
+        type=int,
+        default=d["validation_horizon"],
+        help="steps of validation runs (default: horizon)",
+    )
     mt.add_argument("--truncation", type=int, default=d["truncation"], help="inner steps per meta-step, K")
     mt.add_argument("--batch-size", type=int, default=d["batch_size"], help="tasks per meta-step")
     mt.add_argument(
@@ -393,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--meta-lr-schedule",
         default=d["meta_lr_schedule"],
         help=f"{' or '.join(META_LR_SCHEDULES)} (cosine: decay to 0.1 x the meta-lr)",
+    )
+    mt.add_argument(
+        "--meta-lr-warmup",
+        type=int,
+        default=d["meta_lr_warmup"],
+        help="meta-steps of linear warm-up of the meta-lr from 0 (default: none)",
     )
     mt.add_argument(
         "--clip-norm",

@@ -452,7 +452,7 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     out = run_script("generalisation.py", *options, *cache, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "generalisation.json").read_text())
-    optimizers = ["generalist", "mnist-lstm", "sgd", "momentum", "nag", "rmsprop", "adam"]
+    optimizers = ["generalist", "generalist-v1", "mnist-lstm", "sgd", "momentum", "nag", "rmsprop", "adam"]
     # Every horizon is capped at 3 steps: one row per optimizer and task.
     assert [(r["task"], r["steps"], r["optimizer"]) for r in results["rows"]] == [
         (task, 3, name) for task in ("base MLP", "logistic regression") for name in optimizers
@@ -460,19 +460,29 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     for row in results["rows"]:
         assert math.isfinite(row["mean_loss"]) and row["stderr"] >= 0 and isinstance(row["diverged"], bool)
         assert ("reference_minus_this" in row) == (row["optimizer"] != "generalist")
-        assert (row["learning_rate"] is None) == (row["optimizer"] in ("generalist", "mnist-lstm"))
+        assert (row["learning_rate"] is None) == (row["optimizer"] in ("generalist", "generalist-v1", "mnist-lstm"))
         assert row["held_out"] == (row["task"] == "logistic regression")
     table = (tmp_path / "generalisation.md").read_text()
     assert "| logistic regression | 3 | adam |" in table and "- base MLP, 3 steps: beats" in table
     assert (tmp_path / "generalisation_base_mlp.png").stat().st_size > 1000
 
     filled = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")}
-    assert len(filled) == 2 * 7
+    assert len(filled) == 2 * 8
     assert run_script("generalisation.py", *options, *cache, timeout=600).returncode == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")} == filled  # read, not rewritten
     again = json.loads((tmp_path / "generalisation.json").read_text())["rows"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "task_seconds"} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("task_seconds", "rate_from")} for r in rows]
     assert strip(again) == strip(results["rows"])
+
+    # Rates read from the first run's file instead of searched: the same rates and the same test curves.
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(results))
+    reuse = [*options[:-4], "--results-dir", str(tmp_path / "reuse"), "--data-dir", str(MNIST_FIXTURE)]
+    out = run_script("generalisation.py", *reuse, "--rates-from", str(first), "--others", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reused = json.loads((tmp_path / "reuse" / "generalisation.json").read_text())["rows"]
+    assert {r["rate_from"] for r in reused if r["learning_rate"] is not None} == {"recorded"}
+    assert strip(reused) == [r for r in strip(results["rows"]) if r["optimizer"] not in ("generalist-v1", "mnist-lstm")]
 
 
 def test_generalisation_refuses_an_unknown_task(tmp_path):
@@ -484,16 +494,22 @@ def test_generalisation_refuses_an_unknown_task(tmp_path):
 @pytest.mark.slow  # PES on a mixture: tests/test_meta_training_estimators.py; shipping: test_pretrained.py
 def test_generalist_meta_trains_on_its_mixture_and_records_what_it_was_built_from(tmp_path):
     run = tmp_path / "run"
-    # Validation takes at least one task of each of the mixture's 4 members.
-    options = ["--meta-steps", "2", "--finetune-steps", "1", "--horizon", "4", "--truncation", "2", "--val-tasks", "4",
-               "--no-progress", "--run-dir", str(run), "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
-    out = run_script("generalist.py", *options, timeout=600)
+    # Validation takes at least one task of each of the mixture's 7 members.
+    options = ["--meta-steps", "2", "--horizon", "4", "--truncation", "2", "--val-tasks", "8", "--start-inits", "1",
+               "--start-steps", "3", "--no-progress", "--run-dir", str(run), "--results-dir", str(tmp_path),
+               "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("generalist.py", *options, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    # Stage 2 starts from stage 1's best φ and is what ships.
-    meta = json.loads((tmp_path / "run-finetune" / "optimizer.json").read_text())
+    meta = json.loads((run / "optimizer.json").read_text())
     assert meta["optimizer"] == "feature_mlp" and meta["architecture"]["options"]["output"] == "nominal"
-    assert [e["estimator"] for e in meta["estimator"]] == ["pes", "pes"] and len(meta["mixture"]) == 4
-    assert meta["training"]["meta_steps"] == [2, 1] and meta["training"]["optimizee_steps"] == 3 * 4 * 2 * 2 * 2
+    assert meta["architecture"]["options"]["reference_fan_in"] == 128.0
+    assert [e["estimator"] for e in meta["estimator"]] == ["pes"] and len(meta["mixture"]) == 7
+    assert {m["options"].get("image_size", 28) for m in meta["mixture"] if m["task"] == "mnist"} == {8, 14, 28}
+    assert meta["training"]["meta_steps"] == [2] and meta["training"]["optimizee_steps"] == 2 * 8 * 2 * 2 * 2
+    # v2 starts from v1's φ with the learning rate that did best on the members.
+    start = meta["training"]["start"]
+    assert start["source"] == "generalist-v1" and start["chosen_lr"] in start["lrs"]
+    assert start["chosen_lr"] == start["lrs"][int(np.nanargmin(start["scores"]))]
     # Where the data lay is kept only in the command that was run, not in the configs that rebuild tasks.
     assert str(MNIST_FIXTURE) not in json.dumps({k: v for k, v in meta.items() if k != "training"})
     assert meta["evaluation"] is None  # no battery results in tmp_path

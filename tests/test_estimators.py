@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import ClosedJaxpr, Jaxpr
 from jax.flatten_util import ravel_pytree
 
 from l2l_jax import optimizers, tasks
 from l2l_jax.errors import ConfigError
 from l2l_jax.meta import estimators as E
+from l2l_jax.meta.estimators import antithetic
 from l2l_jax.meta.unroll import init_inner, unroll_task, weighted_loss
+from l2l_jax.tasks.base import TaskFamily
 
 #: Combined standard errors allowed between two estimates of the same mean. Each
 #: comparison is a difference of independent means over hundreds of samples, so by
@@ -295,6 +298,99 @@ def test_pes_accumulates_its_perturbations_from_zero():
         xi, g = flat(r.state.accumulated), flat(r.meta_grad)
         np.testing.assert_allclose(g, (g @ xi) / (xi @ xi) * xi, rtol=1e-9, atol=1e-12)
         assert g @ xi != 0
+
+
+class MinibatchQuadratics(TaskFamily):
+    """Least squares on a task's own 7 rows (W, y), with minibatches of 5 rows drawn from the key."""
+
+    name = "minibatch_quadratics"
+    EXAMPLES, MINIBATCH, DIM = 7, 5, 2
+
+    def config(self):
+        return {}
+
+    def sample(self, key):
+        kw, ky = jax.random.split(key)
+        return {"W": jax.random.normal(kw, (self.EXAMPLES, self.DIM)), "y": jax.random.normal(ky, (self.EXAMPLES,))}
+
+    def init(self, task_params, key):
+        del task_params
+        return 0.1 * jax.random.normal(key, (self.DIM,))
+
+    def loss(self, task_params, params, key):
+        rows = jax.random.randint(key, (self.MINIBATCH,), 0, self.EXAMPLES)
+        return jnp.mean(jnp.square(task_params["W"][rows] @ params - task_params["y"][rows]))
+
+
+def every_run_on_its_own(name, optimizer, family, meta_params, state, key, sigma, num_pairs, weighting="uniform"):
+    """ES's or PES's estimate written as a plain ``vmap`` over tasks and pairs: every run draws its own minibatches."""
+    batch_size = jax.tree.leaves(state)[0].shape[0]
+    eps = antithetic.perturbations(key, meta_params, (batch_size, num_pairs), sigma)
+    run = functools.partial(
+        antithetic.antithetic_pair, optimizer, family, meta_params, num_steps=K, weighting=weighting
+    )
+    if name == "es":
+        positive, _, plus, minus = jax.vmap(jax.vmap(lambda s, e: run(e, s, s)))(state.inner, eps)
+        after, xi = E.ESState(positive), eps
+    else:
+        positive, negative, plus, minus = jax.vmap(jax.vmap(run))(eps, state.positive, state.negative)
+        xi = jax.tree.map(jnp.add, state.accumulated, eps)
+        after = E.PESState(positive, negative, xi)
+    grads = jax.tree.map(lambda x: x * ((plus - minus) / (2 * sigma**2)).reshape(plus.shape + (1,) * (x.ndim - 2)), xi)
+    return E.Estimate(jnp.mean((plus + minus) / 2), antithetic.mean_over_runs(grads), after)
+
+
+@pytest.mark.parametrize("tasks_per_chunk", [None, 2], ids=["all-tasks", "chunks-of-2"])
+@pytest.mark.parametrize("name", ["es", "pes"])
+def test_es_and_pes_draw_a_tasks_minibatches_once_for_all_its_runs_and_estimate_as_if_each_run_drew_its_own(
+    name, tasks_per_chunk
+):
+    """The runs of a task share its data key and step: the minibatch is drawn once per task, with the same numbers.
+
+    On quadratics whose loss gathers a random minibatch of the task's rows, the
+    estimate (loss, gradient and new state, over two truncations, float64) equals
+    that of a plain ``vmap`` over every run to float rounding, the state keeps its
+    ``(tasks, pairs)`` axes, and the program draws and gathers the minibatches per
+    task, not per pair.
+    """
+    pairs, sigma = 3, 0.05
+    family = MinibatchQuadratics()
+    with jax.enable_x64(True):
+        optimizer = optimizers.get("lstm", hidden_size=2)
+        phi = optimizer.init(jax.random.key(0))
+        options = {"batch_size": BATCH, "truncation": K, "sigma": sigma, "num_pairs": pairs}
+        est = E.get(name, optimizer, family, tasks_per_chunk=tasks_per_chunk, **options)
+        reference = jax.jit(
+            functools.partial(every_run_on_its_own, name, optimizer, family, sigma=sigma, num_pairs=pairs)
+        )
+        state = est.init(phi, jax.random.key(1))
+        shapes = [x.shape for x in jax.tree.leaves(state)]
+        assert all(shape[:2] == (BATCH, pairs) for shape in shapes)
+        for k in (2, 3):  # Two truncations, so that the carried state is compared too.
+            a, b = jax.jit(est.estimate)(phi, state, jax.random.key(k)), reference(phi, state, jax.random.key(k))
+            np.testing.assert_allclose(float(a.meta_loss), float(b.meta_loss), rtol=1e-12)
+            np.testing.assert_allclose(flat(a.meta_grad), flat(b.meta_grad), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(flat(a.state), flat(b.state), rtol=1e-12, atol=1e-14)
+            assert [x.shape for x in jax.tree.leaves(a.state)] == shapes
+            assert jax.tree.structure(a.state) == jax.tree.structure(state)
+            state = a.state
+        jaxpr = jax.make_jaxpr(est.estimate)(phi, state, jax.random.key(4))
+
+    def minibatch_shapes(jaxpr):
+        """The output shapes of the random draws and gathers whose shape has a minibatch axis (after the run axes)."""
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("random_bits", "gather"):
+                yield from (v.aval.shape for v in eqn.outvars if family.MINIBATCH in v.aval.shape)
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (list, tuple)) else [param]:
+                    if isinstance(sub, ClosedJaxpr):
+                        yield from minibatch_shapes(sub.jaxpr)
+                    elif isinstance(sub, Jaxpr):
+                        yield from minibatch_shapes(sub)
+
+    shapes = list(minibatch_shapes(jaxpr.jaxpr))
+    per_task = (tasks_per_chunk or BATCH, family.MINIBATCH)
+    assert shapes and all(shape[:2] == per_task for shape in shapes), shapes
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,16 @@ def reference_steps(phi, opt, grads_seq, params_seq):
     ],
 )
 def test_updates_equal_the_numpy_reference(options):
+    assert_updates_equal_the_reference(options, (4, 3))
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (3, 3, 2, 4)])
+def test_updates_equal_the_numpy_reference_for_leaves_of_any_rank(shape):
+    assert_updates_equal_the_reference({"output": "nominal", "exp_mult": 0.1}, shape)
+
+
+def assert_updates_equal_the_reference(options, shape):
+    """Five jitted float64 updates of a tensor of ``shape`` equal `reference_steps`."""
     with jax.enable_x64(True):
         opt = feature_mlp(hidden_sizes=(8, 8), **options)
         phi = opt.init(jax.random.key(0))
@@ -70,10 +80,10 @@ def test_updates_equal_the_numpy_reference(options):
         phi = jax.tree.map(lambda x: x.astype(jnp.float64) * 3, phi)
         tx = jax.jit(opt.as_optax(phi).update)
         rng = np.random.default_rng(0)
-        p = rng.normal(size=(4, 3))
+        p = rng.normal(size=shape)
         if opt.output == "nominal":
             assert set(phi) == {"layers", "log_lr"}
-        grads = [rng.normal(size=(4, 3)) * s for s in (1.0, 0.1, 10.0, 1.0, 0.5)]
+        grads = [rng.normal(size=shape) * s for s in (1.0, 0.1, 10.0, 1.0, 0.5)]
         state = opt.as_optax(phi).init(jnp.asarray(p))
         got = []
         for g in grads:
@@ -185,3 +195,44 @@ def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
     grads = jax.grad(meta_loss)(phi)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))
+
+
+# --- width-aware updates (reference_fan_in) ------------------------------------------
+
+
+def first_update(opt, phi, shape, grad_scale=0.1):
+    """The first update of a tensor of ``shape`` whose gradient is ``grad_scale`` times a fixed random sign."""
+    sign = jnp.sign(jax.random.normal(jax.random.key(7), shape))
+    params = 0.01 * jax.random.normal(jax.random.key(8), shape)
+    tx = opt.as_optax(phi)
+    updates, _ = tx.update(grad_scale * sign, tx.init(params), params)
+    return updates
+
+
+def test_with_a_reference_fan_in_a_layer_moves_its_outputs_the_same_whatever_its_width():
+    opt = feature_mlp(hidden_sizes=(8,), output="nominal", reference_fan_in=128.0)
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = 0.3 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    moves = []
+    for fan_in in (128, 256, 1280, 4096):
+        u = first_update(opt, phi, (fan_in, 10))
+        x = -jnp.sign(jax.random.normal(jax.random.key(7), (fan_in, 10)))  # an input aligned with the step
+        moves.append(float(jnp.mean(jnp.abs(jnp.sum(u * x, axis=0)))))  # |Δ output| per output unit
+    np.testing.assert_allclose(moves, moves[0], rtol=0.05)
+    # Without it the move grows with the fan-in, as Adam's does.
+    plain = feature_mlp(**{**opt.config(), "reference_fan_in": None})
+    wide, narrow = (float(jnp.sum(jnp.abs(first_update(plain, phi, (n, 10))))) / 10 for n in (4096, 128))
+    assert wide / narrow == pytest.approx(32, rel=0.05)
+
+
+def test_the_width_factor_is_min_of_one_and_reference_over_fan_in_and_spares_vectors():
+    opt = feature_mlp(output="nominal", reference_fan_in=64.0)
+    plain = feature_mlp(output="nominal")
+    phi = opt.init(jax.random.key(0))
+    for shape, factor in [((16, 4), 1.0), ((64, 4), 1.0), ((256, 4), 0.25), ((3, 3, 32, 8), 64 / 288), ((1000,), 1.0)]:
+        np.testing.assert_allclose(first_update(opt, phi, shape), factor * first_update(plain, phi, shape), rtol=1e-6)
+    assert opt.config()["reference_fan_in"] == 64.0 and "reference_fan_in" not in plain.config()
+    assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
+    for bad in (0.0, -1.0, float("inf"), "64"):
+        with pytest.raises(ConfigError, match="reference_fan_in must be a positive number"):
+            feature_mlp(reference_fan_in=bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ import pytest
 
 from l2l_jax import errors, tasks
 from l2l_jax.data import text
+from l2l_jax.tasks import char_lm
 from l2l_jax.tasks.cnn import StridedConv
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "mnist")
@@ -274,3 +276,58 @@ def test_every_family_trains_inside_the_evaluation_loop(named_family):
     _, family = named_family
     curves = loss_curves(optax.adam, jnp.asarray(1e-2), family, sample_tasks(family, 0, 2, "test"), 3)
     assert curves.shape == (2, 4) and np.all(np.isfinite(curves))
+
+
+class FlaxCharGRU(nn.Module):
+    """The character LM as flax's own ``GRUCell`` computes it, the reference for ``CharGRU``."""
+
+    vocab_size: int
+    embed_dim: int
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
+        cell = nn.GRUCell(self.hidden_size)
+        h, outputs = jnp.zeros((x.shape[0], self.hidden_size)), []
+        for t in range(x.shape[1]):
+            h, y = cell(h, x[:, t])
+            outputs.append(y)
+        return nn.Dense(self.vocab_size)(jnp.stack(outputs, axis=1))
+
+
+@pytest.mark.parametrize("vocab, embed, hidden, length", [(128, 16, 32, 16), (128, 8, 5, 3)])
+def test_char_gru_has_flax_gru_cells_parameters_initial_values_and_outputs(vocab, embed, hidden, length):
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (4, length), 0, vocab)
+    ours, reference = char_lm.CharGRU(vocab, embed, hidden), FlaxCharGRU(vocab, embed, hidden)
+    # Not under vmap: flax's QR on one matrix at a time (see char_lm.orthogonal).
+    params, reference_params = ours.init(jax.random.PRNGKey(0), tokens), reference.init(jax.random.PRNGKey(0), tokens)
+    assert jax.tree.structure(params) == jax.tree.structure(reference_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(ours.apply(params, tokens), reference.apply(params, tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (12, 5), (5, 12)])
+def test_orthogonal_is_flaxs_orthogonal_init(shape):
+    for seed in range(4):
+        key = jax.random.PRNGKey(seed)
+        q = char_lm.orthogonal(key, shape)
+        small = min(shape)
+        gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, np.eye(small), atol=1e-5)
+        np.testing.assert_allclose(q, jax.nn.initializers.orthogonal()(key, shape), atol=1e-5)
+
+
+def test_char_lm_run_compiles_without_lapack_calls():
+    """A vmapped batch of LAPACK calls can deadlock XLA's CPU thread pool (see ``char_lm.orthogonal``)."""
+    family = tasks.get("char_lm", **FAMILIES["char_lm"][0])
+
+    def losses(keys):
+        params = jax.vmap(family.init, in_axes=(None, 0))((), keys)
+        return jax.vmap(jax.value_and_grad(family.loss, argnums=1), in_axes=(None, 0, 0))((), params, keys)
+
+    compiled = jax.jit(losses).lower(jax.random.split(jax.random.PRNGKey(0), 16)).compile().as_text()
+    targets = re.findall(r'custom_call_target="([^"]*)"', compiled)
+    assert not [t for t in targets if "lapack" in t.lower()], targets

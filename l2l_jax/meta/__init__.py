@@ -2,6 +2,7 @@
 
 from l2l_jax.meta import estimators
 from l2l_jax.meta.estimators import Estimate, GradientEstimator, tbptt, truncated_es, truncated_pes
+from l2l_jax.meta.horizons import log_uniform_horizons
 from l2l_jax.meta.step import Member, MetaTrainState, meta_step
 from l2l_jax.meta.training import MetaTrainConfig, MetaTrainResult, meta_train
 from l2l_jax.meta.unroll import (
@@ -24,6 +25,7 @@ __all__ = [
     "MetaTrainState",
     "estimators",
     "init_inner",
+    "log_uniform_horizons",
     "meta_step",
     "meta_train",
     "meta_value_and_grad",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from l2l_jax.meta.estimators.base import EstimatorState, GradientEstimator
+from l2l_jax.meta.horizons import HorizonFn
 from l2l_jax.optimizers.base import MetaParams
 
 
@@ -107,15 +108,18 @@ def meta_step(
     members: Sequence[Member],
     meta_optimizer: optax.GradientTransformation,
     *,
-    horizon: int,
+    horizon: int | HorizonFn,
     task_key: jax.Array,
     perturbation_key: jax.Array,
     constrain: Callable[[EstimatorState], EstimatorState] | None = None,
+    truncation: int | None = None,
 ) -> tuple[MetaTrainState, dict[str, jax.Array]]:
     """One meta-step: restart the inner runs if due, estimate the meta-gradient, update φ.
 
     The runs restart (``init_members`` from ``fold_in(task_key, state.step)``) after
-    ``horizon`` inner steps and after a non-finite step. Each member estimates its
+    ``horizon`` inner steps and after a non-finite step. With ``horizon`` a function
+    (``l2l_jax.meta.horizons``), the runs that started at meta-step s last
+    ``horizon(s)`` inner steps. Each member estimates its
     meta-gradient with ``fold_in(perturbation_key, state.step)`` (folded with its
     index when there are several); the step's meta-loss and meta-gradient are the
     members' weighted sums. A non-finite loss or gradient leaves φ and the
@@ -126,10 +130,13 @@ def meta_step(
       state: the run's state; ``state.inner`` as ``init_members`` makes it.
       members: the estimators (one per member of a task mixture) and their weights.
       meta_optimizer: the optax transformation that updates φ.
-      horizon: inner steps of a run, T.
+      horizon: inner steps of a run, T; or ``horizon(restart_step)``, the length of
+        the runs started at that meta-step.
       task_key: the key that restarted runs' tasks are drawn from.
       perturbation_key: the key of the estimators' randomness.
       constrain: applied to restarted states (e.g. a sharding constraint).
+      truncation: inner steps per meta-step; needed when ``horizon`` is a function
+        (the step the runs started at is ``state.step`` − their inner step / ``truncation``).
 
     Returns:
       ``(new_state, metrics)`` with scalar ``meta_loss``, ``grad_norm`` and ``skipped``.
@@ -141,6 +148,10 @@ def meta_step(
         return inner if constrain is None else constrain(inner)
 
     first = members[0].estimator.inner_step(_states(members, state.inner)[0])
+    if callable(horizon):
+        if truncation is None:
+            raise TypeError("meta_step needs truncation= when horizon is a function")
+        horizon = horizon(state.step - first // truncation)
     inner = jax.lax.cond((first >= horizon) | ~state.healthy, fresh, lambda: state.inner)
     key = jax.random.fold_in(perturbation_key, state.step)
     if len(members) == 1:

@@ -30,6 +30,7 @@ from l2l_jax import validation as v
 from l2l_jax.errors import ConfigError, MetaTrainingError, Terminated
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
+from l2l_jax.meta.horizons import check_horizons, log_uniform_horizons
 from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, init_members, meta_step
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
@@ -62,7 +63,12 @@ class MetaTrainConfig:
       optimizer_options: keyword arguments of the learned optimizer (for the LSTM:
         ``preset`` and any override such as ``hidden_size``).
       num_meta_steps: meta-updates of φ; each is one truncation of every task.
-      horizon: T, the inner steps of one run before tasks are resampled (paper: 100).
+      horizon: T, the inner steps of one run before tasks are resampled (paper: 100);
+        with ``min_horizon``, the longest run.
+      min_horizon: ``None``: every run lasts ``horizon`` steps; else each restart of
+        the runs draws their length log-uniformly from [``min_horizon``, ``horizon``],
+        rounded up to whole truncations (see ``l2l_jax.meta.horizons``).
+      validation_horizon: the length of validation runs (``None``: ``horizon``).
       truncation: K, the inner steps per meta-update (paper: 20); must divide T.
       batch_size: tasks per meta-step (vmapped).
       estimator: the meta-gradient estimator (see ``l2l_jax.meta.estimators``):
@@ -74,6 +80,8 @@ class MetaTrainConfig:
       meta_lr: the meta-optimizer's learning rate.
       meta_lr_schedule: ``"constant"``, or ``"cosine"`` (decay to 0.1·meta_lr over
         ``num_meta_steps``).
+      meta_lr_warmup: meta-steps over which the learning rate rises linearly from 0
+        to ``meta_lr`` before the schedule (0: none).
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
       first_order: truncated BPTT: drop second derivatives (paper's default) or keep them.
       weighting: ``"uniform"`` (w_t = 1), ``"final"`` (last loss only) or
@@ -107,6 +115,7 @@ class MetaTrainConfig:
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
+    meta_lr_warmup: int = 0
     clip_norm: float | None = None
     first_order: bool = True
     weighting: str = "uniform"
@@ -116,6 +125,8 @@ class MetaTrainConfig:
     num_val_tasks: int = 64
     checkpoint_every: int = 200
     seed: int = 0
+    min_horizon: int | None = None
+    validation_horizon: int | None = None
 
     def __post_init__(self) -> None:
         v.name("task", self.task)
@@ -125,6 +136,11 @@ class MetaTrainConfig:
         for name in ("num_meta_steps", "horizon", "truncation", "batch_size", "num_val_tasks", "checkpoint_every"):
             v.positive_int(name, getattr(self, name))
         v.non_negative_int("validate_every", self.validate_every)
+        v.non_negative_int("meta_lr_warmup", self.meta_lr_warmup)
+        if self.min_horizon is not None:
+            check_horizons(self.min_horizon, self.horizon, self.truncation)
+        if self.validation_horizon is not None:
+            v.positive_int("validation_horizon", self.validation_horizon)
         v.non_negative_int("seed", self.seed, below=2**32)
         if self.horizon % self.truncation:
             raise ConfigError(
@@ -209,6 +225,10 @@ class MetaTrainConfig:
         lr: float | optax.Schedule = self.meta_lr
         if self.meta_lr_schedule == "cosine":
             lr = optax.cosine_decay_schedule(self.meta_lr, self.num_meta_steps, alpha=0.1)
+        if self.meta_lr_warmup:
+            warmup = optax.linear_schedule(0.0, self.meta_lr, self.meta_lr_warmup)
+            after = lr if callable(lr) else optax.constant_schedule(lr)
+            lr = optax.join_schedules([warmup, after], [self.meta_lr_warmup])
         tx = META_OPTIMIZERS[self.meta_optimizer](lr)
         if self.clip_norm is not None:
             tx = optax.chain(clip_by_global_norm(self.clip_norm), tx)
@@ -217,7 +237,9 @@ class MetaTrainConfig:
 
 #: Options added to ``MetaTrainConfig`` after runs were first saved, with the values those runs had (the defaults).
 _ADDED_OPTIONS: dict[str, Any] = {
-    f.name: f.default for f in dataclasses.fields(MetaTrainConfig) if f.name in ("estimator", "sigma", "num_pairs")
+    f.name: f.default
+    for f in dataclasses.fields(MetaTrainConfig)
+    if f.name in ("estimator", "sigma", "num_pairs", "meta_lr_warmup", "min_horizon", "validation_horizon")
 }
 
 
@@ -298,8 +320,8 @@ class _Keys:
 
     def __init__(self, seed: int) -> None:
         base = jax.random.PRNGKey(seed)
-        self.meta_init, self.tasks, self.validation, self.perturbations = (
-            jax.random.fold_in(base, i) for i in range(4)
+        self.meta_init, self.tasks, self.validation, self.perturbations, self.horizons = (
+            jax.random.fold_in(base, i) for i in range(5)
         )
 
     def tasks_at(self, step: int) -> jax.Array:
@@ -328,9 +350,9 @@ def meta_train(
     ``config.truncation`` inner steps of every task in the batch (one ``lax.scan``,
     ``vmap``-ed over tasks), estimates the meta-gradient (truncated BPTT, ES or PES:
     see ``l2l_jax.meta.estimators``) and updates φ. Parameters and optimizer state
-    carry over to the next truncation; after ``config.horizon`` steps new tasks are
-    drawn. With a task mixture every member gets its share of the batch. A
-    non-finite loss or meta-gradient skips the update (counted in ``skipped``) and
+    carry over to the next truncation; after ``config.horizon`` steps (or a sampled
+    length, with ``config.min_horizon``) new tasks are drawn. With a task mixture
+    every member gets its share of the batch. A non-finite loss or meta-gradient skips the update (counted in ``skipped``) and
     restarts the inner runs. A run directory records what the run was built from
     (``components``), so a run cannot be resumed with another ``family=`` or
     ``optimizer=``.
@@ -396,6 +418,11 @@ def meta_train(
         members = config.build_members(optimizer, family)
         parts = _parts(family, config.batch_size)
         keys = _Keys(config.seed)
+        horizon = (
+            config.horizon
+            if config.min_horizon is None
+            else log_uniform_horizons(keys.horizons, config.min_horizon, config.horizon, config.truncation)
+        )
 
         def init_state() -> MetaTrainState:
             if init_meta_params is None:
@@ -453,10 +480,11 @@ def meta_train(
                     state,
                     members,
                     meta_tx,
-                    horizon=config.horizon,
+                    horizon=horizon,
                     task_key=keys.tasks,
                     perturbation_key=keys.perturbations,
                     constrain=constrain,
+                    truncation=config.truncation,
                 )
 
             return jax.lax.scan(one, state, length=num_steps)
@@ -484,8 +512,9 @@ def meta_train(
 
         @jax.jit
         def validate(phi: MetaParams) -> jax.Array:
+            val_horizon = config.validation_horizon or config.horizon
             losses = [
-                validation_loss(optimizer, phi, f, inner, config.horizon, config.weighting)
+                validation_loss(optimizer, phi, f, inner, val_horizon, config.weighting)
                 for (f, _, _), inner in zip(val_parts, val_inners)
             ]
             return losses[0] if len(losses) == 1 else sum(w * x for (_, _, w), x in zip(val_parts, losses))

@@ -6,6 +6,7 @@ Owns `FeatureMLP`, its state and its constructor `feature_mlp`.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -67,6 +68,14 @@ class FeatureMLP(LearnedOptimizer):
     ``log_lr``) is learned; the last layer starts at zero, so the untrained optimizer is
     Adam with learning rate ``nominal_lr``.
 
+    With ``reference_fan_in`` r set, the update of every tensor with two or more
+    axes is multiplied by min(1, r / fan-in), where fan-in is the product of all
+    axes but the last (Flax's ``Dense`` and ``Conv`` kernels are (..., in, out)).
+    An Adam-like step moves each coordinate by about the same amount whatever the
+    width, so a layer's output moves in proportion to its fan-in; the factor makes
+    that movement the same for every fan-in above r, so one φ serves narrow and wide
+    networks (μLO). Vectors and scalars (biases) are not scaled.
+
     A coordinate whose gradient is NaN or ±inf gets update 0 and keeps its state;
     it is left out of its tensor's normalisation.
 
@@ -74,7 +83,9 @@ class FeatureMLP(LearnedOptimizer):
       Metz et al. (2022), "Practical tradeoffs between memory, compute, and performance in
       learned optimizers" (the small per-parameter MLP with this output form); Metz et al.
       (2020), "Tasks, stability, architecture, and compute"; Harrison et al. (2022), "A
-      closer look at learned optimization: stability, robustness, and inductive biases".
+      closer look at learned optimization: stability, robustness, and inductive biases";
+      Thérien et al. (2024), "μLO: compute-efficient meta-generalization of learned
+      optimizers" (the update scaled by 1/fan-in).
     """
 
     name = "feature_mlp"
@@ -91,6 +102,7 @@ class FeatureMLP(LearnedOptimizer):
         output: str = "bounded",
         nominal_lr: float = 1e-2,
         normalise_features: bool = True,
+        reference_fan_in: float | None = None,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -111,6 +123,9 @@ class FeatureMLP(LearnedOptimizer):
         self.output = one_of("output", output, OUTPUTS)
         self.nominal_lr = positive_float("nominal_lr", nominal_lr)
         self.normalise_features = boolean("normalise_features", normalise_features)
+        self.reference_fan_in = (
+            None if reference_fan_in is None else positive_float("reference_fan_in", reference_fan_in)
+        )
         if self.output == "nominal" and NOMINAL_DECAY not in self.momentum_decays:
             raise ConfigError(
                 f"output='nominal' needs {NOMINAL_DECAY} among momentum_decays (its Adam momentum), "
@@ -124,6 +139,7 @@ class FeatureMLP(LearnedOptimizer):
         return 2 + 2 * k + int(self.use_params) + (len(PROGRESS_SCALES) if self.use_progress else 0)
 
     def config(self) -> dict[str, Any]:
+        """The options that rebuild this optimizer; ``reference_fan_in`` only when it is set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -135,6 +151,7 @@ class FeatureMLP(LearnedOptimizer):
             "output": self.output,
             "nominal_lr": self.nominal_lr,
             "normalise_features": self.normalise_features,
+            **({} if self.reference_fan_in is None else {"reference_fan_in": self.reference_fan_in}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -167,10 +184,32 @@ class FeatureMLP(LearnedOptimizer):
                 count=jnp.zeros((), jnp.int32),
             )
 
-        def network(x: jax.Array) -> jax.Array:
+        def width_factor(shape: tuple[int, ...]) -> float:
+            if self.reference_fan_in is None or len(shape) < 2:
+                return 1.0
+            return min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
+
+        def network(x: jax.Array, progress: jax.Array, keep: jax.Array) -> jax.Array:
+            """The MLP on features ``x`` of shape (F, *shape), feature axis first; returns (2, *shape).
+
+            The same maths as dividing each feature by its root mean square over the
+            coordinates in ``keep`` and appending progress to every coordinate's
+            features, without that copy: the normalisation scales layer 0's rows, and
+            progress, the same at every coordinate, adds to layer 0's bias.
+            """
             layers = meta_params["layers"]
-            for i, layer in enumerate(layers):
-                x = x @ layer["w"].astype(x.dtype) + layer["b"].astype(x.dtype)
+            dt, n = x.dtype, len(x)
+            weights = [layer["w"].astype(dt) for layer in layers]
+            biases = [layer["b"].astype(dt) for layer in layers]
+            if self.use_progress:
+                biases[0] = biases[0] + progress.astype(dt) @ weights[0][n:]
+            weights[0] = weights[0][:n]
+            if self.normalise_features:
+                count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
+                sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, jnp.zeros((), dt))), axis=tuple(range(1, x.ndim)))
+                weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                x = jnp.tensordot(w, x, (0, 0)) + b.reshape((-1,) + (1,) * keep.ndim)
                 if i < len(layers) - 1:
                     x = jax.nn.relu(x)
             return x
@@ -200,31 +239,16 @@ class FeatureMLP(LearnedOptimizer):
                 features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
                 if self.use_params:
                     features.append(jnp.asarray(p, dt)[None])
-                x = jnp.concatenate(features, axis=0)
-                if self.normalise_features:
-                    # Each feature divided by its root mean square over the tensor's finite coordinates.
-                    count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
-                    axes = tuple(range(1, x.ndim))
-                    mask = keep.astype(dt)[None]
-                    rms = jnp.sqrt(jnp.sum(jnp.square(x) * mask, axis=axes, keepdims=True) / count_finite + 1e-12)
-                    x = x / rms
-                x = jnp.moveaxis(x, 0, -1)
-                if self.use_progress:
-                    x = jnp.concatenate(
-                        # zeros_like(g) (not a bare shape) keeps g's explicit sharding, if any.
-                        [x, jnp.zeros_like(g)[..., None] + progress.astype(dt)],
-                        -1,
-                    )
-                out = network(x)
+                out = network(jnp.concatenate(features, axis=0), progress, keep)
                 if nominal:
                     m_hat = new_m[nominal_index] / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
                     v_hat = new_v / (1 - jnp.asarray(beta2, dt) ** t.astype(dt))
                     adam = m_hat / (jnp.sqrt(v_hat) + 1e-8)
                     lr = jnp.exp(meta_params["log_lr"].astype(dt))
-                    step = jnp.exp(self.exp_mult * out[..., 1]) * (self.step_mult * out[..., 0] - lr * adam)
+                    step = jnp.exp(self.exp_mult * out[1]) * (self.step_mult * out[0] - lr * adam)
                 else:
-                    step = out[..., 0] * jnp.exp(self.exp_mult * out[..., 1]) * self.step_mult
-                step = jnp.where(keep, step, jnp.zeros((), dt))
+                    step = out[0] * jnp.exp(self.exp_mult * out[1]) * self.step_mult
+                step = jnp.where(keep, step, jnp.zeros((), dt)) * width_factor(g.shape)
                 return step.astype(grad.dtype), new_m, new_v
 
             triples = jax.tree.map(leaf, updates, state.momenta, state.second_moment, param_tree)
@@ -245,6 +269,7 @@ def feature_mlp(
     output: str = "bounded",
     nominal_lr: float = 1e-2,
     normalise_features: bool = True,
+    reference_fan_in: float | None = None,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -262,6 +287,9 @@ def feature_mlp(
       nominal_lr: the Adam learning rate the untrained ``"nominal"`` optimizer starts at.
       normalise_features: divide every feature but progress by its root mean square
         over the tensor (off, the network sees raw magnitudes).
+      reference_fan_in: width-aware updates: multiply the update of every tensor of
+        two or more axes by min(1, reference_fan_in / fan-in) (see `FeatureMLP`);
+        ``None``: off.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -290,4 +318,5 @@ def feature_mlp(
         output,
         nominal_lr,
         normalise_features,
+        reference_fan_in,
     )

@@ -1,5 +1,5 @@
 """Optimizees: task families (quadratics, MNIST MLPs, a CNN on MNIST, a character-level LM, logistic regression,
-any Flax model), their mixtures, and the registry by name."""
+teacher-student regression, any Flax model), scale augmentation, their mixtures, and the registry by name."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from l2l_jax.tasks.logistic import LogisticRegressionFamily
 from l2l_jax.tasks.mixture import TaskMixture
 from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
+from l2l_jax.tasks.regression import TeacherStudentFamily
+from l2l_jax.tasks.scale_augmented import ScaleAugmentedFamily
 from l2l_jax.validation import json_options, positive_float
 from l2l_jax.validation import name as valid_name
 
@@ -69,6 +71,23 @@ def _build_mixture(members: list[dict[str, Any]]) -> TaskMixture:
     return TaskMixture(families)
 
 
+def _build_scale_augmented(
+    task: str, options: dict[str, Any] | None = None, min_scale: float = 0.1, max_scale: float = 10.0
+) -> ScaleAugmentedFamily:
+    """The registry's ``"scale_augmented"`` entry: ``get(task, **options)`` wrapped in ``ScaleAugmentedFamily``.
+
+    Raises:
+      ConfigError: if ``task`` is a mixture or itself scale-augmented, or an option is invalid.
+      UnknownNameError: if ``task`` is unknown.
+    """
+    task = valid_name("scale_augmented task", task)
+    if task in ("mixture", "scale_augmented"):
+        raise ConfigError(f"scale_augmented wraps one task family, not {task!r}")
+    options = json_options("scale_augmented options", options if options is not None else {})
+    family = get(task, **options)
+    return ScaleAugmentedFamily(family, min_scale, max_scale)  # type: ignore[arg-type]
+
+
 _REGISTRY: dict[str, Callable[..., TaskFamily | TaskMixture]] = {
     "char_lm": CharLMFamily,
     "logistic_regression": LogisticRegressionFamily,
@@ -77,6 +96,8 @@ _REGISTRY: dict[str, Callable[..., TaskFamily | TaskMixture]] = {
     "mnist_cnn": MNISTCNNFamily,
     "quadratic": QuadraticFamily,
     "scalar_quadratic": ScalarQuadratic,
+    "scale_augmented": _build_scale_augmented,
+    "teacher_student": TeacherStudentFamily,
 }
 
 
@@ -179,8 +200,10 @@ __all__ = [
     "MNISTFamily",
     "QuadraticFamily",
     "ScalarQuadratic",
+    "ScaleAugmentedFamily",
     "TaskFamily",
     "TaskMixture",
+    "TeacherStudentFamily",
     "available",
     "batch_sampler",
     "get",

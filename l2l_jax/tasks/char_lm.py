@@ -22,8 +22,94 @@ from l2l_jax.tasks.mnist import cross_entropy
 from l2l_jax.validation import positive_int
 
 
+def orthogonal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """``jax.nn.initializers.orthogonal()`` (flax's GRU recurrent-kernel default) without LAPACK.
+
+    The same Gaussian draw is orthonormalised by Gram–Schmidt, applied twice per
+    column, instead of by ``jnp.linalg.qr``: Q with R's diagonal made positive is
+    unique, so the result equals flax's to float32 rounding. No LAPACK call is
+    compiled, so a ``vmap`` over tasks cannot meet jaxlib 0.10's deadlock of batched
+    CPU LAPACK calls (see the generalist's guide, "The character-level LM").
+
+    Args:
+      key: a PRNG key.
+      shape: ``(rows, columns)``; the smaller side gets orthonormal vectors.
+      dtype: a float dtype.
+    """
+    if len(shape) != 2:
+        raise ValueError(f"orthogonal needs a 2-D shape, got {shape!r}")
+    rows, cols = shape
+    z = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
+
+    def column(j: jax.Array, q: jax.Array) -> jax.Array:
+        v = jax.lax.dynamic_index_in_dim(z, j, axis=1, keepdims=False)
+        for _ in range(2):  # Columns of q not yet set are zero, so they project nothing out.
+            v = v - q @ (q.T @ v)
+        return jax.lax.dynamic_update_index_in_dim(q, v / jnp.linalg.norm(v), j, axis=1)
+
+    q = jax.lax.fori_loop(0, z.shape[1], column, jnp.zeros_like(z))
+    return q.T if rows < cols else q
+
+
+class _Affine(nn.Module):
+    """The parameters of a ``flax.linen.Dense`` (same names, initialisers and order), returned unapplied."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Any
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
+        if not self.use_bias:
+            return kernel, None
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+
+class GRU(nn.Module):
+    """``flax.linen.GRUCell`` run over a sequence, with its parameters, their initial values and its arithmetic.
+
+    The three gates' input projections are one matrix product over the whole
+    sequence, and their recurrent ones one product per step (a ``lax.scan`` over
+    time), where flax's cell does six small products per step.
+
+    Attributes:
+      hidden_size: width of the state (which starts at zero).
+    """
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x`` (batch, length, features) → states (batch, length, hidden_size)."""
+        h_size, in_size = self.hidden_size, x.shape[-1]
+        lecun = nn.initializers.lecun_normal()
+        inputs = [_Affine(h_size, True, lecun, name=n)(in_size) for n in ("ir", "iz", "in")]
+        recurrent = [_Affine(h_size, n == "hn", orthogonal, name=n)(h_size) for n in ("hr", "hz", "hn")]
+        w_in = jnp.concatenate([k for k, _ in inputs], axis=1)
+        b_in = jnp.concatenate([b for _, b in inputs])
+        w_h = jnp.concatenate([k for k, _ in recurrent], axis=1)
+        b_hn = recurrent[2][1]
+
+        def step(h: jax.Array, projected: jax.Array) -> tuple[jax.Array, jax.Array]:
+            r_i, z_i, n_i = jnp.split(projected, 3, axis=-1)
+            r_h, z_h, n_h = jnp.split(h @ w_h, 3, axis=-1)
+            r, z = nn.sigmoid(r_i + r_h), nn.sigmoid(z_i + z_h)
+            n = jnp.tanh(n_i + r * (n_h + b_hn))
+            h = (1.0 - z) * n + z * h
+            return h, h
+
+        h0 = jnp.zeros((x.shape[0], h_size), x.dtype)
+        _, states = jax.lax.scan(step, h0, jnp.swapaxes(x @ w_in + b_in, 0, 1))
+        return jnp.swapaxes(states, 0, 1)
+
+
 class CharGRU(nn.Module):
     """Tokens → embedding → GRU → logits over the vocabulary at every position.
+
+    The parameters are those of ``nn.Embed``, ``nn.GRUCell`` (as ``GRUCell_0``) and
+    ``nn.Dense``, with flax's initialisers; see ``GRU`` and ``orthogonal`` for why the
+    GRU is not flax's own cell.
 
     Attributes:
       vocab_size: number of token ids.
@@ -39,15 +125,7 @@ class CharGRU(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """``tokens`` (batch, length) ints → logits (batch, length, vocab_size)."""
         x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
-        cell = nn.GRUCell(self.hidden_size)
-        h = jnp.zeros((x.shape[0], self.hidden_size), x.dtype)
-        outputs = []
-        # Unrolled in Python: on the CPU a scan over time nested in the training loop's
-        # scan (under vmap) can stall XLA's thread pool.
-        for t in range(x.shape[1]):
-            h, y = cell(h, x[:, t])
-            outputs.append(y)
-        return nn.Dense(self.vocab_size)(jnp.stack(outputs, axis=1))
+        return nn.Dense(self.vocab_size)(GRU(self.hidden_size, name="GRUCell_0")(x))
 
 
 class CharLMFamily(TaskFamily):

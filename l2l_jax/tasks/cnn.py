@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.tasks.mnist import MNISTFamily, cross_entropy
+from l2l_jax.tasks.mnist import FULL_SIZE, MNISTFamily, cross_entropy, image_side
 from l2l_jax.validation import boolean, positive_int
 
 #: The height and width of every convolution's kernel.
@@ -51,7 +51,7 @@ class StridedConv(nn.Module):
 
 
 class CNN(nn.Module):
-    """(batch, 28, 28, 1) images → 3x3 convolutions of stride 2 with ReLU → flatten → 10 logits.
+    """(batch, side, side, 1) images → 3x3 convolutions of stride 2 with ReLU → flatten → 10 logits.
 
     Every convolution halves the height and width ("SAME" padding: 28 → 14 → 7
     with two layers). Flax's default initialisation; the parameters are named and
@@ -81,12 +81,13 @@ class MNISTCNNFamily(TaskFamily):
     """Training a small CNN on MNIST; tasks differ by initialisation and minibatches.
 
     The data and minibatches are ``MNISTFamily``'s (pixels in [0, 1], batches drawn
-    with replacement at every step), shaped as 28x28 single-channel images; the
+    with replacement at every step), shaped as single-channel images; the
     loss is the mean softmax cross-entropy.
 
     Args:
       channels: output channels of each stride-2 3x3 convolution.
       batch_size: minibatch size.
+      image_size: the images' side: 28, or smaller to downsample them (see ``MNISTFamily``).
       data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
         the training split when present, else the 10,000-image test split.
       download: try downloading the training split when it is missing.
@@ -99,7 +100,8 @@ class MNISTCNNFamily(TaskFamily):
 
     Raises:
       ConfigError: if ``channels`` is not a non-empty list of positive integers,
-        ``batch_size`` is not a positive integer or ``download`` not a bool.
+        ``batch_size`` is not a positive integer, ``image_size`` not from 1 to 28 or
+        ``download`` not a bool.
       DataError: if MNIST cannot be found (or downloaded).
     """
 
@@ -111,23 +113,29 @@ class MNISTCNNFamily(TaskFamily):
         batch_size: int = 128,
         data_dir: str | None = None,
         download: bool = False,
+        image_size: int = FULL_SIZE,
     ) -> None:
         self.channels = _channels(channels)
+        self.image_size = image_side(image_size)
         self.batch_size = positive_int("batch_size", batch_size)
         self.download = boolean("download", download)
         self.data_dir = data_dir
         # The MLP family owns loading, recording and batching MNIST; this family only reshapes its batches.
-        self.data = MNISTFamily(batch_size=self.batch_size, data_dir=data_dir, download=self.download)
+        self.data = MNISTFamily(
+            batch_size=self.batch_size, data_dir=data_dir, download=self.download, image_size=self.image_size
+        )
         self.data_description, self.data_record = self.data.data_description, self.data.data_record
         self.model = CNN(channels=self.channels)
 
     def config(self) -> dict[str, Any]:
-        return {
+        """The options that rebuild this family; ``image_size`` only when it is not 28 (as ``MNISTFamily``)."""
+        config = {
             "channels": list(self.channels),
             "batch_size": self.batch_size,
             "data_dir": self.data_dir,
             "download": self.download,
         }
+        return config if self.image_size == FULL_SIZE else {**config, "image_size": self.image_size}
 
     @property
     def num_examples(self) -> int:
@@ -139,12 +147,13 @@ class MNISTCNNFamily(TaskFamily):
 
     def init(self, task_params: PyTree, key: jax.Array) -> PyTree:
         del task_params
-        return self.model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
+        side = self.image_size
+        return self.model.init(key, jnp.zeros((1, side, side, 1)))["params"]
 
     def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A minibatch drawn with replacement: float32 images (batch_size, 28, 28, 1) in [0, 1] and labels."""
+        """A minibatch drawn with replacement: float32 images (batch_size, side, side, 1) in [0, 1] and labels."""
         x, y = self.data.batch(key)
-        return x.reshape(-1, 28, 28, 1), y
+        return x.reshape(-1, self.image_size, self.image_size, 1), y
 
     def loss(self, task_params: PyTree, params: PyTree, key: jax.Array) -> jax.Array:
         del task_params

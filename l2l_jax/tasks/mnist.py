@@ -22,8 +22,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+#: The side of MNIST's images.
+FULL_SIZE = 28
+
+
 class MLP(nn.Module):
-    """784 → hidden layers → 10 logits, with Flax's default initialisation."""
+    """Flattened image → hidden layers → 10 logits, with Flax's default initialisation."""
 
     hidden: Sequence[int] = (20,)
     activation: str = "sigmoid"
@@ -56,6 +60,42 @@ def data_record(description: str, images: np.ndarray, labels: np.ndarray) -> dic
     return {"dataset": "MNIST", "split": split, "examples": int(len(labels)), "sha256": digest.hexdigest()}
 
 
+def _area_weights(size: int, new_size: int) -> np.ndarray:
+    """(new_size, size): the share of each old pixel in each new one when ``size`` pixels become ``new_size``."""
+    edges = np.arange(new_size + 1) * size / new_size
+    left, right = np.arange(size), np.arange(size) + 1
+    overlap = np.clip(np.minimum(right, edges[1:, None]) - np.maximum(left, edges[:-1, None]), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 square images (n, s, s) resized to (n, size, size) by area averaging.
+
+    Each new pixel is the mean of the old pixels it covers, weighted by the area
+    covered (28 → 14 averages 2x2 blocks; 28 → 8 covers 3.5x3.5 pixels).
+
+    Args:
+      images: uint8 square images.
+      size: the new side, from 1 to the old one; the old side returns ``images`` unchanged.
+
+    Returns:
+      uint8 images (n, size, size), rounded to the nearest level.
+    """
+    if size == images.shape[-1]:
+        return images
+    weights = _area_weights(images.shape[-1], size)
+    small = np.einsum("ij,njk,lk->nil", weights, images.astype(np.float64), weights)
+    return np.clip(np.round(small), 0, 255).astype(np.uint8)
+
+
+def image_side(value: object) -> int:
+    """``value`` as an image side from 1 to 28, or ``ConfigError``."""
+    size = positive_int("image_size", value)
+    if size > FULL_SIZE:
+        raise ConfigError(f"image_size must be from 1 to {FULL_SIZE} (MNIST is {FULL_SIZE}x{FULL_SIZE}), got {size}")
+    return size
+
+
 class MNISTFamily(TaskFamily):
     """Training an MLP on MNIST; tasks differ by initialisation and minibatches.
 
@@ -68,6 +108,9 @@ class MNISTFamily(TaskFamily):
       hidden_layers: number of hidden layers.
       activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
       batch_size: minibatch size; batches are drawn with replacement at every step.
+      image_size: the images' side: 28 (MNIST as it is), or smaller to downsample
+        every image once (area averaging; e.g. 8 or 14, the cheap tasks that learned
+        optimizers are meta-trained on). The MLP's input has ``image_size²`` pixels.
       data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
         the training split when present, else the 10,000-image test split.
       download: try downloading the training split when it is missing.
@@ -75,6 +118,10 @@ class MNISTFamily(TaskFamily):
     Attributes:
       data_description: which split was found where (for messages; names paths).
       data_record: what the data was, without paths (for metadata): see ``data_record``.
+
+    Raises:
+      ConfigError: for an invalid option (``image_size`` must be from 1 to 28).
+      DataError: if MNIST cannot be found (or downloaded).
     """
 
     name = "mnist"
@@ -87,8 +134,10 @@ class MNISTFamily(TaskFamily):
         batch_size: int = 128,
         data_dir: str | None = None,
         download: bool = False,
+        image_size: int = FULL_SIZE,
     ) -> None:
         hidden_units = positive_int("hidden_units", hidden_units)
+        self.image_size = image_side(image_size)
         hidden_layers = positive_int("hidden_layers", hidden_layers)
         batch_size = positive_int("batch_size", batch_size)
         if activation not in ACTIVATIONS:
@@ -101,12 +150,17 @@ class MNISTFamily(TaskFamily):
         images, labels, self.data_description = load_mnist_for_experiment(data_dir, download=download)
         self.data_record = data_record(self.data_description, images, labels)
         # uint8 on the device: 4x less memory than float32; scaled per minibatch.
+        images = downsample(images, self.image_size)
         self.images = jnp.asarray(images.reshape(len(images), -1), jnp.uint8)
         self.labels = jnp.asarray(labels, jnp.int32)
         self.model = MLP(hidden=(self.hidden_units,) * self.hidden_layers, activation=activation)
 
     def config(self) -> dict[str, Any]:
-        return {
+        """The options that rebuild this family; ``image_size`` only when it is not 28.
+
+        (Runs recorded before ``image_size`` existed then resume unchanged.)
+        """
+        config = {
             "hidden_units": self.hidden_units,
             "hidden_layers": self.hidden_layers,
             "activation": self.activation,
@@ -114,6 +168,7 @@ class MNISTFamily(TaskFamily):
             "data_dir": self.data_dir,
             "download": self.download,
         }
+        return config if self.image_size == FULL_SIZE else {**config, "image_size": self.image_size}
 
     @property
     def num_examples(self) -> int:
@@ -125,7 +180,7 @@ class MNISTFamily(TaskFamily):
 
     def init(self, task_params: PyTree, key: jax.Array) -> PyTree:
         del task_params
-        return self.model.init(key, jnp.zeros((1, 784)))["params"]
+        return self.model.init(key, jnp.zeros((1, self.image_size**2)))["params"]
 
     def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """A minibatch drawn with replacement: float32 pixels in [0, 1] and labels."""

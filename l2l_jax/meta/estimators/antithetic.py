@@ -2,7 +2,9 @@
 
 Every task of a batch carries ``num_pairs`` pairs of runs; the leaves of their
 states have leading axes ``(tasks, pairs)``. The two runs of a pair see the same
-task, θ0 and minibatches and differ only in the sign of φ's perturbation.
+task, θ0 and minibatches and differ only in the sign of φ's perturbation; all the
+pairs of a task share its task, data key and inner step, hence its minibatches,
+which ``over_pairs`` draws once per task.
 """
 
 from __future__ import annotations
@@ -99,6 +101,32 @@ def antithetic_pair(
     positive, loss_plus = run_perturbed(optimizer, family, plus, positive, num_steps, weighting)
     negative, loss_minus = run_perturbed(optimizer, family, minus, negative, num_steps, weighting)
     return positive, negative, loss_plus, loss_minus
+
+
+def over_pairs(per_pair: Callable[..., tuple[Any, ...]], *args: PyTree) -> tuple[Any, ...]:
+    """``vmap(per_pair)`` over the pair axis of one task's ``args``; what the pairs share goes in once.
+
+    Every run of a task (each pair, either sign) has the task's ``task_params``,
+    data key and inner step: ``init_pairs`` repeats them over the pairs, and an
+    unroll advances every run's step alike. So for each ``InnerState`` among
+    ``args`` those three fields are taken from the first pair and passed unbatched:
+    the minibatches (their draw, gather and conversion), and whatever else depends
+    on them alone, are computed once per task and step rather than once per run.
+    The results are those of a plain ``vmap`` (the same keys draw the same data);
+    the outputs keep the pair axis (shared fields are broadcast back over it), so
+    the state keeps its shapes.
+    """
+
+    def in_axis(x: PyTree) -> PyTree:
+        return InnerState(None, 0, 0, None, None) if isinstance(x, InnerState) else 0
+
+    def shared(x: PyTree) -> PyTree:
+        if not isinstance(x, InnerState):
+            return x
+        first = jax.tree.map(lambda a: a[0], (x.task_params, x.key, x.step))
+        return x._replace(task_params=first[0], key=first[1], step=first[2])
+
+    return jax.vmap(per_pair, in_axes=tuple(in_axis(a) for a in args))(*(shared(a) for a in args))
 
 
 def over_tasks(per_task: Callable[..., tuple[Any, ...]], tasks_per_chunk: int | None, *args: PyTree) -> tuple[Any, ...]:

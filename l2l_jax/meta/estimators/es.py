@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -81,7 +82,8 @@ def truncated_es(
             grad = at.scaled(e, (loss_plus - loss_minus) / (2 * sigma**2))
             return after, (loss_plus + loss_minus) / 2, grad
 
-        after, losses, grads = at.over_tasks(jax.vmap(one_pair), tasks_per_chunk, state.inner, eps)
+        per_task = functools.partial(at.over_pairs, one_pair)
+        after, losses, grads = at.over_tasks(per_task, tasks_per_chunk, state.inner, eps)
         return Estimate(jnp.mean(losses), at.mean_over_runs(grads), ESState(after))
 
     return GradientEstimator(init, estimate, lambda state: state.inner.step[0, 0], "es")

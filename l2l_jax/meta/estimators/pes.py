@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -93,8 +94,9 @@ def truncated_pes(
             grad = at.scaled(accumulated, (loss_plus - loss_minus) / (2 * sigma**2))
             return PESState(positive, negative, accumulated), (loss_plus + loss_minus) / 2, grad
 
+        per_task = functools.partial(at.over_pairs, one_pair)
         after, losses, grads = at.over_tasks(
-            jax.vmap(one_pair), tasks_per_chunk, state.positive, state.negative, state.accumulated, eps
+            per_task, tasks_per_chunk, state.positive, state.negative, state.accumulated, eps
         )
         return Estimate(jnp.mean(losses), at.mean_over_runs(grads), after)
 
