@@ -101,6 +101,7 @@ TASKS = (
         16,
         True,
         grid=WIDE_GRID,
+        skip=("mnist-lstm",),
     ),
     Task("char LM", "char_lm", {}, (100,), 16, True, uses_mnist=False, grid=WIDE_GRID, skip=("mnist-lstm",)),
     Task("logistic regression", "logistic_regression", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),

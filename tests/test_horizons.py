@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,9 +74,9 @@ def test_meta_step_restarts_each_run_after_the_length_drawn_at_its_start():
     # Each run starts at the meta-step whose truncation brings it to 4 inner steps, and lasts horizon(start).
     starts = [i for i, r in enumerate(reached) if r == config.truncation]
     assert len(starts) >= 4
-    for start, end in zip(starts, starts[1:]):
+    for start, end in itertools.pairwise(starts):
         assert (end - start) * config.truncation == int(horizon(jnp.int32(start)))
-    assert len({end - start for start, end in zip(starts, starts[1:])}) > 1  # the lengths vary
+    assert len({end - start for start, end in itertools.pairwise(starts)}) > 1  # the lengths vary
 
 
 def test_a_run_with_sampled_horizons_resumes_to_the_uninterrupted_result(tmp_path):

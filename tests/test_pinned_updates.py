@@ -114,8 +114,9 @@ PINNED_LINEAR_RNN: list[dict[str, list[float]]] = [
 ]
 
 
-#: The shipped generalist (a feature MLP) with parameters 0.1 x the fixed gradient.
-PINNED_GENERALIST: list[dict[str, list[float]]] = [
+#: The shipped generalists (feature MLPs) with parameters 0.1 x the fixed gradient.
+PINNED_GENERALIST: dict[str, list[dict[str, list[float]]]] = {}
+PINNED_GENERALIST["generalist-v1"] = [
     {"w": [0.0002108316, -0.01470757, 0.01331433, -0.01839615, 0.013315, -0.01470292], "b": [0.01479006, -0.01340646]},
     {"w": [0.0001616223, -0.014051, 0.01280781, -0.01793804, 0.01280772, -0.01404625], "b": [0.01417859, -0.01283856]},
     {"w": [0.0001020742, -0.01231974, 0.0112565, -0.0165101, 0.01125612, -0.01231497], "b": [0.01254236, -0.01123526]},
@@ -137,9 +138,10 @@ def test_a_shipped_optimizer_gives_the_pinned_updates(name, implementation):
     assert_updates(three_updates(shipped_lstm(name, implementation)), PINNED_LSTM[name, implementation])
 
 
-def test_the_shipped_generalist_gives_the_pinned_updates():
+@pytest.mark.parametrize("name", list(PINNED_GENERALIST))
+def test_a_shipped_generalist_gives_the_pinned_updates(name):
     # The feature MLP reads the parameters: the fixed gradient's own tree stands in for them.
-    tx = pretrained.load("generalist")
+    tx = pretrained.load(name)
     update = jax.jit(tx.update)
     params = {k: jnp.asarray(v) * 0.1 for k, v in GRADIENT.items()}
     state = tx.init(params)
@@ -147,7 +149,7 @@ def test_the_shipped_generalist_gives_the_pinned_updates():
     for step in range(3):
         updates, state = update(gradient(step), state, params)
         got.append(jax.tree.map(np.asarray, updates))
-    assert_updates(got, PINNED_GENERALIST)
+    assert_updates(got, PINNED_GENERALIST[name])
 
 
 def test_the_worked_examples_linear_rnn_gives_the_pinned_updates():

@@ -40,16 +40,28 @@ def test_shipped_quadratic_lstm_beats_tuned_adam_on_fresh_quadratics():
 
 def test_the_generalist_ships_with_what_it_was_built_from_and_its_evaluation():
     info = pretrained.info("generalist")
-    assert info["optimizer"] == "feature_mlp" and info["architecture"]["options"]["output"] == "nominal"
-    assert {m["task"] for m in info["mixture"]} == {"mnist"}
-    assert {m["options"]["activation"] for m in info["mixture"]} == {"sigmoid", "tanh", "relu"}
-    # Two stages of PES: whole 1,000-step runs, then 200-step runs.
-    assert [(e["estimator"], e["horizon"]) for e in info["estimator"]] == [("pes", 1000), ("pes", 200)]
+    options = info["architecture"]["options"]
+    assert info["optimizer"] == "feature_mlp" and options["output"] == "nominal" and options["reference_fan_in"] == 128
+    inner = lambda m: m["options"]["options"] if m["task"] == "scale_augmented" else m["options"]
+    assert {m["task"] for m in info["mixture"]} == {"mnist", "scale_augmented"}
+    assert {inner(m).get("image_size", 28) for m in info["mixture"]} == {8, 14, 28}
+    assert {inner(m)["activation"] for m in info["mixture"]} == {"sigmoid", "tanh", "relu"}
+    # PES on runs of 100 to 1,000 steps, started from v1 with a re-chosen learning rate.
+    assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 1000)]
     training = info["training"]
     assert training["meta_training_seconds"] > 0 and training["optimizee_steps"] > 0 and training["machine"]
+    assert training["recipe"] == "v2" and training["start"]["source"] == "generalist-v1"
     tasks_evaluated = {r["task"] for r in info["evaluation"]}
-    assert {"base MLP", "CNN", "wide MLP", "logistic regression"} <= tasks_evaluated
+    assert {"base MLP", "CNN", "wide MLP", "wide MLP 4096", "char LM", "regression network"} <= tasks_evaluated
     assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+
+
+def test_the_first_generalist_still_ships_as_generalist_v1():
+    info = pretrained.info("generalist-v1")
+    assert "reference_fan_in" not in info["architecture"]["options"]
+    # Two stages of PES: whole 1,000-step runs, then 200-step runs.
+    assert [(e["estimator"], e["horizon"]) for e in info["estimator"]] == [("pes", 1000), ("pes", 200)]
+    assert {m["task"] for m in info["mixture"]} == {"mnist"}
 
 
 def data_dirs(value) -> list:
