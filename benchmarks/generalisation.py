@@ -92,6 +92,7 @@ TASKS = (
         16,
         True,
         grid=WIDE_GRID,
+        skip=("mnist-lstm",),
     ),
     Task(
         "wide MLP 4096",
