@@ -19,10 +19,9 @@ from typing import Any
 import generalist
 import harness
 import jax
-import jax.numpy as jnp
 
 from l2l_jax.meta import MetaTrainConfig
-from l2l_jax.meta.step import MetaTrainState, init_members, meta_step
+from l2l_jax.meta.step import initial_state, meta_step
 
 #: Families beside the mixtures' members: (label, task, options).
 OTHERS = [
@@ -72,18 +71,7 @@ def time_meta_step(task: str, options: dict[str, Any], tasks: int, repeats: int)
     optimizer = config.build_optimizer()
     members = config.build_members(optimizer, config.build_task())
     meta_tx = config.build_meta_optimizer()
-    phi = optimizer.init(jax.random.key(0))
-    state = MetaTrainState(
-        step=jnp.zeros((), jnp.int32),
-        meta_params=phi,
-        meta_opt_state=meta_tx.init(phi),
-        inner=init_members(members, phi, jax.random.key(1)),
-        healthy=jnp.array(True),
-        skipped=jnp.zeros((), jnp.int32),
-        best_meta_params=phi,
-        best_val=jnp.array(jnp.inf, jnp.float32),
-        best_step=jnp.zeros((), jnp.int32),
-    )
+    state = initial_state(members, meta_tx, optimizer.init(jax.random.key(0)), jax.random.key(1))
     step = jax.jit(
         lambda s: meta_step(
             s, members, meta_tx, horizon=config.horizon, task_key=jax.random.key(2), perturbation_key=jax.random.key(3)

@@ -12,7 +12,7 @@ import pytest
 from l2l_jax import errors
 from l2l_jax.meta import MetaTrainConfig, meta_train
 from l2l_jax.meta.horizons import log_uniform_horizons
-from l2l_jax.meta.step import MetaTrainState, init_members, meta_step
+from l2l_jax.meta.step import initial_state, meta_step
 
 BASE = {
     "task": "quadratic",
@@ -50,17 +50,7 @@ def test_meta_step_restarts_each_run_after_the_length_drawn_at_its_start():
     tx = config.build_meta_optimizer()
     phi = optimizer.init(jax.random.key(1))
     horizon = log_uniform_horizons(jax.random.key(2), config.min_horizon, config.horizon, config.truncation)
-    state = MetaTrainState(
-        step=jnp.zeros((), jnp.int32),
-        meta_params=phi,
-        meta_opt_state=tx.init(phi),
-        inner=init_members(members, phi, jax.random.key(3)),
-        healthy=jnp.array(True),
-        skipped=jnp.zeros((), jnp.int32),
-        best_meta_params=phi,
-        best_val=jnp.array(jnp.inf, jnp.float32),
-        best_step=jnp.zeros((), jnp.int32),
-    )
+    state = initial_state(members, tx, phi, jax.random.key(3))
     step = jax.jit(
         lambda s: meta_step(
             s, members, tx, horizon=horizon, task_key=jax.random.key(4), perturbation_key=jax.random.key(5),

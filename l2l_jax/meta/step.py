@@ -99,6 +99,30 @@ def init_members(members: Sequence[Member], meta_params: MetaParams, key: jax.Ar
     return tuple(m.estimator.init(meta_params, jax.random.fold_in(key, k)) for k, m in enumerate(members))
 
 
+def initial_state(
+    members: Sequence[Member], meta_optimizer: optax.GradientTransformation, meta_params: MetaParams, key: jax.Array
+) -> MetaTrainState:
+    """The state of a run that starts from ``meta_params``: step 0, fresh inner runs from ``key``, nothing validated.
+
+    Args:
+      members: the estimators and their weights.
+      meta_optimizer: the optax transformation that will update φ.
+      meta_params: φ to start from.
+      key: the key of the first runs' tasks (``init_members``).
+    """
+    return MetaTrainState(
+        step=jnp.zeros((), jnp.int32),
+        meta_params=meta_params,
+        meta_opt_state=meta_optimizer.init(meta_params),
+        inner=init_members(members, meta_params, key),
+        healthy=jnp.array(True),
+        skipped=jnp.zeros((), jnp.int32),
+        best_meta_params=meta_params,
+        best_val=jnp.array(jnp.inf, jnp.float32),
+        best_step=jnp.zeros((), jnp.int32),
+    )
+
+
 def _states(members: Sequence[Member], inner: EstimatorState) -> Sequence[EstimatorState]:
     return (inner,) if len(members) == 1 else inner
 

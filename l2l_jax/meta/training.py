@@ -31,7 +31,7 @@ from l2l_jax.errors import ConfigError, MetaTrainingError, Terminated
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta.horizons import check_horizons, log_uniform_horizons
-from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, init_members, meta_step
+from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state, meta_step
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
     InnerState,
@@ -432,17 +432,7 @@ def meta_train(
                 phi = jax.tree.map(jnp.asarray, init_meta_params)
                 if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(phi)):
                     raise ConfigError("init_meta_params holds NaN or infinite values")
-            return MetaTrainState(
-                step=jnp.zeros((), jnp.int32),
-                meta_params=phi,
-                meta_opt_state=meta_tx.init(phi),
-                inner=init_members(members, phi, keys.tasks_at(0)),
-                healthy=jnp.array(True),
-                skipped=jnp.zeros((), jnp.int32),
-                best_meta_params=phi,
-                best_val=jnp.array(jnp.inf, jnp.float32),
-                best_step=jnp.zeros((), jnp.int32),
-            )
+            return initial_state(members, meta_tx, phi, keys.tasks_at(0))
 
         mesh = _task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
         state = init_state()
