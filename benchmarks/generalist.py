@@ -1,21 +1,28 @@
-"""Meta-train the generalist: the feature MLP on a mixture of MNIST MLPs, with PES over 1,000-step runs.
+"""Meta-train the generalist: the feature MLP on a mixture of MNIST MLPs, with PES.
 
 The optimizer is ``feature_mlp`` with the ``"nominal"`` output: untrained, it is
-Adam with learning rate 0.01, and meta-training learns the rate and a per-coordinate
-correction and rescaling from gradient, momenta at four decays, Adam-normalised
-momenta, the parameter value and training progress. The mixture holds sigmoid, tanh
-and ReLU MLPs of several widths, depths and batch sizes; every meta-step draws one
-task of each. PES (whole 1,000-step runs seen through 50-step truncations, without
-the truncation bias of TBPTT) and the meta-loss Σ_t log f(θ_t) (so every member's
-late, small losses count) aim it at long runs.
+Adam, and meta-training learns the rate and a per-coordinate correction and rescaling
+from gradient, momenta at four decays, Adam-normalised momenta, the parameter value and
+training progress. Two recipes:
+
+* ``v2`` (the default, shipped as ``generalist``): v1's φ with its rate re-chosen, the
+  update made width-aware (``reference_fan_in`` 128), meta-trained with PES on a
+  cheaper, broader mixture (`V2_MEMBERS`: MNIST MLPs at 28x28, 14x14 and 8x8, two
+  scale-augmented) over runs of 100 to 1,000 steps drawn log-uniformly (`V2_CONFIG`).
+* ``v1`` (``--recipe v1``, shipped as ``generalist-v1``): from scratch on four 28x28
+  MNIST MLPs, PES over whole 1,000-step runs (`CONFIG`), then 200-step runs (`FINETUNE`).
+
+Both use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
+small losses count.
 
 Writes the run into ``--run-dir`` (resumable: rerun the same command) and, with
 ``--ship``, copies the best φ on validation into the package as ``generalist``
-with its metadata: architecture, mixture, estimator, compute spent, the machine,
+with its metadata: recipe, architecture, mixture, estimator, compute spent, the machine,
 and the held-out battery's figures when ``benchmarks/results/generalisation.json``
-has them (run ``benchmarks/generalisation.py`` first, then ``--ship`` again).
+has them (run ``benchmarks/generalisation.py --generalist RUN_DIR`` first, then
+``--ship`` again).
 
-    python benchmarks/generalist.py --data-dir DIR            # meta-train (resumable)
+    python benchmarks/generalist.py --data-dir DIR            # meta-train v2 (resumable)
     python benchmarks/generalist.py --data-dir DIR --ship     # ... and ship it
 """
 
