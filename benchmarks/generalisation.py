@@ -245,21 +245,17 @@ def tuned_baselines(
     for baseline in tqdm(BASELINES, desc=task.label, disable=not progress):
 
         def tune_baseline(baseline: str = baseline) -> dict[str, np.ndarray]:
-            if recorded is not None:
-                tuned = {}
-                for s in horizons:
-                    rate = recorded[(baseline, s)]
-                    curve = loss_curves(
-                        BASELINES[baseline], jnp.asarray(rate, jnp.float32), family, test, max(horizons)
-                    )
-                    tuned[s] = (rate, curve)
-                return {
-                    "rates": np.asarray([tuned[s][0] for s in horizons]),
-                    **{f"curves_{s}": tuned[s][1] for s in horizons},
+            if recorded is None:
+                tuned = harness.tune_learning_rate(
+                    BASELINES[baseline], family, tune, test, horizons, task.grid, coarse_to_fine=True
+                )
+            else:  # Each recorded rate runs once on the test tasks, as the search's best rates do.
+                rates = {s: recorded[(baseline, s)] for s in horizons}
+                curves = {
+                    r: loss_curves(BASELINES[baseline], jnp.asarray(r, jnp.float32), family, test, max(horizons))
+                    for r in set(rates.values())
                 }
-            tuned = harness.tune_learning_rate(
-                BASELINES[baseline], family, tune, test, horizons, task.grid, coarse_to_fine=True
-            )
+                tuned = {s: (r, curves[r]) for s, r in rates.items()}
             return {
                 "rates": np.asarray([tuned[s][0] for s in horizons]),
                 **{f"curves_{s}": tuned[s][1] for s in horizons},
