@@ -2,8 +2,9 @@
 
 Tests never read MNIST from the user's data directory or cache, nor download it: the
 environment points ``$L2L_JAX_DATA_DIR`` at ``tests/fixtures/mnist`` (300 real test
-images) and the user cache directory (``$XDG_CACHE_HOME``) at an empty temporary
-folder, for this process and the processes it starts (pytest-xdist workers, benchmark
+images), ``$L2L_JAX_NOTEBOOK_SMOKE`` asks notebooks that take minutes for their
+smoke-sized budgets, and the user cache directory (``$XDG_CACHE_HOME``) points at an
+empty temporary folder, for this process and the processes it starts (pytest-xdist workers, benchmark
 scripts, notebook kernels). Tests of the lookup itself change these variables with
 ``monkeypatch``.
 
@@ -23,6 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 MNIST_FIXTURE = Path(__file__).resolve().parent / "tests" / "fixtures" / "mnist"
 os.environ["L2L_JAX_DATA_DIR"] = str(MNIST_FIXTURE)
+os.environ["L2L_JAX_NOTEBOOK_SMOKE"] = "1"  # Notebooks that meta-train for minutes run at smoke size.
 _PREFIX = "l2l-jax-test-cache-"
 _cache = Path(os.environ.get("XDG_CACHE_HOME") or ".")
 if not (_cache.name.startswith(_PREFIX) and _cache.is_dir()):  # else made by the process that started this one

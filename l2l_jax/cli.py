@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from l2l_jax import optimizers as optimizers_lib
+from l2l_jax import pretrained as pretrained_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, DataError, L2LError, Terminated
 from l2l_jax.evaluation import report
 from l2l_jax.evaluation.plots import plot_meta_training
+from l2l_jax.meta.recipes import SPECIALISE_DEFAULTS, specialise_defaults
 from l2l_jax.meta.training import META_LR_SCHEDULES, META_OPTIMIZERS, MetaTrainConfig, meta_train
 from l2l_jax.meta.unroll import WEIGHTINGS
 from l2l_jax.version import __version__
@@ -101,12 +103,13 @@ def _evaluate_run(
     run_dir: Path,
     num_tasks: int,
     num_tune_tasks: int,
-    num_steps: int,
+    num_steps: int | None,
     seed: int,
     progress: bool,
     task: str | None = None,
+    against: Sequence[str] | None = None,
 ) -> str:
-    """Compares a run's optimizer with tuned baselines; returns the table and where files went."""
+    """Compares a run's optimizer with tuned baselines (and ``against``); returns the tables and where files went."""
     comparison = report.evaluate_run(
         run_dir,
         num_tasks=num_tasks,
@@ -115,9 +118,11 @@ def _evaluate_run(
         seed=seed,
         progress=progress,
         task=task,
+        against=against,
     )
+    reference = next(iter(comparison.curves))
     written = ", ".join(str(run_dir / f) for f in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT))
-    return f"{comparison.table()}\n\nwrote {written}"
+    return f"{comparison.table()}\n\n{comparison.paired_table(reference)}\n\nwrote {written}"
 
 
 def _train(
@@ -142,7 +147,10 @@ def _train(
     def on_start(start_step: int) -> None:
         if start_step < total:
             resuming = f", resuming at step {start_step}" if start_step else ""
-            print(f"meta-training {config.optimizer} on {config.task} into {run_dir}{resuming}", flush=True)
+            what = config.optimizer
+            if config.init is not None:
+                what = f"{pretrained_lib.info(config.init).get('optimizer')} from {config.init}"
+            print(f"meta-training {what} on {config.task} into {run_dir}{resuming}", flush=True)
         started.append(time.perf_counter())
 
     try:
@@ -194,40 +202,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``meta-train``'s options whose default changes with ``--init`` (the fine-tuning recipe's), config name -> dest.
+RECIPE_OPTIONS: dict[str, str] = {
+    "estimator": "estimator",
+    "sigma": "sigma",
+    "num_pairs": "pairs",
+    "batch_size": "batch_size",
+    "meta_lr": "meta_lr",
+    "meta_lr_warmup": "meta_lr_warmup",
+    "clip_norm": "clip_norm",
+    "weighting": "weighting",
+    "num_meta_steps": "meta_steps",
+    "validate_every": "validate_every",
+    "num_val_tasks": "val_tasks",
+    "checkpoint_every": "checkpoint_every",
+    "truncation": "truncation",
+    "min_horizon": "min_horizon",
+    "validation_horizon": "validation_horizon",
+}
+
+
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """``meta-train``'s options as a ``MetaTrainConfig`` dict (not yet validated)."""
+    """``meta-train``'s options as a ``MetaTrainConfig`` dict (not yet validated).
+
+    Options not given take ``MetaTrainConfig``'s defaults, or with ``--init`` the
+    fine-tuning recipe's (``l2l_jax.meta.recipes.specialise_defaults``).
+    """
     optimizer_options = _parse_options(args.optimizer_option, "--optimizer-option")
     if args.preset is not None:
-        if args.optimizer != "lstm":
+        if args.optimizer not in (None, "lstm"):
             raise ConfigError("--preset applies to the lstm optimizer only")
         optimizer_options["preset"] = args.preset
+    if args.init is not None and args.optimizer is not None:
+        from l2l_jax import pretrained
+
+        source_optimizer = pretrained.info(args.init).get("optimizer")
+        if args.optimizer != source_optimizer:
+            raise ConfigError(
+                f"--init {args.init} starts from a {source_optimizer} optimizer, but --optimizer is "
+                f"{args.optimizer!r}; drop --optimizer: the source sets it"
+            )
+    explicit = {name: getattr(args, dest) for name, dest in RECIPE_OPTIONS.items() if getattr(args, dest) is not None}
+    defaults = (
+        specialise_defaults(args.horizon, args.truncation, args.estimator) if args.init is not None else CONFIG_DEFAULTS
+    )
+    recipe = {name: explicit.get(name, defaults[name]) for name in RECIPE_OPTIONS}
     return {
         "task": args.task,
         "task_options": _parse_options(args.task_option, "--task-option"),
-        "optimizer": args.optimizer,
+        "optimizer": args.optimizer or CONFIG_DEFAULTS["optimizer"],
         "optimizer_options": optimizer_options,
-        "num_meta_steps": args.meta_steps,
         "horizon": args.horizon,
-        "min_horizon": args.min_horizon,
-        "validation_horizon": args.validation_horizon,
-        "truncation": args.truncation,
-        "batch_size": args.batch_size,
-        "estimator": args.estimator,
-        "sigma": args.sigma,
-        "num_pairs": args.pairs,
+        **recipe,
         "meta_optimizer": args.meta_optimizer,
-        "meta_lr": args.meta_lr,
         "meta_lr_schedule": args.meta_lr_schedule,
-        "meta_lr_warmup": args.meta_lr_warmup,
-        "clip_norm": args.clip_norm,
         "first_order": not args.second_order,
-        "weighting": args.weighting,
         "remat": "segments" if args.remat_segments else args.remat,
         "tasks_per_chunk": args.tasks_per_chunk,
-        "validate_every": args.validate_every,
-        "num_val_tasks": args.val_tasks,
-        "checkpoint_every": args.checkpoint_every,
         "seed": args.seed,
+        "init": args.init,
+        "init_sha256": None,
     }
 
 
@@ -248,8 +282,11 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
             raise DataError(f"{e} Or pass --task-option download=true to download it.") from None
         raise
     if args.evaluate:
+        # The task as named on this command line: a module:function the user has just trusted.
         print(
-            _evaluate_run(args.run_dir, args.tasks, args.tune_tasks, args.horizon, args.seed + 1, not args.no_progress)
+            _evaluate_run(
+                args.run_dir, args.tasks, args.tune_tasks, None, args.seed + 1, not args.no_progress, config["task"]
+            )
         )
     print(f"wrote {args.run_dir}")
     return 0
@@ -261,7 +298,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if not path.exists() and args.run in pretrained.available():
         raise ConfigError("evaluate writes its results into a run directory; pass a run directory, not a shipped name")
-    print(_evaluate_run(path, args.tasks, args.tune_tasks, args.steps, args.seed, not args.no_progress, args.task))
+    print(
+        _evaluate_run(
+            path, args.tasks, args.tune_tasks, args.steps, args.seed, not args.no_progress, args.task, args.against
+        )
+    )
     return 0
 
 
@@ -312,6 +353,15 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_help(text: str, name: str, none: str = "none") -> str:
+    """``text`` with the option's default, and its default with ``--init`` (the fine-tuning recipe's)."""
+
+    def shown(value: Any) -> Any:
+        return none if value is None else value
+
+    return f"{text} (default: {shown(CONFIG_DEFAULTS[name])}; with --init: {shown(SPECIALISE_DEFAULTS[name])})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``l2l-jax`` argument parser; every option's help shows its default."""
     d = CONFIG_DEFAULTS
@@ -356,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     mt = add("meta-train", "meta-train a learned optimizer into a run directory")
+
+    def recipe_option(flag: str, type_: type, text: str, name: str, none: str = "none") -> None:
+        """An option whose default is ``MetaTrainConfig``'s, or with ``--init`` the fine-tuning recipe's."""
+        mt.add_argument(flag, type=type_, default=None, help=_recipe_help(text, name, none))
+
     mt.add_argument(
         "--task", default=d["task"], help=f"task family: a registered name ({task_names}), or {code_warning}"
     )
@@ -365,7 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an option of the task family, e.g. dim=10 (repeatable; default: the family's own defaults)",
     )
-    mt.add_argument("--optimizer", default=d["optimizer"], help="learned optimizer: lstm or linear_rnn")
+    mt.add_argument(
+        "--init",
+        default=None,
+        metavar="NAME_OR_RUN_DIR",
+        help="start from a trained optimizer: a shipped name ("
+        + ", ".join(pretrained_lib.available())
+        + ") or a run directory; it sets the optimizer and its options, and the options marked 'with --init' "
+        "default to the fine-tuning recipe (see docs/guide/specialise.md) (default: a fresh optimizer)",
+    )
+    mt.add_argument(
+        "--optimizer",
+        default=None,
+        help=f"learned optimizer: lstm, feature_mlp or linear_rnn (default: {d['optimizer']}; with --init: the source's)",
+    )
     mt.add_argument(
         "--preset",
         default=None,
@@ -377,61 +445,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an option of the learned optimizer, e.g. hidden_size=40 (repeatable; default: the preset's)",
     )
-    mt.add_argument("--meta-steps", type=int, default=d["num_meta_steps"], help="meta-steps (updates of φ) in all")
+    recipe_option("--meta-steps", int, "meta-steps (updates of φ) in all", "num_meta_steps")
     mt.add_argument(
         "--horizon", type=int, default=d["horizon"], help="inner steps per run, T (the longest, with --min-horizon)"
     )
     mt.add_argument(
         "--min-horizon",
         type=int,
-        default=d["min_horizon"],
-        help="draw each run's length log-uniformly from [min-horizon, horizon] (default: every run lasts horizon)",
+        default=None,
+        help="draw each run's length log-uniformly from [min-horizon, horizon] "
+        "(default: every run lasts horizon; with --init: half the horizon, in whole truncations)",
     )
     mt.add_argument(
         "--validation-horizon",
         type=int,
-        default=d["validation_horizon"],
+        default=None,
         help="steps of validation runs (default: horizon)",
     )
-    mt.add_argument("--truncation", type=int, default=d["truncation"], help="inner steps per meta-step, K")
-    mt.add_argument("--batch-size", type=int, default=d["batch_size"], help="tasks per meta-step")
     mt.add_argument(
-        "--estimator",
-        default=d["estimator"],
-        help="meta-gradient estimator: tbptt (truncated BPTT), es (truncated ES) or pes (persistent ES)",
+        "--truncation",
+        type=int,
+        default=None,
+        help=f"inner steps per meta-step, K (default: {d['truncation']}; with --init: the largest divisor "
+        "of the horizon up to 50)",
     )
-    mt.add_argument("--sigma", type=float, default=d["sigma"], help="es/pes: standard deviation of φ's perturbations")
-    mt.add_argument("--pairs", type=int, default=d["num_pairs"], help="es/pes: antithetic pairs of runs per task")
+    recipe_option("--batch-size", int, "tasks per meta-step", "batch_size")
+    recipe_option(
+        "--estimator",
+        str,
+        "meta-gradient estimator: tbptt (truncated BPTT), es (truncated ES) or pes (persistent ES)",
+        "estimator",
+    )
+    recipe_option("--sigma", float, "es/pes: standard deviation of φ's perturbations", "sigma")
+    recipe_option("--pairs", int, "es/pes: antithetic pairs of runs per task", "num_pairs")
     mt.add_argument(
         "--meta-optimizer", default=d["meta_optimizer"], help=f"optimizer of φ: {', '.join(META_OPTIMIZERS)}"
     )
-    mt.add_argument("--meta-lr", type=float, default=d["meta_lr"], help="learning rate of the meta-optimizer")
+    recipe_option("--meta-lr", float, "learning rate of the meta-optimizer", "meta_lr")
     mt.add_argument(
         "--meta-lr-schedule",
         default=d["meta_lr_schedule"],
         help=f"{' or '.join(META_LR_SCHEDULES)} (cosine: decay to 0.1 x the meta-lr)",
     )
-    mt.add_argument(
-        "--meta-lr-warmup",
-        type=int,
-        default=d["meta_lr_warmup"],
-        help="meta-steps of linear warm-up of the meta-lr from 0 (default: none)",
-    )
-    mt.add_argument(
-        "--clip-norm",
-        type=float,
-        default=d["clip_norm"],
-        help="clip the meta-gradient to this global norm (default: no clipping)",
-    )
+    recipe_option("--meta-lr-warmup", int, "meta-steps of linear warm-up of the meta-lr from 0", "meta_lr_warmup")
+    recipe_option("--clip-norm", float, "clip the meta-gradient to this global norm", "clip_norm", none="no clipping")
     mt.add_argument(
         "--second-order",
         action="store_true",
         help="keep second derivatives (exact meta-gradient; default: first order)",
     )
-    mt.add_argument(
+    recipe_option(
         "--weighting",
-        default=d["weighting"],
-        help=f"meta-loss weighting: {', '.join(WEIGHTINGS)} (uniform: w_t = 1; final: last loss; log: sum of log f)",
+        str,
+        f"meta-loss weighting: {', '.join(WEIGHTINGS)} (uniform: w_t = 1; final: last loss; log: sum of log f)",
+        "weighting",
     )
     mt.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step (less memory)")
     mt.add_argument(
@@ -455,14 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=META_TRAIN_DEFAULTS["steps_per_call"],
         help="meta-steps per compiled call (fewer host round trips; same run up to float rounding)",
     )
-    mt.add_argument(
-        "--validate-every",
-        type=int,
-        default=d["validate_every"],
-        help="validate φ every this many meta-steps and keep the best (0: never)",
+    recipe_option(
+        "--validate-every", int, "validate φ every this many meta-steps and keep the best (0: never)", "validate_every"
     )
-    mt.add_argument("--val-tasks", type=int, default=d["num_val_tasks"], help="held-out validation tasks")
-    mt.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], help="checkpoint interval")
+    recipe_option("--val-tasks", int, "held-out validation tasks", "num_val_tasks")
+    recipe_option("--checkpoint-every", int, "checkpoint interval", "checkpoint_every")
     mt.add_argument("--seed", type=int, default=d["seed"], help="seed of the run")
     mt.add_argument("--run-dir", type=Path, required=True, help="the run directory (resumed if it holds this run)")
     run_dir_options(mt)
@@ -479,7 +543,20 @@ def build_parser() -> argparse.ArgumentParser:
         "needed for a run directory whose task is module:function, as evaluate never imports code that "
         "a run directory names (default: the run's task, if registered)",
     )
-    ev.add_argument("--steps", type=int, default=EVALUATE_DEFAULTS["num_steps"], help="inner steps per test run")
+    ev.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="inner steps per test run (default: the run's validation horizon, its horizon unless it set one)",
+    )
+    ev.add_argument(
+        "--against",
+        action="append",
+        metavar="NAME_OR_RUN_DIR",
+        default=None,
+        help="also run this trained optimizer (a shipped name or a run directory) on the same tasks, and compare "
+        "task by task (repeatable; default: the optimizer the run started from with --init, if any)",
+    )
     ev.add_argument("--seed", type=int, default=EVALUATE_DEFAULTS["seed"], help="seed of the held-out tasks")
     common_eval(ev)
     ev.set_defaults(func=cmd_evaluate)

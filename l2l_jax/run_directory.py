@@ -378,6 +378,11 @@ def update_optimizer_meta(directory: Path, **fields: Any) -> dict[str, Any]:
     return new
 
 
+def optimizer_params_sha256(directory: Path) -> str:
+    """The SHA-256 of a trained optimizer's φ file (``optimizer.msgpack``) as it is on disk."""
+    return sha256(_read_bytes(directory / OPTIMIZER_PARAMS))
+
+
 def load_optimizer_params(directory: Path, target: Any, meta: dict[str, Any]) -> Any:
     """φ from ``optimizer.msgpack``, verified against ``meta``'s checksum and for finiteness.
 

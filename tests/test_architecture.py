@@ -22,7 +22,7 @@ LEVELS = {
     "optimizers": 2,
     "tasks": 3,
     "meta": 4,
-    "pretrained": 4,
+    "pretrained": 3,
     "evaluation": 5,
     "examples": 5,
     "cli": 6,

@@ -178,7 +178,15 @@ def test_meta_train_defaults_are_meta_train_config_defaults():
     config = cli.config_from_args(args)
     assert config == MetaTrainConfig().to_dict() | {"optimizer_options": {}, "task_options": {}}
     help_text = _subparsers(cli.build_parser())["meta-train"].format_help()
-    assert f"(default: {MetaTrainConfig().num_val_tasks})" in help_text
+    assert f"(default: {MetaTrainConfig().num_val_tasks}; with --init: 16)" in " ".join(help_text.split())
+
+
+def test_meta_train_defaults_with_init_are_the_recipes():
+    from l2l_jax.meta.recipes import specialise_config
+
+    args = cli.build_parser().parse_args(["meta-train", "--init", "generalist", "--horizon", "200", "--run-dir", "X"])
+    config = cli.config_from_args(args)
+    assert config == specialise_config("generalist", "quadratic", 200).to_dict()
 
 
 def test_task_help_lists_the_registered_tasks_and_says_module_function_runs_code(monkeypatch):

@@ -124,6 +124,10 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert "--task my_tasks:make" in capsys.readouterr().err
     # ... and then rebuilds it from the options it was trained with.
     assert cli.main([*evaluate, "--task", "my_tasks:make"]) == 0
+    # `meta-train --evaluate` evaluates on the task this same command line named.
+    evaluated = [*argv[:-1], str(tmp_path / "evaluated"), "--evaluate", "--tasks", "2", "--tune-tasks", "2"]
+    assert cli.main(evaluated) == 0
+    assert (tmp_path / "evaluated" / "evaluation.json").is_file()
     assert cli.main(["meta-train", "--task", "no_such_module:make", "--run-dir", str(run)]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
     sys.modules.pop("my_tasks", None)

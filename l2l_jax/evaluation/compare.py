@@ -13,6 +13,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import baselines as baselines_lib
 from l2l_jax.meta.unroll import unroll
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
@@ -167,6 +168,59 @@ class Comparison:
             lines.append(
                 f"| {r['optimizer']} | {lr} | {r['mean_final_loss']:.4g} | {r['stderr_final_loss']:.2g} "
                 f"| {r['median_final_loss']:.4g} | {r['mean_loss_over_run']:.4g} |"
+            )
+        return "\n".join(lines)
+
+    def paired(self, reference: str) -> list[dict[str, Any]]:
+        """``reference``'s final loss minus every other optimizer's, task by task.
+
+        Every optimizer ran on the same test tasks (the same θ0 and minibatches), so
+        the differences are paired: their mean, its standard error, and a verdict
+        that calls a win or a loss only beyond 2 standard errors.
+
+        Args:
+          reference: the name of one of the compared optimizers.
+
+        Returns:
+          One dict per other optimizer, in ``rows`` order: ``optimizer``,
+          ``mean_difference`` (negative: ``reference`` lower), ``paired_stderr``,
+          ``verdict`` (``"win"``, ``"loss"`` or ``"tie"``, for ``reference``) and ``num_tasks``.
+
+        Raises:
+          ConfigError: if ``reference`` is not one of the compared optimizers.
+        """
+        if reference not in self.curves:
+            raise ConfigError(f"no optimizer named {reference!r} in this comparison ({', '.join(self.curves)})")
+        ref = self.curves[reference][:, -1].astype(np.float64)
+        out = []
+        for row in self.rows():
+            name = row["optimizer"]
+            if name == reference:
+                continue
+            diff = ref - self.curves[name][:, -1].astype(np.float64)
+            mean = float(np.mean(diff))
+            se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else math.inf
+            verdict = "tie" if not math.isfinite(mean) or abs(mean) <= 2 * se else ("win" if mean < 0 else "loss")
+            out.append(
+                {
+                    "optimizer": name,
+                    "mean_difference": mean,
+                    "paired_stderr": se,
+                    "verdict": verdict,
+                    "num_tasks": len(diff),
+                }
+            )
+        return out
+
+    def paired_table(self, reference: str) -> str:
+        """A Markdown table of ``paired(reference)``."""
+        lines = [
+            f"| {reference} minus | mean difference (step {self.num_steps}) | ± paired s.e. | verdict |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in self.paired(reference):
+            lines.append(
+                f"| {r['optimizer']} | {r['mean_difference']:+.4g} | {r['paired_stderr']:.2g} | {r['verdict']} |"
             )
         return "\n".join(lines)
 

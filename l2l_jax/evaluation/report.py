@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, RunDirectoryError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
+from l2l_jax.meta.init_source import load_source
 
 
 def evaluate_run(
@@ -19,17 +21,21 @@ def evaluate_run(
     *,
     num_tasks: int = 128,
     num_tune_tasks: int = 100,
-    num_steps: int = 100,
+    num_steps: int | None = None,
     seed: int = 1,
     progress: bool = True,
     task: str | None = None,
+    against: Sequence[str] | None = None,
     **compare_kwargs: Any,
 ) -> Comparison:
     """Compares a run's learned optimizer with baselines tuned on other held-out tasks.
 
-    Writes ``evaluation.json`` (rows, mean curves, tuning sweeps), ``evaluation.md``
-    (the table) and ``loss_curves.png`` into the run directory, and adds the rows
-    to its ``optimizer.json``. The run directory is data: a task named there as
+    Writes ``evaluation.json`` (rows, paired differences, mean curves, tuning
+    sweeps), ``evaluation.md`` (the tables) and ``loss_curves.png`` into the run
+    directory, and adds the rows to its ``optimizer.json``. Other trained
+    optimizers (``against``; by default the one the run started from, if it
+    started from one) run on the same test tasks, and the run's optimizer is
+    compared with every other one task by task (``Comparison.paired``). The run directory is data: a task named there as
     ``module:function`` is refused unless the caller names it in ``task``, since
     building it imports and runs that code.
 
@@ -37,12 +43,16 @@ def evaluate_run(
       run_dir: a run directory written by meta-training.
       num_tasks: held-out test tasks.
       num_tune_tasks: other held-out tasks on which each baseline's rate is tuned.
-      num_steps: inner steps per run.
+      num_steps: inner steps per run; ``None``: the run's validation horizon (its
+        ``horizon`` unless it set ``validation_horizon``).
       seed: seeds the held-out task sets.
       progress: show progress bars.
       task: the task family to evaluate on (a registered name or
         ``module:function``, which is imported and run); ``None``: the run's own
         task, which must then be a registered name.
+      against: trained optimizers to compare with: shipped names or run
+        directories. ``None``: the run's ``init`` source, checked to be the one
+        it started from (none if it started from a fresh φ); ``()``: none.
       **compare_kwargs: passed to ``compare_with_baselines`` (``baselines``, ``grid``).
 
     Returns:
@@ -53,7 +63,9 @@ def evaluate_run(
         ``module:function`` task that ``task`` does not name.
       RunDirectoryBusyError: if another process is writing to it.
       ConfigError: if the run was meta-trained on a task mixture (evaluate each
-        member family with ``compare_with_baselines`` instead).
+        member family with ``compare_with_baselines`` instead), or its ``init``
+        source has changed since the run started from it.
+      UnknownNameError: if a name in ``against`` is neither shipped nor an existing path.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -88,9 +100,15 @@ def evaluate_run(
                 "evaluate it on each member family in Python with l2l_jax.evaluation.compare_with_baselines"
             )
         family = tasks_lib.get(task, **options)
+        training = info.get("training_config")
+        training = training if isinstance(training, dict) else {}
+        if num_steps is None:
+            num_steps = _run_horizon(training)
+        reference = f"learned {info['optimizer']}"
+        learned = {reference: (optimizer, phi), **_others(training, against)}
         t0 = time.perf_counter()
         comparison = compare_with_baselines(
-            {f"learned {info['optimizer']}": (optimizer, phi)},
+            learned,
             family,
             num_steps=num_steps,
             num_tune_tasks=num_tune_tasks,
@@ -101,14 +119,44 @@ def evaluate_run(
         )
         results = {
             **comparison.to_json(),
+            "reference": reference,
+            "paired": comparison.paired(reference),
             "seed": seed,
             "num_tune_tasks": num_tune_tasks,
             "seconds": time.perf_counter() - t0,
         }
-        rd.save_evaluation(run_dir, results, comparison.table(), comparison.rows())
+        tables = f"{comparison.table()}\n\n{comparison.paired_table(reference)}"
+        rd.save_evaluation(run_dir, results, tables, comparison.rows())
         plot_loss_curves(
             comparison.curves,
             run_dir / rd.LOSS_CURVES_PLOT,
             title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
         )
         return comparison
+
+
+def _run_horizon(training: dict[str, Any]) -> int:
+    """The length of a run's validation runs, from its recorded training config (100 if it has none)."""
+    for key in ("validation_horizon", "horizon"):
+        value = training.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 100
+
+
+def _others(training: dict[str, Any], against: Sequence[str] | None) -> dict[str, tuple[Any, Any]]:
+    """``label -> (optimizer, φ)`` of the trained optimizers to compare with (see ``evaluate_run``).
+
+    The run's own source is checked to be the one it started from, and labelled ``"NAME (start)"``.
+    """
+    init, sha = training.get("init"), training.get("init_sha256")
+    init = init if isinstance(init, str) else None
+    names = ([] if init is None else [init]) if against is None else list(against)
+    others = {}
+    for name in names:
+        if name == init:
+            source = load_source(name, sha if isinstance(sha, str) else None)
+            others[f"{name} (start)"] = (source.optimizer, source.meta_params)
+        else:
+            others[name] = pretrained.load_meta_params(name)
+    return others

@@ -27,10 +27,11 @@ from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax import validation as v
-from l2l_jax.errors import ConfigError, MetaTrainingError, Terminated
+from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, Terminated
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta.horizons import check_horizons, log_uniform_horizons
+from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
 from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state, meta_step
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
@@ -99,6 +100,15 @@ class MetaTrainConfig:
       num_val_tasks: held-out tasks for validation (full T-step runs).
       checkpoint_every: write a resumable checkpoint every this many meta-steps.
       seed: the seed; the run is a deterministic function of the config.
+      min_horizon: see above.
+      validation_horizon: see above.
+      init: start from a trained optimizer instead of ``optimizer.init``: a shipped
+        name (``l2l_jax.pretrained.available()``) or a run directory. Its metadata
+        sets ``optimizer`` and ``optimizer_options`` (a non-default ``optimizer`` or
+        an option that differs from the source's is refused); no code it names is
+        imported. ``None``: a fresh φ.
+      init_sha256: the SHA-256 of the source's φ file; ``meta_train`` records it
+        when the run starts and a resume refuses a source that has changed since.
     """
 
     task: str = "quadratic"
@@ -127,6 +137,8 @@ class MetaTrainConfig:
     seed: int = 0
     min_horizon: int | None = None
     validation_horizon: int | None = None
+    init: str | None = None
+    init_sha256: str | None = None
 
     def __post_init__(self) -> None:
         v.name("task", self.task)
@@ -142,6 +154,13 @@ class MetaTrainConfig:
         if self.validation_horizon is not None:
             v.positive_int("validation_horizon", self.validation_horizon)
         v.non_negative_int("seed", self.seed, below=2**32)
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ConfigError(f"init must be a shipped optimizer's name or a run directory, got {self.init!r}")
+        if self.init_sha256 is not None:
+            if self.init is None:
+                raise ConfigError("init_sha256 applies only with init (the source it checks)")
+            if not (isinstance(self.init_sha256, str) and len(self.init_sha256) == 64 and _is_hex(self.init_sha256)):
+                raise ConfigError(f"init_sha256 must be 64 hexadecimal digits, got {self.init_sha256!r}")
         if self.horizon % self.truncation:
             raise ConfigError(
                 f"the truncation length ({self.truncation}) must divide the horizon ({self.horizon}), "
@@ -188,6 +207,25 @@ class MetaTrainConfig:
 
     def build_optimizer(self) -> LearnedOptimizer:
         return optimizers_lib.get(self.optimizer, **self.optimizer_options)
+
+    def resolve_init(self) -> tuple[MetaTrainConfig, InitSource | None]:
+        """This config with ``init``'s optimizer, options and SHA-256 filled in, and the loaded source.
+
+        Without ``init``: ``(self, None)``.
+
+        Raises:
+          UnknownNameError: if ``init`` is neither a shipped name nor an existing path.
+          RunDirectoryError: if the source is incomplete or damaged.
+          ConfigError: if ``optimizer``/``optimizer_options`` differ from the source's, or its
+            φ's SHA-256 is not ``init_sha256``.
+        """
+        if self.init is None:
+            return self, None
+        source = load_source(self.init, self.init_sha256)
+        given = None if self.optimizer == _DEFAULT_OPTIMIZER else self.optimizer
+        name, options = resolve_optimizer(source, given, self.optimizer_options)
+        resolved = dataclasses.replace(self, optimizer=name, optimizer_options=options, init_sha256=source.sha256)
+        return resolved, source
 
     def build_task(self) -> TaskFamily | TaskMixture:
         return tasks_lib.get(self.task, **self.task_options)
@@ -239,8 +277,14 @@ class MetaTrainConfig:
 _ADDED_OPTIONS: dict[str, Any] = {
     f.name: f.default
     for f in dataclasses.fields(MetaTrainConfig)
-    if f.name in ("estimator", "sigma", "num_pairs", "meta_lr_warmup", "min_horizon", "validation_horizon")
+    if f.name
+    in ("estimator", "sigma", "num_pairs", "meta_lr_warmup", "min_horizon", "validation_horizon", "init", "init_sha256")
 }
+_DEFAULT_OPTIMIZER = MetaTrainConfig.optimizer
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def components(
@@ -379,7 +423,8 @@ def meta_train(
         your own logging); ``metrics`` has ``meta_loss``, ``grad_norm``,
         ``skipped`` and, on validation steps, ``val_loss``.
       init_meta_params: start from this φ (e.g. a trained one, to fine-tune)
-        instead of ``optimizer.init``.
+        instead of ``optimizer.init``. To start from a shipped optimizer or a run
+        directory, set ``config.init`` instead, which also records the source.
       devices: split each meta-step's batch of tasks over devices (see
         ``l2l_jax.meta.sharding``): a number of devices, a list of devices, or
         ``None`` for all devices when ``batch_size`` (and ``tasks_per_chunk``, if
@@ -401,7 +446,9 @@ def meta_train(
 
     Raises:
       ConfigError: for invalid settings, or a run directory holding another config
-        or a run built from other components.
+        or a run built from other components, or a ``config.init`` source that has
+        changed since the run in ``run_dir`` started from it.
+      UnknownNameError: if ``config.init`` is neither a shipped name nor an existing path.
       RunDirectoryError: if ``run_dir`` is not empty and is not a run directory of
         this config (without ``overwrite``), or one of its files is damaged.
       RunDirectoryBusyError: if another process is writing to ``run_dir``.
@@ -411,6 +458,16 @@ def meta_train(
     """
     steps_per_call = v.positive_int("steps_per_call", steps_per_call)
     run_path = Path(run_dir) if run_dir is not None else None
+    if config.init is not None:
+        if init_meta_params is not None or optimizer is not None:
+            raise ConfigError(
+                "config.init sets the optimizer and its starting φ; do not also pass optimizer= or init_meta_params="
+            )
+        if config.init_sha256 is None and run_path is not None and resume and not overwrite:
+            config = dataclasses.replace(config, init_sha256=_recorded_source_sha(run_path, config.init))
+        config, source = config.resolve_init()
+        assert source is not None
+        optimizer, init_meta_params = source.optimizer, source.meta_params
     with contextlib.ExitStack() as stack:
         optimizer = optimizer or config.build_optimizer()
         family = family or config.build_task()
@@ -608,6 +665,20 @@ def meta_train(
             run_dir=run_path,
             start_step=start,
         )
+
+
+def _recorded_source_sha(run_path: Path, init: str) -> str | None:
+    """The SHA-256 of ``init`` that the checkpointed run in ``run_path`` started from, if any."""
+    if not (run_path / rd.CONFIG).is_file() or not (run_path / rd.CHECKPOINT).is_file():
+        return None
+    try:
+        saved = rd.read_json(run_path / rd.CONFIG)
+    except L2LError:
+        return None  # Opening the run directory reports it.
+    if not isinstance(saved, dict) or saved.get("init") != init:
+        return None
+    sha = saved.get("init_sha256")
+    return sha if isinstance(sha, str) and len(sha) == 64 and _is_hex(sha) else None
 
 
 def _task_mesh(

@@ -30,7 +30,13 @@ def available() -> list[str]:
     return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / rd.OPTIMIZER_META).is_file())
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def locate(name_or_path: str | Path) -> Path:
+    """The directory holding a shipped optimizer (by name) or a run directory (by path).
+
+    Raises:
+      UnknownNameError: if it is neither a shipped name nor an existing path, or is both.
+      RunDirectoryError: if the path is a file.
+    """
     path = Path(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in available():
         if path.exists():
@@ -57,7 +63,7 @@ def info(name_or_path: str | Path) -> dict[str, Any]:
       UnknownNameError: if it is neither a shipped name nor an existing path.
       RunDirectoryError: if ``optimizer.json`` is missing, corrupt or was edited.
     """
-    return rd.read_optimizer_meta(_resolve(name_or_path))
+    return rd.read_optimizer_meta(locate(name_or_path))
 
 
 def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaParams]:
@@ -68,7 +74,7 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
       RunDirectoryError: if the directory is incomplete, a file does not match its
         checksum, or φ holds NaN or infinite values.
     """
-    path = _resolve(name_or_path)
+    path = locate(name_or_path)
     meta = rd.read_optimizer_meta(path)
     try:
         optimizer = optimizers_lib.get(meta["optimizer"], **meta["optimizer_config"])
@@ -118,4 +124,4 @@ def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
     return optimizer.as_optax(phi)
 
 
-__all__ = ["SHIPPED_DIR", "available", "export", "info", "load", "load_meta_params"]
+__all__ = ["SHIPPED_DIR", "available", "export", "info", "load", "load_meta_params", "locate"]
