@@ -293,14 +293,21 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from l2l_jax import pretrained
-
     path = Path(args.run)
-    if not path.exists() and args.run in pretrained.available():
+    if args.no_against and args.against:
+        raise ConfigError("--no-against and --against contradict each other; give one")
+    if not path.exists() and args.run in pretrained_lib.available():
         raise ConfigError("evaluate writes its results into a run directory; pass a run directory, not a shipped name")
     print(
         _evaluate_run(
-            path, args.tasks, args.tune_tasks, args.steps, args.seed, not args.no_progress, args.task, args.against
+            path,
+            args.tasks,
+            args.tune_tasks,
+            args.steps,
+            args.seed,
+            not args.no_progress,
+            args.task,
+            () if args.no_against else args.against,
         )
     )
     return 0
@@ -556,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also run this trained optimizer (a shipped name or a run directory) on the same tasks, and compare "
         "task by task (repeatable; default: the optimizer the run started from with --init, if any)",
+    )
+    ev.add_argument(
+        "--no-against", action="store_true", help="compare with the tuned baselines only (not with --against's)"
     )
     ev.add_argument("--seed", type=int, default=EVALUATE_DEFAULTS["seed"], help="seed of the held-out tasks")
     common_eval(ev)

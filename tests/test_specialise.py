@@ -259,6 +259,21 @@ def test_evaluate_against_an_unknown_name_is_one_clear_line(tmp_path, capsys):
     assert "'no-such-optimizer' is neither a shipped learned optimizer" in capsys.readouterr().err
 
 
+def test_evaluate_of_a_run_whose_source_is_gone_says_how_to_go_on(tmp_path, capsys):
+    source, run = copy_of(SOURCE, tmp_path / "source"), tmp_path / "run"
+    assert cli.main(["meta-train", "--init", source, *TINY, "--run-dir", str(run)]) == 0
+    shutil.rmtree(source)
+    capsys.readouterr()
+    evaluate = ["evaluate", str(run), "--tasks", "3", "--tune-tasks", "2", "--no-progress"]
+    assert cli.main(evaluate) == 2
+    assert "--no-against" in capsys.readouterr().err
+    assert cli.main([*evaluate, "--no-against"]) == 0
+    paired = json.loads((run / rd.EVALUATION_JSON).read_text())["paired"]
+    assert {r["optimizer"] for r in paired} == {"sgd", "momentum", "nag", "rmsprop", "adam"}
+    assert cli.main([*evaluate, "--no-against", "--against", "generalist"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
 def test_paired_differences_call_a_win_only_beyond_two_standard_errors():
     ones = np.ones((4, 3))
     curves = {

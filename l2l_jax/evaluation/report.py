@@ -10,7 +10,7 @@ from typing import Any
 from l2l_jax import pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import ConfigError, RunDirectoryError
+from l2l_jax.errors import ConfigError, RunDirectoryError, UnknownNameError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 from l2l_jax.meta.init_source import load_source
@@ -155,7 +155,13 @@ def _others(training: dict[str, Any], against: Sequence[str] | None) -> dict[str
     others = {}
     for name in names:
         if name == init:
-            source = load_source(name, sha if isinstance(sha, str) else None)
+            try:
+                source = load_source(name, sha if isinstance(sha, str) else None)
+            except UnknownNameError as e:
+                raise UnknownNameError(
+                    f"{e}: the run started from it (--init); pass it again from here with --against PATH "
+                    "(against=[...]), or compare with the baselines only: --no-against (against=())"
+                ) from None
             others[f"{name} (start)"] = (source.optimizer, source.meta_params)
         else:
             others[name] = pretrained.load_meta_params(name)
