@@ -116,18 +116,15 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     argv = ["meta-train", "--task", "my_tasks:make", "--task-option", "batch_size=8", "--optimizer-option"]
     argv += ["hidden_size=4", "--meta-steps", "3", "--horizon", "4", "--truncation", "2", "--batch-size", "2"]
     argv += ["--val-tasks", "2", "--validate-every", "3", "--no-progress", "--run-dir", str(run)]
-    assert cli.main(argv) == 0
-    assert (run / "optimizer.msgpack").is_file()
+    # `meta-train --evaluate` evaluates on the task this same command line named.
+    assert cli.main([*argv, "--evaluate", "--tasks", "2", "--tune-tasks", "2"]) == 0
+    assert (run / "optimizer.msgpack").is_file() and (run / "evaluation.json").is_file()
     # `evaluate` runs a module:function task only when the user names it again ...
     evaluate = ["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]
     assert cli.main(evaluate) == 2
     assert "--task my_tasks:make" in capsys.readouterr().err
     # ... and then rebuilds it from the options it was trained with.
     assert cli.main([*evaluate, "--task", "my_tasks:make"]) == 0
-    # `meta-train --evaluate` evaluates on the task this same command line named.
-    evaluated = [*argv[:-1], str(tmp_path / "evaluated"), "--evaluate", "--tasks", "2", "--tune-tasks", "2"]
-    assert cli.main(evaluated) == 0
-    assert (tmp_path / "evaluated" / "evaluation.json").is_file()
     assert cli.main(["meta-train", "--task", "no_such_module:make", "--run-dir", str(run)]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
     sys.modules.pop("my_tasks", None)
