@@ -477,12 +477,15 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     # Rates read from the first run's file instead of searched: the same rates and the same test curves.
     first = tmp_path / "first.json"
     first.write_text(json.dumps(results))
-    reuse = [*options[:-4], "--results-dir", str(tmp_path / "reuse"), "--data-dir", str(MNIST_FIXTURE)]
+    reuse = ["--tasks", "logistic regression", *options[3:-4], "--results-dir", str(tmp_path / "reuse")]
+    reuse += ["--data-dir", str(MNIST_FIXTURE)]
     out = run_script("generalisation.py", *reuse, "--rates-from", str(first), "--others", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     reused = json.loads((tmp_path / "reuse" / "generalisation.json").read_text())["rows"]
     assert {r["rate_from"] for r in reused if r["learning_rate"] is not None} == {"recorded"}
-    assert strip(reused) == [r for r in strip(results["rows"]) if r["optimizer"] not in ("generalist-v1", "mnist-lstm")]
+    others = ("generalist-v1", "mnist-lstm")
+    expected = [r for r in strip(results["rows"]) if r["optimizer"] not in others and r["task"] == "logistic regression"]
+    assert strip(reused) == expected
 
 
 def test_generalisation_refuses_an_unknown_task(tmp_path):

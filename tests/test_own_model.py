@@ -117,8 +117,17 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     argv += ["hidden_size=4", "--meta-steps", "3", "--horizon", "4", "--truncation", "2", "--batch-size", "2"]
     argv += ["--val-tasks", "2", "--validate-every", "3", "--no-progress", "--run-dir", str(run)]
     # `meta-train --evaluate` evaluates on the task this same command line named.
-    assert cli.main([*argv, "--evaluate", "--tasks", "2", "--tune-tasks", "2"]) == 0
-    assert (run / "optimizer.msgpack").is_file() and (run / "evaluation.json").is_file()
+    seen = {}
+
+    def fake_evaluate_run(run_dir, **kwargs):
+        seen.update(kwargs)
+        raise cli.ConfigError("stop here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("l2l_jax.evaluation.report.evaluate_run", fake_evaluate_run)
+        assert cli.main([*argv, "--evaluate"]) == 2
+    assert seen["task"] == "my_tasks:make"
+    assert (run / "optimizer.msgpack").is_file()
     # `evaluate` runs a module:function task only when the user names it again ...
     evaluate = ["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]
     assert cli.main(evaluate) == 2
