@@ -10,9 +10,17 @@ each LSTM implementation and state dtype, and prints:
   the parameters and the 2 layers x (h, c) x 20 state floats; write the parameters
   and the state) divided by the time.
 
+``--shipped`` (default: every shipped optimizer) times each trained optimizer of
+``l2l_jax.pretrained`` the same way, as a user loads it, in the same run as Adam.
+
+``--crossover SIZES`` times the generalist's update on one flat leaf of each size with
+its network evaluated coordinate by coordinate and as matrix products
+(``l2l_jax.optimizers.feature_mlp.COORDINATEWISE_MIN_SIZE`` set to 1, then to infinity).
+
 ``--train-step`` also times a whole Flax training step (forward, backward, update) of
-the paper's MNIST MLP (batch 128) and of a wider MLP, with the learned optimizer (each
-of ``--implementations``, float32 state) and with Adam.
+the paper's MNIST MLP (batch 128), a 784-128-64-10 MLP and a wider MLP, with the
+learned optimizer (each of ``--implementations``, float32 state), every ``--shipped``
+optimizer and Adam.
 
     python benchmarks/update_speed.py --train-step                      # CPU: 1M and 3M
     python benchmarks/update_speed.py --sizes 1e6 1e7 3e7 1e8 --implementations fused pallas --train-step  # GPU
@@ -25,6 +33,7 @@ such (``"out_of_memory"``) and the run goes on.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax import pretrained
 from l2l_jax.tasks.mnist import MLP
 
 
@@ -96,6 +106,45 @@ def update_rows(
             )
 
 
+def shipped_rows(name: str, params: Any, shipped: list[str], repeats: int, on_row: Callable[[dict], None]) -> None:
+    """The update of every ``shipped`` optimizer on ``params``, with Adam's timed in the same run."""
+    n = harness.num_params(params)
+    adam_s = update_seconds(optax.adam(1e-3), params, repeats)
+    for optimizer in shipped:
+        setting = {"model": name, "parameters": n, "optimizer": optimizer, "adam_seconds": adam_s}
+
+        def measure(optimizer: str = optimizer) -> dict[str, Any]:
+            seconds = update_seconds(pretrained.load(optimizer), params, repeats)
+            return {"seconds": seconds, "ratio_to_adam": seconds / adam_s}
+
+        row = harness.measure_unless_out_of_memory(setting, measure)
+        on_row(row)
+        timing = (
+            "out of memory"
+            if "out_of_memory" in row
+            else f"{row['seconds'] * 1e3:9.2f} ms  x{row['ratio_to_adam']:6.1f}"
+        )
+        print(f"{name:>22s} {n / 1e6:8.2f}M {optimizer:15s} {timing}  adam {adam_s * 1e3:7.2f} ms", flush=True)
+
+
+def crossover_rows(sizes: list[float], repeats: int, on_row: Callable[[dict], None]) -> None:
+    """The generalist's update per leaf size, its network coordinatewise and as matrix products."""
+    feature_mlp = importlib.import_module("l2l_jax.optimizers.feature_mlp")
+    default = feature_mlp.COORDINATEWISE_MIN_SIZE
+    try:
+        for size in sizes:
+            params = {"w": jax.random.normal(jax.random.key(0), (int(size),)) * 0.02}
+            row: dict[str, Any] = {"parameters": int(size)}
+            for path, threshold in (("coordinatewise", 1), ("matrix_products", 2**62)):
+                feature_mlp.COORDINATEWISE_MIN_SIZE = threshold  # Read when the update is traced.
+                row[f"{path}_seconds"] = update_seconds(pretrained.load("generalist"), params, repeats)
+            on_row(row)
+            print(f"generalist {int(size):>10,d} coordinates: coordinatewise {row['coordinatewise_seconds'] * 1e3:.3f} ms, "
+                  f"matrix products {row['matrix_products_seconds'] * 1e3:.3f} ms", flush=True)  # fmt: skip
+    finally:
+        feature_mlp.COORDINATEWISE_MIN_SIZE = default
+
+
 def train_step_seconds(model: MLP, tx: Any, params: Any, x: jax.Array, y: jax.Array, repeats: int) -> float:
     """Median seconds of one jitted training step (forward, backward, update) on a fixed batch."""
     step = harness.train_step(model, tx, x, y)
@@ -109,10 +158,16 @@ def lstm_train_step(*args: Any) -> dict[str, float]:
     return {"lstm_seconds": train_step_seconds(*args)}
 
 
-def train_step_rows(repeats: int, implementations: list[str], on_row: Callable[[dict], None]) -> None:
+def train_step_rows(
+    repeats: int, implementations: list[str], shipped: list[str], on_row: Callable[[dict], None]
+) -> None:
     x = jax.random.uniform(jax.random.key(1), (128, 784))
     y = jax.random.randint(jax.random.key(2), (128,), 0, 10)
-    models = (("MNIST MLP 784-20-10", MLP()), ("MLP 784-1024-1024-10", MLP(hidden=(1024, 1024), activation="relu")))
+    models = (
+        ("MNIST MLP 784-20-10", MLP()),
+        ("MLP 784-128-64-10", MLP(hidden=(128, 64), activation="relu")),
+        ("MLP 784-1024-1024-10", MLP(hidden=(1024, 1024), activation="relu")),
+    )
     for name, model in models:
         params = model.init(jax.random.key(0), x)["params"]
         n = harness.num_params(params)
@@ -132,6 +187,12 @@ def train_step_rows(repeats: int, implementations: list[str], on_row: Callable[[
             )
             print(f"train step {name:>22s} ({n / 1e6:.2f}M): adam {adam * 1e3:.2f} ms, learned lstm ({impl}) {timing}",
                   flush=True)  # fmt: skip
+        for optimizer in shipped:
+            seconds = train_step_seconds(model, pretrained.load(optimizer), params, x, y, repeats)
+            on_row({"model": name, "parameters": n, "optimizer": optimizer, "adam_seconds": adam,
+                    "seconds": seconds, "overhead": seconds / adam})  # fmt: skip
+            print(f"train step {name:>22s} ({n / 1e6:.2f}M): adam {adam * 1e3:.2f} ms, {optimizer} "
+                  f"{seconds * 1e3:.2f} ms  (x{seconds / adam:.1f})", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -143,20 +204,33 @@ def main() -> None:
         default="256,4,8192",
         help="d_model,layers,vocab of the parameter tree ('' to skip); GPT-2 small is 768,12,50257",
     )
-    parser.add_argument("--train-step", action="store_true", help="also time whole training steps of two MLPs")
+    parser.add_argument(
+        "--crossover", type=harness.size, nargs="*", default=[], help="leaf sizes to time both network paths at"
+    )
+    parser.add_argument("--train-step", action="store_true", help="also time whole training steps of three MLPs")
+    parser.add_argument(
+        "--shipped",
+        nargs="*",
+        default=pretrained.available(),
+        help="shipped optimizers to time as loaded (default: all; none: only the LSTM implementations)",
+    )
     args, results = harness.start(parser, "update_speed_{platform}.json")
     on_update = results.section("updates")
+    on_shipped = results.section("shipped_updates")
     for size in args.sizes:
         params = {"w": jax.random.normal(jax.random.key(0), (int(size),)) * 0.02}
         update_rows("flat vector", params, args.implementations, args.state_dtypes, args.repeats, on_update)
+        shipped_rows("flat vector", params, args.shipped, args.repeats, on_shipped)
     if args.transformer:
         d, layers, vocab = (int(v) for v in args.transformer.split(","))
         params = make_params(transformer_tree(d, layers, vocab), jax.random.key(1))
         name = f"transformer d{d} x{layers}"
         update_rows(name, params, args.implementations, args.state_dtypes, args.repeats, on_update)
+        shipped_rows(name, params, args.shipped, args.repeats, on_shipped)
+    crossover_rows(args.crossover, args.repeats, results.section("crossover"))
     on_train_step = results.section("train_steps")
     if args.train_step:
-        train_step_rows(args.repeats, args.implementations, on_train_step)
+        train_step_rows(args.repeats, args.implementations, args.shipped, on_train_step)
     results.finish()
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from l2l_jax import pretrained
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "harness.py")
@@ -108,6 +110,13 @@ def test_update_speed_writes_a_row_per_setting_with_the_machine_and_the_command(
     # Read gradient and parameters, write parameters, read and write 2 layers x (h, c) x 20 units.
     assert rows[0]["minimal_bytes"] == 1000 * (3 * 4 + 2 * 80 * 4)
     assert rows[1]["minimal_bytes"] == 1000 * (3 * 4 + 2 * 80 * 2)
+    # Every shipped optimizer, as loaded, against Adam in the same run.
+    shipped = results["shipped_updates"]
+    assert [r["optimizer"] for r in shipped] == pretrained.available()
+    assert all(
+        r["parameters"] == 1000 and r["ratio_to_adam"] == pytest.approx(r["seconds"] / r["adam_seconds"])
+        for r in shipped
+    )
 
 
 def test_update_memory_plans_the_update_without_running_it(tmp_path):
@@ -484,7 +493,9 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     reused = json.loads((tmp_path / "reuse" / "generalisation.json").read_text())["rows"]
     assert {r["rate_from"] for r in reused if r["learning_rate"] is not None} == {"recorded"}
     others = ("generalist-v1", "mnist-lstm")
-    expected = [r for r in strip(results["rows"]) if r["optimizer"] not in others and r["task"] == "logistic regression"]
+    expected = [
+        r for r in strip(results["rows"]) if r["optimizer"] not in others and r["task"] == "logistic regression"
+    ]
     assert strip(reused) == expected
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from l2l_jax import optimizers
+from l2l_jax import optimizers, pretrained
 from l2l_jax.errors import ConfigError, GradientsMismatchError, ParamsTypeError
 from l2l_jax.optimizers.feature_mlp import NOMINAL_DECAY, PROGRESS_SCALES, feature_mlp
 
@@ -236,3 +238,25 @@ def test_the_width_factor_is_min_of_one_and_reference_over_fan_in_and_spares_vec
     for bad in (0.0, -1.0, float("inf"), "64"):
         with pytest.raises(ConfigError, match="reference_fan_in must be a positive number"):
             feature_mlp(reference_fan_in=bad)
+
+
+def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(monkeypatch):
+    module = importlib.import_module("l2l_jax.optimizers.feature_mlp")
+    params = {"w": jax.random.normal(jax.random.key(0), (20, 30)) * 0.1, "b": jnp.zeros(30)}
+    runs = {}
+    for threshold in (1, 2**62):  # Every leaf coordinatewise, then none.
+        monkeypatch.setattr(module, "COORDINATEWISE_MIN_SIZE", threshold)
+        tx = pretrained.load("generalist")
+        state, p, updates = tx.init(params), params, []
+        for t in range(3):
+            grads = jax.tree.map(lambda x, t=t: jnp.sin(x * (t + 1)) + 0.01, p)
+            u, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, u)
+            updates.append(u)
+        runs[threshold] = updates
+    for a, b in zip(*runs.values()):
+        for leaf in ("w", "b"):
+            # Other summation order: agreement to float rounding, relative to the largest update
+            # (a step that nearly cancels, network step minus nominal Adam step, has no relative accuracy).
+            scale = float(np.max(np.abs(b[leaf])))
+            np.testing.assert_allclose(a[leaf], b[leaf], rtol=1e-5, atol=1e-6 * scale)

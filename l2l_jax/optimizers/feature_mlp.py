@@ -35,6 +35,11 @@ OUTPUTS = ("bounded", "nominal")
 #: The momentum decay of the nominal Adam step (one of ``momentum_decays``).
 NOMINAL_DECAY = 0.9
 
+#: Leaves with at least this many coordinates evaluate the network coordinate by
+#: coordinate (one fused loop of scalar multiply-adds, see ``_coordinatewise_layers``);
+#: smaller ones as matrix products over the coordinates. Same maths, other rounding.
+COORDINATEWISE_MIN_SIZE = 65536
+
 
 class FeatureMLPState(NamedTuple):
     """The state of `FeatureMLP`'s optimizer.
@@ -189,30 +194,43 @@ class FeatureMLP(LearnedOptimizer):
                 return 1.0
             return min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
 
-        def network(x: jax.Array, progress: jax.Array, keep: jax.Array) -> jax.Array:
-            """The MLP on features ``x`` of shape (F, *shape), feature axis first; returns (2, *shape).
+        def network(features: list[jax.Array], progress: jax.Array, keep: jax.Array) -> list[jax.Array]:
+            """The MLP on ``features`` (arrays of shape (k, *shape), F rows in all); returns its 2 outputs.
 
             The same maths as dividing each feature by its root mean square over the
             coordinates in ``keep`` and appending progress to every coordinate's
             features, without that copy: the normalisation scales layer 0's rows, and
-            progress, the same at every coordinate, adds to layer 0's bias.
+            progress, the same at every coordinate, adds to layer 0's bias. Leaves of
+            ``COORDINATEWISE_MIN_SIZE`` coordinates or more never gather the features
+            into one array (see ``_coordinatewise_layers``).
             """
             layers = meta_params["layers"]
-            dt, n = x.dtype, len(x)
+            dt = features[0].dtype
+            rows = [f[k] for f in features for k in range(len(f))]
+            n = len(rows)
             weights = [layer["w"].astype(dt) for layer in layers]
             biases = [layer["b"].astype(dt) for layer in layers]
             if self.use_progress:
                 biases[0] = biases[0] + progress.astype(dt) @ weights[0][n:]
             weights[0] = weights[0][:n]
+            coordinatewise = keep.size >= COORDINATEWISE_MIN_SIZE
             if self.normalise_features:
                 count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
-                sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, jnp.zeros((), dt))), axis=tuple(range(1, x.ndim)))
+                zero = jnp.zeros((), dt)
+                if coordinatewise:
+                    sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
+                else:
+                    x = jnp.concatenate(features, axis=0)
+                    sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
                 weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
+            if coordinatewise:
+                return _coordinatewise_layers(rows, weights, biases)
+            x = jnp.concatenate(features, axis=0)
             for i, (w, b) in enumerate(zip(weights, biases)):
                 x = jnp.tensordot(w, x, (0, 0)) + b.reshape((-1,) + (1,) * keep.ndim)
                 if i < len(layers) - 1:
                     x = jax.nn.relu(x)
-            return x
+            return [x[0], x[1]]
 
         def update_fn(
             updates: PyTree, state: FeatureMLPState, params: PyTree | None = None, **extra_args: Any
@@ -239,7 +257,7 @@ class FeatureMLP(LearnedOptimizer):
                 features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
                 if self.use_params:
                     features.append(jnp.asarray(p, dt)[None])
-                out = network(jnp.concatenate(features, axis=0), progress, keep)
+                out = network(features, progress, keep)
                 if nominal:
                     m_hat = new_m[nominal_index] / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
                     v_hat = new_v / (1 - jnp.asarray(beta2, dt) ** t.astype(dt))
@@ -256,6 +274,23 @@ class FeatureMLP(LearnedOptimizer):
             return new_updates, FeatureMLPState(momenta=momenta, second_moment=second, count=count)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _coordinatewise_layers(
+    x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]
+) -> list[jax.Array]:
+    """The MLP (ReLU between layers) on per-feature arrays, as scalar multiply-adds per coordinate.
+
+    ``x[i]`` holds feature i at every coordinate; output j of a layer is
+    ``sum_i w[i, j] * x[i] + b[j]``. Written elementwise, the whole network is one
+    loop over the coordinates that keeps each coordinate's activations in registers,
+    where matrix products with 16 rows would read and write every activation in memory.
+    """
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        x = [sum(w[i, j] * x[i] for i in range(len(x))) + b[j] for j in range(w.shape[1])]
+        if k < len(weights) - 1:
+            x = [jax.nn.relu(h) for h in x]
+    return x
 
 
 def feature_mlp(
