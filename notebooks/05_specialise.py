@@ -28,7 +28,7 @@
 # lies outside its mixture: normalisation layers change the scale of every layer's
 # gradient, and GELU is an activation it never saw.
 #
-# The full budget (300 meta-steps, 48 test initialisations) takes about 10 minutes of
+# The full budget (300 meta-steps, 48 test initialisations) takes about 5 minutes of
 # meta-training and a few more of evaluation on 2 CPU cores. Under `pytest` the notebook
 # runs at smoke size on the repository's 300-image MNIST fixture (a few meta-steps, one
 # horizon, Adam only), to check that it runs.
