@@ -234,9 +234,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--preset applies to the lstm optimizer only")
         optimizer_options["preset"] = args.preset
     if args.init is not None and args.optimizer is not None:
-        from l2l_jax import pretrained
-
-        source_optimizer = pretrained.info(args.init).get("optimizer")
+        source_optimizer = pretrained_lib.info(args.init).get("optimizer")
         if args.optimizer != source_optimizer:
             raise ConfigError(
                 f"--init {args.init} starts from a {source_optimizer} optimizer, but --optimizer is "

@@ -206,26 +206,25 @@ class FeatureMLP(LearnedOptimizer):
             """
             layers = meta_params["layers"]
             dt = features[0].dtype
-            rows = [f[k] for f in features for k in range(len(f))]
-            n = len(rows)
+            n = sum(len(f) for f in features)
             weights = [layer["w"].astype(dt) for layer in layers]
             biases = [layer["b"].astype(dt) for layer in layers]
             if self.use_progress:
                 biases[0] = biases[0] + progress.astype(dt) @ weights[0][n:]
             weights[0] = weights[0][:n]
             coordinatewise = keep.size >= COORDINATEWISE_MIN_SIZE
+            rows = [f[k] for f in features for k in range(len(f))] if coordinatewise else None
+            x = None if coordinatewise else jnp.concatenate(features, axis=0)
             if self.normalise_features:
                 count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
                 zero = jnp.zeros((), dt)
                 if coordinatewise:
                     sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
                 else:
-                    x = jnp.concatenate(features, axis=0)
                     sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
                 weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
             if coordinatewise:
                 return _coordinatewise_layers(rows, weights, biases)
-            x = jnp.concatenate(features, axis=0)
             for i, (w, b) in enumerate(zip(weights, biases)):
                 x = jnp.tensordot(w, x, (0, 0)) + b.reshape((-1,) + (1,) * keep.ndim)
                 if i < len(layers) - 1:
@@ -276,9 +275,7 @@ class FeatureMLP(LearnedOptimizer):
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _coordinatewise_layers(
-    x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]
-) -> list[jax.Array]:
+def _coordinatewise_layers(x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]) -> list[jax.Array]:
     """The MLP (ReLU between layers) on per-feature arrays, as scalar multiply-adds per coordinate.
 
     ``x[i]`` holds feature i at every coordinate; output j of a layer is
