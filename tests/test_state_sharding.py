@@ -28,13 +28,18 @@ CHILD = textwrap.dedent(
     import json, re
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from l2l_jax import pretrained
     from l2l_jax.optimizers import feature_mlp, linear_rnn, lstm, state_shardings
 
+    def fresh(optimizer):
+        return optimizer, optimizer.init(jax.random.key(0))
+
     OPTIMIZERS = {
-        "lstm": lambda: lstm(state_dtype="bfloat16"),
-        "lstm_pallas": lambda: lstm(hidden_size=4, implementation="pallas"),
-        "feature_mlp": lambda: feature_mlp(output="nominal"),
-        "linear_rnn": lambda: linear_rnn(),
+        "lstm": lambda: fresh(lstm(state_dtype="bfloat16")),
+        "lstm_pallas": lambda: fresh(lstm(hidden_size=4, implementation="pallas")),
+        "feature_mlp": lambda: fresh(feature_mlp(output="nominal")),
+        "linear_rnn": lambda: fresh(linear_rnn()),
+        "mnist-lstm": lambda: pretrained.load_meta_params("mnist-lstm"),
     }
     # Sharded along the first axis, along the last over both mesh axes, along both, and a replicated scalar.
     SPECS = {"w": P("d", None), "v": P(None, ("d", "e")), "k": P("e", "d"), "s": P()}
@@ -75,8 +80,8 @@ CHILD = textwrap.dedent(
         axis_type = AxisType.Explicit if mode == "explicit" else AxisType.Auto
         mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(axis_type,) * 2)
         for name, make in OPTIMIZERS.items():
-            optimizer = make()
-            tx = optimizer.as_optax(optimizer.init(jax.random.key(0)))
+            optimizer, phi = make()
+            tx = optimizer.as_optax(phi)
             _, ref_updates, ref_state, _ = run(tx, RAW, jax.jit(tx.update))
             with jax.set_mesh(mesh):
                 params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in RAW.items()}
@@ -92,7 +97,7 @@ CHILD = textwrap.dedent(
                 float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
                 for a, b in zip(jax.tree.leaves((updates, state)), jax.tree.leaves((ref_updates, ref_state)))
             )
-            first = state.h["k"] if name.startswith("lstm") else None
+            first = state.h["k"] if "lstm" in name else None
             out["runs"][f"{mode}/{name}"] = {
                 "init": init_specs,
                 "eager_init": specs(eager),
@@ -104,6 +109,19 @@ CHILD = textwrap.dedent(
                 "all_gathers": len(re.findall(r"all-gather", compiled)),
                 "lstm_k_shard_shape": None if first is None else list(first.addressable_shards[0].data.shape),
             }
+    # Leaves past a CPU block of the LSTM's step, sharded along either axis, automatically.
+    optimizer, phi = OPTIMIZERS["mnist-lstm"]()
+    tx = optimizer.as_optax(phi)
+    mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(AxisType.Auto,) * 2)
+    big_specs = {"w": P("d", None), "v": P(None, "d")}
+    big = {"w": jax.random.normal(keys[0], (256, 128)), "v": jax.random.normal(keys[1], (128, 256))}
+    with jax.set_mesh(mesh):
+        params = {k: jax.device_put(v, NamedSharding(mesh, big_specs[k])) for k, v in big.items()}
+        param_shardings = {k: NamedSharding(mesh, s) for k, s in big_specs.items()}
+        want = state_shardings(tx, params, param_shardings)
+        _, _, state, compiled = run(tx, params, jax.jit(tx.update, out_shardings=(param_shardings, want)))
+    out["big_leaves"] = {"all_gathers": len(re.findall(r"all-gather", compiled)), "state": specs(state),
+                         "want": [layout(w.spec, 4) for w in jax.tree.leaves(want)]}
     optimizer = lstm()
     phi = optimizer.init(jax.random.key(0))
     unsharded = meta_gradient(optimizer, phi, RAW)
@@ -122,8 +140,8 @@ CHILD = textwrap.dedent(
 
 MODES = ["explicit", "auto"]
 #: The LSTM (XLA's step, bfloat16 state), the LSTM with the Pallas kernel, the feature MLP
-#: (nominal output) and the linear RNN.
-NAMES = ["lstm", "lstm_pallas", "feature_mlp", "linear_rnn"]
+#: (nominal output), the linear RNN and the shipped ``mnist-lstm``.
+NAMES = ["lstm", "lstm_pallas", "feature_mlp", "linear_rnn", "mnist-lstm"]
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +174,29 @@ def test_sharded_updates_equal_the_unsharded_ones_and_keep_the_layout(child, mod
 @pytest.mark.parametrize("name", NAMES)
 def test_with_explicit_sharding_each_device_updates_its_own_shard(child, name):
     run = child["runs"][f"explicit/{name}"]
-    if name.startswith("lstm"):
+    if "lstm" in name:
         # "k" (4, 8) over ("e", "d") = (2, 4): each device holds a (2, 2) block of it, for every (layer, unit).
         hidden = 4 if name == "lstm_pallas" else 20
         assert run["lstm_k_shard_shape"] == [2, hidden, 2, 2]
-    if name != "feature_mlp":
-        # No gathers at all (the feature MLP's per-tensor normalisation reduces across devices).
-        assert run["all_gathers"] == 0
+    # No gathers at all (the feature MLP's per-tensor normalisation only sums across devices).
+    assert run["all_gathers"] == 0
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "lstm_pallas"])
+def test_with_automatic_sharding_no_leaf_is_gathered_whichever_axis_is_sharded(child, name):
+    # Leaves sharded along the first axis, the last and both: XLA partitions the whole
+    # update with no all-gather. (An LSTM told to use the Pallas kernel is the exception:
+    # XLA cannot partition the kernel, so it gathers the leaf; "auto" takes XLA's step.)
+    run = child["runs"][f"auto/{name}"]
+    assert run["all_gathers"] == 0
+    assert run["state"] == run["want"]
+
+
+def test_with_automatic_sharding_leaves_larger_than_a_cpu_block_are_not_gathered_either(child):
+    # The CPU's blocks of coordinates would slice a sharded axis: under a mesh, XLA's whole step runs.
+    result = child["big_leaves"]
+    assert result["all_gathers"] == 0
+    assert result["state"] == result["want"]
 
 
 def test_the_meta_gradient_through_explicitly_sharded_updates_is_the_unsharded_one(child):

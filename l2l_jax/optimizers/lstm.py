@@ -37,6 +37,7 @@ from l2l_jax.optimizers.lstm_cell import (
     lstm_step_fused,
     lstm_step_reference,
     masked,
+    partitioned_by_xla,
 )
 from l2l_jax.optimizers.lstm_pallas import kernel_call, lstm_step_pallas
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
@@ -95,7 +96,7 @@ def masked_step_function(implementation: str) -> MaskedStepFn:
     if implementation == "auto":
         return auto_step
     if implementation == "pallas":
-        return lstm_step_pallas
+        return _on_flat_coordinates(lstm_step_pallas)
     if implementation == "fused":
         return _fused_on_stored_state
     return _on_stored_state(masked(lstm_step_reference))
@@ -112,6 +113,20 @@ def _on_stored_state(step: MaskedStepFn) -> MaskedStepFn:
     return stored
 
 
+def _on_flat_coordinates(step: MaskedStepFn) -> MaskedStepFn:
+    # ``step``, which takes coordinates flat, on a leaf's coordinates of any shape.
+    def flat(
+        weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        n = keep.size
+        out, new_h, new_c = step(
+            weights, x.reshape(x.shape[0], n), h.reshape(*h.shape[:2], n), c.reshape(*c.shape[:2], n), keep.reshape(n)
+        )
+        return out.reshape(keep.shape), new_h.reshape(h.shape), new_c.reshape(c.shape)
+
+    return flat
+
+
 #: The masked fused step, in cache-sized blocks on a CPU, on the stored state.
 _fused_on_stored_state = _on_stored_state(in_blocks(masked(lstm_step_fused), CPU_BLOCK, only_on="cpu"))
 
@@ -124,21 +139,25 @@ def auto_step(
 
     Not differentiated (the drop-in update): the Pallas kernel where the program is
     lowered for a GPU (CUDA or ROCm), which updates the state in place; the fused
-    step elsewhere. Differentiated in reverse mode (meta-training): the fused step,
+    step elsewhere, and wherever XLA partitions the program over devices itself
+    (`l2l_jax.optimizers.lstm_cell.partitioned_by_xla`), since XLA cannot partition
+    the kernel and would gather a sharded leaf for it. Differentiated in reverse mode (meta-training): the fused step,
     forward and backward, on every platform. Both give the reference step's numbers.
 
     Args:
       weights: the cell's weights.
-      x: the input features ``(F, n)``; the arithmetic is in its dtype.
-      h: the hidden state ``(L, H, n)``, in the dtype it is stored in.
-      c: the cell state ``(L, H, n)``, in the dtype it is stored in.
-      keep: ``(n,)`` bool; where False the output is 0 and h, c are unchanged.
+      x: the input features ``(F, *shape)``; the arithmetic is in its dtype.
+      h: the hidden state ``(L, H, *shape)``, in the dtype it is stored in.
+      c: the cell state ``(L, H, *shape)``, in the dtype it is stored in.
+      keep: ``shape`` bool; where False the output is 0 and h, c are unchanged.
 
     Returns:
       ``(out, new_h, new_c)``; ``out`` in x's dtype, the state in its own.
     """
+    if partitioned_by_xla():
+        return _fused_on_stored_state(weights, x, h, c, keep)
     # The kernel compiled for the GPU (never the interpreter: that branch is for GPUs only).
-    kernel = functools.partial(kernel_call, interpret=False)
+    kernel = _on_flat_coordinates(functools.partial(kernel_call, interpret=False))
     return jax.lax.platform_dependent(weights, x, h, c, keep, cuda=kernel, rocm=kernel, default=_fused_on_stored_state)
 
 
@@ -297,25 +316,21 @@ class CoordinatewiseLSTM(LearnedOptimizer):
             # Compute in at least float32 even when the state is stored in bfloat16.
             sdt = h.dtype
             dt = jnp.promote_types(h.dtype, jnp.float32)
-            n = grad.size
             weights = CellWeights(
                 w=tuple(jnp.asarray(meta_params[f"layer_{i}"]["w"], dt) for i in range(layers)),
                 b=tuple(jnp.asarray(meta_params[f"layer_{i}"]["b"], dt) for i in range(layers)),
                 w_out=jnp.asarray(meta_params["out"]["w"], dt),
                 b_out=jnp.asarray(meta_params["out"]["b"], dt),
             )
-            flat = grad.reshape(n)
-            # A non-finite coordinate enters the step as 0 (so no NaN reaches the
-            # arithmetic or its gradients) and the step keeps its output at 0 and its
-            # state as it was.
-            keep = jnp.isfinite(flat)
-            flat = jnp.where(keep, flat, jnp.zeros((), flat.dtype))
-            x = preprocess(flat.astype(dt), self.preprocessing, self.p).T
-            h, c = h.reshape(layers, hidden, n), c.reshape(layers, hidden, n)
+            # The leaf keeps its shape (no coordinate axis is reshaped), so a leaf
+            # sharded along any axis stays sharded. A non-finite coordinate enters the
+            # step as 0 (so no NaN reaches the arithmetic or its gradients) and the
+            # step keeps its output at 0 and its state as it was.
+            keep = jnp.isfinite(grad)
+            safe = jnp.where(keep, grad, jnp.zeros((), grad.dtype))
+            x = jnp.moveaxis(preprocess(safe.astype(dt), self.preprocessing, self.p), -1, 0)
             out, new_h, new_c = step_fn(weights, x, h, c, keep)
-            step = (out * self.output_scale).reshape(grad.shape)
-            shape = (layers, hidden, *grad.shape)
-            return step.astype(grad.dtype), new_h.reshape(shape).astype(sdt), new_c.reshape(shape).astype(sdt)
+            return (out * self.output_scale).astype(grad.dtype), new_h.astype(sdt), new_c.astype(sdt)
 
         def update_fn(
             updates: PyTree, state: LSTMState, params: PyTree | None = None, **extra_args: Any

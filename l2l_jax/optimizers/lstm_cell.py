@@ -1,4 +1,4 @@
-"""The coordinatewise LSTM cell: one step on a flat block of coordinates, and its backward pass.
+"""The coordinatewise LSTM cell: one step on a block of coordinates, and its backward pass.
 
 Owns the cell's maths shared by every implementation: the weights
 (`CellWeights`), the plain-JAX step (`lstm_step_reference`), the same
@@ -8,14 +8,17 @@ skips coordinates (`masked`) and running a step over blocks of coordinates
 (`in_blocks`). Which implementation an optimizer uses is chosen in
 `l2l_jax.optimizers.lstm`.
 
-Layout: coordinates last. ``x`` is ``(F, n)`` (the preprocessed gradient features
-of n coordinates), ``h`` and ``c`` are ``(L, H, n)``; a step returns the raw output
-``(n,)`` (before the optimizer's output scale) and the new ``h`` and ``c``.
+Layout: coordinates last. ``x`` is ``(F, *shape)`` (the preprocessed gradient
+features of the coordinates of a leaf of that shape, often flat: ``(F, n)``), ``h``
+and ``c`` are ``(L, H, *shape)``; a step returns the raw output ``shape`` (before the
+optimizer's output scale) and the new ``h`` and ``c``. The maths never reshapes the
+coordinates, so a leaf sharded along any of its axes stays sharded through it.
 See ``docs/design/lstm-implementations.md`` for why the fused step and the blocks exist.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -60,24 +63,40 @@ def lstm_step_reference(
 
     Args:
       weights: the cell's weights.
-      x: the input features ``(F, n)``.
-      h: the hidden state ``(L, H, n)``.
-      c: the cell state ``(L, H, n)``.
+      x: the input features ``(F, *shape)``.
+      h: the hidden state ``(L, H, *shape)``.
+      c: the cell state ``(L, H, *shape)``.
 
     Returns:
-      ``(out, new_h, new_c)``: ``(n,)``, ``(L, H, n)``, ``(L, H, n)``.
+      ``(out, new_h, new_c)``: ``shape``, ``(L, H, *shape)``, ``(L, H, *shape)``.
     """
     hidden = h.shape[1]
     new_h, new_c = [], []
     inp = x
     for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
-        z = w.T @ jnp.concatenate([inp, h[layer]], axis=0) + b[:, None]
+        z = _over_rows(w, jnp.concatenate([inp, h[layer]], axis=0)) + _column(b, inp.ndim)
         i, f, g, o = (z[k * hidden : (k + 1) * hidden] for k in range(4))
         c_next = jax.nn.sigmoid(f) * c[layer] + jax.nn.sigmoid(i) * jnp.tanh(g)
         inp = jax.nn.sigmoid(o) * jnp.tanh(c_next)
         new_h.append(inp)
         new_c.append(c_next)
-    return weights.w_out @ inp + weights.b_out, jnp.stack(new_h), jnp.stack(new_c)
+    return _over_rows(weights.w_out, inp) + weights.b_out, jnp.stack(new_h), jnp.stack(new_c)
+
+
+def _over_rows(w: jax.Array, rows: jax.Array) -> jax.Array:
+    """``w.T @ rows`` over the first axis of ``rows``: ``(K,)`` or ``(K, M)`` by ``(K, *shape)``."""
+    return jax.lax.dot_general(w, rows, (((0,), (0,)), ((), ())))
+
+
+def _over_coordinates(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b.T`` summed over every coordinate axis: ``(M, *shape)`` by ``(K, *shape)`` (or ``shape``)."""
+    k = a.ndim - 1
+    return jax.lax.dot_general(a, b, ((tuple(range(1, a.ndim)), tuple(range(b.ndim - k, b.ndim))), ((), ())))
+
+
+def _column(v: jax.Array, ndim: int) -> jax.Array:
+    """``v`` ``(K,)`` as ``(K, 1, ..., 1)``, to broadcast over ``ndim - 1`` coordinate axes."""
+    return v.reshape(v.shape + (1,) * (ndim - 1))
 
 
 def _sigmoid(z: jax.Array) -> jax.Array:
@@ -86,13 +105,13 @@ def _sigmoid(z: jax.Array) -> jax.Array:
 
 
 def _rows(inp: jax.Array, h: jax.Array) -> jax.Array:
-    """``[input; h; 1]`` ``(F_l + H + 1, n)``: one operand for every matmul of a layer.
+    """``[input; h; 1]`` ``(F_l + H + 1, *shape)``: one operand for every matmul of a layer.
 
     With the ones row the bias rides in the same matmul, forward (``z``) and
     backward (its gradient is the ones row's row of ``rows @ dz.T``): one matmul per
     layer and direction instead of three (input, recurrent, bias).
     """
-    return jnp.concatenate([inp, h, jnp.ones((1, inp.shape[1]), inp.dtype)], axis=0)
+    return jnp.concatenate([inp, h, jnp.ones((1, *inp.shape[1:]), inp.dtype)], axis=0)
 
 
 def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
@@ -101,7 +120,7 @@ def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
     inp = x
     for layer, (w, b) in enumerate(zip(weights.w, weights.b)):
         rows = _rows(inp, h[layer])
-        z = jax.lax.dot_general(jnp.concatenate([w, b[None]], axis=0), rows, (((0,), (0,)), ((), ())))  # (4H, n)
+        z = _over_rows(jnp.concatenate([w, b[None]], axis=0), rows)  # (4H, *shape)
         i = _sigmoid(z[:hidden])
         f = _sigmoid(z[hidden : 2 * hidden])
         g = jnp.tanh(z[2 * hidden : 3 * hidden])
@@ -113,7 +132,7 @@ def _forward(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
         new_c.append(c_next)
         gates.append((rows, i, f, g, o, tanh_c))
         inp = h_next
-    out = weights.w_out @ inp + weights.b_out
+    out = _over_rows(weights.w_out, inp) + weights.b_out
     return out, jnp.stack(new_h), jnp.stack(new_c), gates
 
 
@@ -137,11 +156,6 @@ def _fused_fwd(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array):
     return (out, new_h, new_c), (weights, x, h, c)
 
 
-def _nt(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a @ b.T`` (contracting the coordinate axis) without materialising a transpose."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
-
-
 def fused_backward(
     residuals: tuple[CellWeights, jax.Array, jax.Array, jax.Array],
     cotangents: tuple[jax.Array, jax.Array, jax.Array],
@@ -162,9 +176,9 @@ def fused_backward(
     hidden = h.shape[1]
     _, _, _, gates = _forward(weights, x, h, c)
     top = gates[-1][5] * gates[-1][4]  # h of the last layer = o * tanh(c)
-    d_w_out = top @ d_out
+    d_w_out = _over_coordinates(top, d_out)
     d_b_out = jnp.sum(d_out)
-    d_above = weights.w_out[:, None] * d_out  # dL/dh of the top layer from the output
+    d_above = _column(weights.w_out, top.ndim) * d_out  # dL/dh of the top layer from the output
     num_layers = len(weights.w)
     d_w, d_b, d_h, d_c = [None] * num_layers, [None] * num_layers, [None] * num_layers, [None] * num_layers
     for layer in reversed(range(num_layers)):
@@ -174,12 +188,12 @@ def fused_backward(
         dz = jnp.concatenate(
             [dc * g * i * (1 - i), dc * c[layer] * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
             axis=0,
-        )  # (4H, n): gate blocks are contiguous rows in this layout
+        )  # (4H, *shape): gate blocks are contiguous rows in this layout
         w = weights.w[layer]
         n_in = w.shape[0] - hidden
-        d_wb = _nt(rows, dz)  # (F_l + H + 1, 4H): weights, then the bias
+        d_wb = _over_coordinates(rows, dz)  # (F_l + H + 1, 4H): weights, then the bias
         d_w[layer], d_b[layer] = d_wb[:-1], d_wb[-1]
-        d_rows = w @ dz  # (F_l + H, n): to the layer's input, then to its h
+        d_rows = jax.lax.dot_general(w, dz, (((1,), (0,)), ((), ())))  # (F_l + H, *shape): to the input, then h
         d_h[layer] = d_rows[n_in:]
         d_c[layer] = dc * f
         d_above = d_rows[:n_in]
@@ -196,10 +210,10 @@ def keep_where(
     """The step's results where ``keep`` is True; elsewhere output 0 and the old ``h``, ``c``.
 
     Args:
-      keep: ``(n,)`` bool, True for the coordinates the step updates.
-      out: the step's output ``(n,)``.
-      new_h: the step's new ``h`` ``(L, H, n)``.
-      new_c: the step's new ``c`` ``(L, H, n)``.
+      keep: ``shape`` bool, True for the coordinates the step updates.
+      out: the step's output ``shape``.
+      new_h: the step's new ``h`` ``(L, H, *shape)``.
+      new_c: the step's new ``c`` ``(L, H, *shape)``.
       h: ``h`` before the step.
       c: ``c`` before the step.
 
@@ -214,7 +228,7 @@ def keep_where(
 
 
 def masked(step_fn: StepFn) -> MaskedStepFn:
-    """``step_fn`` with a ``keep`` mask ``(n,)`` as its fifth argument.
+    """``step_fn`` with a ``keep`` mask (the coordinates' shape) as its fifth argument.
 
     Coordinates where ``keep`` is False get output 0 and keep their ``h`` and ``c``.
     Their features must be finite (the optimizer passes 0 there), so that no NaN
@@ -244,17 +258,37 @@ CPU_BLOCK = 16384
 MAX_BLOCKED_COORDINATES = 2**31 - 1
 
 
+def partitioned_by_xla() -> bool:
+    """Whether the program being traced is partitioned over devices by XLA (GSPMD).
+
+    True where the mesh set with ``jax.set_mesh`` has an automatic axis
+    (``jax.sharding.AxisType.Auto``) of more than one device, outside
+    ``jax.shard_map`` over it. Without a mesh in context, False.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return False
+    auto = jax.sharding.AxisType.Auto
+    return any(kind == auto and mesh.shape[name] > 1 for name, kind in zip(mesh.axis_names, mesh.axis_types))
+
+
 def in_blocks(
     step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on: str | None = None
 ) -> Callable[..., tuple[jax.Array, ...]]:
-    """``step_fn`` over blocks of ``block`` coordinates, one block after the other.
+    """``step_fn`` over blocks of about ``block`` coordinates, one block after the other.
 
-    Every coordinate gets the numbers of one call over all coordinates; only the
-    working set shrinks to one block. Leaves of at most ``block`` coordinates go
-    through in one call. Each block is sliced out of the step's inputs and written
-    into the outputs in place; the last block ends at the last coordinate and may
-    overlap the one before (its overlap's cotangent is counted once). Leaves of more
-    than `MAX_BLOCKED_COORDINATES` coordinates also go through in one call.
+    The blocks are slices along the first coordinate axis (for a flat leaf, runs of
+    coordinates), as many rows of the leaf as make ``block`` coordinates (at least
+    one), so no coordinate axis is reshaped and a sharded leaf stays sharded. Every
+    coordinate gets the numbers of one call over all coordinates; only the working
+    set shrinks to one block. Leaves of at most ``block`` coordinates, or of one
+    row, go through in one call. Each block is sliced out of the step's inputs and
+    written into the outputs in place; the last block ends at the last row and may
+    overlap the one before (its overlap's cotangent is counted once). Leaves with
+    more than `MAX_BLOCKED_COORDINATES` rows also go through in one call, and so
+    does every leaf where XLA partitions the program over devices itself (a mesh
+    with an automatic axis of more than one device is set, `partitioned_by_xla`):
+    a block's slice along a sharded axis would gather that axis.
 
     Args:
       step_fn: ``step_fn(weights, x, h, c, *aux)``: a `StepFn`, or one with
@@ -274,51 +308,64 @@ def in_blocks(
       forward-mode, and it can be vmapped.
     """
 
-    def take(a: jax.Array, start: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice_in_dim(a, start, block, axis=-1)
+    def plan(x: jax.Array) -> tuple[int, int, int]:
+        # (coordinate axes, rows, rows per block) of a leaf whose features are x.
+        coordinate_axes, rows = x.ndim - 1, x.shape[1]
+        per_row = math.prod(x.shape[2:])
+        return coordinate_axes, rows, max(1, block // per_row)
 
-    def put(into: jax.Array, part: jax.Array, start: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=-1)
+    def take(a: jax.Array, start: jax.Array, k: int, size: int) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(a, start, size, axis=a.ndim - k)
+
+    def put(into: jax.Array, part: jax.Array, start: jax.Array, k: int) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=into.ndim - k)
 
     def loop_forward(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
-        n = coords[0].shape[-1]
+        k, n, size = plan(coords[0])
 
         def block_at(start: jax.Array) -> tuple[jax.Array, ...]:
-            return step_fn(weights, *(take(a, start) for a in coords))
+            return step_fn(weights, *(take(a, start, k, size) for a in coords))
 
         def body(i: jax.Array, outs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            start = jnp.minimum(i * block, n - block)
-            return tuple(put(o, b, start) for o, b in zip(outs, block_at(start)))
+            start = jnp.minimum(i * size, n - size)
+            return tuple(put(o, b, start, k) for o, b in zip(outs, block_at(start)))
 
         shapes = jax.eval_shape(block_at, jnp.int32(0))
-        outs = tuple(jnp.zeros((*s.shape[:-1], n), s.dtype) for s in shapes)
-        return jax.lax.fori_loop(0, -(-n // block), body, outs)
+        outs = tuple(
+            jnp.zeros((*s.shape[: len(s.shape) - k], n, *s.shape[len(s.shape) - k + 1 :]), s.dtype) for s in shapes
+        )
+        return jax.lax.fori_loop(0, -(-n // size), body, outs)
 
     # The backward pass is a loop of the same shape. Autodiff of the forward loop would
-    # add every block's input cotangents into full-size accumulators, touching all n
+    # add every block's input cotangents into full-size accumulators, touching all
     # coordinates per block.
     def loop_bwd(residuals: tuple, cotangents: tuple) -> tuple:
         weights, x, h, c, *aux = residuals
-        n = x.shape[-1]
-        num_blocks = -(-n // block)
-        covered = (num_blocks - 1) * block  # what the blocks before the last one write
+        k, n, size = plan(x)
+        num_blocks = -(-n // size)
+        covered = (num_blocks - 1) * size  # the rows the blocks before the last one write
 
         def body(j: jax.Array, grads: tuple) -> tuple:
             # The last block goes first, its overlap with the block before masked out of
             # the output cotangents: that block wrote those outputs too, and then writes
             # their input cotangents over the last block's (zeros there).
             last_first = jnp.where(j == 0, num_blocks - 1, j - 1)
-            start = jnp.minimum(last_first * block, n - block)
-            keep = (j != 0) | (start + jnp.arange(block) >= covered)
-            cot = tuple(jnp.where(keep, take(t, start), jnp.zeros((), t.dtype)) for t in cotangents)
-            aux_block = [take(a, start) for a in aux]
+            start = jnp.minimum(last_first * size, n - size)
+            keep = ((j != 0) | (start + jnp.arange(size) >= covered)).reshape((size,) + (1,) * (k - 1))
+            cot = tuple(jnp.where(keep, take(t, start, k, size), jnp.zeros((), t.dtype)) for t in cotangents)
+            aux_block = [take(a, start, k, size) for a in aux]
             _, vjp = jax.vjp(
                 lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux_block),
-                weights, take(x, start), take(h, start), take(c, start),
+                weights, take(x, start, k, size), take(h, start, k, size), take(c, start, k, size),
             )  # fmt: skip
             gw, gx, gh, gc = vjp(cot)
             dw, dx, dh, dc = grads
-            return jax.tree.map(jnp.add, dw, gw), put(dx, gx, start), put(dh, gh, start), put(dc, gc, start)
+            return (
+                jax.tree.map(jnp.add, dw, gw),
+                put(dx, gx, start, k),
+                put(dh, gh, start, k),
+                put(dc, gc, start, k),
+            )
 
         zeros = jax.tree.map(jnp.zeros_like, (weights, x, h, c))
         return jax.lax.fori_loop(0, num_blocks, body, zeros)
@@ -349,9 +396,12 @@ def in_blocks(
     blocked.defvjp(blocked_fwd, backward)
 
     def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, *aux: jax.Array) -> tuple[jax.Array, ...]:
-        # A leaf past int32's range cannot be indexed in blocks (JAX indexes in int32
-        # unless x64 is on); it goes through in one call.
-        if x.shape[-1] <= block or x.shape[-1] > MAX_BLOCKED_COORDINATES:
+        # Rows past int32's range cannot be indexed in blocks (JAX indexes in int32
+        # unless x64 is on); such a leaf goes through in one call.
+        if math.prod(x.shape[1:]) <= block or partitioned_by_xla():
+            return step_fn(weights, x, h, c, *aux)
+        _, rows, size = plan(x)
+        if rows <= size or rows > MAX_BLOCKED_COORDINATES:
             return step_fn(weights, x, h, c, *aux)
         return blocked(weights, x, h, c, *aux)
 
