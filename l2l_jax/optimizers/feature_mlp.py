@@ -40,6 +40,10 @@ NOMINAL_DECAY = 0.9
 #: smaller ones as matrix products over the coordinates. Same maths, other rounding.
 COORDINATEWISE_MIN_SIZE = 65536
 
+#: At most this many meta-parameters (elements of φ, all arrays together: 4 GiB in
+#: float32), as for the LSTM.
+MAX_META_PARAMS = 2**30
+
 
 class FeatureMLPState(NamedTuple):
     """The state of `FeatureMLP`'s optimizer.
@@ -81,8 +85,12 @@ class FeatureMLP(LearnedOptimizer):
     that movement the same for every fan-in above r, so one φ serves narrow and wide
     networks (μLO). Vectors and scalars (biases) are not scaled.
 
-    A coordinate whose gradient is NaN or ±inf gets update 0 and keeps its state;
-    it is left out of its tensor's normalisation.
+    A coordinate whose gradient, or (with ``use_params``) parameter, is NaN or ±inf
+    gets update 0 and keeps its state; it is left out of its tensor's
+    normalisation, so every other coordinate is updated as if it were not there.
+
+    With ``state_dtype`` set (e.g. ``"bfloat16"``) the momenta and second moment are
+    stored in that dtype and the update is computed in at least float32.
 
     References:
       Metz et al. (2022), "Practical tradeoffs between memory, compute, and performance in
@@ -108,6 +116,7 @@ class FeatureMLP(LearnedOptimizer):
         nominal_lr: float = 1e-2,
         normalise_features: bool = True,
         reference_fan_in: float | None = None,
+        state_dtype: str | None = None,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -131,6 +140,13 @@ class FeatureMLP(LearnedOptimizer):
         self.reference_fan_in = (
             None if reference_fan_in is None else positive_float("reference_fan_in", reference_fan_in)
         )
+        self.state_dtype = None if state_dtype is None else _float_dtype_name("state_dtype", state_dtype)
+        count = self.meta_param_count()
+        if count > MAX_META_PARAMS:
+            raise ConfigError(
+                f"a feature MLP with hidden_sizes={list(self.hidden_sizes)} would have {count} meta-parameters; "
+                f"at most 2**30 = {MAX_META_PARAMS} are supported"
+            )
         if self.output == "nominal" and NOMINAL_DECAY not in self.momentum_decays:
             raise ConfigError(
                 f"output='nominal' needs {NOMINAL_DECAY} among momentum_decays (its Adam momentum), "
@@ -143,8 +159,15 @@ class FeatureMLP(LearnedOptimizer):
         k = len(self.momentum_decays)
         return 2 + 2 * k + int(self.use_params) + (len(PROGRESS_SCALES) if self.use_progress else 0)
 
+    def meta_param_count(self) -> int:
+        """The number of elements of φ (exact, in Python integers)."""
+        sizes = (self.num_features, *self.hidden_sizes, 2)
+        return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes)) + int(
+            self.output == "nominal"
+        )
+
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this optimizer; ``reference_fan_in`` only when it is set."""
+        """The options that rebuild this optimizer; ``reference_fan_in`` and ``state_dtype`` only when set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -157,6 +180,7 @@ class FeatureMLP(LearnedOptimizer):
             "nominal_lr": self.nominal_lr,
             "normalise_features": self.normalise_features,
             **({} if self.reference_fan_in is None else {"reference_fan_in": self.reference_fan_in}),
+            **({} if self.state_dtype is None else {"state_dtype": self.state_dtype}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -181,7 +205,7 @@ class FeatureMLP(LearnedOptimizer):
             check_float_tree(params, "parameters")
 
             def zeros(p: jax.Array, *lead: int) -> jax.Array:
-                return zeros_like_param(p, lead, state_dtype(jnp.result_type(p)))
+                return zeros_like_param(p, lead, state_dtype(jnp.result_type(p), self.state_dtype))
 
             return FeatureMLPState(
                 momenta=jax.tree.map(lambda p: zeros(p, len(self.momentum_decays)), params),
@@ -246,16 +270,23 @@ class FeatureMLP(LearnedOptimizer):
             def leaf(
                 grad: jax.Array, momenta: jax.Array, v: jax.Array, p: jax.Array
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
-                dt, grad = v.dtype, jnp.asarray(grad)
+                # Computed in at least float32 whatever dtype the state is stored in.
+                sdt, grad = v.dtype, jnp.asarray(grad)
+                dt = jnp.promote_types(sdt, jnp.float32)
                 keep = jnp.isfinite(grad)
-                g = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
+                if self.use_params:
+                    p = jnp.asarray(p)
+                    keep = keep & jnp.isfinite(p)
+                zero = jnp.zeros((), dt)
+                g = jnp.where(keep, grad.astype(dt), zero)
                 d = decays.astype(dt).reshape((-1,) + (1,) * g.ndim)
-                new_m = jnp.where(keep, d * momenta + (1 - d) * g, momenta)
+                m, v = momenta.astype(dt), v.astype(dt)
+                new_m = jnp.where(keep, d * m + (1 - d) * g, m)
                 new_v = jnp.where(keep, beta2 * v + (1 - beta2) * g * g, v)
                 rsqrt = jax.lax.rsqrt(new_v + 1e-12)
                 features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
                 if self.use_params:
-                    features.append(jnp.asarray(p, dt)[None])
+                    features.append(jnp.where(keep, p.astype(dt), zero)[None])
                 out = network(features, progress, keep)
                 if nominal:
                     m_hat = new_m[nominal_index] / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
@@ -265,14 +296,24 @@ class FeatureMLP(LearnedOptimizer):
                     step = jnp.exp(self.exp_mult * out[1]) * (self.step_mult * out[0] - lr * adam)
                 else:
                     step = out[0] * jnp.exp(self.exp_mult * out[1]) * self.step_mult
-                step = jnp.where(keep, step, jnp.zeros((), dt)) * width_factor(g.shape)
-                return step.astype(grad.dtype), new_m, new_v
+                step = jnp.where(keep, step, zero) * width_factor(g.shape)
+                return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
 
             triples = jax.tree.map(leaf, updates, state.momenta, state.second_moment, param_tree)
             new_updates, momenta, second = (jax.tree.map(lambda _, r, k=k: r[k], updates, triples) for k in range(3))
             return new_updates, FeatureMLPState(momenta=momenta, second_moment=second, count=count)
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _float_dtype_name(name: str, value: Any) -> str:
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        raise ConfigError(f"{name} {value!r} is not a dtype") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ConfigError(f"{name} must be a floating dtype, got {value!r}")
+    return str(dt)
 
 
 def _coordinatewise_layers(x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]) -> list[jax.Array]:
@@ -302,6 +343,7 @@ def feature_mlp(
     nominal_lr: float = 1e-2,
     normalise_features: bool = True,
     reference_fan_in: float | None = None,
+    state_dtype: str | None = None,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -322,12 +364,17 @@ def feature_mlp(
       reference_fan_in: width-aware updates: multiply the update of every tensor of
         two or more axes by min(1, reference_fan_in / fan-in) (see `FeatureMLP`);
         ``None``: off.
+      state_dtype: store the momenta and second moment in this floating dtype
+        (e.g. ``"bfloat16"``, half the state's memory of float32); ``None``: the
+        parameter's dtype, at least float32. The update is computed in at least
+        float32 either way.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
 
     Raises:
-      ConfigError: for invalid options.
+      ConfigError: for invalid options, or a network of more than `MAX_META_PARAMS`
+        meta-parameters.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -351,4 +398,5 @@ def feature_mlp(
         nominal_lr,
         normalise_features,
         reference_fan_in,
+        state_dtype,
     )
