@@ -86,16 +86,23 @@ class Interrupted(SystemExit):
 
 
 def _parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """``["dim=10", "preset=paper"]`` -> ``{"dim": 10, "preset": "paper"}`` (values as JSON if they parse)."""
+    """``["dim=10", "preset=paper"]`` -> ``{"dim": 10, "preset": "paper"}`` (values as JSON if they parse).
+
+    Raises:
+      ConfigError: naming ``flag``, if an item is not ``KEY=VALUE`` or its JSON
+        value nests more than ``run_directory.MAX_JSON_DEPTH`` deep.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
-            out[key] = json.loads(value)
+            out[key] = rd.parse_json(value)
         except json.JSONDecodeError:
             out[key] = value
+        except ValueError as e:
+            raise ConfigError(f"{flag} {key}=...: the value is {e}") from None
     return out
 
 
@@ -108,21 +115,52 @@ def _evaluate_run(
     progress: bool,
     task: str | None = None,
     against: Sequence[str] | None = None,
+    task_options: dict[str, Any] | None = None,
 ) -> str:
-    """Compares a run's optimizer with tuned baselines (and ``against``); returns the tables and where files went."""
-    comparison = report.evaluate_run(
-        run_dir,
-        num_tasks=num_tasks,
-        num_tune_tasks=num_tune_tasks,
-        num_steps=num_steps,
-        seed=seed,
-        progress=progress,
-        task=task,
-        against=against,
-    )
+    """Compares a run's optimizer with tuned baselines (and ``against``); returns the tables and where files went.
+
+    ``task_options`` are the ones given on the command line: the only source of
+    ``download`` and ``data_dir`` (``report.CALLER_ONLY_OPTIONS``).
+    """
+    try:
+        comparison = report.evaluate_run(
+            run_dir,
+            num_tasks=num_tasks,
+            num_tune_tasks=num_tune_tasks,
+            num_steps=num_steps,
+            seed=seed,
+            progress=progress,
+            task=task,
+            task_options=task_options,
+            against=against,
+        )
+    except DataError as e:
+        given = task_options or {}
+        if "data_dir" not in given and given.get("download") is not True:
+            raise DataError(
+                f"{e} Options that choose where data lies or download it are never taken from a run directory: "
+                "pass --task-option data_dir=DIR, or --task-option download=true."
+            ) from None
+        raise
     reference = next(iter(comparison.curves))
     written = ", ".join(str(run_dir / f) for f in (rd.EVALUATION_JSON, rd.EVALUATION_TABLE, rd.LOSS_CURVES_PLOT))
     return f"{comparison.table()}\n\n{comparison.paired_table(reference)}\n\nwrote {written}"
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    """``(device, inode, mtime in ns)`` of ``path``: it changes whenever the file is rewritten; ``None`` if missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _check_evaluate_options(args: argparse.Namespace) -> None:
+    """Refuses ``--tasks`` and ``--tune-tasks`` that evaluation would refuse, before anything runs."""
+    for flag, value in (("--tasks", args.tasks), ("--tune-tasks", args.tune_tasks)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
 
 
 def _train(
@@ -138,13 +176,16 @@ def _train(
     """Meta-trains into ``run_dir``, saying what it does once the run directory is accepted.
 
     Ctrl-C exits with status 130 and SIGTERM with 128 + its number, after
-    meta-training has saved a checkpoint.
+    meta-training has saved a checkpoint (if it got as far as its first one),
+    saying whether a new checkpoint is on disk.
     """
     config = MetaTrainConfig.from_dict(config_dict)
     total = config.num_meta_steps
     started: list[float] = []  # The time meta-training started, once it has.
+    checkpoint_at_start: list[tuple[int, int, int] | None] = [None]
 
     def on_start(start_step: int) -> None:
+        checkpoint_at_start[0] = _file_id(run_dir / rd.CHECKPOINT)
         if start_step < total:
             resuming = f", resuming at step {start_step}" if start_step else ""
             what = config.optimizer
@@ -165,10 +206,22 @@ def _train(
             on_start=on_start,
         )
     except KeyboardInterrupt as e:
-        if started:
-            print(f"\ninterrupted: checkpoint saved in {run_dir}; run the same command again to resume.", flush=True)
-        else:
+        checkpoint = _file_id(run_dir / rd.CHECKPOINT)
+        if not started:
             print("\ninterrupted before meta-training started; nothing was saved.", flush=True)
+        elif checkpoint is not None and checkpoint != checkpoint_at_start[0]:
+            print(f"\ninterrupted: checkpoint saved in {run_dir}; run the same command again to resume.", flush=True)
+        elif checkpoint is not None:
+            print(
+                f"\ninterrupted before a new checkpoint was saved; run the same command again to resume from "
+                f"the last one in {run_dir}.",
+                flush=True,
+            )
+        else:
+            print(
+                f"\ninterrupted before the first checkpoint; no checkpoint was saved in {run_dir}.",
+                flush=True,
+            )
         raise Interrupted(128 + e.signum if isinstance(e, Terminated) else 130) from None
     steps_run = total - result.start_step
     if steps_run == 0:
@@ -191,6 +244,7 @@ def _train(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_evaluate_options(args)
     config = dict(DEMO_CONFIG, seed=args.seed, num_meta_steps=args.meta_steps)
     _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress, overwrite=args.overwrite)
     print("\nevaluating on held-out quadratics against tuned baselines ...", flush=True)
@@ -264,6 +318,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
+    if args.evaluate:
+        _check_evaluate_options(args)
     config = config_from_args(args)
     try:
         _train(
@@ -283,7 +339,14 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         # The task as named on this command line: a module:function the user has just trusted.
         print(
             _evaluate_run(
-                args.run_dir, args.tasks, args.tune_tasks, None, args.seed + 1, not args.no_progress, config["task"]
+                args.run_dir,
+                args.tasks,
+                args.tune_tasks,
+                None,
+                args.seed + 1,
+                not args.no_progress,
+                config["task"],
+                task_options=config["task_options"],
             )
         )
     print(f"wrote {args.run_dir}")
@@ -306,6 +369,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             not args.no_progress,
             args.task,
             () if args.no_against else args.against,
+            _parse_options(args.task_option, "--task-option"),
         )
     )
     return 0
@@ -549,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a run directory names (default: the run's task, if registered)",
     )
     ev.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the task family, replacing the run's (repeatable); download and data_dir are "
+        "taken only from here, never from the run directory (default: the run's options, without those)",
+    )
+    ev.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -597,8 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments; ``None``: ``sys.argv[1:]``, run as the program.
 
     Returns:
-      The exit status: 0, or 2 for an error a user can cause (printed as one
-      line). An interrupted command (Ctrl-C: 130, SIGTERM: 143) raises
+      The exit status: 0, or 2 for an error a user can cause or a file that
+      cannot be read or written (printed as one line, naming the file). An interrupted command (Ctrl-C: 130, SIGTERM: 143) raises
       ``Interrupted`` (a ``SystemExit``), or, run as the program, exits
       at once with that status.
     """
@@ -607,6 +678,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except L2LError as e:
         print(f"l2l-jax: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # A read-only or full filesystem, a missing permission: files written whole stay intact.
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"l2l-jax: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except Interrupted as e:
         if argv is None:

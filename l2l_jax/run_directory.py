@@ -27,6 +27,11 @@ Guarantees:
   naming it; it is never read half-way or trained through.
 * Files are created with the permissions the user's umask gives.
 * Nothing in a run directory is ever executed or imported.
+* Writing never follows a symbolic link: files are created under fresh names
+  (``O_EXCL``) and renamed, and ``.lock`` is opened with ``O_NOFOLLOW``. A
+  ``.lock`` that l2l-jax did not write is never changed or removed.
+* A file that cannot be written (read-only or full filesystem) raises
+  ``OSError`` naming it, leaving the previous file intact.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -96,20 +103,34 @@ def _umask() -> int:
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temporary file and ``os.replace``.
 
-    The file gets the permissions an ordinary ``open(path, "w")`` would give
-    (``0o666`` less the umask).
+    The temporary file is created exclusively (``O_EXCL | O_NOFOLLOW``) and
+    renamed over ``path``, so no symbolic link is ever followed, and an error
+    leaves the previous file intact. The file gets the permissions an ordinary
+    ``open(path, "w")`` would give (``0o666`` less the umask).
+
+    Raises:
+      OSError: if the file cannot be written (read-only or full filesystem, no
+        permission); its ``filename`` is ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if hasattr(os, "fchmod"):  # On the open file: a name could be swapped for a link.
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+            else:
+                os.chmod(tmp, 0o666 & ~_umask())
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 
@@ -138,13 +159,59 @@ def user_files(run_path: Path) -> list[str]:
     return sorted(p.name for p in run_path.iterdir() if p.name != LOCK and not _is_stray_temp(p.name))
 
 
+#: What ``lock`` writes into a ``.lock`` file it created: ``l2l-jax`` and the holder's process id.
+_LOCK_CONTENT = re.compile(rb"l2l-jax (\d+)\n")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
+    """``(fd, created)``: ``path`` created exclusively, or the regular file already there (never a link)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666), True
+    except FileExistsError:
+        pass
+    flags = os.O_NONBLOCK | _NOFOLLOW  # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | flags)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY | flags)  # flock needs no write access.
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise RunDirectoryError(
+                f"{path} is a symbolic link; l2l-jax never follows links in a run directory: remove it"
+            ) from None
+        if e.errno != errno.EISDIR:
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise RunDirectoryError(f"{path} is not a regular file; l2l-jax uses it as the directory's lock: remove it")
+    return fd, False
+
+
+def _holder(fd: int) -> int | None:
+    """The process id written into a lock file by ``lock``, if it holds one."""
+    match = _LOCK_CONTENT.fullmatch(os.pread(fd, 64, 0))
+    return int(match.group(1)) if match else None
+
+
 @contextlib.contextmanager
 def lock(run_path: Path) -> Iterator[None]:
     """Holds an exclusive lock on a run directory (created if missing) for the ``with`` block.
 
+    The lock is ``flock`` on ``run_path/.lock``, opened without following links.
+    A ``.lock`` this function creates holds ``l2l-jax PID`` and is removed on
+    release; one left by a killed l2l-jax process is taken over. Any other
+    ``.lock`` (a user's own file) is locked as it is: never written, truncated
+    or removed.
+
     Raises:
-      RunDirectoryBusyError: at once, if another process holds it.
-      RunDirectoryError: if ``run_path`` exists and is not a directory.
+      RunDirectoryBusyError: at once, if another process holds it (naming that
+        process where it is known).
+      RunDirectoryError: if ``run_path`` exists and is not a directory, or its
+        ``.lock`` is a symbolic link or not a regular file.
     """
     if run_path.exists() and not run_path.is_dir():
         raise RunDirectoryError(f"run directory {run_path} exists and is not a directory")
@@ -155,31 +222,53 @@ def lock(run_path: Path) -> Iterator[None]:
         yield
         return
     path = run_path / LOCK
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    for _ in range(100):  # Retried only while other processes remove the file under us.
+        try:
+            fd, created = _open_lock(path)
+        except RunDirectoryError:  # A FileNotFoundError too, but not a race: a link or not a file.
+            raise
+        except FileNotFoundError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            who = f" (process {holder})" if holder.isdigit() else ""
+            who = f" (process {holder})" if holder is not None else ""
             raise RunDirectoryBusyError(
                 f"{run_path} is in use by another l2l-jax process{who}; "
                 "wait for it to finish or use another run directory"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        st = os.fstat(fd)
         try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            if created and not (run_path / CHECKPOINT).exists():
-                path.unlink(missing_ok=True)  # Nothing was written: leave no trace in a folder that is not a run.
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            current = os.lstat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)  # Its holder removed it on release: lock the file now there.
+            continue
+        break
+    else:
+        raise RunDirectoryBusyError(f"{run_path}: could not lock {path}; it keeps being replaced")
+    # Ours: created here, or left by a killed l2l-jax process (a single link holding ``l2l-jax PID``).
+    writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDWR
+    ours = created or (writable and st.st_nlink == 1 and _holder(fd) is not None)
+    try:
+        if ours:
+            content = f"l2l-jax {os.getpid()}\n".encode()
+            os.pwrite(fd, content, 0)
+            os.ftruncate(fd, len(content))
+        yield
     finally:
-        os.close(fd)
+        try:
+            if ours:  # Leave no trace; the next writer creates its own (or takes over one left here).
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -192,13 +281,44 @@ def _read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
+#: The deepest nesting of lists and objects accepted in a run directory's JSON or a JSON option.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply lists and dicts nest in ``obj`` (0 for a scalar); computed without recursion."""
+    depth, level = 0, [obj]
+    while containers := [o for o in level if isinstance(o, (list, dict))]:
+        depth += 1
+        level = [c for o in containers for c in (o.values() if isinstance(o, dict) else o)]
+    return depth
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, refusing values nested more than ``MAX_JSON_DEPTH`` deep.
+
+    Raises:
+      ValueError: if ``text`` is not JSON (``json.JSONDecodeError``) or nests too
+        deeply; the message says which.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
 def read_json(path: Path) -> Any:
-    """Reads a JSON file of a run directory, with a clear error if missing or corrupt."""
+    """Reads a JSON file of a run directory, with a clear error if missing, corrupt or nested too deeply."""
     data = _read_bytes(path)
     try:
-        return json.loads(data.decode("utf-8"))
+        return parse_json(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunDirectoryError(f"{path} is corrupt (not valid JSON: {e})") from None
+    except ValueError as e:
+        raise RunDirectoryError(f"{path} is corrupt (its JSON is {e})") from None
 
 
 def _restore(path: Path, target: Any, data: bytes) -> Any:
@@ -236,8 +356,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = parse_json(line)
+        except ValueError:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
@@ -247,7 +367,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def _parse_metrics(path: Path, data: bytes) -> list[dict[str, Any]]:
     rows = []
     for i, line in enumerate(data.decode("utf-8").splitlines()):
-        row = json.loads(line)
+        try:
+            row = parse_json(line)
+        except ValueError as e:
+            raise RunDirectoryError(f"{path} is corrupt: line {i + 1} is not a metrics row ({e})") from None
         if not (isinstance(row, dict) and isinstance(row.get("step"), int) and "meta_loss" in row):
             raise RunDirectoryError(f"{path} is corrupt: line {i + 1} is not a metrics row")
         rows.append(row)
@@ -346,24 +469,37 @@ def _with_checksums(meta: dict[str, Any], params_sha: str) -> dict[str, Any]:
     return {**meta, _CHECKSUMS: {OPTIMIZER_PARAMS: params_sha, OPTIMIZER_META: sha256(_canonical(meta))}}
 
 
-def read_optimizer_meta(directory: Path) -> dict[str, Any]:
+def read_optimizer_meta(directory: Path, *, allow_unverified: bool = False) -> dict[str, Any]:
     """The verified metadata of a trained optimizer (``optimizer.json``).
 
+    Args:
+      directory: a run directory or a shipped optimizer's folder.
+      allow_unverified: accept a file without checksums (written by l2l-jax
+        before they were added, or with them removed), with a warning. Its φ
+        (``optimizer.msgpack``) then cannot be verified either.
+
     Raises:
-      RunDirectoryError: if it is missing, not a JSON object, or its content does
-        not match its checksum.
+      RunDirectoryError: if it is missing, not a JSON object, has no checksums
+        (unless ``allow_unverified``), or its content does not match its checksum.
     """
     path = directory / OPTIMIZER_META
     meta = read_json(path)
     if not isinstance(meta, dict):
         raise RunDirectoryError(f"{path} is corrupt: not a JSON object")
     sums = meta.get(_CHECKSUMS)
-    if sums is None and meta.get("format", 1) < FORMAT:
-        warnings.warn(
-            f"{path} was written by an older l2l-jax and has no checksums; it cannot be verified", stacklevel=2
-        )
+    if sums is None:
+        if not allow_unverified:
+            raise RunDirectoryError(
+                f"{path} has no checksums, so it and {OPTIMIZER_PARAMS} cannot be verified (written by an "
+                "older l2l-jax, or edited); if you trust them, load with allow_unverified=True"
+            )
+        warnings.warn(f"{path} has no checksums; loading it unverified", stacklevel=2)
         return meta
-    if not isinstance(sums, dict) or sums.get(OPTIMIZER_META) != sha256(_canonical(meta)):
+    if (
+        not isinstance(sums, dict)
+        or not isinstance(sums.get(OPTIMIZER_PARAMS), str)
+        or sums.get(OPTIMIZER_META) != sha256(_canonical(meta))
+    ):
         raise RunDirectoryError(f"{path} is corrupt or was edited: its checksum does not match its contents")
     return meta
 
@@ -385,6 +521,9 @@ def optimizer_params_sha256(directory: Path) -> str:
 
 def load_optimizer_params(directory: Path, target: Any, meta: dict[str, Any]) -> Any:
     """φ from ``optimizer.msgpack``, verified against ``meta``'s checksum and for finiteness.
+
+    ``meta`` is what ``read_optimizer_meta`` returned; if that had no checksums
+    (accepted only with ``allow_unverified``), φ is checked for fit and finiteness only.
 
     Raises:
       RunDirectoryError: if the file is missing, damaged, does not fit ``target``,

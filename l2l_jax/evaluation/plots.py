@@ -40,7 +40,11 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_loss_curves(curves: dict[str, np.ndarray], path: Path, title: str = "", ylabel: str = "loss") -> Path:
-    """Plots the mean loss per step (log scale) with a ±1 standard-error band, one line per optimizer.
+    """Plots the mean loss per step with a ±1 standard-error band, one line per optimizer.
+
+    Non-finite means (a diverged task) are gaps in a line; an optimizer with no
+    finite mean at all is named in the legend as not shown. The y-axis is
+    logarithmic when every value shown is positive, linear otherwise.
 
     Args:
       curves: optimizer name -> losses of shape ``(tasks, steps)``.
@@ -53,19 +57,31 @@ def plot_loss_curves(curves: dict[str, np.ndarray], path: Path, title: str = "",
     """
     fig = _figure((6.4, 4.4))
     ax = fig.subplots()
+    shown: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, c in curves.items():
-        mean = np.mean(c, axis=0)
-        se = np.std(c, axis=0) / np.sqrt(c.shape[0])
-        steps = np.arange(c.shape[1])
+        c = np.asarray(c, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = np.mean(c, axis=0)
+            se = np.std(c, axis=0) / np.sqrt(c.shape[0])
+        finite = np.isfinite(mean)
+        if finite.any():
+            shown[name] = (np.where(finite, mean, np.nan), se)
+        else:
+            ax.plot([], [], linestyle="none", label=f"{name}: no finite loss (not shown)")
+    log = bool(shown) and all(np.nanmin(mean) > 0 for mean, _ in shown.values())
+    for name, (mean, se) in shown.items():
+        steps = np.arange(mean.shape[0])
         style = {"linewidth": 2.5} if "lstm" in name or "learned" in name else {"linewidth": 1.2}
         ax.plot(steps, mean, label=name, **style)
-        ax.fill_between(steps, np.maximum(mean - se, 1e-12), mean + se, alpha=0.15)
-    ax.set_yscale("log")
+        ax.fill_between(steps, np.maximum(mean - se, 1e-12) if log else mean - se, mean + se, alpha=0.15)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if curves:
+        ax.legend()
     fig.tight_layout()
     return _save(fig, path)
 

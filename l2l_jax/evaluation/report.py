@@ -25,6 +25,7 @@ def evaluate_run(
     seed: int = 1,
     progress: bool = True,
     task: str | None = None,
+    task_options: dict[str, Any] | None = None,
     against: Sequence[str] | None = None,
     **compare_kwargs: Any,
 ) -> Comparison:
@@ -37,7 +38,10 @@ def evaluate_run(
     started from one) run on the same test tasks, and the run's optimizer is
     compared with every other one task by task (``Comparison.paired``). The run directory is data: a task named there as
     ``module:function`` is refused unless the caller names it in ``task``, since
-    building it imports and runs that code.
+    building it imports and runs that code. Likewise the task options that
+    reach the network or choose where data lies (``CALLER_ONLY_OPTIONS``:
+    ``download``, ``data_dir``) are dropped from the run's recorded options, at
+    any depth, and taken from ``task_options`` only.
 
     Args:
       run_dir: a run directory written by meta-training.
@@ -50,6 +54,9 @@ def evaluate_run(
       task: the task family to evaluate on (a registered name or
         ``module:function``, which is imported and run); ``None``: the run's own
         task, which must then be a registered name.
+      task_options: options of the task family, replacing the run's recorded
+        ones key by key (nested objects merged); the only source of
+        ``CALLER_ONLY_OPTIONS``. ``None``: the recorded options without those.
       against: trained optimizers to compare with: shipped names or run
         directories. ``None``: the run's ``init`` source, checked to be the one
         it started from (none if it started from a fresh φ); ``()``: none.
@@ -62,12 +69,14 @@ def evaluate_run(
       RunDirectoryError: if the run directory is damaged, or names a
         ``module:function`` task that ``task`` does not name.
       RunDirectoryBusyError: if another process is writing to it.
-      ConfigError: if the run was meta-trained on a task mixture (evaluate each
+      ConfigError: if ``task_options`` is not a dict, the run was meta-trained on a task mixture (evaluate each
         member family with ``compare_with_baselines`` instead), or its ``init``
         source has changed since the run started from it.
       UnknownNameError: if a name in ``against`` is neither shipped nor an existing path.
     """
     run_dir = Path(run_dir)
+    if task_options is not None and not isinstance(task_options, dict):
+        raise ConfigError(f"task_options must be a dict of the task family's options, got {task_options!r}")
     if not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir} is not a run directory (it does not exist or is not a directory)")
     with rd.lock(run_dir):
@@ -93,6 +102,7 @@ def evaluate_run(
         options = info.get("task_options", info.get("task_config", {}))
         if not isinstance(options, dict):
             raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
+        options = _merged(_without_caller_only(options), task_options or {})
         if task == "mixture":
             # Refused before anything is built: members may name code to import (module:function).
             raise ConfigError(
@@ -133,6 +143,29 @@ def evaluate_run(
             title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
         )
         return comparison
+
+
+#: Task options that reach the network or choose where data is read and written:
+#: ``evaluate_run`` takes them from its caller only, never from a run directory.
+CALLER_ONLY_OPTIONS: tuple[str, ...] = ("download", "data_dir")
+
+
+def _without_caller_only(options: Any) -> Any:
+    """``options`` without ``CALLER_ONLY_OPTIONS`` keys in any object, however nested (JSON values)."""
+    if isinstance(options, dict):
+        return {k: _without_caller_only(v) for k, v in options.items() if k not in CALLER_ONLY_OPTIONS}
+    if isinstance(options, list):
+        return [_without_caller_only(v) for v in options]
+    return options
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys replacing its own, objects merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        old = out.get(key)
+        out[key] = _merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
 
 
 def _run_horizon(training: dict[str, Any]) -> int:
