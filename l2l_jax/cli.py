@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument(
         "--optimizer",
         default=None,
-        help=f"learned optimizer: lstm, feature_mlp or linear_rnn (default: {d['optimizer']}; with --init: the source's)",
+        help=f"learned optimizer: {', '.join(optimizers_lib.available())} (default: {d['optimizer']}; "
+        "with --init: the source's)",
     )
     mt.add_argument(
         "--preset",

@@ -295,3 +295,15 @@ def test_lstm_handles_any_leaf_shape(shape):
     updates, state = tx.update(params, tx.init(params))
     assert updates["p"].shape == tuple(shape)
     assert state.h["p"].shape == (2, 4, *shape)
+
+
+def test_the_registry_lists_every_optimizer_and_an_unknown_option_names_the_valid_ones():
+    assert optimizers.available() == ["feature_mlp", "linear_rnn", "lstm"]
+    assert {"hidden_size", "preset", "state_dtype", "implementation"} <= set(optimizers.options("lstm"))
+    assert {"hidden_sizes", "reference_fan_in", "state_dtype"} <= set(optimizers.options("feature_mlp"))
+    with pytest.raises(errors.ConfigError, match="unknown option.*hiden_sizes.*its options: exp_mult, hidden_sizes"):
+        optimizers.get("feature_mlp", hiden_sizes=[4])
+    with pytest.raises(errors.ConfigError, match="unknown option.*hidden.*its options: hidden_size"):
+        optimizers.get("lstm", hidden=4)
+    with pytest.raises(errors.UnknownNameError, match="choose one of feature_mlp, linear_rnn, lstm"):
+        optimizers.options("gru")

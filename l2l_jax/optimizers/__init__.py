@@ -1,10 +1,12 @@
 """Learned optimizers: ``init(key) -> φ`` and ``as_optax(φ) -> optax transformation``.
 
-Re-exports the optimizers and owns the registry of their names (`get`).
+Re-exports the optimizers and owns the registry of their names (`get`,
+`available`, `options`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,34 @@ _REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
 }
 
 
+def available() -> list[str]:
+    """The registered learned optimizers' names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def options(name: str) -> list[str]:
+    """The options the learned optimizer ``name`` takes (its constructor's keywords), sorted.
+
+    Raises:
+      UnknownNameError: for an unknown name.
+    """
+    factory = _factory(name)
+    if factory is lstm:
+        return sorted({"preset", *_keywords(CoordinatewiseLSTM)})
+    return sorted(_keywords(factory))
+
+
+def _keywords(factory: Callable[..., Any]) -> set[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in inspect.signature(factory).parameters.items() if p.kind in kinds}
+
+
+def _factory(name: str) -> Callable[..., LearnedOptimizer]:
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(available())}")
+    return _REGISTRY[name]
+
+
 def get(name: str, **kwargs: Any) -> LearnedOptimizer:
     """Builds a learned optimizer by registry name.
 
@@ -36,12 +66,18 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
 
     Raises:
       UnknownNameError: for an unknown name.
-      ConfigError: for options the optimizer does not take.
+      ConfigError: for options the optimizer does not take (the message lists
+        those it takes) or values that make no sense.
     """
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    factory = _factory(name)
+    unknown = sorted(set(kwargs) - set(options(name)))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for learned optimizer {name!r}; "
+            f"its options: {', '.join(options(name))}"
+        )
     try:
-        return _REGISTRY[name](**kwargs)
+        return factory(**kwargs)
     except L2LError:
         raise
     except (TypeError, ValueError, OverflowError) as e:
@@ -58,11 +94,13 @@ __all__ = [
     "LinearRNN",
     "LinearRNNState",
     "MetaParams",
+    "available",
     "check_meta_params",
     "feature_mlp",
     "get",
     "linear_rnn",
     "lstm",
+    "options",
     "preprocess",
     "state_shardings",
 ]

@@ -404,7 +404,10 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
       descent", NeurIPS 2016.
     """
     one_of("LSTM preset", preset, PRESETS)
-    unknown = set(overrides) - set(PRESETS["paper"]) - {"state_dtype", "implementation", "output_init_scale"}
+    valid = {*PRESETS["paper"], "state_dtype", "implementation", "output_init_scale"}
+    unknown = set(overrides) - valid
     if unknown:
-        raise ConfigError(f"unknown LSTM option(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"unknown LSTM option(s) {', '.join(sorted(unknown))}; its options: preset, {', '.join(sorted(valid))}"
+        )
     return CoordinatewiseLSTM(**{**PRESETS[preset], **overrides})
