@@ -7,7 +7,10 @@ rules are the same everywhere:
 - an *integer* is a Python or NumPy integer (``True``/``False`` and floats such
   as ``2.0`` are refused);
 - a *number* is a real Python or NumPy number, not a string and not a bool;
-- a *choice* is one of a fixed set of strings; the error lists them.
+- a *choice* is one of a fixed set of strings; the error lists them;
+- a *count* (steps, tasks, sizes) is at most `MAX_COUNT` (2**31 - 1, what a
+  32-bit integer holds) unless a check says otherwise, so an absurd value is
+  refused here, before anything is allocated or compiled.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from typing import Any
 
 from l2l_jax.errors import ConfigError
 
+#: The largest count (steps, tasks, a dimension) that the library accepts: 2**31 - 1.
+MAX_COUNT = 2**31 - 1
+#: The deepest nesting of lists and dicts accepted in options (``json_options``).
+MAX_JSON_DEPTH = 64
+
 __all__ = [
+    "MAX_COUNT",
+    "MAX_JSON_DEPTH",
     "boolean",
     "finite_float",
     "json_options",
@@ -30,6 +40,7 @@ __all__ = [
     "one_of",
     "positive_float",
     "positive_int",
+    "shallow",
 ]
 
 
@@ -41,27 +52,40 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
-def positive_int(name: str, value: object) -> int:
-    """``value`` as an ``int`` ≥ 1.
+def positive_int(name: str, value: object, *, at_most: int | None = None) -> int:
+    """``value`` as an ``int`` ≥ 1 (and ≤ ``at_most`` when given).
 
     Raises:
-      ConfigError: naming ``name``, if ``value`` is not an integer ≥ 1.
+      ConfigError: naming ``name`` (and the limit), if ``value`` is not such an integer.
     """
     if not _is_integer(value) or int(value) < 1:  # type: ignore[call-overload]
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if at_most is not None and int(value) > at_most:  # type: ignore[call-overload]
+        raise ConfigError(f"{name} must be at most {_limit(at_most)}, got {value!r}")
     return int(value)  # type: ignore[call-overload]
 
 
-def non_negative_int(name: str, value: object, *, below: int | None = None) -> int:
-    """``value`` as an ``int`` ≥ 0 (and < ``below`` when given).
+def non_negative_int(name: str, value: object, *, below: int | None = None, at_most: int | None = None) -> int:
+    """``value`` as an ``int`` ≥ 0 (and < ``below``, ≤ ``at_most`` when given).
 
     Raises:
       ConfigError: naming ``name``, if ``value`` is not such an integer.
     """
     if not _is_integer(value) or int(value) < 0 or (below is not None and int(value) >= below):  # type: ignore[call-overload]
-        bound = "a non-negative integer" if below is None else f"an integer from 0 to {below - 1}"
+        bound = "a non-negative integer" if below is None else f"an integer from 0 to {_limit(below - 1)}"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    if at_most is not None and int(value) > at_most:  # type: ignore[call-overload]
+        raise ConfigError(f"{name} must be at most {_limit(at_most)}, got {value!r}")
     return int(value)  # type: ignore[call-overload]
+
+
+def _limit(n: int) -> str:
+    """``n`` as a message shows it: ``2**31 - 1 = 2147483647`` for powers of two (minus one)."""
+    for offset, suffix in ((0, ""), (1, " - 1")):
+        k = (n + offset).bit_length() - 1
+        if k > 10 and n + offset == 2**k:
+            return f"2**{k}{suffix} = {n}"
+    return str(n)
 
 
 def finite_float(name: str, value: object) -> float:
@@ -140,12 +164,49 @@ def json_options(what: str, value: object) -> dict[str, Any]:
 
     Raises:
       ConfigError: naming ``what``, if ``value`` is not a dict with string keys
-        whose values are JSON values (no NaN or infinity).
+        whose values are JSON values (no NaN or infinity), nested at most
+        `MAX_JSON_DEPTH` lists or dicts deep.
     """
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ConfigError(f"{what} must be a dict of keyword options, got {value!r}")
+    shallow(what, value)
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{what} must hold JSON values (numbers, strings, lists, dicts): {e}") from None
     return value
+
+
+def shallow(what: str, value: object) -> object:
+    """``value`` if it nests lists, tuples and dicts at most `MAX_JSON_DEPTH` deep (anything else passes).
+
+    Check a value that came from a file or the command line with this before
+    printing or copying it: both recurse, and a deeply nested value would
+    otherwise raise ``RecursionError``.
+
+    Raises:
+      ConfigError: naming ``what``, if ``value`` is nested deeper.
+    """
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{what} is nested more than {MAX_JSON_DEPTH} lists or dicts deep")
+    return value
+
+
+def _depth(value: object) -> int:
+    """How many lists, tuples or dicts deep ``value`` is nested, counted without recursion.
+
+    Stops counting past ``MAX_JSON_DEPTH + 1`` and visits a container at most once
+    per depth, so the cost is bounded by the size of ``value`` (cycles included).
+    """
+    deepest, stack, seen = 0, [(value, 1)], set()
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list, tuple)) or (id(item), depth) in seen:
+            continue
+        seen.add((id(item), depth))
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return deepest

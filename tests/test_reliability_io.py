@@ -15,6 +15,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -338,3 +339,13 @@ def test_an_interrupt_says_whether_a_checkpoint_was_saved(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert said in out
     assert ("checkpoint saved" in out) == writes
+
+
+def test_pretrained_loads_an_optimizer_without_checksums_only_when_the_user_opts_in(run):
+    _strip_checksums(run)
+    with pytest.raises(errors.RunDirectoryError, match="no checksums"):
+        pretrained.load_meta_params(run)
+    with pytest.warns(UserWarning, match="no checksums"):
+        tx = pretrained.load(run, allow_unverified=True)
+    updates, _ = tx.update({"w": jnp.ones(3)}, tx.init({"w": jnp.ones(3)}))
+    assert bool(jnp.all(jnp.isfinite(updates["w"])))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from l2l_jax.errors import ConfigError
-from l2l_jax.validation import positive_int
+from l2l_jax.validation import MAX_COUNT, positive_int
 
 #: ``horizon(restart_step) -> inner steps``: the length of the runs started at meta-step ``restart_step``.
 HorizonFn = Callable[[jax.Array], jax.Array]
@@ -34,7 +34,7 @@ def log_uniform_horizons(key: jax.Array, min_horizon: int, max_horizon: int, tru
       ``horizon(restart_step)``: an int32 scalar, jittable.
 
     Raises:
-      ConfigError: if the bounds are not positive integers with ``truncation`` ≤
+      ConfigError: if the bounds are not positive integers (at most 2**31 - 1) with ``truncation`` ≤
         ``min_horizon`` ≤ ``max_horizon`` and ``max_horizon`` a multiple of ``truncation``.
 
     Example:
@@ -57,9 +57,9 @@ def log_uniform_horizons(key: jax.Array, min_horizon: int, max_horizon: int, tru
 
 def check_horizons(min_horizon: object, max_horizon: object, truncation: object) -> None:
     """Raises ``ConfigError`` unless ``truncation`` ≤ ``min_horizon`` ≤ ``max_horizon`` = a multiple of ``truncation``."""
-    low = positive_int("min_horizon", min_horizon)
-    high = positive_int("horizon", max_horizon)
-    k = positive_int("truncation", truncation)
+    low = positive_int("min_horizon", min_horizon, at_most=MAX_COUNT)
+    high = positive_int("horizon", max_horizon, at_most=MAX_COUNT)
+    k = positive_int("truncation", truncation, at_most=MAX_COUNT)
     if not k <= low <= high:
         raise ConfigError(
             f"sampled horizons need truncation ≤ min_horizon ≤ horizon, got truncation {k}, "

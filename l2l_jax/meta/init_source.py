@@ -46,6 +46,8 @@ def load_source(name: str, expected_sha256: str | None = None) -> InitSource:
     Raises:
       UnknownNameError: if ``name`` is neither a shipped name nor an existing path.
       RunDirectoryError: if the source is incomplete or damaged, or its φ is not finite.
+      MetaTrainingError: if its φ is untrained (no meta-update reached it; see
+        ``l2l_jax.pretrained.load_meta_params``).
       ConfigError: if its φ's SHA-256 is not ``expected_sha256``.
     """
     optimizer, meta_params = pretrained.load_meta_params(name)

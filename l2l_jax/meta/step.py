@@ -29,7 +29,7 @@ class MetaTrainState(NamedTuple):
       inner: the estimator's state (the inner runs); with several ``Member`` s, a
         tuple of their states.
       healthy: ``False`` after a non-finite step: the inner runs are restarted.
-      skipped: meta-updates skipped for a non-finite loss or gradient.
+      skipped: meta-updates skipped for a non-finite loss, gradient or result (see ``meta_step``).
       best_meta_params: the best φ on validation so far.
       best_val: its validation loss (+inf before any validation).
       best_step: the step it was reached at.
@@ -87,6 +87,31 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
         return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point entry of a pytree is finite (integer leaves count as finite); jittable."""
+    checks = [
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def stays_finite(new: Any, old: Any) -> jax.Array:
+    """Whether ``new`` has no non-finite entry where ``old`` (same structure) has a finite one; jittable.
+
+    The test for a meta-optimizer's state after an update: a state may hold
+    infinities by design (e.g. a best value that starts at +inf), but an update
+    must not turn finite entries into NaN or infinity.
+    """
+
+    def ok(a: Any, b: Any) -> jax.Array:
+        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            return jnp.array(True)
+        return jnp.all(jnp.isfinite(a) | ~jnp.isfinite(b))
+
+    checks = [ok(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def init_members(members: Sequence[Member], meta_params: MetaParams, key: jax.Array) -> EstimatorState:
@@ -148,7 +173,12 @@ def meta_step(
     index when there are several); the step's meta-loss and meta-gradient are the
     members' weighted sums. A non-finite loss or gradient leaves φ and the
     meta-optimizer's state unchanged, counts in ``skipped`` and marks the state
-    unhealthy, so the next step restarts the runs.
+    unhealthy, so the next step restarts the runs. An update whose result is not
+    finite (``all_finite`` of the new φ, ``stays_finite`` of the new
+    meta-optimizer state: e.g. Adam's second moment overflowing on meta-gradients
+    near 1e30, or a learning rate that overflows) is skipped and counted the same
+    way, but the inner runs, which were finite, carry on. So φ and the
+    meta-optimizer's state stay finite if they start finite.
 
     Args:
       state: the run's state; ``state.inner`` as ``init_members`` makes it.
@@ -194,8 +224,9 @@ def meta_step(
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, meta_opt_state = meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new_phi = optax.apply_updates(state.meta_params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    skipped = state.skipped + (~finite).astype(jnp.int32)
+    applied = finite & all_finite(new_phi) & stays_finite(meta_opt_state, state.meta_opt_state)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)
+    skipped = state.skipped + (~applied).astype(jnp.int32)
     new_state = state._replace(
         step=state.step + 1,
         meta_params=keep(new_phi, state.meta_params),

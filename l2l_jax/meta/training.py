@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import threading
@@ -27,12 +28,19 @@ from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax import validation as v
-from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, Terminated
+from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, RunDirectoryError, Terminated
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta.horizons import check_horizons, log_uniform_horizons
 from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
-from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state, meta_step
+from l2l_jax.meta.step import (
+    Member,
+    MetaTrainState,
+    clip_by_global_norm,
+    initial_state,
+    meta_step,
+    stays_finite,
+)
 from l2l_jax.meta.unroll import (
     WEIGHTINGS,
     InnerState,
@@ -51,6 +59,11 @@ META_LR_SCHEDULES = ("constant", "cosine")
 COMPONENTS = "components"
 DEFAULT_SIGMA = 0.01
 META_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop, "adamw": optax.adamw}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The most array elements that a run may hold at once (see ``check_sizes``): 2**36, 256 GiB of float32.
+MAX_ELEMENTS = 2**36
+#: ``meta_train`` stops a run after this many meta-steps in a row were skipped (see ``max_consecutive_skipped``).
+MAX_CONSECUTIVE_SKIPPED = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,18 +154,20 @@ class MetaTrainConfig:
     init_sha256: str | None = None
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            v.shallow(field.name, getattr(self, field.name))
         v.name("task", self.task)
         v.name("optimizer", self.optimizer)
         v.json_options("task_options", self.task_options)
         v.json_options("optimizer_options", self.optimizer_options)
         for name in ("num_meta_steps", "horizon", "truncation", "batch_size", "num_val_tasks", "checkpoint_every"):
-            v.positive_int(name, getattr(self, name))
-        v.non_negative_int("validate_every", self.validate_every)
-        v.non_negative_int("meta_lr_warmup", self.meta_lr_warmup)
+            v.positive_int(name, getattr(self, name), at_most=v.MAX_COUNT)
+        v.non_negative_int("validate_every", self.validate_every, at_most=v.MAX_COUNT)
+        v.non_negative_int("meta_lr_warmup", self.meta_lr_warmup, at_most=v.MAX_COUNT)
         if self.min_horizon is not None:
             check_horizons(self.min_horizon, self.horizon, self.truncation)
         if self.validation_horizon is not None:
-            v.positive_int("validation_horizon", self.validation_horizon)
+            v.positive_int("validation_horizon", self.validation_horizon, at_most=v.MAX_COUNT)
         v.non_negative_int("seed", self.seed, below=2**32)
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ConfigError(f"init must be a shipped optimizer's name or a run directory, got {self.init!r}")
@@ -166,7 +181,7 @@ class MetaTrainConfig:
                 f"the truncation length ({self.truncation}) must divide the horizon ({self.horizon}), "
                 "so every run splits into whole truncations"
             )
-        v.positive_float("meta_lr", self.meta_lr)
+        _float32("meta_lr", self.meta_lr)
         v.one_of("meta_lr_schedule", self.meta_lr_schedule, META_LR_SCHEDULES)
         if self.clip_norm is not None:
             v.positive_float("clip_norm", self.clip_norm)
@@ -176,8 +191,8 @@ class MetaTrainConfig:
         v.one_of("weighting", self.weighting, WEIGHTINGS)
         v.one_of("meta_optimizer", self.meta_optimizer, tuple(META_OPTIMIZERS))
         v.one_of("estimator", self.estimator, tuple(estimators_lib.ESTIMATORS))
-        v.positive_float("sigma", self.sigma)
-        v.positive_int("num_pairs", self.num_pairs)
+        _float32("sigma", self.sigma)
+        v.positive_int("num_pairs", self.num_pairs, at_most=v.MAX_COUNT)
         if self.estimator == "tbptt" and (self.sigma != DEFAULT_SIGMA or self.num_pairs != 1):
             raise ConfigError("sigma and num_pairs apply to the es and pes estimators, not tbptt")
         if self.estimator != "tbptt" and (not self.first_order or self.remat):
@@ -281,6 +296,14 @@ _ADDED_OPTIONS: dict[str, Any] = {
     in ("estimator", "sigma", "num_pairs", "meta_lr_warmup", "min_horizon", "validation_horizon", "init", "init_sha256")
 }
 _DEFAULT_OPTIMIZER = MetaTrainConfig.optimizer
+
+
+def _float32(name: str, value: object) -> float:
+    """``value`` as a positive ``float`` that float32 holds (φ and its updates are float32)."""
+    x = v.positive_float(name, value)
+    if x > FLOAT32_MAX:
+        raise ConfigError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value!r}")
+    return x
 
 
 def _is_hex(text: str) -> bool:
@@ -387,6 +410,7 @@ def meta_train(
     steps_per_call: int = 1,
     overwrite: bool = False,
     on_start: Callable[[int], None] | None = None,
+    max_consecutive_skipped: int | None = MAX_CONSECUTIVE_SKIPPED,
 ) -> MetaTrainResult:
     """Meta-trains a learned optimizer with the estimator that ``config.estimator`` names.
 
@@ -397,7 +421,10 @@ def meta_train(
     carry over to the next truncation; after ``config.horizon`` steps (or a sampled
     length, with ``config.min_horizon``) new tasks are drawn. With a task mixture
     every member gets its share of the batch. A non-finite loss or meta-gradient skips the update (counted in ``skipped``) and
-    restarts the inner runs. A run directory records what the run was built from
+    restarts the inner runs; an update that would make φ or the meta-optimizer's
+    state non-finite is skipped and counted too (see ``l2l_jax.meta.step.meta_step``),
+    so φ stays finite. Sizes are checked before anything is allocated
+    (``check_sizes``). A run directory records what the run was built from
     (``components``), so a run cannot be resumed with another ``family=`` or
     ``optimizer=``.
 
@@ -440,6 +467,10 @@ def meta_train(
         another run, replacing its run files (other files are kept).
       on_start: called as ``on_start(start_step)`` once the run directory is
         opened and checked, before compiling (``start_step`` is 0 for a new run).
+      max_consecutive_skipped: stop the run, after saving a checkpoint, with
+        ``MetaTrainingError`` once this many meta-steps in a row were skipped (φ
+        cannot change while every step is skipped); checked after each call of
+        ``steps_per_call`` steps. ``None``: never stop early.
 
     Returns:
       A ``MetaTrainResult``; ``result.as_optax()`` is the trained optimizer.
@@ -450,13 +481,18 @@ def meta_train(
         changed since the run in ``run_dir`` started from it.
       UnknownNameError: if ``config.init`` is neither a shipped name nor an existing path.
       RunDirectoryError: if ``run_dir`` is not empty and is not a run directory of
-        this config (without ``overwrite``), or one of its files is damaged.
+        this config (without ``overwrite``), or one of its files is damaged, or its
+        checkpoint holds a non-finite φ or meta-optimizer state.
       RunDirectoryBusyError: if another process is writing to ``run_dir``.
-      MetaTrainingError: if every meta-step of the run was non-finite (φ untrained).
+      MetaTrainingError: if every meta-step of the run was skipped (φ untrained), or
+        ``max_consecutive_skipped`` steps in a row were (the run stops there; its
+        checkpoint and best φ so far are saved).
       KeyboardInterrupt: on Ctrl-C, and ``Terminated`` on
         SIGTERM, after saving a checkpoint to resume from.
     """
-    steps_per_call = v.positive_int("steps_per_call", steps_per_call)
+    steps_per_call = v.positive_int("steps_per_call", steps_per_call, at_most=v.MAX_COUNT)
+    if max_consecutive_skipped is not None:
+        max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
     run_path = Path(run_dir) if run_dir is not None else None
     if config.init is not None:
         if init_meta_params is not None or optimizer is not None:
@@ -481,18 +517,21 @@ def meta_train(
             else log_uniform_horizons(keys.horizons, config.min_horizon, config.horizon, config.truncation)
         )
 
+        if init_meta_params is not None:
+            check_meta_params(optimizer, init_meta_params)
+            init_meta_params = jax.tree.map(jnp.asarray, init_meta_params)
+            if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(init_meta_params)):
+                raise ConfigError("init_meta_params holds NaN or infinite values")
+
         def init_state() -> MetaTrainState:
-            if init_meta_params is None:
-                phi = optimizer.init(keys.meta_init)
-            else:
-                check_meta_params(optimizer, init_meta_params)
-                phi = jax.tree.map(jnp.asarray, init_meta_params)
-                if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(phi)):
-                    raise ConfigError("init_meta_params holds NaN or infinite values")
+            phi = optimizer.init(keys.meta_init) if init_meta_params is None else init_meta_params
             return initial_state(members, meta_tx, phi, keys.tasks_at(0))
 
+        val_parts = _parts(family, config.num_val_tasks) if config.validate_every else []  # Only if it validates.
+        check_sizes(config, jax.eval_shape(init_state), [(optimizer, f, n) for f, n, _ in val_parts])
         mesh = _task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
         state = init_state()
+        fresh = state
         initial_meta_params = state.meta_params
         history: list[dict[str, Any]] = []
         if run_path is not None:
@@ -508,6 +547,8 @@ def meta_train(
                 may_differ=may_differ,
                 defaults={**_ADDED_OPTIONS, COMPONENTS: recorded[COMPONENTS]},
             )
+            if state is not fresh:
+                _check_restored(run_path / rd.CHECKPOINT, state, fresh)
         start = int(state.step)
         if on_start is not None:
             on_start(start)
@@ -549,7 +590,6 @@ def meta_train(
             run_steps = jax.jit(run_steps, static_argnums=1, out_shardings=(state_shardings, sh.replicated(mesh)))
 
         # From the initial φ, so a resumed run validates on exactly the same states.
-        val_parts = _parts(family, config.num_val_tasks)
         val_keys = (
             [keys.validation]
             if len(val_parts) == 1
@@ -573,7 +613,8 @@ def meta_train(
             # an optimizer and metrics rows past the checkpoint, which the resumed
             # run rewrites.
             best_phi, best_step = _best(state)
-            rd.save_trained_optimizer(run_path, _optimizer_meta(optimizer, state, best_step, config, family), best_phi)
+            meta = _optimizer_meta(optimizer, state, best_step, config, family, history)
+            rd.save_trained_optimizer(run_path, meta, best_phi)
             rd.save_checkpoint(run_path, state, history)
 
         def call_length(done: int) -> int:
@@ -637,11 +678,18 @@ def meta_train(
                     skipped=rows[-1]["skipped"],
                     refresh=False,
                 )
-                if done % config.checkpoint_every == 0 or done == config.num_meta_steps:
+                saved = done % config.checkpoint_every == 0 or done == config.num_meta_steps
+                if saved:
                     checkpoint(state)
                 if on_step is not None:
                     for row in rows:
                         on_step(row["step"], row)
+                if max_consecutive_skipped is not None and (
+                    _skipped_in_a_row(history, max_consecutive_skipped) >= max_consecutive_skipped
+                ):
+                    if not saved:
+                        checkpoint(state)
+                    break
         except KeyboardInterrupt:
             # `state` is always a completed step: save it so the run resumes from here.
             with _signals_deferred():
@@ -649,11 +697,7 @@ def meta_train(
             bar.close()
             raise
         bar.close()
-        if int(state.step) > 0 and int(state.skipped) == int(state.step):
-            raise MetaTrainingError(
-                f"every one of the {int(state.step)} meta-steps was skipped: the meta-loss or meta-gradient was "
-                "never finite, so φ is untrained; try a smaller meta_lr or clip_norm, or check the task's loss"
-            )
+        _check_progress(state, history, config.num_meta_steps, max_consecutive_skipped, run_path)
         return MetaTrainResult(
             optimizer=optimizer,
             meta_params=_best(state)[0],
@@ -665,6 +709,122 @@ def meta_train(
             run_dir=run_path,
             start_step=start,
         )
+
+
+def check_sizes(
+    config: MetaTrainConfig,
+    state: MetaTrainState,
+    validation: Sequence[tuple[LearnedOptimizer, TaskFamily, int]] = (),
+) -> None:
+    """Raises ``ConfigError`` if a run would hold more than `MAX_ELEMENTS` array elements at once.
+
+    Counted from shapes alone (``jax.eval_shape``), before anything is allocated
+    or compiled: the training state (φ, the meta-optimizer's state and every inner
+    run: ``batch_size`` tasks, times 2 · ``num_pairs`` for ES and PES), plus, for
+    truncated BPTT without ``remat``, the inner runs' state (of one chunk of
+    ``tasks_per_chunk`` tasks, if set) at each of the ``truncation`` steps that the
+    backward pass keeps; and separately the validation runs (``num_tasks`` tasks
+    of each ``(optimizer, family, num_tasks)``). The bound stops sizes that no
+    device holds; a run within it may still need more memory than a given device has.
+
+    Args:
+      config: the run's settings.
+      state: the initial training state, or its shapes (``jax.ShapeDtypeStruct`` leaves).
+      validation: the validation runs: one ``(optimizer, family, num_tasks)`` per member.
+    """
+    total = _elements(state)
+    if config.estimator == "tbptt":
+        what, lower = "batch_size", "batch_size or the task's size (task_options)"
+        if not config.remat:
+            chunk = (config.tasks_per_chunk or config.batch_size) / config.batch_size
+            total += math.ceil(_elements(state.inner) * chunk) * config.truncation
+            what = "batch_size (or tasks_per_chunk) × truncation: truncated BPTT without remat keeps every step"
+            lower = "batch_size, truncation or the task's size (task_options), or set tasks_per_chunk or remat"
+    else:
+        what, lower = "batch_size × 2 · num_pairs", "batch_size, num_pairs or the task's size (task_options)"
+    if total > MAX_ELEMENTS:
+        raise ConfigError(
+            f"this run would hold about {total:,} array elements at once ({what}, × the task's and optimizer "
+            f"state's size); at most 2**36 = {MAX_ELEMENTS:,} are supported: lower {lower}"
+        )
+    val = sum(_elements(jax.eval_shape(functools.partial(_validation_inner, opt, f, n))) for opt, f, n in validation)
+    if val > MAX_ELEMENTS:
+        raise ConfigError(
+            f"validation would hold about {val:,} array elements at once (num_val_tasks={config.num_val_tasks} "
+            f"× the task's and optimizer state's size); at most 2**36 = {MAX_ELEMENTS:,} are supported: lower "
+            "num_val_tasks or the task's size, or validate_every=0 for no validation"
+        )
+
+
+def _validation_inner(optimizer: LearnedOptimizer, family: TaskFamily, num_tasks: int) -> InnerState:
+    key = jax.random.PRNGKey(0)
+    return init_inner(optimizer, optimizer.init(key), family, key, num_tasks)
+
+
+def _elements(tree: Any) -> int:
+    """The number of array elements in a pytree of arrays or shapes (exact, as a Python int)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _check_restored(path: Path, state: MetaTrainState, fresh: MetaTrainState) -> None:
+    """Raises ``RunDirectoryError`` naming ``path`` if a restored state holds a non-finite φ or meta-optimizer state.
+
+    The meta-optimizer's state may be non-finite only where a fresh one (``fresh``) is.
+    """
+    phis = jax.tree.leaves((state.meta_params, state.best_meta_params))
+    if not all(np.all(np.isfinite(np.asarray(x))) for x in phis):
+        what = "meta-parameters (φ)"
+    elif not bool(stays_finite(state.meta_opt_state, fresh.meta_opt_state)):
+        what = "meta-optimizer state"
+    else:
+        return
+    raise RunDirectoryError(
+        f"{path} holds non-finite {what} (NaN or inf), so the run cannot be resumed; start over "
+        "with overwrite=True (--overwrite) or resume from a good copy of the run directory"
+    )
+
+
+def _skipped_in_a_row(history: Sequence[dict[str, Any]], limit: int) -> int:
+    """How many of the last meta-steps in ``history`` were skipped in a row, counting up to ``limit``."""
+    n = 0
+    for i in range(len(history) - 1, -1, -1):
+        if i > 0:
+            before = history[i - 1]["skipped"]
+        else:  # The run's first row counts from 0; any other first row cannot be judged.
+            before = 0 if history[i]["step"] == 1 else history[i]["skipped"]
+        if n >= limit or history[i]["skipped"] <= before:
+            break
+        n += 1
+    return n
+
+
+def _check_progress(
+    state: MetaTrainState,
+    history: Sequence[dict[str, Any]],
+    num_meta_steps: int,
+    limit: int | None,
+    run_path: Path | None,
+) -> None:
+    """Raises ``MetaTrainingError`` if the run stopped on ``limit`` skipped steps in a row or skipped every step."""
+    step, skipped = int(state.step), int(state.skipped)
+    why = (
+        "the meta-loss, the meta-gradient or the updated φ or meta-optimizer state was not finite; "
+        "try a smaller meta_lr or a clip_norm, or check the task's loss"
+    )
+    where = f" (saved in {run_path})" if run_path is not None else ""
+    if step < num_meta_steps:
+        assert limit is not None
+        head = (
+            f"every one of the {step} meta-steps was skipped"
+            if skipped == step
+            else f"the last {_skipped_in_a_row(history, limit)} meta-steps (to step {step}) were all skipped"
+        )
+        raise MetaTrainingError(
+            f"{head}, so meta-training stopped at step {step} of {num_meta_steps}: it was not making progress "
+            f"(max_consecutive_skipped={limit}); {why}. Its checkpoint and best φ so far{where} are kept"
+        )
+    if step > 0 and skipped == step:
+        raise MetaTrainingError(f"every one of the {step} meta-steps was skipped, so φ is untrained{where}; {why}")
 
 
 def _recorded_source_sha(run_path: Path, init: str) -> str | None:
@@ -750,9 +910,21 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _optimizer_meta(
-    optimizer: LearnedOptimizer, state: MetaTrainState, best_step: int, config: MetaTrainConfig, family: TaskFamily
+    optimizer: LearnedOptimizer,
+    state: MetaTrainState,
+    best_step: int,
+    config: MetaTrainConfig,
+    family: TaskFamily,
+    history: Sequence[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state`` (from ``best_step``)."""
+    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state`` (from ``best_step``).
+
+    ``trained_steps`` counts the meta-updates that reached that φ (``best_step``
+    less the steps skipped by then, from the metrics rows ``history``): 0 marks an
+    untrained φ, which ``l2l_jax.pretrained.load`` refuses unless asked.
+    """
+    skipped = _skipped_by(history, best_step)
+    trained = {} if skipped is None else {"trained_steps": best_step - skipped}
     return {
         "optimizer": optimizer.name,
         "optimizer_config": optimizer.config(),
@@ -763,5 +935,16 @@ def _optimizer_meta(
         "best_step": best_step,
         "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
         "skipped_meta_steps": int(state.skipped),
+        **trained,
         "training_config": config.to_dict(),
     }
+
+
+def _skipped_by(history: Sequence[dict[str, Any]], step: int) -> int | None:
+    """Meta-steps skipped up to and including ``step``, from the metrics rows (0 for step 0; ``None``: no row)."""
+    if step == 0:
+        return 0
+    for row in reversed(history):
+        if row["step"] == step:
+            return int(row["skipped"])
+    return None

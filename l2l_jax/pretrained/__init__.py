@@ -4,7 +4,9 @@ A shipped optimizer is a folder under ``l2l_jax/pretrained/shipped/`` holding th
 same two files a run directory has: ``optimizer.json`` (architecture, task,
 training config, evaluation figures, checksums) and ``optimizer.msgpack`` (φ,
 saved with flax.serialization: no pickle). Loading verifies both checksums and
-refuses non-finite φ; it never imports code that the files name.
+refuses non-finite φ; it never imports code that the files name. It also
+refuses an untrained φ (a run whose every meta-step was skipped records
+``"trained_steps": 0``) unless ``allow_untrained=True``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import optax
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
-from l2l_jax.errors import L2LError, RunDirectoryError, UnknownNameError
+from l2l_jax.errors import L2LError, MetaTrainingError, RunDirectoryError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -66,16 +68,35 @@ def info(name_or_path: str | Path) -> dict[str, Any]:
     return rd.read_optimizer_meta(locate(name_or_path))
 
 
-def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaParams]:
+def load_meta_params(
+    name_or_path: str | Path, *, allow_untrained: bool = False, allow_unverified: bool = False
+) -> tuple[LearnedOptimizer, MetaParams]:
     """The learned optimizer and its trained φ, from a shipped name or a run directory.
+
+    Args:
+      name_or_path: a name from ``available``, or a run directory.
+      allow_untrained: also load a φ that no meta-update reached (its metadata
+        records ``"trained_steps": 0``: every meta-step of its run was skipped, or
+        the run was stopped before its first step), e.g. to inspect it. Files
+        without that field (from earlier versions) load either way.
+      allow_unverified: also load files that carry no checksums (written by
+        hand or by a tool other than l2l-jax); their damage cannot be detected.
 
     Raises:
       UnknownNameError: if it is neither a shipped name nor an existing path.
       RunDirectoryError: if the directory is incomplete, a file does not match its
-        checksum, or φ holds NaN or infinite values.
+        checksum (or carries none and ``allow_unverified`` is ``False``), or φ
+        holds NaN or infinite values.
+      MetaTrainingError: if φ is untrained and ``allow_untrained`` is ``False``.
     """
     path = locate(name_or_path)
-    meta = rd.read_optimizer_meta(path)
+    meta = rd.read_optimizer_meta(path, allow_unverified=allow_unverified)
+    if meta.get("trained_steps") == 0 and not allow_untrained:
+        raise MetaTrainingError(
+            f"{path / rd.OPTIMIZER_META} holds an untrained φ (trained_steps: 0): no meta-update reached it, "
+            "as every meta-step before it was saved was skipped as non-finite; retrain, or pass "
+            "allow_untrained=True to load it anyway"
+        )
     try:
         optimizer = optimizers_lib.get(meta["optimizer"], **meta["optimizer_config"])
     except L2LError as e:
@@ -86,31 +107,42 @@ def load_meta_params(name_or_path: str | Path) -> tuple[LearnedOptimizer, MetaPa
     return optimizer, rd.load_optimizer_params(path, target, meta)
 
 
-def export(run_dir: str | Path, dest: str | Path) -> Path:
+def export(run_dir: str | Path, dest: str | Path, *, allow_untrained: bool = False) -> Path:
     """Copies a run's trained optimizer (its two files) into ``dest``, e.g. to ship it.
 
-    The source is verified first and the copy is validated by loading it back.
+    The source is verified first (as ``load_meta_params`` does, ``allow_untrained``
+    included) and the copy is validated by loading it back.
 
     Returns:
       ``dest``.
     """
     src, dest = Path(run_dir), Path(dest)
-    optimizer, phi = load_meta_params(src)  # Refuse to export anything broken.
+    _, phi = load_meta_params(src, allow_untrained=allow_untrained)  # Refuse to export anything broken.
     meta = rd.read_optimizer_meta(src)
     rd.save_optimizer(dest, meta, phi)
-    load_meta_params(dest)
+    load_meta_params(dest, allow_untrained=allow_untrained)
     return dest
 
 
-def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
+def load(
+    name_or_path: str | Path, *, allow_untrained: bool = False, allow_unverified: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """A trained learned optimizer, ready to use as an optax optimizer.
 
     Args:
       name_or_path: a name from ``available``, or a run directory written by
         ``l2l-jax meta-train`` / ``l2l_jax.meta_train``.
+      allow_untrained: also load an untrained φ (see ``load_meta_params``).
+      allow_unverified: also load files without checksums (see ``load_meta_params``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      UnknownNameError: if it is neither a shipped name nor an existing path.
+      RunDirectoryError: if the directory is incomplete or damaged, or φ is not finite.
+      MetaTrainingError: if φ is untrained (no meta-update reached it) and
+        ``allow_untrained`` is ``False``.
 
     Example:
       >>> import jax.numpy as jnp, optax, l2l_jax
@@ -120,7 +152,7 @@ def load(name_or_path: str | Path) -> optax.GradientTransformationExtraArgs:
       >>> updates["w"].shape
       (3,)
     """
-    optimizer, phi = load_meta_params(name_or_path)
+    optimizer, phi = load_meta_params(name_or_path, allow_untrained=allow_untrained, allow_unverified=allow_unverified)
     return optimizer.as_optax(phi)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
+
+import jax
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.tasks.base import TaskFamily
@@ -19,7 +22,7 @@ from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
 from l2l_jax.tasks.regression import TeacherStudentFamily
 from l2l_jax.tasks.scale_augmented import ScaleAugmentedFamily
-from l2l_jax.validation import json_options, positive_float
+from l2l_jax.validation import MAX_COUNT, json_options, positive_float
 from l2l_jax.validation import name as valid_name
 
 #: The keys of one member in ``get("mixture", members=[...])``.
@@ -188,7 +191,36 @@ def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
         raise ConfigError(f"bad options for task {name!r}: {e}") from None
     if not isinstance(family, TaskFamily) and not (factory is _build_mixture and isinstance(family, TaskMixture)):
         raise ConfigError(f"task {name!r} did not build a TaskFamily (got {type(family).__name__})")
+    if isinstance(family, TaskFamily):
+        _check_size(name, family)
     return family
+
+
+#: The most array elements one task may have (its task parameters and θ0 together): 2**31 - 1.
+MAX_TASK_ELEMENTS = MAX_COUNT
+
+
+def _check_size(name: str, family: TaskFamily) -> None:
+    """Raises ``ConfigError`` if one task of ``family`` has more than `MAX_TASK_ELEMENTS` elements.
+
+    Counted from shapes (``jax.eval_shape``), so nothing is allocated. A family
+    whose ``sample`` or ``init`` cannot be traced abstractly is not checked here
+    (meta-training traces it, and checks its sizes, before allocating).
+    """
+    try:
+        key = jax.random.PRNGKey(0)
+        task_params = jax.eval_shape(family.sample, key)
+        params = jax.eval_shape(family.init, task_params, key)
+    except L2LError:
+        raise
+    except Exception:  # noqa: BLE001  A family's own tracing error: reported where it is used.
+        return
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves((task_params, params)))
+    if n > MAX_TASK_ELEMENTS:
+        raise ConfigError(
+            f"task {name!r} would have {n:,} array elements per task (its parameters and data); at most "
+            f"2**31 - 1 = {MAX_TASK_ELEMENTS:,} are supported: lower its size options"
+        )
 
 
 __all__ = [

@@ -7,8 +7,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
 from l2l_jax.validation import finite_float, non_negative_float, positive_int
+
+#: The largest ``QuadraticFamily`` dimension: W's dim² entries stay below 2**31.
+MAX_DIM = 46_340
 
 
 class ScalarQuadratic(TaskFamily):
@@ -40,13 +44,23 @@ class QuadraticFamily(TaskFamily):
     """The paper's quadratics f(θ) = ||Wθ - y||² (Andrychowicz et al., 2016, §3.1).
 
     W ∈ R^{d×d} and y ∈ R^d have i.i.d. standard normal entries; θ0 has i.i.d.
-    N(0, ``init_scale``²) entries (0.01 in the paper).
+    N(0, ``init_scale``²) entries (0.01 in the paper). ``dim`` is at most
+    `MAX_DIM` (46,340), so that W's d² entries stay below 2**31.
+
+    Raises:
+      ConfigError: if ``dim`` is not an integer from 1 to `MAX_DIM`, or
+        ``init_scale`` is negative or not finite.
     """
 
     name = "quadratic"
 
     def __init__(self, dim: int = 10, init_scale: float = 0.01) -> None:
         dim = positive_int("quadratic dimension (dim)", dim)
+        if dim > MAX_DIM:
+            raise ConfigError(
+                f"quadratic dimension (dim) must be at most {MAX_DIM} (W has dim² entries, at most 2**31 - 1), "
+                f"got {dim}"
+            )
         self.dim = dim
         self.init_scale = non_negative_float("init_scale", init_scale)
 
