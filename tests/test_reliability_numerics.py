@@ -243,6 +243,17 @@ def test_a_run_too_large_for_any_device_is_refused_before_anything_is_written(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_whose_state_exceeds_the_machines_memory_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from l2l_jax.meta import training
+
+    monkeypatch.setattr(training, "device_memory_bytes", lambda: 2**20)  # a 1 MiB machine
+    with pytest.raises(errors.ConfigError, match="training state alone needs .* more than the 0.0 GiB.*batch_size"):
+        meta_train(MetaTrainConfig(**{**TINY, "batch_size": 2**14}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    assert training.device_memory_bytes() > 2**20  # This machine's memory is known.
+
+
 def test_validation_tasks_are_not_built_when_the_run_never_validates():
     config = MetaTrainConfig(**{**TINY, "num_meta_steps": 1, "num_val_tasks": 2**30, "validate_every": 0})
     assert meta_train(config, progress=False).skipped == 0

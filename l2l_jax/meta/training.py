@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import signal
 import threading
 import time
@@ -725,7 +726,9 @@ def check_sizes(
     ``tasks_per_chunk`` tasks, if set) at each of the ``truncation`` steps that the
     backward pass keeps; and separately the validation runs (``num_tasks`` tasks
     of each ``(optimizer, family, num_tasks)``). The bound stops sizes that no
-    device holds; a run within it may still need more memory than a given device has.
+    device holds. Then the training state alone (a lower bound on what the run
+    needs) must fit in the memory of the device it runs on (`device_memory_bytes`);
+    a run that passes may still need more than its device has.
 
     Args:
       config: the run's settings.
@@ -747,6 +750,13 @@ def check_sizes(
             f"this run would hold about {total:,} array elements at once ({what}, × the task's and optimizer "
             f"state's size); at most 2**36 = {MAX_ELEMENTS:,} are supported: lower {lower}"
         )
+    memory = device_memory_bytes()
+    if memory is not None and _bytes(state) > memory:
+        raise ConfigError(
+            f"this run's training state alone needs {_bytes(state) / 2**30:,.1f} GiB, more than the "
+            f"{memory / 2**30:,.1f} GiB of memory of this machine's {jax.local_devices()[0].platform.upper()} "
+            f"devices: lower {lower}"
+        )
     val = sum(_elements(jax.eval_shape(functools.partial(_validation_inner, opt, f, n))) for opt, f, n in validation)
     if val > MAX_ELEMENTS:
         raise ConfigError(
@@ -759,6 +769,32 @@ def check_sizes(
 def _validation_inner(optimizer: LearnedOptimizer, family: TaskFamily, num_tasks: int) -> InnerState:
     key = jax.random.PRNGKey(0)
     return init_inner(optimizer, optimizer.init(key), family, key, num_tasks)
+
+
+def device_memory_bytes() -> int | None:
+    """The memory the run's devices hold together, in bytes, where it is known, else None.
+
+    Accelerators: the sum of ``memory_stats()["bytes_limit"]`` over this process's
+    devices. CPU: the machine's physical memory, or the process's cgroup limit if
+    lower (CPU devices share it).
+    """
+    devices = jax.local_devices()
+    if devices[0].platform != "cpu":
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+        return None if None in limits else sum(limits)
+    limits = []
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def _bytes(tree: Any) -> int:
+    """The bytes of the arrays in a pytree of arrays or shapes (exact, as a Python int)."""
+    return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
 def _elements(tree: Any) -> int:
