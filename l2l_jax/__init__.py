@@ -12,18 +12,52 @@ The public API::
     l2l_jax.examples       the paper's worked example
     l2l_jax.errors         the exceptions; l2l_jax.validation: the argument checks
 
+Each is imported on first use (``import l2l_jax`` itself does not import JAX).
 See docs/architecture.md for what each module owns and what may import what.
 """
 
-from l2l_jax import errors, evaluation, examples, meta, optimizers, pretrained, run_directory, tasks, validation
-from l2l_jax.meta import MetaTrainConfig, meta_train
-from l2l_jax.optimizers import linear_rnn, lstm
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from l2l_jax.version import __version__
+
+#: The subpackages and modules of the public API, imported on first use: ``import
+#: l2l_jax`` is quick (no JAX) and ``l2l_jax.data.load_mnist`` works without importing
+#: ``l2l_jax.data`` first.
+_MODULES = (
+    "data",
+    "errors",
+    "evaluation",
+    "examples",
+    "meta",
+    "optimizers",
+    "pretrained",
+    "run_directory",
+    "tasks",
+    "validation",
+)
+#: Names re-exported at the top level, and the module that defines each.
+_NAMES = {"MetaTrainConfig": "meta", "meta_train": "meta", "linear_rnn": "optimizers", "lstm": "optimizers"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"l2l_jax.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"l2l_jax.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'l2l_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES, *_NAMES})
 
 
 __all__ = [
-    "__version__",
     "MetaTrainConfig",
+    "__version__",
+    "data",
     "errors",
     "evaluation",
     "examples",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -159,3 +160,15 @@ def test_scale_augmentation_round_trips_its_config_and_refuses_bad_options():
 def test_a_scale_augmented_member_keeps_the_mnist_data_record():
     family = tasks.get("scale_augmented", task="mnist", options={"data_dir": FIXTURE, "image_size": 8})
     assert family.data_record == tasks.get("mnist", data_dir=FIXTURE).data_record
+
+
+def test_a_task_module_in_the_current_folder_is_found_as_python_m_finds_it(tmp_path, monkeypatch):
+    (tmp_path / "my_l2l_tasks.py").write_text(
+        "from l2l_jax.tasks import QuadraticFamily\n\ndef make(dim=3):\n    return QuadraticFamily(dim=dim)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    family = tasks.get("my_l2l_tasks:make", dim=4)
+    assert family.dim == 4
+    with pytest.raises(errors.UnknownNameError, match="cannot import module 'not_there_either'"):
+        tasks.get("not_there_either:make")

@@ -140,6 +140,28 @@ def test_version_prints_the_package_version(capsys):
     assert capsys.readouterr().out.strip() == f"l2l-jax {l2l_jax.__version__}"
 
 
+def test_the_quick_top_level_help_is_the_parsers_own(monkeypatch, capsys):
+    # `l2l-jax --help` answers without building the parser; it cannot go stale.
+    from l2l_jax import __main__ as entry
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.build_parser().format_help() == entry.TOP_LEVEL_HELP
+    assert entry.main(["--help"]) == 0 and capsys.readouterr().out == entry.TOP_LEVEL_HELP
+    assert entry.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"l2l-jax {cli.__version__}"  # as cli.main(["--version"]) says
+
+
+def test_the_top_level_help_and_import_l2l_jax_import_no_jax():
+    code = (
+        "import sys, l2l_jax; from l2l_jax.__main__ import main; main(['--help']); "
+        "assert 'jax' not in sys.modules, 'jax imported'; "
+        "assert callable(l2l_jax.data.load_mnist) and callable(l2l_jax.lstm) and 'jax' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "meta-train" in proc.stdout
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(action.choices)

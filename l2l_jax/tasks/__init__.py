@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -114,11 +116,23 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _import_module(module_name: str) -> Any:
+    """Imports ``module_name``, also from the current folder (last on the path), as ``python -m`` finds it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or "" in sys.path or cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
 def _import_factory(path: str) -> Callable[..., TaskFamily]:
     """``"package.module:function"`` -> the function (for your own tasks on the command line)."""
     module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name)
     except ImportError as e:
         raise UnknownNameError(f"task {path!r}: cannot import module {module_name!r} ({e})") from None
     factory = getattr(module, attr, None)
