@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -274,6 +275,41 @@ RECIPE_OPTIONS: dict[str, str] = {
     "min_horizon": "min_horizon",
     "validation_horizon": "validation_horizon",
 }
+
+
+#: Names the library's messages use for what the command line calls otherwise.
+_FIELD_FLAGS: dict[str, str] = {
+    "task_options": "--task-option",
+    "optimizer_options": "--optimizer-option",
+    "num_tasks": "--tasks",
+    "num_tune_tasks": "--tune-tasks",
+    "num_steps": "--steps",
+}
+
+
+def field_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each field the library's messages name (``batch_size``, ``num_val_tasks``) -> its flag.
+
+    Read from the parser's options (and `RECIPE_OPTIONS`, where a field's flag has
+    another name), so that it cannot go stale.
+    """
+    flags = dict(_FIELD_FLAGS)
+    dest_to_field = {dest: field for field, dest in RECIPE_OPTIONS.items()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for option in sub._actions:
+                    if option.option_strings and option.dest != "help":
+                        flags.setdefault(dest_to_field.get(option.dest, option.dest), option.option_strings[-1])
+    return flags
+
+
+def in_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with every field name that holds an underscore written as its flag."""
+    fields = sorted((f for f in flags if "_" in f), key=len, reverse=True)
+    if not fields:
+        return message
+    return re.sub(r"\b(" + "|".join(map(re.escape, fields)) + r")\b", lambda m: flags[m.group(1)], message)
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -674,11 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       ``Interrupted`` (a ``SystemExit``), or, run as the program, exits
       at once with that status.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except L2LError as e:
-        print(f"l2l-jax: error: {e}", file=sys.stderr)
+        print(f"l2l-jax: error: {in_flags(str(e), field_flags(parser))}", file=sys.stderr)
         return 2
     except OSError as e:  # A read-only or full filesystem, a missing permission: files written whole stay intact.
         where = f"{e.filename}: " if e.filename is not None else ""

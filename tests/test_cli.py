@@ -395,3 +395,20 @@ def test_evaluate_runs_a_module_function_task_only_when_the_user_names_it(tmp_pa
     assert not (run / "evaluation.json").exists()
     assert cli.main([*evaluate, "--task", "h3_own_task:make"]) == 0
     assert (run / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--val-tasks", "10000000000000"], "--val-tasks must be at most"),
+        (["--batch-size", "10000000000000"], "--batch-size must be at most"),
+        (["--tasks-per-chunk", "3"], "--tasks-per-chunk"),
+    ],
+)
+def test_a_bad_option_is_named_by_its_flag_not_its_python_field(flags, named, tmp_path, capsys):
+    base = ["meta-train", "--task", "quadratic", "--task-option", "dim=3", "--horizon", "2", "--truncation", "2"]
+    base += ["--batch-size", "2", "--meta-steps", "1", "--no-progress", "--run-dir", str(tmp_path / "run")]
+    assert cli.main(base + flags) == 2
+    err = capsys.readouterr().err
+    assert named in err, err
+    assert not any(field in err for field in ("num_val_tasks", "batch_size", "tasks_per_chunk")), err
