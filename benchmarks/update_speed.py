@@ -17,6 +17,14 @@ each LSTM implementation and state dtype, and prints:
 its network evaluated coordinate by coordinate and as matrix products
 (``l2l_jax.optimizers.feature_mlp.COORDINATEWISE_MIN_SIZE`` set to 1, then to infinity).
 
+``--lstm-floor`` sets the shipped ``mnist-lstm``'s update on each flat size against the
+floors of its cell on this machine: its matrix products (FLOPs per coordinate, exact)
+at this CPU's rate for a large square product and at the rate of the cell's own
+products on a block of coordinates, and its tanh evaluations (5 per unit and layer:
+three gates as sigmoids through tanh, the candidate, the cell output) at the measured
+rate of ``jnp.tanh`` on a block that stays in cache; and its minimal memory traffic (as
+above) at the measured rate of a large elementwise copy (``a + 1``, read and write).
+
 ``--train-step`` also times a whole Flax training step (forward, backward, update) of
 the paper's MNIST MLP (batch 128), a 784-128-64-10 MLP and a wider MLP, with the
 learned optimizer (each of ``--implementations``, float32 state), every ``--shipped``
@@ -145,6 +153,58 @@ def crossover_rows(sizes: list[float], repeats: int, on_row: Callable[[dict], No
         feature_mlp.COORDINATEWISE_MIN_SIZE = default
 
 
+def _rate(fn: Callable[..., jax.Array], args: tuple, work: float, repeats: int) -> float:
+    """``work`` per second of the jitted ``fn(*args)`` (median of ``repeats``)."""
+    jitted = jax.jit(fn)
+    seconds, _ = harness.median_seconds(lambda c: (jitted(*args), c[1]), (None, None), repeats)
+    return work / seconds
+
+
+def lstm_floor_rows(sizes: list[float], repeats: int, on_row: Callable[[dict], None]) -> None:
+    """The shipped ``mnist-lstm``'s update on flat leaves against the floors of its cell here."""
+    lstm_cell = importlib.import_module("l2l_jax.optimizers.lstm_cell")
+    optimizer, _ = pretrained.load_meta_params("mnist-lstm")
+    hidden, layers = optimizer.hidden_size, optimizer.num_layers
+    fan_ins = [2 + hidden + 1] + [2 * hidden + 1] * (layers - 1)  # [inputs; h; 1] per layer
+    flops = sum(2 * f * 4 * hidden for f in fan_ins) + 2 * hidden  # per coordinate, the output's too
+    tanhs = 5 * hidden * layers
+    key = jax.random.key(0)
+    square = jax.random.normal(key, (2048, 2048))
+    square_rate = _rate(lambda a: a @ a, (square,), 2 * 2048**3, repeats)
+    block = lstm_cell.CPU_BLOCK
+    cell_rate = _rate(
+        lambda ws, rs: [w @ r for w, r in zip(ws, rs)],
+        ([jnp.ones((4 * hidden, f)) for f in fan_ins], [jnp.ones((f, block)) for f in fan_ins]),
+        sum(2 * 4 * hidden * f * block for f in fan_ins),
+        repeats * 10,
+    )
+    tanh_rate = _rate(jnp.tanh, (jax.random.normal(key, (block * 4 * hidden,)),), block * 4 * hidden, repeats * 10)
+    big = jnp.ones((2**26,))
+    copy_rate = _rate(lambda a: a + 1.0, (big,), 2 * big.nbytes, repeats)
+    for size in sizes:
+        params = {"w": jax.random.normal(key, (int(size),)) * 0.02}
+        seconds = update_seconds(pretrained.load("mnist-lstm"), params, repeats)
+        n = int(size)
+        traffic = harness.minimal_bytes(n, harness.state_bytes_per_param("fused", "float32"))
+        row = {
+            "parameters": n, "seconds": seconds, "flops_per_coordinate": flops, "tanh_per_coordinate": tanhs,
+            "square_product_flops_per_s": square_rate, "cell_product_flops_per_s": cell_rate,
+            "tanh_per_s": tanh_rate, "floor_square_rate_seconds": n * flops / square_rate,
+            "floor_cell_rate_seconds": n * flops / cell_rate, "floor_tanh_seconds": n * tanhs / tanh_rate,
+            "copy_bytes_per_s": copy_rate, "minimal_bytes": traffic, "floor_memory_seconds": traffic / copy_rate,
+        }  # fmt: skip
+        on_row(row)
+        print(
+            f"mnist-lstm {n:,d} coordinates: update {seconds * 1e3:.1f} ms; cell {flops} FLOPs + {tanhs} tanh per "
+            f"coordinate; products at the square rate ({square_rate / 1e9:.0f} GFLOP/s) "
+            f"{row['floor_square_rate_seconds'] * 1e3:.1f} ms, at the cell's own rate ({cell_rate / 1e9:.0f} GFLOP/s) "
+            f"{row['floor_cell_rate_seconds'] * 1e3:.1f} ms; tanh ({tanh_rate / 1e9:.2f} G/s) "
+            f"{row['floor_tanh_seconds'] * 1e3:.1f} ms; memory traffic {traffic / 1e9:.2f} GB at "
+            f"{copy_rate / 1e9:.1f} GB/s {row['floor_memory_seconds'] * 1e3:.1f} ms",
+            flush=True,
+        )
+
+
 def train_step_seconds(model: MLP, tx: Any, params: Any, x: jax.Array, y: jax.Array, repeats: int) -> float:
     """Median seconds of one jitted training step (forward, backward, update) on a fixed batch."""
     step = harness.train_step(model, tx, x, y)
@@ -209,6 +269,9 @@ def main() -> None:
     )
     parser.add_argument("--train-step", action="store_true", help="also time whole training steps of three MLPs")
     parser.add_argument(
+        "--lstm-floor", action="store_true", help="also set mnist-lstm's update against the floors of its cell"
+    )
+    parser.add_argument(
         "--shipped",
         nargs="*",
         default=pretrained.available(),
@@ -228,6 +291,8 @@ def main() -> None:
         update_rows(name, params, args.implementations, args.state_dtypes, args.repeats, on_update)
         shipped_rows(name, params, args.shipped, args.repeats, on_shipped)
     crossover_rows(args.crossover, args.repeats, results.section("crossover"))
+    if args.lstm_floor:
+        lstm_floor_rows(args.sizes, args.repeats, results.section("lstm_floor"))
     on_train_step = results.section("train_steps")
     if args.train_step:
         train_step_rows(args.repeats, args.implementations, args.shipped, on_train_step)
