@@ -305,6 +305,10 @@ def test_resumed_run_says_what_ran_in_this_call_and_in_total(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nothing to do: " in out and "all 6 meta-steps" in out
     assert "meta-trained" not in out
+    # ... and with progress bars on, no bar is drawn for it.
+    assert cli.main(["meta-train", *[a for a in extended if a != "--no-progress"], "--run-dir", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "nothing to do: " in captured.out and "6/6" not in captured.err, captured.err
 
 
 def test_run_without_validation_says_no_validation_yet(tmp_path, capsys):

@@ -66,6 +66,16 @@ def test_meta_training_plot_has_a_title_and_a_meta_loss_label_naming_the_weighti
     assert plain.get_xlabel() == "meta-step"
 
 
+def test_a_short_run_ticks_whole_meta_steps_only(tmp_path, monkeypatch):
+    figures = _capture_figures(monkeypatch)
+    rows = [{"step": s, "meta_loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    plot_meta_training(rows, tmp_path / "short.png")
+    (axes,) = figures[0].axes
+    figures[0].canvas.draw()
+    ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_rows_without_a_meta_loss_are_skipped_not_fatal(tmp_path):
     rows = _history(+1.0)
     damaged = [rows[0], {"step": 1}, {"meta_loss": 2.0}, {"step": 3, "meta_loss": "x"}, "not a row", *rows[4:]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from typing import Any, Callable
 
 import jax
@@ -124,7 +125,9 @@ def tune_learning_rate(
     make_tx = baselines_lib.get(name)
     baselines_lib.check_learning_rates(grid)
     scores = []
-    for lr in tqdm(grid, desc=f"tune {name}", disable=not progress, leave=False):
+    # Nested under the baselines' bar: only on a terminal (in a log file, its cursor moves are junk).
+    nested = progress and sys.stderr.isatty()
+    for lr in tqdm(grid, desc=f"tune {name}", disable=not nested, leave=False):
         scores.append(final_score(loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tasks, num_steps)))
     best = int(np.argmin(scores))
     return Tuning(name, tuple(float(g) for g in grid), tuple(scores), float(grid[best]))

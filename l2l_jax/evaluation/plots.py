@@ -129,6 +129,9 @@ def plot_meta_training(
     if values and all(v > 0 for v in values):  # The "log" weighting's meta-loss Σ log f is negative.
         ax.set_yscale("log")
     ax.set_xlabel("meta-step")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # Meta-steps are whole: no tick at 2.5.
     ax.set_ylabel(META_LOSS_LABELS.get(weighting or "", "meta-loss"))
     ax.set_title(title)
     ax.legend()

@@ -633,7 +633,7 @@ def meta_train(
             total=config.num_meta_steps,
             initial=start,
             desc="meta-train",
-            disable=not progress,
+            disable=not progress or start >= config.num_meta_steps,  # A finished run shows no bar.
             unit="step",
             mininterval=0.5,
         )
