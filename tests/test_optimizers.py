@@ -307,3 +307,13 @@ def test_the_registry_lists_every_optimizer_and_an_unknown_option_names_the_vali
         optimizers.get("lstm", hidden=4)
     with pytest.raises(errors.UnknownNameError, match="choose one of feature_mlp, linear_rnn, lstm"):
         optimizers.options("gru")
+
+
+def test_a_registered_optimizer_is_built_by_name_and_a_taken_name_is_refused(monkeypatch):
+    monkeypatch.setattr(optimizers, "_REGISTRY", dict(optimizers._REGISTRY))
+    optimizers.register("my_lstm", lstm)
+    assert isinstance(optimizers.get("my_lstm", hidden_size=3), optimizers.CoordinatewiseLSTM)
+    assert "my_lstm" in optimizers.available()
+    optimizers.register("my_lstm", lstm)  # The same factory again: no change.
+    with pytest.raises(errors.ConfigError, match="'lstm' is already registered"):
+        optimizers.register("lstm", linear_rnn)

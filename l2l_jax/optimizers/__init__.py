@@ -1,6 +1,6 @@
 """Learned optimizers: ``init(key) -> φ`` and ``as_optax(φ) -> optax transformation``.
 
-Re-exports the optimizers and owns the registry of their names (`get`,
+Re-exports the optimizers and owns the registry of their names (`register`, `get`,
 `available`, `options`).
 """
 
@@ -24,6 +24,22 @@ _REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
     "linear_rnn": LinearRNN,
     "lstm": lstm,
 }
+
+
+def register(name: str, factory: Callable[..., LearnedOptimizer]) -> None:
+    """Makes a learned optimizer buildable by name (``get``, ``MetaTrainConfig``, the command line).
+
+    Args:
+      name: the registry name; the optimizer's ``name`` attribute should be the
+        same, since run directories record it.
+      factory: a class or function taking the optimizer's options as keywords.
+
+    Raises:
+      ConfigError: if ``name`` is already taken by another factory.
+    """
+    if _REGISTRY.get(name, factory) is not factory:
+        raise ConfigError(f"a learned optimizer named {name!r} is already registered")
+    _REGISTRY[name] = factory
 
 
 def available() -> list[str]:
@@ -102,5 +118,6 @@ __all__ = [
     "lstm",
     "options",
     "preprocess",
+    "register",
     "state_shardings",
 ]
