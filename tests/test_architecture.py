@@ -17,6 +17,7 @@ LEVELS = {
     "version": 0,
     "errors": 0,
     "validation": 1,
+    "registry": 1,
     "run_directory": 2,
     "data": 2,
     "optimizers": 2,

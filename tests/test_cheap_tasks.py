@@ -172,3 +172,13 @@ def test_a_task_module_in_the_current_folder_is_found_as_python_m_finds_it(tmp_p
     assert family.dim == 4
     with pytest.raises(errors.UnknownNameError, match="cannot import module 'not_there_either'"):
         tasks.get("not_there_either:make")
+
+
+def test_a_registered_task_is_built_by_name_and_a_shipped_name_cannot_be_taken(monkeypatch):
+    import copy
+
+    monkeypatch.setattr(tasks, "_REGISTRY", copy.deepcopy(tasks._REGISTRY))
+    tasks.register("my_bowl", lambda dim=2: tasks.QuadraticFamily(dim=dim))
+    assert tasks.get("my_bowl", dim=5).dim == 5 and "my_bowl" in tasks.available()
+    with pytest.raises(errors.ConfigError, match="'quadratic' is a shipped task"):
+        tasks.register("quadratic", tasks.QuadraticFamily.__init__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from pathlib import Path
@@ -214,7 +215,8 @@ def test_an_unknown_member_task_is_an_unknown_name_with_its_index():
 
 
 def test_only_the_mixture_entry_may_build_a_mixture(monkeypatch):
-    monkeypatch.setattr(tasks, "_REGISTRY", {**tasks._REGISTRY, "sneaky": lambda: quadratics(1.0)})
+    monkeypatch.setattr(tasks, "_REGISTRY", copy.deepcopy(tasks._REGISTRY))
+    tasks.register("sneaky", lambda: quadratics(1.0))
     with pytest.raises(errors.ConfigError, match="did not build a TaskFamily"):
         tasks.get("sneaky")
 

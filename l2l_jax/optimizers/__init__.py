@@ -6,11 +6,10 @@ Re-exports the optimizers and owns the registry of their names (`register`, `get
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
-from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
+from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.optimizers.feature_mlp import FeatureMLP, FeatureMLPState, feature_mlp
 from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
@@ -18,12 +17,11 @@ from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
 from l2l_jax.optimizers.lstm import CoordinatewiseLSTM, LSTMState, lstm
 from l2l_jax.optimizers.preprocessing import preprocess
 from l2l_jax.optimizers.sharding import state_shardings
+from l2l_jax.registry import Registry, keyword_options
 
-_REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
-    "feature_mlp": FeatureMLP,
-    "linear_rnn": LinearRNN,
-    "lstm": lstm,
-}
+_REGISTRY: Registry[LearnedOptimizer] = Registry(
+    "learned optimizer", {"feature_mlp": FeatureMLP, "linear_rnn": LinearRNN, "lstm": lstm}
+)
 
 
 def register(name: str, factory: Callable[..., LearnedOptimizer]) -> None:
@@ -35,16 +33,15 @@ def register(name: str, factory: Callable[..., LearnedOptimizer]) -> None:
       factory: a class or function taking the optimizer's options as keywords.
 
     Raises:
-      ConfigError: if ``name`` is already taken by another factory.
+      ConfigError: if ``name`` is a shipped optimizer's (``lstm``, ``feature_mlp``,
+        ``linear_rnn``); a name you registered before is taken over.
     """
-    if _REGISTRY.get(name, factory) is not factory:
-        raise ConfigError(f"a learned optimizer named {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY.register(name, factory)
 
 
 def available() -> list[str]:
     """The registered learned optimizers' names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.available()
 
 
 def options(name: str) -> list[str]:
@@ -53,28 +50,16 @@ def options(name: str) -> list[str]:
     Raises:
       UnknownNameError: for an unknown name.
     """
-    factory = _factory(name)
-    if factory is lstm:
-        return sorted({"preset", *_keywords(CoordinatewiseLSTM)})
-    return sorted(_keywords(factory))
-
-
-def _keywords(factory: Callable[..., Any]) -> set[str]:
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {n for n, p in inspect.signature(factory).parameters.items() if p.kind in kinds}
-
-
-def _factory(name: str) -> Callable[..., LearnedOptimizer]:
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown learned optimizer {name!r}; choose one of {', '.join(available())}")
-    return _REGISTRY[name]
+    if _REGISTRY.factory(name) is lstm:  # lstm(preset, **overrides): the class's keywords.
+        return sorted({"preset", *(keyword_options(CoordinatewiseLSTM) or ())})
+    return _REGISTRY.options(name)
 
 
 def get(name: str, **kwargs: Any) -> LearnedOptimizer:
     """Builds a learned optimizer by registry name.
 
     Args:
-      name: ``"lstm"``, ``"feature_mlp"`` or ``"linear_rnn"``.
+      name: ``"lstm"``, ``"feature_mlp"``, ``"linear_rnn"``, or one you `register`.
       **kwargs: the optimizer's options (see `lstm`, `feature_mlp`, `linear_rnn`).
 
     Returns:
@@ -85,19 +70,13 @@ def get(name: str, **kwargs: Any) -> LearnedOptimizer:
       ConfigError: for options the optimizer does not take (the message lists
         those it takes) or values that make no sense.
     """
-    factory = _factory(name)
     unknown = sorted(set(kwargs) - set(options(name)))
     if unknown:
         raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for learned optimizer {name!r}; "
             f"its options: {', '.join(options(name))}"
         )
-    try:
-        return factory(**kwargs)
-    except L2LError:
-        raise
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ConfigError(f"bad options for learned optimizer {name!r}: {e}") from None
+    return _REGISTRY.build(name, **kwargs)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
+from l2l_jax.registry import Registry
 from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.char_lm import CharLMFamily
 from l2l_jax.tasks.cnn import MNISTCNNFamily
@@ -93,27 +94,40 @@ def _build_scale_augmented(
     return ScaleAugmentedFamily(family, min_scale, max_scale)  # type: ignore[arg-type]
 
 
-_REGISTRY: dict[str, Callable[..., TaskFamily | TaskMixture]] = {
-    "char_lm": CharLMFamily,
-    "logistic_regression": LogisticRegressionFamily,
-    "mixture": _build_mixture,
-    "mnist": MNISTFamily,
-    "mnist_cnn": MNISTCNNFamily,
-    "quadratic": QuadraticFamily,
-    "scalar_quadratic": ScalarQuadratic,
-    "scale_augmented": _build_scale_augmented,
-    "teacher_student": TeacherStudentFamily,
-}
+_REGISTRY: Registry[TaskFamily | TaskMixture] = Registry(
+    "task",
+    {
+        "char_lm": CharLMFamily,
+        "logistic_regression": LogisticRegressionFamily,
+        "mixture": _build_mixture,
+        "mnist": MNISTFamily,
+        "mnist_cnn": MNISTCNNFamily,
+        "quadratic": QuadraticFamily,
+        "scalar_quadratic": ScalarQuadratic,
+        "scale_augmented": _build_scale_augmented,
+        "teacher_student": TeacherStudentFamily,
+    },
+)
 
 
 def register(name: str, factory: Callable[..., TaskFamily]) -> None:
-    """Makes a task family buildable by name (command line, run directories)."""
-    _REGISTRY[name] = factory
+    """Makes a task family buildable by name (command line, run directories).
+
+    Args:
+      name: the registry name; the family's ``name`` attribute should be the same.
+      factory: a class or function taking the family's options as keywords and
+        returning a ``TaskFamily``.
+
+    Raises:
+      ConfigError: if ``name`` is a shipped family's; a name you registered
+        before is taken over.
+    """
+    _REGISTRY.register(name, factory)
 
 
 def available() -> list[str]:
-    """The registered task family names."""
-    return sorted(_REGISTRY)
+    """The registered task family names, sorted."""
+    return _REGISTRY.available()
 
 
 def _import_module(module_name: str) -> Any:
@@ -191,7 +205,7 @@ def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
     if ":" in name:
         factory = _import_factory(name)
     elif name in _REGISTRY:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY.factory(name)
     else:
         raise UnknownNameError(
             f"unknown task {name!r}; choose one of {', '.join(available())}, or give module:function"
