@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax.meta.estimators.base import EstimatorState, GradientEstimator
+from l2l_jax.meta.estimators.base import Estimate, EstimatorState, GradientEstimator
 from l2l_jax.meta.horizons import HorizonFn
 from l2l_jax.optimizers.base import MetaParams
 
@@ -152,6 +152,21 @@ def _states(members: Sequence[Member], inner: EstimatorState) -> Sequence[Estima
     return (inner,) if len(members) == 1 else inner
 
 
+def _estimate(members: Sequence[Member], meta_params: MetaParams, inner: EstimatorState, key: jax.Array) -> Estimate:
+    """The members' weighted meta-loss and meta-gradient, and their new states (as ``init_members`` lays them out).
+
+    Member ``k`` of several estimates with ``fold_in(key, k)``.
+    """
+    if len(members) == 1:
+        return members[0].estimator.estimate(meta_params, inner, key)
+    estimates = [
+        m.estimator.estimate(meta_params, s, jax.random.fold_in(key, k)) for k, (m, s) in enumerate(zip(members, inner))
+    ]
+    loss = sum(m.weight * e.meta_loss for m, e in zip(members, estimates))
+    grads = jax.tree.map(lambda *g: sum(m.weight * x for m, x in zip(members, g)), *(e.meta_grad for e in estimates))
+    return Estimate(loss, grads, tuple(e.state for e in estimates))
+
+
 def meta_step(
     state: MetaTrainState,
     members: Sequence[Member],
@@ -208,18 +223,7 @@ def meta_step(
         horizon = horizon(state.step - first // truncation)
     inner = jax.lax.cond((first >= horizon) | ~state.healthy, fresh, lambda: state.inner)
     key = jax.random.fold_in(perturbation_key, state.step)
-    if len(members) == 1:
-        loss, grads, inner = members[0].estimator.estimate(state.meta_params, inner, key)
-    else:
-        estimates = [
-            m.estimator.estimate(state.meta_params, s, jax.random.fold_in(key, k))
-            for k, (m, s) in enumerate(zip(members, inner))
-        ]
-        loss = sum(m.weight * e.meta_loss for m, e in zip(members, estimates))
-        grads = jax.tree.map(
-            lambda *g: sum(m.weight * x for m, x in zip(members, g)), *(e.meta_grad for e in estimates)
-        )
-        inner = tuple(e.state for e in estimates)
+    loss, grads, inner = _estimate(members, state.meta_params, inner, key)
     grad_norm = global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, meta_opt_state = meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)

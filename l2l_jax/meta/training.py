@@ -3,6 +3,11 @@
 The trainer: compiled calls of ``l2l_jax.meta.step.meta_step`` (with the estimator the
 config names), validation, checkpoints into a run directory, progress, interruption
 and exact resume. What a meta-gradient is lives in ``l2l_jax.meta.estimators``.
+
+``meta_train`` builds the run from the config here (``_build_run``) and opens its run
+directory; the loop and when it stops are in ``_loop``, validation in ``_validate``,
+what a checkpoint saves in ``_checkpoints``, signals in ``_signals`` and the devices
+that tasks are split over in ``_devices``.
 """
 
 from __future__ import annotations
@@ -12,10 +17,7 @@ import dataclasses
 import functools
 import math
 import os
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +31,18 @@ from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax import validation as v
-from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, RunDirectoryError, Terminated
+from l2l_jax.errors import ConfigError, L2LError
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
-from l2l_jax.meta.horizons import check_horizons, log_uniform_horizons
+from l2l_jax.meta._checkpoints import best, check_restored, save
+from l2l_jax.meta._devices import task_mesh
+from l2l_jax.meta._loop import RunSteps, Schedule, check_progress, compile_steps, run_loop
+from l2l_jax.meta._signals import sigterm_raises_terminated
+from l2l_jax.meta._validate import validator
+from l2l_jax.meta.horizons import HorizonFn, check_horizons, log_uniform_horizons
 from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
-from l2l_jax.meta.step import (
-    Member,
-    MetaTrainState,
-    clip_by_global_norm,
-    initial_state,
-    meta_step,
-    stays_finite,
-)
-from l2l_jax.meta.unroll import (
-    WEIGHTINGS,
-    InnerState,
-    check_remat,
-    check_tasks_per_chunk,
-    init_inner,
-    unroll,
-    weighted_loss,
-)
+from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state
+from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, check_remat, check_tasks_per_chunk, init_inner
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.mixture import TaskMixture
@@ -363,26 +355,6 @@ class MetaTrainResult:
         return self.optimizer.as_optax(self.meta_params)
 
 
-def validation_loss(
-    optimizer: LearnedOptimizer,
-    meta_params: MetaParams,
-    family: TaskFamily,
-    inner: InnerState,
-    num_steps: int,
-    weighting: str,
-) -> jax.Array:
-    """Mean meta-loss of full ``num_steps`` runs from ``inner`` (no gradient in φ)."""
-    tx = optimizer.as_optax(meta_params)
-
-    def one(s: InnerState) -> jax.Array:
-        _, _, losses = unroll(
-            tx, lambda p, k: family.loss(s.task_params, p, k), s.params, s.opt_state, s.key, num_steps
-        )
-        return weighted_loss(losses, weighting)
-
-    return jnp.mean(jax.vmap(one)(inner))
-
-
 class _Keys:
     """The run's keys, all derived from the seed so that the run is reproducible."""
 
@@ -496,139 +468,22 @@ def meta_train(
         max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
     run_path = Path(run_dir) if run_dir is not None else None
     if config.init is not None:
-        if init_meta_params is not None or optimizer is not None:
-            raise ConfigError(
-                "config.init sets the optimizer and its starting φ; do not also pass optimizer= or init_meta_params="
-            )
-        if config.init_sha256 is None and run_path is not None and resume and not overwrite:
-            config = dataclasses.replace(config, init_sha256=_recorded_source_sha(run_path, config.init))
-        config, source = config.resolve_init()
-        assert source is not None
-        optimizer, init_meta_params = source.optimizer, source.meta_params
-    with contextlib.ExitStack() as stack:
-        optimizer = optimizer or config.build_optimizer()
-        family = family or config.build_task()
-        meta_tx = meta_optimizer or config.build_meta_optimizer()
-        members = config.build_members(optimizer, family)
-        parts = _parts(family, config.batch_size)
-        keys = _Keys(config.seed)
-        horizon = (
-            config.horizon
-            if config.min_horizon is None
-            else log_uniform_horizons(keys.horizons, config.min_horizon, config.horizon, config.truncation)
+        config, optimizer, init_meta_params = _from_init(
+            config, run_path, optimizer, init_meta_params, resume=resume, overwrite=overwrite
         )
-
-        if init_meta_params is not None:
-            check_meta_params(optimizer, init_meta_params)
-            init_meta_params = jax.tree.map(jnp.asarray, init_meta_params)
-            if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(init_meta_params)):
-                raise ConfigError("init_meta_params holds NaN or infinite values")
-
-        def init_state() -> MetaTrainState:
-            phi = optimizer.init(keys.meta_init) if init_meta_params is None else init_meta_params
-            return initial_state(members, meta_tx, phi, keys.tasks_at(0))
-
-        val_parts = _parts(family, config.num_val_tasks) if config.validate_every else []  # Only if it validates.
-        check_sizes(config, jax.eval_shape(init_state), [(optimizer, f, n) for f, n, _ in val_parts])
-        mesh = _task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
-        state = init_state()
-        fresh = state
+    with contextlib.ExitStack() as stack:
+        run, state = _build_run(config, family, optimizer, meta_optimizer, init_meta_params, devices)
         initial_meta_params = state.meta_params
         history: list[dict[str, Any]] = []
         if run_path is not None:
             stack.enter_context(rd.lock(run_path))
-            may_differ = ("num_meta_steps",) if config.meta_lr_schedule == "constant" else ()
-            recorded = {**config.to_dict(), COMPONENTS: components(config, family, optimizer, meta_optimizer)}
-            state, history = rd.open_for_training(
-                run_path,
-                recorded,
-                state,
-                resume=resume,
-                overwrite=overwrite,
-                may_differ=may_differ,
-                defaults={**_ADDED_OPTIONS, COMPONENTS: recorded[COMPONENTS]},
+            state, history = _open_run_directory(
+                run_path, run, state, meta_optimizer, resume=resume, overwrite=overwrite
             )
-            if state is not fresh:
-                _check_restored(run_path / rd.CHECKPOINT, state, fresh)
         start = int(state.step)
         if on_start is not None:
             on_start(start)
-        if mesh is not None:
-            state = _place(state, mesh)
-        constrain = (
-            None if mesh is None else lambda inner: jax.lax.with_sharding_constraint(inner, sh.task_sharding(mesh))
-        )
-
-        def run_steps(state: MetaTrainState, num_steps: int) -> tuple[MetaTrainState, dict[str, jax.Array]]:
-            """``num_steps`` meta-steps in one call; metrics stacked along a leading step axis."""
-
-            def one(state: MetaTrainState, _: None) -> tuple[MetaTrainState, dict[str, jax.Array]]:
-                # Tasks and perturbations are drawn from the step number, so the
-                # run does not depend on how the steps are grouped into calls.
-                return meta_step(
-                    state,
-                    members,
-                    meta_tx,
-                    horizon=horizon,
-                    task_key=keys.tasks,
-                    perturbation_key=keys.perturbations,
-                    constrain=constrain,
-                    truncation=config.truncation,
-                )
-
-            return jax.lax.scan(one, state, length=num_steps)
-
-        def make_inner(f: TaskFamily, phi: MetaParams, key: jax.Array, n: int) -> InnerState:
-            inner = jax.jit(lambda phi, key: init_inner(optimizer, phi, f, key, n))(phi, key)
-            if mesh is None:
-                return inner
-            return sh.shard_tasks(inner, mesh) if n % mesh.devices.size == 0 else sh.replicate(inner, mesh)
-
-        if mesh is None:
-            run_steps = jax.jit(run_steps, static_argnums=1)
-        else:
-            state_shardings = jax.tree.map(lambda x: x.sharding, state)
-            run_steps = jax.jit(run_steps, static_argnums=1, out_shardings=(state_shardings, sh.replicated(mesh)))
-
-        # From the initial φ, so a resumed run validates on exactly the same states.
-        val_keys = (
-            [keys.validation]
-            if len(val_parts) == 1
-            else [jax.random.fold_in(keys.validation, k) for k in range(len(val_parts))]
-        )
-        val_inners = [make_inner(f, initial_meta_params, k, n) for (f, n, _), k in zip(val_parts, val_keys)]
-
-        @jax.jit
-        def validate(phi: MetaParams) -> jax.Array:
-            val_horizon = config.validation_horizon or config.horizon
-            losses = [
-                validation_loss(optimizer, phi, f, inner, val_horizon, config.weighting)
-                for (f, _, _), inner in zip(val_parts, val_inners)
-            ]
-            return losses[0] if len(losses) == 1 else sum(w * x for (_, _, w), x in zip(val_parts, losses))
-
-        def checkpoint(state: MetaTrainState) -> None:
-            if run_path is None:
-                return
-            # Optimizer first, then metrics and checkpoint: a kill in between leaves
-            # an optimizer and metrics rows past the checkpoint, which the resumed
-            # run rewrites.
-            best_phi, best_step = _best(state)
-            meta = _optimizer_meta(optimizer, state, best_step, config, family, history)
-            rd.save_trained_optimizer(run_path, meta, best_phi)
-            rd.save_checkpoint(run_path, state, history)
-
-        def call_length(done: int) -> int:
-            """Steps in the next call: up to ``steps_per_call``, ending on every step that validates or checkpoints."""
-            stops = [
-                config.num_meta_steps,
-                done + steps_per_call,
-                (done // config.checkpoint_every + 1) * config.checkpoint_every,
-            ]
-            if config.validate_every:
-                stops.append((done // config.validate_every + 1) * config.validate_every)
-            return min(stops) - done
-
+        state, run_steps, validate = _compiled(run, state, initial_meta_params)
         bar = tqdm(
             total=config.num_meta_steps,
             initial=start,
@@ -637,71 +492,23 @@ def meta_train(
             unit="step",
             mininterval=0.5,
         )
-        stack.enter_context(_sigterm_raises_terminated())
-        try:
-            done = start
-            while done < config.num_meta_steps:
-                num = call_length(done)
-                t0 = time.perf_counter()
-                new_state, metrics = run_steps(state, num)
-                metrics = {k: np.asarray(v) for k, v in metrics.items()}  # One transfer per call.
-                seconds = (time.perf_counter() - t0) / num
-                rows = [
-                    {
-                        "step": done + i + 1,
-                        "meta_loss": float(metrics["meta_loss"][i]),
-                        "grad_norm": float(metrics["grad_norm"][i]),
-                        "skipped": int(metrics["skipped"][i]),
-                        "seconds": seconds,
-                    }
-                    for i in range(num)
-                ]
-                done += num
-                # Only on the grid (calls end there), so extending a finished run
-                # validates exactly where a longer run would have.
-                if config.validate_every and done % config.validate_every == 0:
-                    val = float(validate(new_state.meta_params))
-                    rows[-1]["val_loss"] = val
-                    if math.isfinite(val) and val < float(new_state.best_val):
-                        new_state = new_state._replace(
-                            best_meta_params=new_state.meta_params,
-                            best_val=jnp.asarray(val, jnp.float32),
-                            best_step=jnp.asarray(done, jnp.int32),
-                        )
-                # Commit the steps: `state` only ever holds completed steps, so an
-                # interruption anywhere saves a consistent checkpoint.
-                history.extend(rows)
-                state = new_state
-                bar.update(num)
-                bar.set_postfix(  # refresh=False: redraws only at tqdm's own interval.
-                    meta_loss=f"{rows[-1]['meta_loss']:.4g}",
-                    best_val=f"{float(state.best_val):.4g}",
-                    skipped=rows[-1]["skipped"],
-                    refresh=False,
-                )
-                saved = done % config.checkpoint_every == 0 or done == config.num_meta_steps
-                if saved:
-                    checkpoint(state)
-                if on_step is not None:
-                    for row in rows:
-                        on_step(row["step"], row)
-                if max_consecutive_skipped is not None and (
-                    _skipped_in_a_row(history, max_consecutive_skipped) >= max_consecutive_skipped
-                ):
-                    if not saved:
-                        checkpoint(state)
-                    break
-        except KeyboardInterrupt:
-            # `state` is always a completed step: save it so the run resumes from here.
-            with _signals_deferred():
-                checkpoint(state)
-            bar.close()
-            raise
+        stack.enter_context(sigterm_raises_terminated())
+        state = run_loop(
+            state,
+            history,
+            schedule=Schedule(config.num_meta_steps, steps_per_call, config.validate_every, config.checkpoint_every),
+            run_steps=run_steps,
+            validate=validate,
+            checkpoint=functools.partial(_checkpoint, run_path, run, history),
+            bar=bar,
+            on_step=on_step,
+            max_consecutive_skipped=max_consecutive_skipped,
+        )
         bar.close()
-        _check_progress(state, history, config.num_meta_steps, max_consecutive_skipped, run_path)
+        check_progress(state, history, config.num_meta_steps, max_consecutive_skipped, run_path)
         return MetaTrainResult(
-            optimizer=optimizer,
-            meta_params=_best(state)[0],
+            optimizer=run.optimizer,
+            meta_params=best(state)[0],
             final_meta_params=state.meta_params,
             config=config,
             history=history,
@@ -710,6 +517,181 @@ def meta_train(
             run_dir=run_path,
             start_step=start,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What a run is built from: the config's objects (or those passed in code), its keys and devices.
+
+    Attributes:
+      config: the run's settings (``init`` resolved).
+      optimizer: the learned optimizer.
+      family: the task family or mixture.
+      meta_optimizer: the optax transformation that updates φ.
+      members: the estimators (one per member of a mixture) and their weights.
+      keys: the run's keys.
+      horizon: the inner steps of a run, or the function that draws them at each restart.
+      val_parts: ``(family, num_tasks, weight)`` per member for validation; empty if the run never validates.
+      mesh: the devices that tasks are split over (``None``: the default device).
+    """
+
+    config: MetaTrainConfig
+    optimizer: LearnedOptimizer
+    family: TaskFamily | TaskMixture
+    meta_optimizer: optax.GradientTransformation
+    members: list[Member]
+    keys: _Keys
+    horizon: int | HorizonFn
+    val_parts: list[tuple[TaskFamily, int, float]]
+    mesh: sh.Mesh | None
+
+
+def _from_init(
+    config: MetaTrainConfig,
+    run_path: Path | None,
+    optimizer: LearnedOptimizer | None,
+    init_meta_params: MetaParams | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[MetaTrainConfig, LearnedOptimizer, MetaParams]:
+    """``config`` with ``init`` resolved, and the source's optimizer and φ to start from.
+
+    A resume of a run in ``run_path`` checks the source against the SHA-256 that
+    the run recorded when it started (unless ``config.init_sha256`` is given).
+
+    Raises:
+      ConfigError: if ``optimizer`` or ``init_meta_params`` is also given, or as
+        ``MetaTrainConfig.resolve_init``.
+    """
+    if init_meta_params is not None or optimizer is not None:
+        raise ConfigError(
+            "config.init sets the optimizer and its starting φ; do not also pass optimizer= or init_meta_params="
+        )
+    assert config.init is not None
+    if config.init_sha256 is None and run_path is not None and resume and not overwrite:
+        config = dataclasses.replace(config, init_sha256=_recorded_source_sha(run_path, config.init))
+    config, source = config.resolve_init()
+    assert source is not None
+    return config, source.optimizer, source.meta_params
+
+
+def _build_run(
+    config: MetaTrainConfig,
+    family: TaskFamily | TaskMixture | None,
+    optimizer: LearnedOptimizer | None,
+    meta_optimizer: optax.GradientTransformation | None,
+    init_meta_params: MetaParams | None,
+    devices: int | Sequence[jax.Device] | None,
+) -> tuple[_Run, MetaTrainState]:
+    """The run built from ``config`` and the objects passed in code, and its initial state.
+
+    Sizes are checked (``check_sizes``) from shapes, before the state is allocated.
+
+    Raises:
+      ConfigError: for members or chunks that the batch cannot be split into, an
+        ``init_meta_params`` holding NaN or infinite values, a run too large
+        (``check_sizes``), or tasks that cannot be split over ``devices``.
+    """
+    optimizer = optimizer or config.build_optimizer()
+    family = family or config.build_task()
+    meta_tx = meta_optimizer or config.build_meta_optimizer()
+    members = config.build_members(optimizer, family)
+    parts = _parts(family, config.batch_size)
+    keys = _Keys(config.seed)
+    horizon = (
+        config.horizon
+        if config.min_horizon is None
+        else log_uniform_horizons(keys.horizons, config.min_horizon, config.horizon, config.truncation)
+    )
+    if init_meta_params is not None:
+        check_meta_params(optimizer, init_meta_params)
+        init_meta_params = jax.tree.map(jnp.asarray, init_meta_params)
+        if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(init_meta_params)):
+            raise ConfigError("init_meta_params holds NaN or infinite values")
+
+    def init_state() -> MetaTrainState:
+        phi = optimizer.init(keys.meta_init) if init_meta_params is None else init_meta_params
+        return initial_state(members, meta_tx, phi, keys.tasks_at(0))
+
+    val_parts = _parts(family, config.num_val_tasks) if config.validate_every else []  # Only if it validates.
+    check_sizes(config, jax.eval_shape(init_state), [(optimizer, f, n) for f, n, _ in val_parts])
+    mesh = task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
+    run = _Run(config, optimizer, family, meta_tx, members, keys, horizon, val_parts, mesh)
+    return run, init_state()
+
+
+def _open_run_directory(
+    run_path: Path,
+    run: _Run,
+    fresh: MetaTrainState,
+    meta_optimizer: optax.GradientTransformation | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[MetaTrainState, list[dict[str, Any]]]:
+    """The state and metrics rows to go on from: restored from ``run_path``'s checkpoint, or ``(fresh, [])``.
+
+    Call it with the directory's lock held. ``meta_optimizer`` is the one passed in
+    code, if any (``components`` records it as ``"custom"``).
+
+    Raises:
+      ConfigError, RunDirectoryError: as ``l2l_jax.run_directory.open_for_training``, and
+        ``RunDirectoryError`` for a checkpoint holding a non-finite φ or meta-optimizer state.
+    """
+    config = run.config
+    may_differ = ("num_meta_steps",) if config.meta_lr_schedule == "constant" else ()
+    recorded = {**config.to_dict(), COMPONENTS: components(config, run.family, run.optimizer, meta_optimizer)}
+    state, history = rd.open_for_training(
+        run_path,
+        recorded,
+        fresh,
+        resume=resume,
+        overwrite=overwrite,
+        may_differ=may_differ,
+        defaults={**_ADDED_OPTIONS, COMPONENTS: recorded[COMPONENTS]},
+    )
+    if state is not fresh:
+        check_restored(run_path / rd.CHECKPOINT, state, fresh)
+    return state, history
+
+
+def _compiled(
+    run: _Run, state: MetaTrainState, initial_meta_params: MetaParams
+) -> tuple[MetaTrainState, RunSteps, Callable[[MetaParams], jax.Array]]:
+    """``state`` placed on the run's devices, the compiled meta-steps and the compiled validation.
+
+    Validation runs start from ``initial_meta_params``, the run's initial φ, so a
+    resumed run validates on exactly the same states.
+    """
+    config = run.config
+    state, run_steps = compile_steps(
+        state,
+        run.members,
+        run.meta_optimizer,
+        horizon=run.horizon,
+        task_key=run.keys.tasks,
+        perturbation_key=run.keys.perturbations,
+        truncation=config.truncation,
+        mesh=run.mesh,
+    )
+    validate = validator(
+        run.optimizer,
+        run.val_parts,
+        initial_meta_params,
+        run.keys.validation,
+        num_steps=config.validation_horizon or config.horizon,
+        weighting=config.weighting,
+        mesh=run.mesh,
+    )
+    return state, run_steps, validate
+
+
+def _checkpoint(run_path: Path | None, run: _Run, history: list[dict[str, Any]], state: MetaTrainState) -> None:
+    """Saves ``state``, its best φ and the metrics rows ``history`` to ``run_path`` (nothing if ``None``)."""
+    if run_path is None:
+        return
+    save(run_path, run.optimizer, run.family, run.config.to_dict(), state, history)
 
 
 def check_sizes(
@@ -802,67 +784,6 @@ def _elements(tree: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def _check_restored(path: Path, state: MetaTrainState, fresh: MetaTrainState) -> None:
-    """Raises ``RunDirectoryError`` naming ``path`` if a restored state holds a non-finite φ or meta-optimizer state.
-
-    The meta-optimizer's state may be non-finite only where a fresh one (``fresh``) is.
-    """
-    phis = jax.tree.leaves((state.meta_params, state.best_meta_params))
-    if not all(np.all(np.isfinite(np.asarray(x))) for x in phis):
-        what = "meta-parameters (φ)"
-    elif not bool(stays_finite(state.meta_opt_state, fresh.meta_opt_state)):
-        what = "meta-optimizer state"
-    else:
-        return
-    raise RunDirectoryError(
-        f"{path} holds non-finite {what} (NaN or inf), so the run cannot be resumed; start over "
-        "with overwrite=True (--overwrite) or resume from a good copy of the run directory"
-    )
-
-
-def _skipped_in_a_row(history: Sequence[dict[str, Any]], limit: int) -> int:
-    """How many of the last meta-steps in ``history`` were skipped in a row, counting up to ``limit``."""
-    n = 0
-    for i in range(len(history) - 1, -1, -1):
-        if i > 0:
-            before = history[i - 1]["skipped"]
-        else:  # The run's first row counts from 0; any other first row cannot be judged.
-            before = 0 if history[i]["step"] == 1 else history[i]["skipped"]
-        if n >= limit or history[i]["skipped"] <= before:
-            break
-        n += 1
-    return n
-
-
-def _check_progress(
-    state: MetaTrainState,
-    history: Sequence[dict[str, Any]],
-    num_meta_steps: int,
-    limit: int | None,
-    run_path: Path | None,
-) -> None:
-    """Raises ``MetaTrainingError`` if the run stopped on ``limit`` skipped steps in a row or skipped every step."""
-    step, skipped = int(state.step), int(state.skipped)
-    why = (
-        "the meta-loss, the meta-gradient or the updated φ or meta-optimizer state was not finite; "
-        "try a smaller meta_lr or a clip_norm, or check the task's loss"
-    )
-    where = f" (saved in {run_path})" if run_path is not None else ""
-    if step < num_meta_steps:
-        assert limit is not None
-        head = (
-            f"every one of the {step} meta-steps was skipped"
-            if skipped == step
-            else f"the last {_skipped_in_a_row(history, limit)} meta-steps (to step {step}) were all skipped"
-        )
-        raise MetaTrainingError(
-            f"{head}, so meta-training stopped at step {step} of {num_meta_steps}: it was not making progress "
-            f"(max_consecutive_skipped={limit}); {why}. Its checkpoint and best φ so far{where} are kept"
-        )
-    if step > 0 and skipped == step:
-        raise MetaTrainingError(f"every one of the {step} meta-steps was skipped, so φ is untrained{where}; {why}")
-
-
 def _recorded_source_sha(run_path: Path, init: str) -> str | None:
     """The SHA-256 of ``init`` that the checkpointed run in ``run_path`` started from, if any."""
     if not (run_path / rd.CONFIG).is_file() or not (run_path / rd.CHECKPOINT).is_file():
@@ -875,112 +796,3 @@ def _recorded_source_sha(run_path: Path, init: str) -> str | None:
         return None
     sha = saved.get("init_sha256")
     return sha if isinstance(sha, str) and len(sha) == 64 and _is_hex(sha) else None
-
-
-def _task_mesh(
-    devices: int | Sequence[jax.Device] | None, batch_sizes: Sequence[int], tasks_per_chunk: int | None
-) -> sh.Mesh | None:
-    """The mesh to split tasks over, or ``None`` to stay on the default device.
-
-    ``batch_sizes``: the tasks of each member of the meta-step (one entry without a mixture).
-    """
-    if devices is None:
-        n = len(jax.devices())
-        if n == 1 or any(b % n for b in batch_sizes) or any((tasks_per_chunk or b) % n for b in batch_sizes):
-            return None
-    mesh = sh.task_mesh(devices)
-    for b in batch_sizes:
-        sh.check_divisible(b, mesh)
-    if tasks_per_chunk is not None and tasks_per_chunk % mesh.devices.size:
-        n = mesh.devices.size
-        raise ConfigError(
-            f"tasks_per_chunk={tasks_per_chunk} tasks cannot be split evenly over {n} devices; "
-            f"use a multiple of {n}, fewer devices (devices=...), or tasks_per_chunk=None"
-        )
-    return mesh if mesh.devices.size > 1 else None
-
-
-def _place(state: MetaTrainState, mesh: sh.Mesh) -> MetaTrainState:
-    """Tasks split over the mesh; φ, its optimizer state and counters on every device."""
-    inner = state.inner
-    state = sh.replicate(state._replace(inner=()), mesh)
-    return state._replace(inner=sh.shard_tasks(inner, mesh))
-
-
-def _best(state: MetaTrainState) -> tuple[MetaParams, int]:
-    """The best validated φ and its step, or the latest if none was validated (yet)."""
-    if math.isfinite(float(state.best_val)):
-        return state.best_meta_params, int(state.best_step)
-    return state.meta_params, int(state.step)
-
-
-@contextlib.contextmanager
-def _sigterm_raises_terminated() -> Iterator[None]:
-    """Turns SIGTERM into ``Terminated`` (a KeyboardInterrupt) for the block, in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Ignores SIGINT and SIGTERM for the block (the last checkpoint is being saved), in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-
-def _optimizer_meta(
-    optimizer: LearnedOptimizer,
-    state: MetaTrainState,
-    best_step: int,
-    config: MetaTrainConfig,
-    family: TaskFamily,
-    history: Sequence[dict[str, Any]],
-) -> dict[str, Any]:
-    """The metadata that ``l2l_jax.pretrained.load`` needs with the best φ of ``state`` (from ``best_step``).
-
-    ``trained_steps`` counts the meta-updates that reached that φ (``best_step``
-    less the steps skipped by then, from the metrics rows ``history``): 0 marks an
-    untrained φ, which ``l2l_jax.pretrained.load`` refuses unless asked.
-    """
-    skipped = _skipped_by(history, best_step)
-    trained = {} if skipped is None else {"trained_steps": best_step - skipped}
-    return {
-        "optimizer": optimizer.name,
-        "optimizer_config": optimizer.config(),
-        "task": config.task,
-        "task_options": config.task_options,  # What rebuilds the task by name.
-        "task_config": family.config(),
-        "meta_steps": int(state.step),
-        "best_step": best_step,
-        "best_val_loss": float(state.best_val) if math.isfinite(float(state.best_val)) else None,
-        "skipped_meta_steps": int(state.skipped),
-        **trained,
-        "training_config": config.to_dict(),
-    }
-
-
-def _skipped_by(history: Sequence[dict[str, Any]], step: int) -> int | None:
-    """Meta-steps skipped up to and including ``step``, from the metrics rows (0 for step 0; ``None``: no row)."""
-    if step == 0:
-        return 0
-    for row in reversed(history):
-        if row["step"] == step:
-            return int(row["skipped"])
-    return None
