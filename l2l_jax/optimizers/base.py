@@ -5,22 +5,23 @@ A *learned optimizer* is a recipe with meta-parameters φ. ``init(key)`` draws �
 ``as_optax`` only closes over φ, calling it inside a traced function lets
 ``jax.grad`` reach φ through every inner update (the design of learned_optimization).
 
-Every learned optimizer here is coordinatewise and shares one contract for
-non-finite gradients: a coordinate whose gradient is NaN or ±inf gets update 0 and
-keeps its optimizer state unchanged (``optax.apply_if_finite``, per coordinate),
-and every other coordinate is updated exactly as if it were not there.
+Every learned optimizer here is coordinatewise: `coordinatewise` builds its
+transformation from the maths of one parameter leaf, and owns the checks, the state's
+making, the non-finite contract (stated once, on `LearnedOptimizer`) and sharding.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from l2l_jax.errors import GradientsMismatchError, MetaParamsMismatchError, ParamsTypeError
+from l2l_jax.errors import ConfigError, GradientsMismatchError, MetaParamsMismatchError, ParamsTypeError
+from l2l_jax.optimizers.sharding import on_each_shard, zeros_like_param
 
 MetaParams = Any  # A pytree of arrays.
 PyTree = Any
@@ -32,12 +33,14 @@ class LearnedOptimizer(abc.ABC):
     Subclasses define `init` and `_transformation`; `as_optax`
     checks φ against the shapes `init` makes before building the optimizer.
 
-    The transformation's ``update(grads, state, params=None)`` treats each
-    coordinate on its own. A coordinate whose gradient is not finite (NaN, ±inf)
-    gets update 0 and keeps its state as it was, like ``optax.apply_if_finite``
-    applied per coordinate; the other coordinates are updated exactly as if it were
-    not there. Gradients derived from that coordinate's skipped step stay finite:
-    no NaN enters the arithmetic, so meta-gradients through the update do too.
+    The non-finite contract, which every learned optimizer here keeps (`coordinatewise`
+    enforces it): the transformation's ``update(grads, state, params=None)`` treats each
+    coordinate on its own. A coordinate whose gradient is not finite (NaN, ±inf), or
+    whose parameter is not finite in an optimizer that reads the parameters, gets
+    update 0 and keeps its state as it was, like ``optax.apply_if_finite`` applied per
+    coordinate; the other coordinates are updated exactly as if it were not there. The
+    coordinate enters the arithmetic as 0 and its results are discarded by selects, so
+    no NaN enters the arithmetic and meta-gradients through the update stay finite.
     Behind ``optax.clip_by_global_norm``, where one NaN makes every clipped
     coordinate NaN, such a step updates nothing and changes no state.
     """
@@ -75,9 +78,8 @@ class LearnedOptimizer(abc.ABC):
         Returns:
           An ``optax.GradientTransformationExtraArgs``. Its ``init(params)`` makes a
           zero state per coordinate; its ``update(grads, state, params=None)``
-          returns ``(updates, new_state)``. A coordinate whose gradient is NaN or
-          ±inf gets update 0 and keeps its state; the others are updated as if it
-          were not there. An empty tree (or one ``optax.masked`` masks out
+          returns ``(updates, new_state)``, keeping the non-finite contract (see
+          `LearnedOptimizer`). An empty tree (or one ``optax.masked`` masks out
           entirely) gives empty updates.
 
         Raises:
@@ -107,8 +109,7 @@ def check_meta_params(optimizer: LearnedOptimizer, meta_params: MetaParams) -> N
         raise MetaParamsMismatchError(f"meta-params for {optimizer!r} are not a pytree: {e}") from None
     if got_def != expected_def:
         raise MetaParamsMismatchError(
-            f"meta-params do not fit {optimizer!r}: expected a pytree of structure "
-            f"{expected_def}, got {got_def}."
+            f"meta-params do not fit {optimizer!r}: expected a pytree of structure {expected_def}, got {got_def}."
         )
     paths_expected = jax.tree_util.tree_leaves_with_path(expected)
     for (path, want), got in zip(paths_expected, jax.tree_util.tree_leaves(meta_params)):
@@ -219,3 +220,127 @@ def state_dtype(leaf_dtype: Any, override: Any | None = None) -> jnp.dtype:
     if override is not None:
         return jnp.dtype(override)
     return jnp.promote_types(leaf_dtype, jnp.float32)
+
+
+StateT = TypeVar("StateT")
+
+#: ``update_leaf(shared, grad, keep, *state_leaves[, param]) -> (update, *new_state_leaves)``.
+LeafUpdate = Callable[..., tuple[jax.Array, ...]]
+
+
+def _keep_rest(shared: PyTree, *rest: Any) -> tuple[PyTree, tuple]:
+    return shared, rest
+
+
+def coordinatewise(
+    state_type: type[StateT],
+    leading: Sequence[tuple[int, ...]],
+    update_leaf: LeafUpdate,
+    *,
+    shared: PyTree = None,
+    dtype: Any | None = None,
+    with_params: bool = False,
+    name: str = "this optimizer",
+    per_shard: bool = False,
+    init_rest: Callable[[], tuple] = tuple,
+    advance: Callable[..., tuple[PyTree, tuple]] = _keep_rest,
+) -> optax.GradientTransformationExtraArgs:
+    """A learned optimizer's transformation, from the maths of one parameter leaf.
+
+    The state is a ``state_type(*trees, *rest)``: one tree per entry of ``leading``,
+    with the parameters' structure and a leaf of shape ``(*lead, *param.shape)`` per
+    parameter, then the fields that belong to no leaf (e.g. a step count).
+
+    ``init(params)`` raises `ParamsTypeError` for a parameter that is not floating
+    point, makes every state leaf zero with `zeros_like_param` (sharded like its
+    parameter, in ``state_dtype(param.dtype, dtype)``) and the
+    other fields with ``init_rest()``.
+
+    ``update(grads, state, params=None)`` checks its arguments (`check_update_args`,
+    against the state tree with the fewest leading axes, the first of them), then
+    computes ``shared_step, new_rest = advance(shared, *rest)`` once and, for every
+    leaf, ``update_leaf(shared_step, grad, keep, *state_leaves[, param])``, where
+    ``keep`` marks the coordinates whose gradient (and, ``with_params``, parameter) is
+    finite. ``update_leaf`` keeps the non-finite contract of `LearnedOptimizer` with
+    it: it replaces the other coordinates of ``grad`` (and ``param``) by 0 with
+    ``jnp.where`` before any arithmetic (before or after casting them to the dtype it
+    computes in: under ``jax.jit`` the order is part of its numbers), returns update
+    0 and the state leaves unchanged there (a fused kernel may apply ``keep`` in
+    place), and lets them change no other coordinate's update. The
+    per-leaf results are split back into trees with the gradients' structure (an
+    empty tree gives empty trees).
+
+    Args:
+      state_type: the state's ``NamedTuple`` class; its first ``len(leading)`` fields
+        are the trees.
+      leading: per state tree, the sizes of the axes in front of the parameter's.
+      update_leaf: the maths of one leaf, returning the update in ``grad``'s dtype and
+        each state leaf in its own dtype and shape.
+      shared: what every leaf's update reads besides its own arrays (e.g. φ).
+      dtype: the state's dtype; None: the parameter's, at least float32 (`state_dtype`).
+      with_params: ``update_leaf`` also gets the parameter leaf, and ``update``
+        without ``params`` raises `ConfigError`.
+      name: the optimizer, as that message names it.
+      per_shard: run ``update_leaf`` on each device's shard of an explicitly
+        sharded leaf (`on_each_shard`), for an ``update_leaf`` that treats every
+        coordinate on its own; all state trees need as many leading axes, and
+        ``with_params`` is not supported.
+      init_rest: the initial values of the fields after the trees.
+      advance: ``advance(shared, *rest) -> (shared_step, new_rest)``; by default
+        ``shared`` and the fields unchanged.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError: for ``per_shard`` with ``with_params`` or with trees of unequal
+        numbers of leading axes, or no state tree.
+    """
+    leading = tuple(tuple(lead) for lead in leading)
+    if not leading:
+        raise ValueError("coordinatewise needs at least one state tree")
+    if per_shard and (with_params or len({len(lead) for lead in leading}) > 1):
+        raise ValueError("per_shard needs state trees of equal leading axes and no with_params")
+    checked = min(range(len(leading)), key=lambda i: len(leading[i]))
+    num_trees = len(leading)
+
+    def init_fn(params: PyTree) -> StateT:
+        check_float_tree(params, "parameters")
+
+        def zeros(lead: tuple[int, ...]) -> PyTree:
+            return jax.tree.map(lambda p: zeros_like_param(p, lead, state_dtype(jnp.result_type(p), dtype)), params)
+
+        return state_type(*(zeros(lead) for lead in leading), *init_rest())
+
+    def masked_leaf(shared_step: PyTree, grad: jax.Array, *leaves: jax.Array) -> tuple[jax.Array, ...]:
+        keep = jnp.isfinite(grad)
+        if with_params:
+            *leaves, param = leaves
+            param = jnp.asarray(param)
+            keep = keep & jnp.isfinite(param)
+            leaves.append(param)
+        return update_leaf(shared_step, grad, keep, *leaves)
+
+    def update_fn(
+        updates: PyTree, state: StateT, params: PyTree | None = None, **extra_args: Any
+    ) -> tuple[PyTree, StateT]:
+        del extra_args
+        trees = tuple(getattr(state, field) for field in state_type._fields[:num_trees])
+        rest = tuple(getattr(state, field) for field in state_type._fields[num_trees:])
+        check_update_args(updates, trees[checked], params, leading=len(leading[checked]))
+        if with_params and params is None:
+            raise ConfigError(f"{name} needs params: call update(grads, state, params)")
+        shared_step, new_rest = advance(shared, *rest)
+
+        def leaf(grad: Any, *leaves: jax.Array) -> tuple[jax.Array, ...]:
+            grad = jnp.asarray(grad)
+            if per_shard:  # Each device updates its own shard of an explicitly sharded leaf.
+                return on_each_shard(masked_leaf, shared_step, grad, *leaves, leading=len(leading[0]))
+            return masked_leaf(shared_step, grad, *leaves)
+
+        results = jax.tree.map(leaf, updates, *trees, *((params,) if with_params else ()))
+        # Split the per-leaf tuples along the gradients' structure (an empty tree too).
+        new_updates, *new_trees = (jax.tree.map(lambda _, r, k=k: r[k], updates, results) for k in range(1 + num_trees))
+        return new_updates, state_type(*new_trees, *new_rest)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -19,11 +19,8 @@ from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
     PyTree,
-    check_float_tree,
-    check_update_args,
-    state_dtype,
+    coordinatewise,
 )
-from l2l_jax.optimizers.sharding import zeros_like_param
 from l2l_jax.validation import boolean, one_of, positive_float, positive_int
 
 #: Time scales τ of the training-progress features tanh(t / τ).
@@ -85,9 +82,8 @@ class FeatureMLP(LearnedOptimizer):
     that movement the same for every fan-in above r, so one φ serves narrow and wide
     networks (μLO). Vectors and scalars (biases) are not scaled.
 
-    A coordinate whose gradient, or (with ``use_params``) parameter, is NaN or ±inf
-    gets update 0 and keeps its state; it is left out of its tensor's
-    normalisation, so every other coordinate is updated as if it were not there.
+    Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
+    a skipped coordinate is also left out of its tensor's normalisation.
 
     With ``state_dtype`` set (e.g. ``"bfloat16"``) the momenta and second moment are
     stored in that dtype and the update is computed in at least float32.
@@ -196,114 +192,106 @@ class FeatureMLP(LearnedOptimizer):
         return {"layers": layers}
 
     def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
-        decays = jnp.asarray(self.momentum_decays)
-        beta2 = self.second_moment_decay
-        nominal = self.output == "nominal"
-        nominal_index = self.momentum_decays.index(NOMINAL_DECAY) if nominal else 0
-
-        def init_fn(params: PyTree) -> FeatureMLPState:
-            check_float_tree(params, "parameters")
-
-            def zeros(p: jax.Array, *lead: int) -> jax.Array:
-                return zeros_like_param(p, lead, state_dtype(jnp.result_type(p), self.state_dtype))
-
-            return FeatureMLPState(
-                momenta=jax.tree.map(lambda p: zeros(p, len(self.momentum_decays)), params),
-                second_moment=jax.tree.map(zeros, params),
-                count=jnp.zeros((), jnp.int32),
-            )
-
-        def width_factor(shape: tuple[int, ...]) -> float:
-            if self.reference_fan_in is None or len(shape) < 2:
-                return 1.0
-            return min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
-
-        def network(features: list[jax.Array], progress: jax.Array, keep: jax.Array) -> list[jax.Array]:
-            """The MLP on ``features`` (arrays of shape (k, *shape), F rows in all); returns its 2 outputs.
-
-            The same maths as dividing each feature by its root mean square over the
-            coordinates in ``keep`` and appending progress to every coordinate's
-            features, without that copy: the normalisation scales layer 0's rows, and
-            progress, the same at every coordinate, adds to layer 0's bias. Leaves of
-            ``COORDINATEWISE_MIN_SIZE`` coordinates or more never gather the features
-            into one array (see ``_coordinatewise_layers``).
-            """
-            layers = meta_params["layers"]
-            dt = features[0].dtype
-            n = sum(len(f) for f in features)
-            weights = [layer["w"].astype(dt) for layer in layers]
-            biases = [layer["b"].astype(dt) for layer in layers]
-            if self.use_progress:
-                biases[0] = biases[0] + progress.astype(dt) @ weights[0][n:]
-            weights[0] = weights[0][:n]
-            coordinatewise = keep.size >= COORDINATEWISE_MIN_SIZE
-            rows = [f[k] for f in features for k in range(len(f))] if coordinatewise else None
-            x = None if coordinatewise else jnp.concatenate(features, axis=0)
-            if self.normalise_features:
-                count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
-                zero = jnp.zeros((), dt)
-                if coordinatewise:
-                    sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
-                else:
-                    sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
-                weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
-            if coordinatewise:
-                return _coordinatewise_layers(rows, weights, biases)
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                x = jnp.tensordot(w, x, (0, 0)) + b.reshape((-1,) + (1,) * keep.ndim)
-                if i < len(layers) - 1:
-                    x = jax.nn.relu(x)
-            return [x[0], x[1]]
-
-        def update_fn(
-            updates: PyTree, state: FeatureMLPState, params: PyTree | None = None, **extra_args: Any
-        ) -> tuple[PyTree, FeatureMLPState]:
-            del extra_args
-            check_update_args(updates, state.second_moment, params)
-            if self.use_params and params is None:
-                raise ConfigError("feature_mlp(use_params=True) needs params: call update(grads, state, params)")
-            count = state.count + 1
+        def advance(meta_params: MetaParams, count: jax.Array) -> tuple[PyTree, tuple[jax.Array]]:
+            count = count + 1
             t = count.astype(jnp.float32)
-            progress = jnp.tanh(t / jnp.asarray(PROGRESS_SCALES))
-            param_tree = params if params is not None else updates
+            return (meta_params, t, jnp.tanh(t / jnp.asarray(PROGRESS_SCALES))), (count,)
 
-            def leaf(
-                grad: jax.Array, momenta: jax.Array, v: jax.Array, p: jax.Array
-            ) -> tuple[jax.Array, jax.Array, jax.Array]:
-                # Computed in at least float32 whatever dtype the state is stored in.
-                sdt, grad = v.dtype, jnp.asarray(grad)
-                dt = jnp.promote_types(sdt, jnp.float32)
-                keep = jnp.isfinite(grad)
-                if self.use_params:
-                    p = jnp.asarray(p)
-                    keep = keep & jnp.isfinite(p)
-                zero = jnp.zeros((), dt)
-                g = jnp.where(keep, grad.astype(dt), zero)
-                d = decays.astype(dt).reshape((-1,) + (1,) * g.ndim)
-                m, v = momenta.astype(dt), v.astype(dt)
-                new_m = jnp.where(keep, d * m + (1 - d) * g, m)
-                new_v = jnp.where(keep, beta2 * v + (1 - beta2) * g * g, v)
-                rsqrt = jax.lax.rsqrt(new_v + 1e-12)
-                features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
-                if self.use_params:
-                    features.append(jnp.where(keep, p.astype(dt), zero)[None])
-                out = network(features, progress, keep)
-                if nominal:
-                    m_hat = new_m[nominal_index] / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
-                    v_hat = new_v / (1 - jnp.asarray(beta2, dt) ** t.astype(dt))
-                    adam = m_hat / (jnp.sqrt(v_hat) + 1e-8)
-                    lr = jnp.exp(meta_params["log_lr"].astype(dt))
-                    step = jnp.exp(self.exp_mult * out[1]) * (self.step_mult * out[0] - lr * adam)
-                else:
-                    step = out[0] * jnp.exp(self.exp_mult * out[1]) * self.step_mult
-                step = jnp.where(keep, step, zero) * width_factor(g.shape)
-                return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
+        return coordinatewise(
+            FeatureMLPState,
+            [(len(self.momentum_decays),), ()],
+            self._update_leaf,
+            shared=meta_params,
+            dtype=self.state_dtype,
+            with_params=self.use_params,
+            name="feature_mlp(use_params=True)",
+            init_rest=lambda: (jnp.zeros((), jnp.int32),),
+            advance=advance,
+        )
 
-            triples = jax.tree.map(leaf, updates, state.momenta, state.second_moment, param_tree)
-            new_updates, momenta, second = (jax.tree.map(lambda _, r, k=k: r[k], updates, triples) for k in range(3))
-            return new_updates, FeatureMLPState(momenta=momenta, second_moment=second, count=count)
+    def _update_leaf(
+        self,
+        shared: tuple[MetaParams, jax.Array, jax.Array],
+        grad: jax.Array,
+        keep: jax.Array,
+        momenta: jax.Array,
+        v: jax.Array,
+        p: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One leaf's update, for `coordinatewise`; ``shared`` is ``(φ, t, progress)``.
 
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        Computed in at least float32 whatever dtype the state is stored in. A
+        coordinate outside ``keep`` is left out of the tensor's normalisation too.
+        """
+        meta_params, t, progress = shared
+        sdt = v.dtype
+        dt = jnp.promote_types(sdt, jnp.float32)
+        zero = jnp.zeros((), dt)
+        g = jnp.where(keep, grad.astype(dt), zero)
+        d = jnp.asarray(self.momentum_decays).astype(dt).reshape((-1,) + (1,) * g.ndim)
+        m, v = momenta.astype(dt), v.astype(dt)
+        beta2 = self.second_moment_decay
+        new_m = jnp.where(keep, d * m + (1 - d) * g, m)
+        new_v = jnp.where(keep, beta2 * v + (1 - beta2) * g * g, v)
+        rsqrt = jax.lax.rsqrt(new_v + 1e-12)
+        features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
+        if self.use_params:
+            features.append(jnp.where(keep, p.astype(dt), zero)[None])
+        out = self._network(meta_params["layers"], features, progress, keep)
+        if self.output == "nominal":
+            nominal_m = new_m[self.momentum_decays.index(NOMINAL_DECAY)]
+            m_hat = nominal_m / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
+            v_hat = new_v / (1 - jnp.asarray(beta2, dt) ** t.astype(dt))
+            adam = m_hat / (jnp.sqrt(v_hat) + 1e-8)
+            lr = jnp.exp(meta_params["log_lr"].astype(dt))
+            step = jnp.exp(self.exp_mult * out[1]) * (self.step_mult * out[0] - lr * adam)
+        else:
+            step = out[0] * jnp.exp(self.exp_mult * out[1]) * self.step_mult
+        step = jnp.where(keep, step, zero) * self._width_factor(g.shape)
+        return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
+
+    def _width_factor(self, shape: tuple[int, ...]) -> float:
+        if self.reference_fan_in is None or len(shape) < 2:
+            return 1.0
+        return min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
+
+    def _network(
+        self, layers: list[MetaParams], features: list[jax.Array], progress: jax.Array, keep: jax.Array
+    ) -> list[jax.Array]:
+        """The MLP on ``features`` (arrays of shape (k, *shape), F rows in all); returns its 2 outputs.
+
+        The same maths as dividing each feature by its root mean square over the
+        coordinates in ``keep`` and appending progress to every coordinate's
+        features, without that copy: the normalisation scales layer 0's rows, and
+        progress, the same at every coordinate, adds to layer 0's bias. Leaves of
+        ``COORDINATEWISE_MIN_SIZE`` coordinates or more never gather the features
+        into one array (see ``_coordinatewise_layers``).
+        """
+        dt = features[0].dtype
+        n = sum(len(f) for f in features)
+        weights = [layer["w"].astype(dt) for layer in layers]
+        biases = [layer["b"].astype(dt) for layer in layers]
+        if self.use_progress:
+            biases[0] = biases[0] + progress.astype(dt) @ weights[0][n:]
+        weights[0] = weights[0][:n]
+        elementwise = keep.size >= COORDINATEWISE_MIN_SIZE
+        rows = [f[k] for f in features for k in range(len(f))] if elementwise else None
+        x = None if elementwise else jnp.concatenate(features, axis=0)
+        if self.normalise_features:
+            count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
+            zero = jnp.zeros((), dt)
+            if elementwise:
+                sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
+            else:
+                sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
+            weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
+        if elementwise:
+            return _coordinatewise_layers(rows, weights, biases)
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            x = jnp.tensordot(w, x, (0, 0)) + b.reshape((-1,) + (1,) * keep.ndim)
+            if i < len(layers) - 1:
+                x = jax.nn.relu(x)
+        return [x[0], x[1]]
 
 
 def _float_dtype_name(name: str, value: Any) -> str:

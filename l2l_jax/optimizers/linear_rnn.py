@@ -16,11 +16,8 @@ from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
     PyTree,
-    check_float_tree,
-    check_update_args,
-    state_dtype,
+    coordinatewise,
 )
-from l2l_jax.optimizers.sharding import zeros_like_param
 from l2l_jax.validation import finite_float
 
 
@@ -37,7 +34,7 @@ class LinearRNN(LearnedOptimizer):
     φ = (η, β, -1) this is heavy-ball momentum; the worked example starts from
     φ = (0.1, 0.5, -1.0).
 
-    A coordinate whose gradient is NaN or ±inf gets g_t = 0 and keeps h_{t-1}.
+    Non-finite gradients: see `LearnedOptimizer` (g_t = 0, h_{t-1} kept).
     """
 
     name = "linear_rnn"
@@ -59,36 +56,17 @@ class LinearRNN(LearnedOptimizer):
         return {f"phi{i + 1}": jnp.asarray(p, dtype=float) for i, p in enumerate(self.phi)}
 
     def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
-        phi1, phi2, phi3 = (meta_params[k] for k in ("phi1", "phi2", "phi3"))
+        def update_leaf(
+            phi: MetaParams, grad: jax.Array, keep: jax.Array, h_prev: jax.Array
+        ) -> tuple[jax.Array, jax.Array]:
+            dt = h_prev.dtype
+            phi1, phi2, phi3 = (jnp.asarray(phi[k], dt) for k in ("phi1", "phi2", "phi3"))
+            grad_in = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
+            h = jnp.where(keep, phi1 * grad_in + phi2 * h_prev, h_prev)
+            step = jnp.where(keep, phi3 * h, jnp.zeros((), dt))
+            return step.astype(grad.dtype), h
 
-        def init_fn(params: PyTree) -> LinearRNNState:
-            check_float_tree(params, "parameters")
-            return LinearRNNState(
-                hidden=jax.tree.map(lambda p: zeros_like_param(p, (), state_dtype(jnp.result_type(p))), params)
-            )
-
-        def update_fn(
-            updates: PyTree, state: LinearRNNState, params: PyTree | None = None, **extra_args: Any
-        ) -> tuple[PyTree, LinearRNNState]:
-            del extra_args
-            check_update_args(updates, state.hidden, params)
-
-            def leaf(grad: jax.Array, h_prev: jax.Array) -> tuple[jax.Array, jax.Array]:
-                dt, grad = h_prev.dtype, jnp.asarray(grad)
-                # Non-finite coordinates: computed with 0 (no NaN in the arithmetic or
-                # its gradients), then update 0 and the old state.
-                keep = jnp.isfinite(grad)
-                grad_in = jnp.where(keep, grad, jnp.zeros((), grad.dtype)).astype(dt)
-                h = jnp.where(keep, jnp.asarray(phi1, dt) * grad_in + jnp.asarray(phi2, dt) * h_prev, h_prev)
-                step = jnp.where(keep, jnp.asarray(phi3, dt) * h, jnp.zeros((), dt))
-                return step.astype(grad.dtype), h
-
-            pairs = jax.tree.map(leaf, updates, state.hidden)
-            # Split the per-leaf pairs along the gradients' structure (an empty tree too).
-            new_updates, hidden = (jax.tree.map(lambda _, t, k=k: t[k], updates, pairs) for k in range(2))
-            return new_updates, LinearRNNState(hidden=hidden)
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return coordinatewise(LinearRNNState, [()], update_leaf, shared=meta_params)
 
 
 def linear_rnn(phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> LinearRNN:
@@ -98,11 +76,7 @@ def linear_rnn(phi: tuple[float, float, float] = (0.1, 0.5, -1.0)) -> LinearRNN:
       phi: the initial meta-parameters (φ1, φ2, φ3) that `LinearRNN.init` returns.
 
     Returns:
-      A `LinearRNN`. A coordinate whose gradient is NaN or ±inf gets update 0
-      and keeps its hidden state unchanged, like ``optax.apply_if_finite`` per
-      coordinate; every other coordinate is updated exactly as if it were not there.
-      The coordinate is computed with gradient 0 and its results discarded by
-      selects, so meta-gradients stay finite.
+      A `LinearRNN`, which keeps the non-finite contract of `LearnedOptimizer`.
 
     Raises:
       ConfigError: if ``phi`` is not three finite numbers.

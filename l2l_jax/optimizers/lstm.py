@@ -24,9 +24,7 @@ from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
     PyTree,
-    check_float_tree,
-    check_update_args,
-    state_dtype,
+    coordinatewise,
 )
 from l2l_jax.optimizers.lstm_cell import (
     CPU_BLOCK,
@@ -41,7 +39,6 @@ from l2l_jax.optimizers.lstm_cell import (
 )
 from l2l_jax.optimizers.lstm_pallas import kernel_call, lstm_step_pallas
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
-from l2l_jax.optimizers.sharding import on_each_shard, zeros_like_param
 from l2l_jax.validation import finite_float, one_of, positive_float, positive_int
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
@@ -212,7 +209,7 @@ class LSTMState(NamedTuple):
 class CoordinatewiseLSTM(LearnedOptimizer):
     """A stacked LSTM applied independently to every coordinate (see `lstm`).
 
-    Coordinates with a non-finite gradient are skipped: update 0, state unchanged.
+    Non-finite gradients: see `LearnedOptimizer`; with every implementation.
 
     Raises:
       ConfigError: at construction, for options that make no sense (see `lstm`).
@@ -297,21 +294,11 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         return meta
 
     def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
-        hidden, layers = self.hidden_size, self.num_layers
-
-        def init_fn(params: PyTree) -> LSTMState:
-            check_float_tree(params, "parameters")
-
-            def zeros(p: Any) -> jax.Array:
-                return zeros_like_param(p, (layers, hidden), state_dtype(jnp.result_type(p), self.state_dtype))
-
-            return LSTMState(h=jax.tree.map(zeros, params), c=jax.tree.map(zeros, params))
-
-        # The step with a keep mask: coordinates with a non-finite gradient are skipped.
+        layers = self.num_layers
         step_fn = masked_step_function(self.implementation)
 
-        def local_update(
-            meta_params: MetaParams, grad: jax.Array, h: jax.Array, c: jax.Array
+        def update_leaf(
+            meta_params: MetaParams, grad: jax.Array, keep: jax.Array, h: jax.Array, c: jax.Array
         ) -> tuple[jax.Array, jax.Array, jax.Array]:
             # Compute in at least float32 even when the state is stored in bfloat16.
             sdt = h.dtype
@@ -323,32 +310,17 @@ class CoordinatewiseLSTM(LearnedOptimizer):
                 b_out=jnp.asarray(meta_params["out"]["b"], dt),
             )
             # The leaf keeps its shape (no coordinate axis is reshaped), so a leaf
-            # sharded along any axis stays sharded. A non-finite coordinate enters the
-            # step as 0 (so no NaN reaches the arithmetic or its gradients) and the
-            # step keeps its output at 0 and its state as it was.
-            keep = jnp.isfinite(grad)
+            # sharded along any axis stays sharded. The step applies ``keep`` to its
+            # output and state itself.
             safe = jnp.where(keep, grad, jnp.zeros((), grad.dtype))
             x = jnp.moveaxis(preprocess(safe.astype(dt), self.preprocessing, self.p), -1, 0)
             out, new_h, new_c = step_fn(weights, x, h, c, keep)
             return (out * self.output_scale).astype(grad.dtype), new_h.astype(sdt), new_c.astype(sdt)
 
-        def update_fn(
-            updates: PyTree, state: LSTMState, params: PyTree | None = None, **extra_args: Any
-        ) -> tuple[PyTree, LSTMState]:
-            del extra_args
-            check_update_args(updates, state.h, params, leading=2)
-            # Each device updates its own shard of an explicitly sharded leaf.
-            triples = jax.tree.map(
-                lambda g, h, c: on_each_shard(local_update, meta_params, jnp.asarray(g), h, c, leading=2),
-                updates,
-                state.h,
-                state.c,
-            )
-            # Split the per-leaf triples along the gradients' structure (an empty tree too).
-            new_updates, h, c = (jax.tree.map(lambda _, t, k=k: t[k], updates, triples) for k in range(3))
-            return new_updates, LSTMState(h=h, c=c)
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        lead = (self.num_layers, self.hidden_size)
+        return coordinatewise(
+            LSTMState, (lead, lead), update_leaf, shared=meta_params, dtype=self.state_dtype, per_shard=True
+        )
 
 
 def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
@@ -379,12 +351,9 @@ def lstm(preset: str = "paper", **overrides: Any) -> CoordinatewiseLSTM:
         is not negative.
 
     Returns:
-      A `CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer.
-      Non-finite gradients: a coordinate whose gradient is NaN or ±inf gets update 0
-      and keeps its LSTM state (h and c) unchanged, like ``optax.apply_if_finite``
-      per coordinate; every other coordinate is updated exactly as if it were not
-      there, with every implementation. The coordinate enters the LSTM as 0 and its
-      results are discarded by selects, so meta-gradients stay finite.
+      A `CoordinatewiseLSTM`; ``init(key)`` gives φ, ``as_optax(φ)`` the optimizer,
+      which keeps the non-finite contract of `LearnedOptimizer` with every
+      implementation (a skipped coordinate keeps h and c).
 
     Raises:
       ConfigError: for an unknown preset or option, or a value that makes no sense
