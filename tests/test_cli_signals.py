@@ -46,13 +46,20 @@ def _start_then_signal(
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     if when == "compiling":  # A cached program would skip the compile window this waits for.
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "l2l_jax", *argv, "--run-dir", str(run)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    # Ctrl-C as at a terminal: a shell runs background jobs with SIGINT ignored, and the
+    # child would inherit that from a test run started in the background (a handled
+    # signal, unlike an ignored one, is reset to its default in the child).
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "l2l_jax", *argv, "--run-dir", str(run)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     out = ""
     try:
         if when == "compiling":
