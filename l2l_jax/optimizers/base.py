@@ -211,6 +211,23 @@ def check_update_args(updates: PyTree, state_tree: PyTree, params: PyTree | None
     check_float_tree(updates, "gradients")
 
 
+def check_state_dtype(value: Any) -> str | None:
+    """The name of a ``state_dtype`` option (``None`` stays ``None``).
+
+    Raises:
+      ConfigError: if ``value`` is not a dtype, or not a floating one.
+    """
+    if value is None:
+        return None
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        raise ConfigError(f"state_dtype {value!r} is not a dtype") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ConfigError(f"state_dtype must be a floating dtype, got {value!r}")
+    return str(dt)
+
+
 def state_dtype(leaf_dtype: Any, override: Any | None = None) -> jnp.dtype:
     """The dtype of a leaf's hidden state: ``override``, else at least float32.
 

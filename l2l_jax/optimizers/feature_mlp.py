@@ -19,6 +19,7 @@ from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
     PyTree,
+    check_state_dtype,
     coordinatewise,
 )
 from l2l_jax.validation import boolean, one_of, positive_float, positive_int
@@ -136,7 +137,7 @@ class FeatureMLP(LearnedOptimizer):
         self.reference_fan_in = (
             None if reference_fan_in is None else positive_float("reference_fan_in", reference_fan_in)
         )
-        self.state_dtype = None if state_dtype is None else _float_dtype_name("state_dtype", state_dtype)
+        self.state_dtype = check_state_dtype(state_dtype)
         count = self.meta_param_count()
         if count > MAX_META_PARAMS:
             raise ConfigError(
@@ -292,16 +293,6 @@ class FeatureMLP(LearnedOptimizer):
             if i < len(layers) - 1:
                 x = jax.nn.relu(x)
         return [x[0], x[1]]
-
-
-def _float_dtype_name(name: str, value: Any) -> str:
-    try:
-        dt = jnp.dtype(value)
-    except TypeError:
-        raise ConfigError(f"{name} {value!r} is not a dtype") from None
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ConfigError(f"{name} must be a floating dtype, got {value!r}")
-    return str(dt)
 
 
 def _coordinatewise_layers(x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]) -> list[jax.Array]:

@@ -24,6 +24,7 @@ from l2l_jax.optimizers.base import (
     LearnedOptimizer,
     MetaParams,
     PyTree,
+    check_state_dtype,
     coordinatewise,
 )
 from l2l_jax.optimizers.lstm_cell import (
@@ -244,13 +245,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         output_init_scale = finite_float("output_init_scale", output_init_scale)
         if not output_init_scale >= 0:
             raise ConfigError(f"output_init_scale must be >= 0, got {output_init_scale!r}")
-        if state_dtype is not None:
-            try:
-                dt = jnp.dtype(state_dtype)
-            except TypeError:
-                raise ConfigError(f"state_dtype {state_dtype!r} is not a dtype") from None
-            if not jnp.issubdtype(dt, jnp.floating):
-                raise ConfigError(f"state_dtype must be a floating dtype, got {state_dtype!r}")
+        state_dtype = check_state_dtype(state_dtype)
         one_of("LSTM implementation", implementation, ("auto", *IMPLEMENTATIONS))
         # How the step is computed, not what it computes: not part of config().
         self.implementation = implementation
@@ -260,7 +255,7 @@ class CoordinatewiseLSTM(LearnedOptimizer):
         self.p = p
         self.output_scale = output_scale
         self.output_init_scale = output_init_scale
-        self.state_dtype = None if state_dtype is None else str(jnp.dtype(state_dtype))
+        self.state_dtype = state_dtype
 
     def config(self) -> dict[str, Any]:
         return {
