@@ -14,6 +14,7 @@ from l2l_jax.errors import ConfigError, RunDirectoryError, UnknownNameError
 from l2l_jax.evaluation.compare import Comparison, compare_with_baselines
 from l2l_jax.evaluation.plots import plot_loss_curves
 from l2l_jax.meta.init_source import load_source
+from l2l_jax.tasks.base import TaskFamily
 
 
 def evaluate_run(
@@ -82,27 +83,8 @@ def evaluate_run(
     with rd.lock(run_dir):
         info = pretrained.info(run_dir)
         optimizer, phi = pretrained.load_meta_params(run_dir)
-        saved_task = info.get("task")
-        if not isinstance(saved_task, str):
-            raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: no task name")
-        if task is None:
-            if ":" in saved_task:
-                raise RunDirectoryError(
-                    f"{run_dir} was trained on the task {saved_task!r}, which is code to import and run; "
-                    f"if you trust it, name it yourself: --task {saved_task} (task=...)"
-                )
-            if saved_task not in tasks_lib.available():
-                raise RunDirectoryError(
-                    f"{run_dir} was trained on the task {saved_task!r}, which is not registered here; "
-                    "register it (l2l_jax.tasks.register) or pass --task (task=...)"
-                )
-            task = saved_task
-        # task_options rebuild the task as it was built for training; older files
-        # only have the family's config.
-        options = info.get("task_options", info.get("task_config", {}))
-        if not isinstance(options, dict):
-            raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
-        options = _merged(_without_caller_only(options), task_options or {})
+        task = _task_name(run_dir, info, task)
+        options = _task_options(run_dir, info, task_options)
         if task == "mixture":
             # Refused before anything is built: members may name code to import (module:function).
             raise ConfigError(
@@ -127,22 +109,113 @@ def evaluate_run(
             progress=progress,
             **compare_kwargs,
         )
-        results = {
-            **comparison.to_json(),
-            "reference": reference,
-            "paired": comparison.paired(reference),
-            "seed": seed,
-            "num_tune_tasks": num_tune_tasks,
-            "seconds": time.perf_counter() - t0,
-        }
-        tables = f"{comparison.table()}\n\n{comparison.paired_table(reference)}"
-        rd.save_evaluation(run_dir, results, tables, comparison.rows())
-        plot_loss_curves(
-            comparison.curves,
-            run_dir / rd.LOSS_CURVES_PLOT,
-            title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
+        _write_evaluation(
+            run_dir,
+            comparison,
+            family,
+            reference=reference,
+            seed=seed,
+            num_tune_tasks=num_tune_tasks,
+            num_tasks=num_tasks,
+            started=t0,
         )
         return comparison
+
+
+def _task_name(run_dir: Path, info: dict[str, Any], task: str | None) -> str:
+    """The task family to evaluate on: ``task``, or else the run's recorded task if that is safe to build.
+
+    Args:
+      run_dir: the run directory (for messages).
+      info: the run's ``optimizer.json``.
+      task: the caller's task, or ``None`` for the run's own.
+
+    Returns:
+      ``task`` if given, else the run's recorded task name.
+
+    Raises:
+      RunDirectoryError: if the run records no task name, or (with ``task`` ``None``)
+        records a ``module:function`` task or one not registered here.
+    """
+    saved_task = info.get("task")
+    if not isinstance(saved_task, str):
+        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: no task name")
+    if task is not None:
+        return task
+    if ":" in saved_task:
+        raise RunDirectoryError(
+            f"{run_dir} was trained on the task {saved_task!r}, which is code to import and run; "
+            f"if you trust it, name it yourself: --task {saved_task} (task=...)"
+        )
+    if saved_task not in tasks_lib.available():
+        raise RunDirectoryError(
+            f"{run_dir} was trained on the task {saved_task!r}, which is not registered here; "
+            "register it (l2l_jax.tasks.register) or pass --task (task=...)"
+        )
+    return saved_task
+
+
+def _task_options(run_dir: Path, info: dict[str, Any], task_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options to build the task family with: the run's recorded ones, then the caller's.
+
+    Args:
+      run_dir: the run directory (for messages).
+      info: the run's ``optimizer.json``; its ``task_options`` rebuild the task as it
+        was built for training (older files only have the family's ``task_config``).
+      task_options: the caller's options, replacing the recorded ones key by key
+        (nested objects merged); ``None``: none.
+
+    Returns:
+      The recorded options without ``CALLER_ONLY_OPTIONS``, merged with ``task_options``.
+
+    Raises:
+      RunDirectoryError: if the recorded options are not an object.
+    """
+    options = info.get("task_options", info.get("task_config", {}))
+    if not isinstance(options, dict):
+        raise RunDirectoryError(f"{run_dir / rd.OPTIMIZER_META} is corrupt: task_options is not an object")
+    return _merged(_without_caller_only(options), task_options or {})
+
+
+def _write_evaluation(
+    run_dir: Path,
+    comparison: Comparison,
+    family: TaskFamily,
+    *,
+    reference: str,
+    seed: int,
+    num_tune_tasks: int,
+    num_tasks: int,
+    started: float,
+) -> None:
+    """Writes ``evaluation.json``, ``evaluation.md`` and ``loss_curves.png`` into the run directory.
+
+    Args:
+      run_dir: the run directory, locked by the caller.
+      comparison: the finished comparison.
+      family: the task family evaluated on (its ``name`` titles the plot).
+      reference: the label of the run's own optimizer in ``comparison``.
+      seed: the seed of the held-out task sets.
+      num_tune_tasks: the tasks each baseline's rate was tuned on.
+      num_tasks: the held-out test tasks.
+      started: ``time.perf_counter()`` when the comparison started; the recorded
+        ``seconds`` run from there to now.
+    """
+    results = {
+        **comparison.to_json(),
+        "reference": reference,
+        "paired": comparison.paired(reference),
+        "seed": seed,
+        "num_tune_tasks": num_tune_tasks,
+        "seconds": time.perf_counter() - started,
+    }
+    tables = f"{comparison.table()}\n\n{comparison.paired_table(reference)}"
+    rd.save_evaluation(run_dir, results, tables, comparison.rows())
+    plot_loss_curves(
+        comparison.curves,
+        run_dir / rd.LOSS_CURVES_PLOT,
+        title=f"{family.name}: mean over {num_tasks} held-out tasks (baselines' lr tuned)",
+    )
 
 
 #: Task options that reach the network or choose where data is read and written:

@@ -18,6 +18,7 @@ See ``docs/design/lstm-implementations.md`` for why the fused step and the block
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -307,72 +308,40 @@ def in_blocks(
       ``custom_vjp`` whose backward pass loops over the same blocks), not
       forward-mode, and it can be vmapped.
     """
+    blocked = _blocked_step(step_fn, block, only_on)
 
-    def plan(x: jax.Array) -> tuple[int, int, int]:
-        # (coordinate axes, rows, rows per block) of a leaf whose features are x.
-        coordinate_axes, rows = x.ndim - 1, x.shape[1]
-        per_row = math.prod(x.shape[2:])
-        return coordinate_axes, rows, max(1, block // per_row)
+    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, *aux: jax.Array) -> tuple[jax.Array, ...]:
+        # Rows past int32's range cannot be indexed in blocks (JAX indexes in int32
+        # unless x64 is on); such a leaf goes through in one call.
+        if math.prod(x.shape[1:]) <= block or partitioned_by_xla():
+            return step_fn(weights, x, h, c, *aux)
+        _, rows, size = _plan(x, block)
+        if rows <= size or rows > MAX_BLOCKED_COORDINATES:
+            return step_fn(weights, x, h, c, *aux)
+        return blocked(weights, x, h, c, *aux)
 
-    def take(a: jax.Array, start: jax.Array, k: int, size: int) -> jax.Array:
-        return jax.lax.dynamic_slice_in_dim(a, start, size, axis=a.ndim - k)
+    return step
 
-    def put(into: jax.Array, part: jax.Array, start: jax.Array, k: int) -> jax.Array:
-        return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=into.ndim - k)
 
-    def loop_forward(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
-        k, n, size = plan(coords[0])
+def _blocked_step(
+    step_fn: Callable[..., tuple[jax.Array, ...]], block: int, only_on: str | None
+) -> Callable[..., tuple[jax.Array, ...]]:
+    """``step_fn`` over every block of its leaf: the blocked path of `in_blocks`, for a leaf of several blocks.
 
-        def block_at(start: jax.Array) -> tuple[jax.Array, ...]:
-            return step_fn(weights, *(take(a, start, k, size) for a in coords))
+    Args:
+      step_fn: ``step_fn(weights, x, h, c, *aux)``, as for `in_blocks`.
+      block: coordinates per block.
+      only_on: as for `in_blocks`: the platform that takes the blocks (elsewhere
+        one call over the whole leaf), or ``None`` for every platform.
 
-        def body(i: jax.Array, outs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            start = jnp.minimum(i * size, n - size)
-            return tuple(put(o, b, start, k) for o, b in zip(outs, block_at(start)))
-
-        shapes = jax.eval_shape(block_at, jnp.int32(0))
-        outs = tuple(
-            jnp.zeros((*s.shape[: len(s.shape) - k], n, *s.shape[len(s.shape) - k + 1 :]), s.dtype) for s in shapes
-        )
-        return jax.lax.fori_loop(0, -(-n // size), body, outs)
-
-    # The backward pass is a loop of the same shape. Autodiff of the forward loop would
-    # add every block's input cotangents into full-size accumulators, touching all
-    # coordinates per block.
-    def loop_bwd(residuals: tuple, cotangents: tuple) -> tuple:
-        weights, x, h, c, *aux = residuals
-        k, n, size = plan(x)
-        num_blocks = -(-n // size)
-        covered = (num_blocks - 1) * size  # the rows the blocks before the last one write
-
-        def body(j: jax.Array, grads: tuple) -> tuple:
-            # The last block goes first, its overlap with the block before masked out of
-            # the output cotangents: that block wrote those outputs too, and then writes
-            # their input cotangents over the last block's (zeros there).
-            last_first = jnp.where(j == 0, num_blocks - 1, j - 1)
-            start = jnp.minimum(last_first * size, n - size)
-            keep = ((j != 0) | (start + jnp.arange(size) >= covered)).reshape((size,) + (1,) * (k - 1))
-            cot = tuple(jnp.where(keep, take(t, start, k, size), jnp.zeros((), t.dtype)) for t in cotangents)
-            aux_block = [take(a, start, k, size) for a in aux]
-            _, vjp = jax.vjp(
-                lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux_block),
-                weights, take(x, start, k, size), take(h, start, k, size), take(c, start, k, size),
-            )  # fmt: skip
-            gw, gx, gh, gc = vjp(cot)
-            dw, dx, dh, dc = grads
-            return (
-                jax.tree.map(jnp.add, dw, gw),
-                put(dx, gx, start, k),
-                put(dh, gh, start, k),
-                put(dc, gc, start, k),
-            )
-
-        zeros = jax.tree.map(jnp.zeros_like, (weights, x, h, c))
-        return jax.lax.fori_loop(0, num_blocks, body, zeros)
-
-    def whole_bwd(residuals: tuple, cotangents: tuple) -> tuple:
-        weights, x, h, c, *aux = residuals
-        return jax.vjp(lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux), weights, x, h, c)[1](cotangents)
+    Returns:
+      ``blocked(weights, x, h, c, *aux)``, a ``custom_vjp`` whose backward pass
+      (`_loop_backward`) loops over the same blocks and gives the ``aux``
+      arguments no cotangent.
+    """
+    loop_forward = functools.partial(_loop_forward, step_fn, block)
+    loop_bwd = functools.partial(_loop_backward, step_fn, block)
+    whole_bwd = functools.partial(_whole_backward, step_fn)
 
     def forward(weights: CellWeights, *coords: jax.Array) -> tuple[jax.Array, ...]:
         if only_on is None:
@@ -394,15 +363,126 @@ def in_blocks(
         return forward(weights, *coords), (weights, *coords)
 
     blocked.defvjp(blocked_fwd, backward)
+    return blocked
 
-    def step(weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, *aux: jax.Array) -> tuple[jax.Array, ...]:
-        # Rows past int32's range cannot be indexed in blocks (JAX indexes in int32
-        # unless x64 is on); such a leaf goes through in one call.
-        if math.prod(x.shape[1:]) <= block or partitioned_by_xla():
-            return step_fn(weights, x, h, c, *aux)
-        _, rows, size = plan(x)
-        if rows <= size or rows > MAX_BLOCKED_COORDINATES:
-            return step_fn(weights, x, h, c, *aux)
-        return blocked(weights, x, h, c, *aux)
 
-    return step
+def _plan(x: jax.Array, block: int) -> tuple[int, int, int]:
+    """How a leaf is cut into blocks of about ``block`` coordinates.
+
+    Args:
+      x: the leaf's features ``(F, rows, *rest)``.
+      block: coordinates per block.
+
+    Returns:
+      ``(coordinate axes, rows, rows per block)``; at least one row per block.
+    """
+    coordinate_axes, rows = x.ndim - 1, x.shape[1]
+    per_row = math.prod(x.shape[2:])
+    return coordinate_axes, rows, max(1, block // per_row)
+
+
+def _take(a: jax.Array, start: jax.Array, k: int, size: int) -> jax.Array:
+    """Rows ``start`` to ``start + size`` of the first of ``a``'s last ``k`` (coordinate) axes."""
+    return jax.lax.dynamic_slice_in_dim(a, start, size, axis=a.ndim - k)
+
+
+def _put(into: jax.Array, part: jax.Array, start: jax.Array, k: int) -> jax.Array:
+    """``into`` with ``part`` written from row ``start`` of the first of its last ``k`` (coordinate) axes."""
+    return jax.lax.dynamic_update_slice_in_dim(into, part, start, axis=into.ndim - k)
+
+
+def _loop_forward(
+    step_fn: Callable[..., tuple[jax.Array, ...]], block: int, weights: CellWeights, *coords: jax.Array
+) -> tuple[jax.Array, ...]:
+    """``step_fn(weights, *coords)`` computed one block after the other in a ``fori_loop``.
+
+    Each block's inputs are sliced out of ``coords`` and its outputs written in place
+    into full-size outputs; the last block ends at the last row and may overlap the
+    one before, rewriting the same values there.
+
+    Args:
+      step_fn: ``step_fn(weights, x, h, c, *aux)``, as for `in_blocks`.
+      block: coordinates per block.
+      weights: the cell's weights, the same for every block.
+      *coords: ``(x, h, c, *aux)``, coordinates last.
+
+    Returns:
+      ``step_fn``'s outputs over all coordinates.
+    """
+    k, n, size = _plan(coords[0], block)
+
+    def block_at(start: jax.Array) -> tuple[jax.Array, ...]:
+        return step_fn(weights, *(_take(a, start, k, size) for a in coords))
+
+    def body(i: jax.Array, outs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        start = jnp.minimum(i * size, n - size)
+        return tuple(_put(o, b, start, k) for o, b in zip(outs, block_at(start)))
+
+    shapes = jax.eval_shape(block_at, jnp.int32(0))
+    outs = tuple(
+        jnp.zeros((*s.shape[: len(s.shape) - k], n, *s.shape[len(s.shape) - k + 1 :]), s.dtype) for s in shapes
+    )
+    return jax.lax.fori_loop(0, -(-n // size), body, outs)
+
+
+def _loop_backward(
+    step_fn: Callable[..., tuple[jax.Array, ...]], block: int, residuals: tuple, cotangents: tuple
+) -> tuple:
+    """The VJP of `_loop_forward`: a loop over the same blocks, each block's VJP written in place.
+
+    Autodiff of the forward loop would instead add every block's input cotangents
+    into full-size accumulators, touching all coordinates per block. The last block
+    goes first, its overlap with the block before masked out of the output
+    cotangents: that block wrote those outputs too, and then writes their input
+    cotangents over the last block's (zeros there), so the overlap counts once.
+
+    Args:
+      step_fn: ``step_fn(weights, x, h, c, *aux)``, as for `in_blocks`.
+      block: coordinates per block.
+      residuals: the step's inputs ``(weights, x, h, c, *aux)``.
+      cotangents: the cotangents of the step's outputs.
+
+    Returns:
+      The cotangents of ``(weights, x, h, c)``; the weights' summed over blocks.
+    """
+    weights, x, h, c, *aux = residuals
+    k, n, size = _plan(x, block)
+    num_blocks = -(-n // size)
+    covered = (num_blocks - 1) * size  # the rows the blocks before the last one write
+
+    def body(j: jax.Array, grads: tuple) -> tuple:
+        last_first = jnp.where(j == 0, num_blocks - 1, j - 1)
+        start = jnp.minimum(last_first * size, n - size)
+        keep = ((j != 0) | (start + jnp.arange(size) >= covered)).reshape((size,) + (1,) * (k - 1))
+        cot = tuple(jnp.where(keep, _take(t, start, k, size), jnp.zeros((), t.dtype)) for t in cotangents)
+        aux_block = [_take(a, start, k, size) for a in aux]
+        _, vjp = jax.vjp(
+            lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux_block),
+            weights, _take(x, start, k, size), _take(h, start, k, size), _take(c, start, k, size),
+        )  # fmt: skip
+        gw, gx, gh, gc = vjp(cot)
+        dw, dx, dh, dc = grads
+        return (
+            jax.tree.map(jnp.add, dw, gw),
+            _put(dx, gx, start, k),
+            _put(dh, gh, start, k),
+            _put(dc, gc, start, k),
+        )
+
+    zeros = jax.tree.map(jnp.zeros_like, (weights, x, h, c))
+    return jax.lax.fori_loop(0, num_blocks, body, zeros)
+
+
+def _whole_backward(step_fn: Callable[..., tuple[jax.Array, ...]], residuals: tuple, cotangents: tuple) -> tuple:
+    """The VJP of one call of ``step_fn`` over the whole leaf (the backward where blocks are not used).
+
+    Args:
+      step_fn: ``step_fn(weights, x, h, c, *aux)``, as for `in_blocks`.
+      residuals: the step's inputs ``(weights, x, h, c, *aux)``.
+      cotangents: the cotangents of the step's outputs.
+
+    Returns:
+      The cotangents of ``(weights, x, h, c)``.
+    """
+    weights, x, h, c, *aux = residuals
+    return jax.vjp(lambda w, xb, hb, cb: step_fn(w, xb, hb, cb, *aux), weights, x, h, c)[1](cotangents)
