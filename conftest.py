@@ -10,7 +10,7 @@ scripts, notebook kernels). Tests of the lookup itself change these variables wi
 
 Many tests compile the same programs (each ``meta_train`` call traces anew), so JAX's
 persistent compilation cache is on, in that temporary folder: it lives for one test
-session and is shared by its processes.
+session and is shared by its processes (or in ``$JAX_COMPILATION_CACHE_DIR``, if set).
 """
 
 import atexit
@@ -31,7 +31,8 @@ if not (_cache.name.startswith(_PREFIX) and _cache.is_dir()):  # else made by th
     _cache = Path(tempfile.mkdtemp(prefix=_PREFIX))
     os.environ["XDG_CACHE_HOME"] = str(_cache)
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_cache / "jax-compilation-cache")
+# A cache directory given in the environment is used (CI shares one between its default and slow runs).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache / "jax-compilation-cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 if "jax" in sys.modules:  # imported before this file (e.g. by a plugin): the variables came too late
     sys.modules["jax"].config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

@@ -65,8 +65,7 @@ CONFIG = MetaTrainConfig(
     optimizer="feature_mlp",
     optimizer_options=OPTIMIZER_OPTIONS,
     estimator="pes",
-    sigma=0.01,
-    num_pairs=2,
+    estimator_options={"sigma": 0.01, "num_pairs": 2},
     num_meta_steps=300,
     horizon=1000,
     truncation=50,
@@ -125,8 +124,7 @@ V2_CONFIG = MetaTrainConfig(
     optimizer="feature_mlp",
     optimizer_options=V2_OPTIMIZER_OPTIONS,
     estimator="pes",
-    sigma=0.01,
-    num_pairs=2,
+    estimator_options={"sigma": 0.01, "num_pairs": 2},
     num_meta_steps=1200,
     horizon=1000,
     min_horizon=100,
@@ -275,7 +273,9 @@ def main() -> None:
         optimizer, phi = pretrained.load_meta_params(run_dir)
         metrics = rd.read_metrics(run_dir / rd.METRICS)
         seconds.append(sum(r["seconds"] for r in metrics))
-        optimizee_steps += len(metrics) * config.batch_size * config.num_pairs * 2 * config.truncation
+        optimizee_steps += (
+            len(metrics) * config.batch_size * config.estimator_option("num_pairs") * 2 * config.truncation
+        )
         configs.append(config)
     final_dir = stages[-1][2]
     optimizer_meta = rd.read_json(final_dir / rd.OPTIMIZER_META)
@@ -296,8 +296,7 @@ def main() -> None:
     # Data directories are where the data lay on the training machine: recorded without them.
     keys = (
         "estimator",
-        "sigma",
-        "num_pairs",
+        "estimator_options",
         "horizon",
         "min_horizon",
         "truncation",

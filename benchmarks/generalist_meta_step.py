@@ -55,7 +55,7 @@ from l2l_jax.meta.step import MetaTrainState, init_members, meta_step
 # --- the setting -------------------------------------------------------------------------
 
 MEMBER = {"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128}
-SIGMA = generalist.CONFIG.sigma
+SIGMA = generalist.CONFIG.estimator_option("sigma")
 META_LR = generalist.CONFIG.meta_lr
 #: The MLP 784-20-10: its tensors in the plain flat vector θ, in this order.
 SHAPES = ((784, 20), (20,), (20, 10), (10,))

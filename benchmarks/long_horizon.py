@@ -41,8 +41,7 @@ CONFIG = MetaTrainConfig(
     optimizer="lstm",
     optimizer_options={"preset": "paper", "output_init_scale": 0.01},
     estimator="pes",
-    sigma=0.01,
-    num_pairs=4,
+    estimator_options={"sigma": 0.01, "num_pairs": 4},
     num_meta_steps=100,
     horizon=1000,
     truncation=100,
@@ -128,11 +127,11 @@ def main() -> None:
     parser.add_argument("--horizon", type=harness.count, default=CONFIG.horizon, help="meta-training runs' length")
     parser.add_argument("--truncation", type=harness.count, default=CONFIG.truncation)
     parser.add_argument("--batch-size", type=harness.count, default=CONFIG.batch_size)
-    parser.add_argument("--pairs", type=harness.count, default=CONFIG.num_pairs)
+    parser.add_argument("--pairs", type=harness.count, default=CONFIG.estimator_option("num_pairs"))
     parser.add_argument("--val-tasks", type=harness.count, default=CONFIG.num_val_tasks)
     parser.add_argument("--meta-lr", type=float, default=CONFIG.meta_lr)
     parser.add_argument("--validate-every", type=harness.count, default=CONFIG.validate_every)
-    parser.add_argument("--sigma", type=float, default=CONFIG.sigma)
+    parser.add_argument("--sigma", type=float, default=CONFIG.estimator_option("sigma"))
     parser.add_argument(
         "--tag", default="", help="suffix of the results files' names (long_horizon<tag>.md), to keep several runs"
     )
@@ -156,9 +155,8 @@ def main() -> None:
             "horizon": args.horizon,
             "truncation": args.truncation,
             "batch_size": args.batch_size,
-            "num_pairs": args.pairs,
+            "estimator_options": {"num_pairs": args.pairs, "sigma": args.sigma},
             "meta_lr": args.meta_lr,
-            "sigma": args.sigma,
             "num_val_tasks": args.val_tasks,
             "checkpoint_every": min(CONFIG.checkpoint_every, args.meta_steps),
             "validate_every": min(args.validate_every, args.meta_steps),
@@ -202,7 +200,8 @@ def main() -> None:
     }
     harness.write_json(args.results_dir / f"long_horizon{args.tag}.json", summary, indent=2)
     text = (
-        f"{table(rows)}\n\nPES: σ = {config.sigma}, {config.batch_size} tasks × {config.num_pairs} antithetic pairs, "
+        f"{table(rows)}\n\nPES: σ = {config.estimator_option('sigma')}, {config.batch_size} tasks × "
+        f"{config.estimator_option('num_pairs')} antithetic pairs, "
         f"truncations of {config.truncation} steps of {config.horizon}-step runs, {config.num_meta_steps} meta-steps "
         f"from the shipped mnist-lstm (best φ at step {summary['best_step']} on {config.num_val_tasks} validation "
         f"runs). Meta-training {training_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min on "

@@ -56,6 +56,7 @@ def specialise(args: argparse.Namespace, family: Any, meta_lr: float) -> dict[st
     run_dir = args.run_dir / f"{slug(args.source)}-lr{meta_lr:g}"
     t0 = time.perf_counter()
     result = meta_train(config, run_dir, family=family, progress=not args.no_progress)
+    runs_per_task = 2 * config.estimator_option("num_pairs")  # each antithetic pair is two runs
     wall = time.perf_counter() - t0
     history = result.history
     return {
@@ -65,7 +66,7 @@ def specialise(args: argparse.Namespace, family: Any, meta_lr: float) -> dict[st
         "meta_steps_run_by_this_call": result.steps_run,
         "wall_seconds_of_this_call": wall if result.steps_run == config.num_meta_steps else None,
         "meta_step_seconds": sum(r["seconds"] for r in history),
-        "optimizee_steps": config.num_meta_steps * config.batch_size * 2 * config.num_pairs * config.truncation,
+        "optimizee_steps": config.num_meta_steps * config.batch_size * runs_per_task * config.truncation,
         "validation": [(r["step"], r["val_loss"]) for r in history if "val_loss" in r],
         "best_val_loss": result.best_val,
         "skipped": result.skipped,

@@ -93,7 +93,7 @@ def main() -> None:
     args, results = harness.start(parser, "task_speed_{platform}.json", kind="throughput")
     on_row = results.section("rows")
     cfg = generalist.V2_CONFIG
-    per_step = args.tasks * cfg.num_pairs * 2 * cfg.truncation
+    per_step = args.tasks * cfg.estimator_option("num_pairs") * 2 * cfg.truncation
     print(f"{'family':58s} {'ms/meta-step':>13s} {'optimizee steps/s':>18s} {'first call s':>13s}")
     for name, task, options in families(args.data_dir):
         if args.only and name not in args.only:

@@ -27,6 +27,7 @@ from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, DataError, L2LError, Terminated
 from l2l_jax.evaluation import report
 from l2l_jax.evaluation.plots import plot_meta_training
+from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta.recipes import SPECIALISE_DEFAULTS, specialise_defaults
 from l2l_jax.meta.training import META_LR_SCHEDULES, META_OPTIMIZERS, MetaTrainConfig, meta_train
 from l2l_jax.meta.unroll import WEIGHTINGS
@@ -260,8 +261,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 #: ``meta-train``'s options whose default changes with ``--init`` (the fine-tuning recipe's), config name -> dest.
 RECIPE_OPTIONS: dict[str, str] = {
     "estimator": "estimator",
-    "sigma": "sigma",
-    "num_pairs": "pairs",
     "batch_size": "batch_size",
     "meta_lr": "meta_lr",
     "meta_lr_warmup": "meta_lr_warmup",
@@ -281,6 +280,7 @@ RECIPE_OPTIONS: dict[str, str] = {
 _FIELD_FLAGS: dict[str, str] = {
     "task_options": "--task-option",
     "optimizer_options": "--optimizer-option",
+    "estimator_options": "--estimator-option",
     "num_tasks": "--tasks",
     "num_tune_tasks": "--tune-tasks",
     "num_steps": "--steps",
@@ -335,6 +335,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         specialise_defaults(args.horizon, args.truncation, args.estimator) if args.init is not None else CONFIG_DEFAULTS
     )
     recipe = {name: explicit.get(name, defaults[name]) for name in RECIPE_OPTIONS}
+    recipe_options = defaults.get("estimator_options", {}) if recipe["estimator"] == defaults["estimator"] else {}
     return {
         "task": args.task,
         "task_options": _parse_options(args.task_option, "--task-option"),
@@ -342,15 +343,35 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer_options": optimizer_options,
         "horizon": args.horizon,
         **recipe,
+        "estimator_options": {**recipe_options, **_estimator_options(args)},
         "meta_optimizer": args.meta_optimizer,
         "meta_lr_schedule": args.meta_lr_schedule,
-        "first_order": not args.second_order,
-        "remat": "segments" if args.remat_segments else args.remat,
         "tasks_per_chunk": args.tasks_per_chunk,
         "seed": args.seed,
         "init": args.init,
         "init_sha256": None,
     }
+
+
+def _estimator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--estimator-option`` and the flags that are short for one (``--sigma``, ``--pairs``, ``--remat``, ...)."""
+    options = _parse_options(args.estimator_option, "--estimator-option")
+    short = {
+        "sigma": args.sigma,
+        "num_pairs": args.pairs,
+        "first_order": False if args.second_order else None,
+        "remat": "segments" if args.remat_segments else (True if args.remat else None),
+    }
+    return {**options, **{k: x for k, x in short.items() if x is not None}}
+
+
+def _estimator_help() -> str:
+    """``--estimator-option``'s help: every registered estimator's options and defaults."""
+    listed = "; ".join(
+        f"{name}: " + (", ".join(f"{k}={x}" for k, x in sorted(estimators_lib.options(name).items())) or "none")
+        for name in estimators_lib.available()
+    )
+    return f"an option of the meta-gradient estimator, e.g. sigma=0.02 (repeatable); each one's options and defaults: {listed}"
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
@@ -579,11 +600,34 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_option(
         "--estimator",
         str,
-        "meta-gradient estimator: tbptt (truncated BPTT), es (truncated ES) or pes (persistent ES)",
+        f"meta-gradient estimator: {', '.join(estimators_lib.available())} (tbptt: truncated BPTT, "
+        "es: truncated ES, pes: persistent ES)",
         "estimator",
     )
-    recipe_option("--sigma", float, "es/pes: standard deviation of φ's perturbations", "sigma")
-    recipe_option("--pairs", int, "es/pes: antithetic pairs of runs per task", "num_pairs")
+    mt.add_argument(
+        "--estimator-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help=_estimator_help()
+        + " (default: the estimator's; with --init: "
+        + ", ".join(f"{k}={x}" for k, x in SPECIALISE_DEFAULTS["estimator_options"].items())
+        + ")",
+    )
+    pes = estimators_lib.options("pes")
+    mt.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help=f"es/pes: σ of φ's perturbations, short for --estimator-option sigma=X (default: {pes['sigma']})",
+    )
+    mt.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="es/pes: antithetic pairs of runs per task, short for "
+        f"--estimator-option num_pairs=N (default: {pes['num_pairs']}; with --init: "
+        f"{SPECIALISE_DEFAULTS['estimator_options']['num_pairs']})",
+    )
     mt.add_argument(
         "--meta-optimizer", default=d["meta_optimizer"], help=f"optimizer of φ: {', '.join(META_OPTIMIZERS)}"
     )
@@ -598,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument(
         "--second-order",
         action="store_true",
-        help="keep second derivatives (exact meta-gradient; default: first order)",
+        help="tbptt: keep second derivatives (exact meta-gradient; default: first order); "
+        "short for --estimator-option first_order=false",
     )
     recipe_option(
         "--weighting",
@@ -606,9 +651,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"meta-loss weighting: {', '.join(WEIGHTINGS)} (uniform: w_t = 1; final: last loss; log: sum of log f)",
         "weighting",
     )
-    mt.add_argument("--remat", action="store_true", help="jax.checkpoint each inner step (less memory)")
     mt.add_argument(
-        "--remat-segments", action="store_true", help="also checkpoint sqrt(K)-step segments (long truncations)"
+        "--remat", action="store_true", help="tbptt: jax.checkpoint each inner step (less memory); remat=true"
+    )
+    mt.add_argument(
+        "--remat-segments",
+        action="store_true",
+        help="tbptt: also checkpoint sqrt(K)-step segments (long truncations); remat=segments",
     )
     mt.add_argument(
         "--devices",

@@ -45,7 +45,7 @@ import re
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -545,7 +545,10 @@ def _json_value(obj: Any) -> Any:
 
 
 def config_differences(
-    saved: Any, config: dict[str, Any], may_differ: Iterable[str] = (), defaults: dict[str, Any] | None = None
+    saved: Any,
+    config: dict[str, Any],
+    may_differ: Iterable[str] = (),
+    migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[str] | None:
     """The options in which a saved config differs from ``config``.
 
@@ -553,7 +556,8 @@ def config_differences(
       saved: the contents of a run's ``config.json``.
       config: the config of the run being started, as a dict.
       may_differ: options allowed to differ (e.g. the run's length).
-      defaults: the values of options that ``saved`` lacks (options added after it was written).
+      migrate: brings a config written by an earlier version to today's fields
+        (options added since, options renamed or moved).
 
     Returns:
       The sorted names of the differing options, or ``None`` if ``saved`` is not
@@ -562,7 +566,7 @@ def config_differences(
     if not isinstance(saved, dict):
         return None
     mine = _json_value(config)
-    saved = {**_json_value(defaults or {}), **saved}
+    saved = _json_value(migrate(saved) if migrate is not None else saved)
     allowed = set(may_differ)
     return sorted(k for k in set(saved) | set(mine) if k not in allowed and saved.get(k) != mine.get(k))
 
@@ -575,7 +579,7 @@ def open_for_training(
     resume: bool,
     overwrite: bool,
     may_differ: Iterable[str] = (),
-    defaults: dict[str, Any] | None = None,
+    migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Restores the checkpoint of a run of ``config``, or starts a new run where that loses nothing.
 
@@ -593,7 +597,7 @@ def open_for_training(
       resume: resume from a checkpoint if there is one.
       overwrite: start a new run whatever the directory holds.
       may_differ: config options in which a resumed run may differ from the saved one.
-      defaults: values for options that a saved config lacks (see ``config_differences``).
+      migrate: brings a saved config to today's fields (see ``config_differences``).
 
     Returns:
       ``(state, history)``: the restored state and metrics rows, or ``(fresh, [])``.
@@ -607,7 +611,7 @@ def open_for_training(
     files = user_files(run_path)
     differ = None
     if CONFIG in files and not overwrite:
-        differ = config_differences(read_json(run_path / CONFIG), config, may_differ, defaults)
+        differ = config_differences(read_json(run_path / CONFIG), config, may_differ, migrate)
         if differ is None:
             raise RunDirectoryError(f"{run_path / CONFIG} is corrupt: not a JSON object")
     if not overwrite and resume and CHECKPOINT in files:

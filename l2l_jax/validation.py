@@ -27,8 +27,11 @@ from l2l_jax.errors import ConfigError
 MAX_COUNT = 2**31 - 1
 #: The deepest nesting of lists and dicts accepted in options (``json_options``).
 MAX_JSON_DEPTH = 64
+#: The largest finite float32, the largest scale (a learning rate, a perturbation) the library accepts.
+FLOAT32_MAX = 3.4028234663852886e38
 
 __all__ = [
+    "FLOAT32_MAX",
     "MAX_COUNT",
     "MAX_JSON_DEPTH",
     "boolean",
@@ -39,6 +42,7 @@ __all__ = [
     "non_negative_int",
     "one_of",
     "positive_float",
+    "positive_float32",
     "positive_int",
     "shallow",
 ]
@@ -112,6 +116,18 @@ def positive_float(name: str, value: object) -> float:
     if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def positive_float32(name: str, value: object) -> float:
+    """``value`` as a ``float`` > 0 that float32 holds (at most `FLOAT32_MAX`).
+
+    Raises:
+      ConfigError: naming ``name``, if ``value`` is not such a number.
+    """
+    x = positive_float(name, value)
+    if x > FLOAT32_MAX:
+        raise ConfigError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value!r}")
+    return x
 
 
 def non_negative_float(name: str, value: object) -> float:

@@ -74,7 +74,7 @@ print("loss at initialisation:", float(family.loss((), params, jax.random.key(1)
 # ## Meta-training, briefly
 #
 # Each meta-step unrolls 20 training steps of one MLP (`batch_size=1`: one task per
-# meta-step) and backpropagates through them to $\varphi$. `remat=True` recomputes each
+# meta-step) and backpropagates through them to $\varphi$. `estimator_options={"remat": True}` recomputes each
 # inner step during the backward pass instead of storing its activations, which keeps
 # memory small. Every 10 meta-steps $\varphi$ is validated on 2 held-out initialisations
 # (full 100-step runs).
@@ -97,7 +97,7 @@ config = MetaTrainConfig(
     truncation=20,
     batch_size=1,
     meta_lr=1e-2,
-    remat=True,
+    estimator_options={"remat": True},
     validate_every=10,
     num_val_tasks=2,
     seed=0,

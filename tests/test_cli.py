@@ -64,7 +64,7 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
     argv += ["--estimator", "pes", "--sigma", "0.05", "--pairs", "2"]
     assert cli.main([*argv, "--run-dir", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
-    assert (config["estimator"], config["sigma"], config["num_pairs"]) == ("pes", 0.05, 2)
+    assert (config["estimator"], config["estimator_options"]) == ("pes", {"sigma": 0.05, "num_pairs": 2})
     assert [m["options"]["dim"] for m in config["task_options"]["members"]] == [2, 4]
     assert config["components"]["task"]["type"] == "TaskMixture"
     capsys.readouterr()
@@ -80,7 +80,10 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["meta-train", "--optimizer", "gru", "--run-dir", "X"], "unknown learned optimizer 'gru'"),
         (["meta-train", "--preset", "pytorch", "--run-dir", "X"], "unknown LSTM preset"),
         (["meta-train", "--horizon", "0", "--run-dir", "X"], "horizon must be a positive integer"),
-        (["meta-train", "--tasks-per-chunk", "3", "--run-dir", "X"], "--tasks-per-chunk=3 must divide the batch of 128"),
+        (
+            ["meta-train", "--tasks-per-chunk", "3", "--run-dir", "X"],
+            "--tasks-per-chunk=3 must divide the batch of 128",
+        ),
         (["meta-train", "--steps-per-call", "0", "--run-dir", "X"], "--steps-per-call must be a positive integer"),
         (["meta-train", "--meta-lr", "-1", "--run-dir", "X"], "--meta-lr must be a positive number"),
         (["meta-train", "--task-option", "dim", "--run-dir", "X"], "--task-option takes KEY=VALUE"),
@@ -92,10 +95,21 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["seed-example", "--meta-steps", "0"], "--meta-steps must be a positive integer"),
         (["evaluate", "RUN", "--steps", "0"], "--steps must be a positive integer"),
         (["meta-train", "--estimator", "reinforce", "--run-dir", "X"], "unknown estimator 'reinforce'"),
-        (["meta-train", "--sigma", "0.1", "--run-dir", "X"], "sigma and --pairs apply to the es and pes"),
-        (["meta-train", "--estimator", "pes", "--second-order", "--run-dir", "X"], "apply to truncated BPTT only"),
+        (
+            ["meta-train", "--sigma", "0.1", "--run-dir", "X"],
+            "unknown option(s) sigma for meta-gradient estimator 'tbptt' (--estimator-option); its options: first_order, remat",
+        ),
+        (
+            ["meta-train", "--estimator", "pes", "--second-order", "--run-dir", "X"],
+            "unknown option(s) first_order for meta-gradient estimator 'pes' (--estimator-option); its options: num_pairs, sigma",
+        ),
+        (
+            ["meta-train", "--estimator-option", "x=1", "--run-dir", "X"],
+            "unknown option(s) x for meta-gradient estimator 'tbptt'",
+        ),
+        (["meta-train", "--estimator-option", "sigma", "--run-dir", "X"], "--estimator-option takes KEY=VALUE"),
         (["meta-train", "--estimator", "es", "--sigma", "-1", "--run-dir", "X"], "sigma must be a positive number"),
-        (["meta-train", "--estimator", "pes", "--pairs", "0", "--run-dir", "X"], "--pairs must be a positive"),
+        (["meta-train", "--estimator", "pes", "--pairs", "0", "--run-dir", "X"], "num_pairs must be a positive"),
     ],
 )
 def test_bad_input_prints_one_clear_line(argv, message, tmp_path, capsys):

@@ -22,7 +22,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 from jax.flatten_util import ravel_pytree
 
 from l2l_jax import optimizers, tasks
-from l2l_jax.errors import ConfigError
+from l2l_jax.errors import ConfigError, UnknownNameError
 from l2l_jax.meta import estimators as E
 from l2l_jax.meta.estimators import antithetic
 from l2l_jax.meta.unroll import init_inner, unroll_task, weighted_loss
@@ -404,10 +404,27 @@ def test_es_and_pes_draw_a_tasks_minibatches_once_for_all_its_runs_and_estimate_
         *[(n, {"weighting": "bogus"}) for n in ("tbptt", "es", "pes")],
         ("tbptt", {"remat": "x"}),
         ("tbptt", {"first_order": "yes"}),
-        ("nope", {}),
+        ("tbptt", {"sigma": 0.1}),
+        ("pes", {"remat": True}),
     ],
 )
 def test_bad_options_raise_config_error_when_the_estimator_is_built(name, options):
     optimizer, family = optimizers.get("linear_rnn"), tasks.get("quadratic", dim=2)
     with pytest.raises(ConfigError):
         E.get(name, optimizer, family, **{"batch_size": BATCH, "truncation": K, **options})
+
+
+def test_an_unknown_estimator_is_refused_listing_the_registered_ones():
+    optimizer, family = optimizers.get("linear_rnn"), tasks.get("quadratic", dim=2)
+    with pytest.raises(UnknownNameError, match="unknown meta-gradient estimator 'nope'; choose one of es, pes, tbptt"):
+        E.get("nope", optimizer, family, batch_size=BATCH, truncation=K)
+
+
+def test_a_registered_estimator_is_built_by_name_and_a_factory_without_the_trainers_arguments_is_refused(monkeypatch):
+    monkeypatch.setattr(E._REGISTRY, "_entries", dict(E._REGISTRY._entries))  # registered for this test only
+    E.register("tbptt_again", E.tbptt)
+    assert "tbptt_again" in E.available() and E.options("tbptt_again") == {"first_order": True, "remat": False}
+    with pytest.raises(ConfigError, match="shipped"):
+        E.register("pes", E.tbptt)
+    with pytest.raises(ConfigError, match="must take optimizer, family, batch_size"):
+        E.register("bad", lambda optimizer, family, sigma=1.0: None)

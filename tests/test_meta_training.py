@@ -134,11 +134,17 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     # Not resuming does not make it ours to replace ...
     with pytest.raises(errors.RunDirectoryError, match="different configuration .meta_lr differ"):
         meta_train(
-            MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, resume=False
+            MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}),
+            tmp_path / "run",
+            progress=False,
+            resume=False,
         )
     # ... overwriting does.
     meta_train(
-        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False, overwrite=True
+        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}),
+        tmp_path / "run",
+        progress=False,
+        overwrite=True,
     )
     assert json.loads((tmp_path / "run" / rd.CONFIG).read_text())["meta_lr"] == 0.1
 
@@ -222,7 +228,6 @@ def test_weights_of_another_architecture_are_reported(tmp_path):
         ({"clip_norm": 0.0}, "clip_norm"),
         ({"weighting": "exp"}, "weighting"),
         ({"meta_optimizer": "lion"}, "meta_optimizer"),
-        ({"remat": "sqrt"}, "remat"),
         ({"tasks_per_chunk": 3}, "tasks_per_chunk=3 must divide the batch of 8 tasks"),
         ({"tasks_per_chunk": 0}, "tasks_per_chunk"),
     ],
@@ -294,7 +299,9 @@ def test_a_nonsensical_number_of_steps_per_call_is_refused(bad):
 
 
 def test_lstm_meta_params_are_finite_after_training_with_second_order():
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 3, "first_order": False, "remat": True})
+    config = MetaTrainConfig(
+        **{**SMALL, "num_meta_steps": 3, "estimator_options": {"first_order": False, "remat": True}}
+    )
     result = meta_train(config, progress=False)
     assert np.all(np.isfinite(flat(result.final_meta_params)))
     assert isinstance(result.optimizer, type(lstm()))
@@ -309,7 +316,9 @@ def test_log_weighting_is_the_sum_of_log_losses_after_the_start():
 
 
 def test_meta_training_with_log_weighting_and_segment_remat_lowers_the_meta_loss_on_held_out_tasks():
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 40, "weighting": "log", "remat": "segments"})
+    config = MetaTrainConfig(
+        **{**SMALL, "num_meta_steps": 40, "weighting": "log", "estimator_options": {"remat": "segments"}}
+    )
     result = meta_train(config, progress=False)
     vals = [h["val_loss"] for h in result.history if "val_loss" in h]
     assert result.skipped == 0

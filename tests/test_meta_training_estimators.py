@@ -47,8 +47,8 @@ BASE = {
 ANTITHETIC = {"sigma": 0.05, "num_pairs": 2}
 PLAIN = {
     "tbptt": MetaTrainConfig(**BASE),
-    "es": MetaTrainConfig(**BASE, estimator="es", **ANTITHETIC),
-    "pes": MetaTrainConfig(**BASE, estimator="pes", **ANTITHETIC),
+    "es": MetaTrainConfig(**BASE, estimator="es", estimator_options=ANTITHETIC),
+    "pes": MetaTrainConfig(**BASE, estimator="pes", estimator_options=ANTITHETIC),
 }
 MIXTURE_OPTIONS = {
     "members": [
@@ -113,7 +113,7 @@ def test_each_estimator_meta_trains_and_its_run_records_it(trained, name):
     assert result.skipped == 0
 
     saved = json.loads((run_dir / rd.CONFIG).read_text())
-    assert (saved["estimator"], saved["sigma"], saved["num_pairs"]) == (name, config.sigma, config.num_pairs)
+    assert (saved["estimator"], saved["estimator_options"]) == (name, {} if name == "tbptt" else ANTITHETIC)
     assert MetaTrainConfig.from_dict(saved) == config  # config.json, "components" and all, reads back.
     assert saved["components"] == {
         "task": {"type": "QuadraticFamily", "name": "quadratic", "config": QuadraticFamily(dim=2).config()},
@@ -295,15 +295,18 @@ def test_non_finite_meta_steps_are_skipped_and_counted(name):
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"sigma": 0.1}, "sigma and num_pairs apply to the es and pes estimators"),
-        ({"num_pairs": 2}, "sigma and num_pairs apply to the es and pes estimators"),
-        ({"estimator": "es", "first_order": False}, "first_order and remat apply to truncated BPTT only"),
-        ({"estimator": "pes", "first_order": False}, "first_order and remat apply to truncated BPTT only"),
-        ({"estimator": "es", "remat": True}, "first_order and remat apply to truncated BPTT only"),
-        ({"estimator": "pes", "remat": "segments"}, "first_order and remat apply to truncated BPTT only"),
+        (
+            {"estimator_options": {"sigma": 0.1}},
+            r"unknown option\(s\) sigma for .* 'tbptt' \(estimator_options\); its options: first_order, remat",
+        ),
+        ({"estimator_options": {"num_pairs": 2}}, "unknown option.*num_pairs.*first_order, remat"),
+        *[
+            ({"estimator": e, "estimator_options": {o: x}}, f"unknown option.*{o}.*num_pairs, sigma")
+            for e in ("es", "pes")
+            for o, x in (("first_order", False), ("remat", True))
+        ],
         ({"estimator": "xyz"}, "estimator"),
-        *[({"estimator": e, "sigma": s}, "sigma") for e in ("es", "pes") for s in (0.0, -1.0, float("nan"))],
-        *[({"estimator": e, "num_pairs": 0}, "num_pairs") for e in ("es", "pes")],
+        ({"estimator_options": [1]}, "estimator_options"),
     ],
 )
 def test_nonsensical_estimator_configs_are_refused(bad, match):
@@ -311,11 +314,52 @@ def test_nonsensical_estimator_configs_are_refused(bad, match):
         MetaTrainConfig(**{**BASE, **bad})
 
 
-def test_a_config_saved_before_the_estimator_options_reads_as_truncated_bptt():
-    old = {k: x for k, x in PLAIN["tbptt"].to_dict().items() if k not in ("estimator", "sigma", "num_pairs")}
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        *[
+            ({"estimator": e, "estimator_options": {"sigma": s}}, "sigma")
+            for e in ("es", "pes")
+            for s in (0.0, -1.0, 1e39)
+        ],
+        *[({"estimator": e, "estimator_options": {"num_pairs": 0}}, "num_pairs") for e in ("es", "pes")],
+        ({"estimator_options": {"remat": "sqrt"}}, "remat"),
+        ({"estimator_options": {"first_order": "no"}}, "first_order"),
+    ],
+)
+def test_bad_estimator_option_values_are_refused_by_the_estimator_before_meta_training(bad, match):
+    config = MetaTrainConfig(**{**BASE, **bad})
+    with pytest.raises(errors.ConfigError, match=match):
+        config.build_members(config.build_optimizer(), config.build_task())
+
+
+def test_estimator_options_equal_to_their_defaults_are_dropped():
+    config = MetaTrainConfig(**BASE, estimator="pes", estimator_options={"sigma": 0.01, "num_pairs": 2})
+    assert config.estimator_options == {"num_pairs": 2}
+    assert (config.estimator_option("sigma"), config.estimator_option("num_pairs")) == (0.01, 2)
+    assert config == MetaTrainConfig(**BASE, estimator="pes", estimator_options={"num_pairs": 2})
+
+
+def test_a_config_saved_before_the_estimator_option_reads_as_truncated_bptt():
+    old = {k: x for k, x in PLAIN["tbptt"].to_dict().items() if k not in ("estimator", "estimator_options")}
     config = MetaTrainConfig.from_dict(old)
     assert config == PLAIN["tbptt"]
-    assert (config.estimator, config.num_pairs) == ("tbptt", 1)
+    assert (config.estimator, config.estimator_options) == ("tbptt", {})
+
+
+@pytest.mark.parametrize(
+    "fields, options",
+    [
+        ({"estimator": "pes", "sigma": 0.05, "num_pairs": 2, "first_order": True, "remat": False}, ANTITHETIC),
+        ({"estimator": "pes", "sigma": 0.01, "num_pairs": 1, "first_order": True, "remat": False}, {}),
+        ({"estimator": "tbptt", "sigma": 0.01, "num_pairs": 1, "first_order": False, "remat": "segments"},
+         {"first_order": False, "remat": "segments"}),
+    ],
+)  # fmt: skip
+def test_a_config_saved_with_sigma_num_pairs_first_order_and_remat_fields_migrates(fields, options):
+    old = {k: x for k, x in PLAIN["tbptt"].to_dict().items() if k != "estimator_options"}
+    config = MetaTrainConfig.from_dict({**old, **fields})
+    assert (config.estimator, config.estimator_options) == (fields["estimator"], options)
 
 
 # --------------------------------------------------------------------------- components
@@ -343,7 +387,7 @@ def test_resuming_with_other_components_in_code_is_refused(trained, tmp_path, bu
     [
         ("pes", ()),  # the same family, passed in code
         ("pes", ("components",)),
-        ("tbptt", ("components", "estimator", "sigma", "num_pairs")),  # a run saved before either
+        ("tbptt", ("components", "estimator", "estimator_options")),  # a run saved before either
     ],
 )
 def test_a_run_of_the_same_components_resumes(trained, tmp_path, name, removed):

@@ -111,8 +111,9 @@ def test_a_run_whose_every_update_overflows_fails_and_marks_phi_untrained(tmp_pa
 def test_a_meta_lr_that_float32_cannot_hold_is_refused():
     with pytest.raises(errors.ConfigError, match="meta_lr must be at most 3.403e\\+38"):
         MetaTrainConfig(**{**TINY, "meta_optimizer": "sgd", "meta_lr": 1e39})
+    config = MetaTrainConfig(**{**TINY, "estimator": "es", "estimator_options": {"sigma": 1e39}})
     with pytest.raises(errors.ConfigError, match="sigma must be at most"):
-        MetaTrainConfig(**{**TINY, "estimator": "es", "sigma": 1e39})
+        config.build_members(config.build_optimizer(), config.build_task())
 
 
 def test_a_meta_optimizer_state_may_hold_infinities_it_starts_with():
@@ -205,8 +206,9 @@ def test_counts_beyond_int32_are_refused_naming_the_field(field):
 
 
 def test_num_pairs_beyond_int32_is_refused():
+    config = MetaTrainConfig(**{**TINY, "estimator": "es", "estimator_options": {"num_pairs": 10**12}})
     with pytest.raises(errors.ConfigError, match="num_pairs must be at most 2\\*\\*31 - 1"):
-        MetaTrainConfig(**{**TINY, "estimator": "es", "num_pairs": 10**12})
+        config.build_members(config.build_optimizer(), config.build_task())
 
 
 def test_a_quadratic_dimension_whose_matrix_exceeds_int32_is_refused():
@@ -233,7 +235,7 @@ def test_a_task_larger_than_int32_elements_is_refused_when_built_by_name():
     [
         ({"batch_size": 2**30}, "batch_size"),
         ({"horizon": 2**30, "truncation": 2**30}, "truncation"),
-        ({"estimator": "es", "num_pairs": 2**30}, "num_pairs"),
+        ({"estimator": "es", "estimator_options": {"num_pairs": 2**30}}, "num_pairs"),
         ({"num_val_tasks": 2**30, "validate_every": 1}, "num_val_tasks"),
     ],
 )

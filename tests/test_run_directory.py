@@ -407,7 +407,7 @@ def test_a_run_whose_every_step_was_skipped_fails(tmp_path):
         ({"seed": -1}, "seed must be an integer"),
         ({"clip_norm": "1"}, "clip_norm must be a positive number"),
         ({"clip_norm": True}, "clip_norm must be a positive number"),
-        ({"first_order": "no"}, "first_order must be True or False"),
+        ({"estimator_options": "no"}, "estimator_options"),
         ({"meta_lr": "0.1"}, "meta_lr must be a positive number"),
         ({"meta_optimizer": ["adam"]}, "unknown meta_optimizer"),
         ({"weighting": None}, "unknown weighting"),

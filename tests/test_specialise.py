@@ -106,7 +106,7 @@ def test_meta_train_init_from_a_shipped_name_and_then_from_that_run_directory(tm
     assert f"meta-training lstm from {SOURCE} on quadratic" in capsys.readouterr().out
     config = json.loads((first / rd.CONFIG).read_text())
     assert (config["estimator"], config["truncation"], config["min_horizon"]) == ("pes", 10, 10)
-    assert config["meta_lr"] == SPECIALISE_DEFAULTS["meta_lr"] and config["num_pairs"] == 2
+    assert config["meta_lr"] == SPECIALISE_DEFAULTS["meta_lr"] and config["estimator_options"] == {"num_pairs": 2}
     assert cli.main(["meta-train", "--init", str(first), *TINY, "--run-dir", str(second)]) == 0
     config = json.loads((second / rd.CONFIG).read_text())
     assert config["init"] == str(first)

@@ -17,8 +17,7 @@ from l2l_jax.validation import positive_int
 #: The recipe's settings that do not depend on the horizon.
 SPECIALISE_DEFAULTS: dict[str, Any] = {
     "estimator": "pes",
-    "sigma": 0.01,
-    "num_pairs": 2,
+    "estimator_options": {"num_pairs": 2},
     "batch_size": 8,
     "meta_lr": 1e-2,
     "meta_lr_warmup": 10,
@@ -44,8 +43,8 @@ def specialise_defaults(horizon: int, truncation: int | None = None, estimator: 
     Args:
       horizon: the number of steps the user trains for.
       truncation: inner steps per meta-step; ``None``: the recipe's choice.
-      estimator: the estimator, if not the recipe's (``"tbptt"`` takes
-        ``MetaTrainConfig``'s ``sigma`` and ``num_pairs``, which it does not use).
+      estimator: the estimator, if not the recipe's (another estimator than PES
+        gets no ``estimator_options``: its own defaults).
 
     Raises:
       ConfigError: if ``horizon`` or ``truncation`` is not a positive integer, or
@@ -59,10 +58,8 @@ def specialise_defaults(horizon: int, truncation: int | None = None, estimator: 
         truncation = _truncation(horizon)
     min_horizon = min(horizon, max(truncation, -(-(horizon // 2) // truncation) * truncation))
     settings = dict(SPECIALISE_DEFAULTS)
-    if estimator is not None:
-        settings["estimator"] = estimator
-        if estimator == "tbptt":
-            settings.update(sigma=MetaTrainConfig.sigma, num_pairs=MetaTrainConfig.num_pairs)
+    if estimator is not None and estimator != settings["estimator"]:
+        settings.update(estimator=estimator, estimator_options={})
     return {
         **settings,
         "horizon": horizon,

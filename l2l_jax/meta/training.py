@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from tqdm import tqdm
 
@@ -42,7 +41,7 @@ from l2l_jax.meta._validate import validator
 from l2l_jax.meta.horizons import HorizonFn, check_horizons, log_uniform_horizons
 from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
 from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state
-from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, check_remat, check_tasks_per_chunk, init_inner
+from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, check_tasks_per_chunk, init_inner
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
 from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.mixture import TaskMixture
@@ -50,9 +49,7 @@ from l2l_jax.tasks.mixture import TaskMixture
 META_LR_SCHEDULES = ("constant", "cosine")
 #: The key of ``config.json`` that records what was built (see ``components``).
 COMPONENTS = "components"
-DEFAULT_SIGMA = 0.01
 META_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop, "adamw": optax.adamw}
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: The most array elements that a run may hold at once (see ``check_sizes``): 2**36, 256 GiB of float32.
 MAX_ELEMENTS = 2**36
 #: ``meta_train`` stops a run after this many meta-steps in a row were skipped (see ``max_consecutive_skipped``).
@@ -80,9 +77,12 @@ class MetaTrainConfig:
       batch_size: tasks per meta-step (vmapped).
       estimator: the meta-gradient estimator (see ``l2l_jax.meta.estimators``):
         ``"tbptt"`` (truncated BPTT, the paper's), ``"es"`` (truncated antithetic
-        evolution strategies) or ``"pes"`` (persistent evolution strategies).
-      sigma: ES/PES: the standard deviation of φ's perturbations.
-      num_pairs: ES/PES: antithetic pairs of runs per task.
+        evolution strategies), ``"pes"`` (persistent evolution strategies), or one
+        you register.
+      estimator_options: the estimator's own keyword options
+        (``l2l_jax.meta.estimators.options(name)``): ``first_order`` and ``remat``
+        for truncated BPTT, ``sigma`` and ``num_pairs`` for ES and PES. Options equal
+        to their defaults are dropped, so equal settings record equal configs.
       meta_optimizer: ``"adam"`` (paper), ``"adamw"``, ``"rmsprop"`` or ``"sgd"``.
       meta_lr: the meta-optimizer's learning rate.
       meta_lr_schedule: ``"constant"``, or ``"cosine"`` (decay to 0.1·meta_lr over
@@ -90,12 +90,8 @@ class MetaTrainConfig:
       meta_lr_warmup: meta-steps over which the learning rate rises linearly from 0
         to ``meta_lr`` before the schedule (0: none).
       clip_norm: clip the meta-gradient to this global norm (``None``: no clipping).
-      first_order: truncated BPTT: drop second derivatives (paper's default) or keep them.
       weighting: ``"uniform"`` (w_t = 1), ``"final"`` (last loss only) or
         ``"log"`` (Σ log f(θ_t); see ``l2l_jax.meta.weighted_loss``).
-      remat: truncated BPTT: ``True``: ``jax.checkpoint`` each inner step (less memory, more
-        compute); ``"segments"``: also checkpoint √K-step segments, for long
-        truncations (see ``l2l_jax.meta.unroll``).
       tasks_per_chunk: ``None``: unroll the whole batch at once (``vmap``); a
         divisor c of ``batch_size``: unroll it in chunks of c tasks, one after the
         other (see ``l2l_jax.meta.meta_value_and_grad``). Same result up to
@@ -126,16 +122,13 @@ class MetaTrainConfig:
     truncation: int = 20
     batch_size: int = 128
     estimator: str = "tbptt"
-    sigma: float = DEFAULT_SIGMA
-    num_pairs: int = 1
+    estimator_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     meta_optimizer: str = "adam"
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
     meta_lr_warmup: int = 0
     clip_norm: float | None = None
-    first_order: bool = True
     weighting: str = "uniform"
-    remat: bool | str = False
     tasks_per_chunk: int | None = None
     validate_every: int = 100
     num_val_tasks: int = 64
@@ -153,6 +146,7 @@ class MetaTrainConfig:
         v.name("optimizer", self.optimizer)
         v.json_options("task_options", self.task_options)
         v.json_options("optimizer_options", self.optimizer_options)
+        v.json_options("estimator_options", self.estimator_options)
         for name in ("num_meta_steps", "horizon", "truncation", "batch_size", "num_val_tasks", "checkpoint_every"):
             v.positive_int(name, getattr(self, name), at_most=v.MAX_COUNT)
         v.non_negative_int("validate_every", self.validate_every, at_most=v.MAX_COUNT)
@@ -174,25 +168,16 @@ class MetaTrainConfig:
                 f"the truncation length ({self.truncation}) must divide the horizon ({self.horizon}), "
                 "so every run splits into whole truncations"
             )
-        _float32("meta_lr", self.meta_lr)
+        v.positive_float32("meta_lr", self.meta_lr)
         v.one_of("meta_lr_schedule", self.meta_lr_schedule, META_LR_SCHEDULES)
         if self.clip_norm is not None:
             v.positive_float("clip_norm", self.clip_norm)
-        v.boolean("first_order", self.first_order)
-        check_remat(self.remat)
         check_tasks_per_chunk(self.tasks_per_chunk, self.batch_size)
         v.one_of("weighting", self.weighting, WEIGHTINGS)
         v.one_of("meta_optimizer", self.meta_optimizer, tuple(META_OPTIMIZERS))
-        v.one_of("estimator", self.estimator, tuple(estimators_lib.ESTIMATORS))
-        _float32("sigma", self.sigma)
-        v.positive_int("num_pairs", self.num_pairs, at_most=v.MAX_COUNT)
-        if self.estimator == "tbptt" and (self.sigma != DEFAULT_SIGMA or self.num_pairs != 1):
-            raise ConfigError("sigma and num_pairs apply to the es and pes estimators, not tbptt")
-        if self.estimator != "tbptt" and (not self.first_order or self.remat):
-            raise ConfigError(
-                f"first_order and remat apply to truncated BPTT only; the {self.estimator} estimator "
-                "does not differentiate the unroll"
-            )
+        v.one_of("estimator", self.estimator, tuple(estimators_lib.available()))
+        canonical = estimators_lib.check_options(self.estimator, self.estimator_options)
+        object.__setattr__(self, "estimator_options", canonical)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,7 +192,7 @@ class MetaTrainConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a meta-training config must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: x for k, x in d.items() if k != COMPONENTS}
+        d = {k: x for k, x in migrate(d).items() if k != COMPONENTS}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown meta-training option(s): {', '.join(sorted(unknown))}")
@@ -245,11 +230,7 @@ class MetaTrainConfig:
           ConfigError: if a mixture has more members than ``batch_size`` tasks, or
             ``tasks_per_chunk`` does not divide a member's share of the batch.
         """
-        if self.estimator == "tbptt":
-            options = {"first_order": self.first_order, "remat": self.remat}
-        else:
-            options = {"sigma": self.sigma, "num_pairs": self.num_pairs}
-        options.update(weighting=self.weighting, truncation=self.truncation)
+        options = {**self.estimator_options, "weighting": self.weighting, "truncation": self.truncation}
         parts = _parts(family, self.batch_size)
         for f, n, _ in parts:
             if len(parts) > 1 and self.tasks_per_chunk is not None and n % self.tasks_per_chunk:
@@ -280,23 +261,41 @@ class MetaTrainConfig:
             tx = optax.chain(clip_by_global_norm(self.clip_norm), tx)
         return tx
 
+    def estimator_option(self, name: str) -> Any:
+        """The value of the estimator's option ``name``: given in ``estimator_options``, or its default."""
+        return self.estimator_options.get(name, estimators_lib.options(self.estimator)[name])
+
 
 #: Options added to ``MetaTrainConfig`` after runs were first saved, with the values those runs had (the defaults).
 _ADDED_OPTIONS: dict[str, Any] = {
     f.name: f.default
     for f in dataclasses.fields(MetaTrainConfig)
-    if f.name
-    in ("estimator", "sigma", "num_pairs", "meta_lr_warmup", "min_horizon", "validation_horizon", "init", "init_sha256")
+    if f.name in ("estimator", "meta_lr_warmup", "min_horizon", "validation_horizon", "init", "init_sha256")
 }
+_ADDED_OPTIONS["estimator_options"] = {}
+#: Fields that became ``estimator_options``, with the values that meant "the estimator's default".
+_ESTIMATOR_FIELDS: dict[str, Any] = {"sigma": 0.01, "num_pairs": 1, "first_order": True, "remat": False}
+
+
+def migrate(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written by any earlier version, in today's fields.
+
+    Options added since take the values that earlier runs had; ``sigma``,
+    ``num_pairs`` (ES and PES), ``first_order`` and ``remat`` (truncated BPTT),
+    once fields of their own, move into ``estimator_options`` where they differ
+    from their defaults.
+    """
+    d = {**_ADDED_OPTIONS, **saved}
+    moved = {k: d.pop(k) for k in _ESTIMATOR_FIELDS if k in d}
+    given = {
+        k: x for k, x in moved.items() if not (type(x) is type(_ESTIMATOR_FIELDS[k]) and x == _ESTIMATOR_FIELDS[k])
+    }
+    if given and isinstance(d["estimator_options"], dict):
+        d["estimator_options"] = {**given, **d["estimator_options"]}
+    return d
+
+
 _DEFAULT_OPTIMIZER = MetaTrainConfig.optimizer
-
-
-def _float32(name: str, value: object) -> float:
-    """``value`` as a positive ``float`` that float32 holds (φ and its updates are float32)."""
-    x = v.positive_float(name, value)
-    if x > FLOAT32_MAX:
-        raise ConfigError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value!r}")
-    return x
 
 
 def _is_hex(text: str) -> bool:
@@ -649,7 +648,7 @@ def _open_run_directory(
         resume=resume,
         overwrite=overwrite,
         may_differ=may_differ,
-        defaults={**_ADDED_OPTIONS, COMPONENTS: recorded[COMPONENTS]},
+        migrate=lambda saved: {COMPONENTS: recorded[COMPONENTS], **migrate(saved)},
     )
     if state is not fresh:
         check_restored(run_path / rd.CHECKPOINT, state, fresh)
@@ -720,7 +719,7 @@ def check_sizes(
     total = _elements(state)
     if config.estimator == "tbptt":
         what, lower = "batch_size", "batch_size or the task's size (task_options)"
-        if not config.remat:
+        if not config.estimator_option("remat"):
             chunk = (config.tasks_per_chunk or config.batch_size) / config.batch_size
             total += math.ceil(_elements(state.inner) * chunk) * config.truncation
             what = "batch_size (or tasks_per_chunk) × truncation: truncated BPTT without remat keeps every step"

@@ -27,7 +27,7 @@ from l2l_jax.meta.unroll import (
 )
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import positive_float, positive_int
+from l2l_jax.validation import MAX_COUNT, positive_float32, positive_int
 
 PyTree = Any
 
@@ -37,8 +37,8 @@ def check_options(
 ) -> None:
     """Raises ``ConfigError`` for an option of ES or PES that is not valid."""
     check_common_options(batch_size, truncation, weighting, tasks_per_chunk)
-    positive_float("sigma", sigma)
-    positive_int("num_pairs", num_pairs)
+    positive_float32("sigma", sigma)
+    positive_int("num_pairs", num_pairs, at_most=MAX_COUNT)
 
 
 def perturbations(key: jax.Array, meta_params: MetaParams, shape: tuple[int, ...], sigma: float) -> MetaParams:
