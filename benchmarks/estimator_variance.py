@@ -56,7 +56,7 @@ import numpy as np
 from l2l_jax import pretrained, tasks
 from l2l_jax.meta import estimators as E
 from l2l_jax.meta import init_inner, meta_value_and_grad, unroll_task, weighted_loss
-from l2l_jax.meta.estimators.antithetic import perturbations
+from l2l_jax.meta.estimators._antithetic import perturbations
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
 

@@ -302,8 +302,8 @@ def kernel_rows(planner: Planner, tilings: list[tuple[int, int]], on_row: Callab
     import jax
     import jax.numpy as jnp
 
-    from l2l_jax.optimizers.lstm_cell import CellWeights
-    from l2l_jax.optimizers.lstm_pallas import BLOCK, NUM_WARPS, kernel_call
+    from l2l_jax.optimizers._lstm_cell import CellWeights
+    from l2l_jax.optimizers._lstm_pallas import BLOCK, NUM_WARPS, kernel_call
 
     n, hidden = 10_000_000, 20
     weights = CellWeights(

@@ -2,7 +2,7 @@
 
 The paper's 2x20 LSTM step (freshly initialised) on ``--size`` coordinates with random
 inputs and state: XLA's fused and reference steps and
-:func:`l2l_jax.optimizers.lstm_pallas.kernel_call` at each of ``--tilings``
+:func:`l2l_jax.optimizers._lstm_pallas.kernel_call` at each of ``--tilings``
 (coordinates a program x warps), each jitted with the state donated. For each: the
 median of ``--repeats`` timed steps (the state carried from one to the next, after one
 first call that compiles), the effective bandwidth of the minimal traffic (the input
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 from gpu_plan import tiling  # The BLOCKxWARPS parser; gpu_plan.py keeps it importable without JAX.
 
 from l2l_jax.optimizers import lstm
+from l2l_jax.optimizers._lstm_cell import CellWeights, lstm_step_reference
+from l2l_jax.optimizers._lstm_pallas import kernel_call
 from l2l_jax.optimizers.lstm import step_function
-from l2l_jax.optimizers.lstm_cell import CellWeights, lstm_step_reference
-from l2l_jax.optimizers.lstm_pallas import kernel_call
 
 TILINGS = ["64x8", "64x4", "128x8", "128x4", "32x2", "32x4", "16x2", "256x8"]
 

@@ -162,7 +162,7 @@ def _rate(fn: Callable[..., jax.Array], args: tuple, work: float, repeats: int) 
 
 def lstm_floor_rows(sizes: list[float], repeats: int, on_row: Callable[[dict], None]) -> None:
     """The shipped ``mnist-lstm``'s update on flat leaves against the floors of its cell here."""
-    lstm_cell = importlib.import_module("l2l_jax.optimizers.lstm_cell")
+    lstm_cell = importlib.import_module("l2l_jax.optimizers._lstm_cell")
     optimizer, _ = pretrained.load_meta_params("mnist-lstm")
     hidden, layers = optimizer.hidden_size, optimizer.num_layers
     fan_ins = [2 + hidden + 1] + [2 * hidden + 1] * (layers - 1)  # [inputs; h; 1] per layer

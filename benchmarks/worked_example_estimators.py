@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax.meta import estimators, unroll_task
-from l2l_jax.meta.estimators.antithetic import perturbations
+from l2l_jax.meta.estimators._antithetic import perturbations
 from l2l_jax.meta.unroll import init_inner
 from l2l_jax.optimizers import linear_rnn
 from l2l_jax.tasks import ScalarQuadratic

@@ -10,7 +10,7 @@ The public API::
     l2l_jax.run_directory  the files of a meta-training run
     l2l_jax.data           MNIST download, verification and loading
     l2l_jax.examples       the paper's worked example
-    l2l_jax.errors         the exceptions; l2l_jax.validation: the argument checks
+    l2l_jax.errors         the exceptions; l2l_jax.checks: the argument checks
 
 Each is imported on first use (``import l2l_jax`` itself does not import JAX).
 See docs/architecture.md for what each module owns and what may import what.
@@ -27,6 +27,7 @@ from l2l_jax.version import __version__
 #: l2l_jax`` is quick (no JAX) and ``l2l_jax.data.load_mnist`` works without importing
 #: ``l2l_jax.data`` first.
 _MODULES = (
+    "checks",
     "data",
     "errors",
     "evaluation",
@@ -36,7 +37,6 @@ _MODULES = (
     "pretrained",
     "run_directory",
     "tasks",
-    "validation",
 )
 #: Names re-exported at the top level, and the module that defines each.
 _NAMES = {"MetaTrainConfig": "meta", "meta_train": "meta", "linear_rnn": "optimizers", "lstm": "optimizers"}
@@ -57,6 +57,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "MetaTrainConfig",
     "__version__",
+    "checks",
     "data",
     "errors",
     "evaluation",
@@ -69,5 +70,4 @@ __all__ = [
     "pretrained",
     "run_directory",
     "tasks",
-    "validation",
 ]

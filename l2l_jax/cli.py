@@ -490,53 +490,86 @@ def _recipe_help(text: str, name: str, none: str = "none") -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``l2l-jax`` argument parser; every option's help shows its default."""
-    d = CONFIG_DEFAULTS
     parser = argparse.ArgumentParser(prog="l2l-jax", description=DESCRIPTION, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_meta_train(sub)
+    _add_evaluate(sub)
+    _add_seed_example(sub)
+    return parser
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
-    def common_eval(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tasks", type=int, default=EVALUATE_DEFAULTS["num_tasks"], help="held-out test tasks")
-        p.add_argument(
-            "--tune-tasks",
-            type=int,
-            default=EVALUATE_DEFAULTS["num_tune_tasks"],
-            help="other held-out tasks on which each baseline's learning rate is tuned",
-        )
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _add(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand ``name`` whose help and description are ``help``."""
+    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
 
-    def run_dir_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--no-resume",
-            action="store_true",
-            help="start over even if the run directory holds a checkpoint of this run",
-        )
-        p.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="start a new run even in a directory holding other files or another run (replaces its run files)",
-        )
 
-    task_names = ", ".join(tasks_lib.available())
+def _task_help() -> tuple[str, str]:
+    """The registered task names, and the warning that ``module:function`` runs code."""
     code_warning = "module:function, which imports and runs that code (a function returning a TaskFamily)"
+    return ", ".join(tasks_lib.available()), code_warning
 
-    demo = add("demo", "meta-train the paper's LSTM on quadratics and compare it with tuned baselines")
+
+def _common_eval(p: argparse.ArgumentParser) -> None:
+    """--tasks, --tune-tasks and --no-progress."""
+    p.add_argument("--tasks", type=int, default=EVALUATE_DEFAULTS["num_tasks"], help="held-out test tasks")
+    p.add_argument(
+        "--tune-tasks",
+        type=int,
+        default=EVALUATE_DEFAULTS["num_tune_tasks"],
+        help="other held-out tasks on which each baseline's learning rate is tuned",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_dir_options(p: argparse.ArgumentParser) -> None:
+    """--no-resume and --overwrite."""
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if the run directory holds a checkpoint of this run",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run even in a directory holding other files or another run (replaces its run files)",
+    )
+
+
+def _add_demo(sub: Any) -> None:
+    """The ``demo`` subcommand."""
+    demo = _add(sub, "demo", "meta-train the paper's LSTM on quadratics and compare it with tuned baselines")
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="the run directory")
     demo.add_argument("--seed", type=int, default=0, help="seed of the run")
     demo.add_argument("--meta-steps", type=int, default=DEMO_CONFIG["num_meta_steps"], help="meta-steps")
-    run_dir_options(demo)
-    common_eval(demo)
+    _run_dir_options(demo)
+    _common_eval(demo)
     demo.set_defaults(func=cmd_demo)
 
-    mt = add("meta-train", "meta-train a learned optimizer into a run directory")
 
-    def recipe_option(flag: str, type_: type, text: str, name: str, none: str = "none") -> None:
-        """An option whose default is ``MetaTrainConfig``'s, or with ``--init`` the fine-tuning recipe's."""
-        mt.add_argument(flag, type=type_, default=None, help=_recipe_help(text, name, none))
+def _add_meta_train(sub: Any) -> None:
+    """The ``meta-train`` subcommand."""
+    mt = _add(sub, "meta-train", "meta-train a learned optimizer into a run directory")
 
+    _add_task_and_optimizer(mt)
+    _add_runs(mt)
+    _add_estimator_and_meta_optimizer(mt)
+    _add_run(mt)
+    mt.set_defaults(func=cmd_meta_train)
+
+
+def _recipe_option(
+    mt: argparse.ArgumentParser, flag: str, type_: type, text: str, name: str, none: str = "none"
+) -> None:
+    """An option whose default is ``MetaTrainConfig``'s, or with ``--init`` the fine-tuning recipe's."""
+    mt.add_argument(flag, type=type_, default=None, help=_recipe_help(text, name, none))
+
+
+def _add_task_and_optimizer(mt: argparse.ArgumentParser) -> None:
+    """``meta-train``'s task, starting point and learned optimizer."""
+    d = CONFIG_DEFAULTS
+    task_names, code_warning = _task_help()
     mt.add_argument(
         "--task", default=d["task"], help=f"task family: a registered name ({task_names}), or {code_warning}"
     )
@@ -572,7 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an option of the learned optimizer, e.g. hidden_size=40 (repeatable; default: the preset's)",
     )
-    recipe_option("--meta-steps", int, "meta-steps (updates of φ) in all", "num_meta_steps")
+
+
+def _add_runs(mt: argparse.ArgumentParser) -> None:
+    """``meta-train``'s meta-steps, run lengths, truncations and batch."""
+    d = CONFIG_DEFAULTS
+    _recipe_option(mt, "--meta-steps", int, "meta-steps (updates of φ) in all", "num_meta_steps")
     mt.add_argument(
         "--horizon", type=int, default=d["horizon"], help="inner steps per run, T (the longest, with --min-horizon)"
     )
@@ -596,8 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"inner steps per meta-step, K (default: {d['truncation']}; with --init: the largest divisor "
         "of the horizon up to 50)",
     )
-    recipe_option("--batch-size", int, "tasks per meta-step", "batch_size")
-    recipe_option(
+    _recipe_option(mt, "--batch-size", int, "tasks per meta-step", "batch_size")
+
+
+def _add_estimator_and_meta_optimizer(mt: argparse.ArgumentParser) -> None:
+    """``meta-train``'s meta-gradient estimator and its options, and the meta-optimizer."""
+    d = CONFIG_DEFAULTS
+    _recipe_option(
+        mt,
         "--estimator",
         str,
         f"meta-gradient estimator: {', '.join(estimators_lib.available())} (tbptt: truncated BPTT, "
@@ -631,21 +675,24 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument(
         "--meta-optimizer", default=d["meta_optimizer"], help=f"optimizer of φ: {', '.join(META_OPTIMIZERS)}"
     )
-    recipe_option("--meta-lr", float, "learning rate of the meta-optimizer", "meta_lr")
+    _recipe_option(mt, "--meta-lr", float, "learning rate of the meta-optimizer", "meta_lr")
     mt.add_argument(
         "--meta-lr-schedule",
         default=d["meta_lr_schedule"],
         help=f"{' or '.join(META_LR_SCHEDULES)} (cosine: decay to 0.1 x the meta-lr)",
     )
-    recipe_option("--meta-lr-warmup", int, "meta-steps of linear warm-up of the meta-lr from 0", "meta_lr_warmup")
-    recipe_option("--clip-norm", float, "clip the meta-gradient to this global norm", "clip_norm", none="no clipping")
+    _recipe_option(mt, "--meta-lr-warmup", int, "meta-steps of linear warm-up of the meta-lr from 0", "meta_lr_warmup")
+    _recipe_option(
+        mt, "--clip-norm", float, "clip the meta-gradient to this global norm", "clip_norm", none="no clipping"
+    )
     mt.add_argument(
         "--second-order",
         action="store_true",
         help="tbptt: keep second derivatives (exact meta-gradient; default: first order); "
         "short for --estimator-option first_order=false",
     )
-    recipe_option(
+    _recipe_option(
+        mt,
         "--weighting",
         str,
         f"meta-loss weighting: {', '.join(WEIGHTINGS)} (uniform: w_t = 1; final: last loss; log: sum of log f)",
@@ -659,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tbptt: also checkpoint sqrt(K)-step segments (long truncations); remat=segments",
     )
+
+
+def _add_run(mt: argparse.ArgumentParser) -> None:
+    """``meta-train``'s devices, validation, checkpoints, run directory and evaluation."""
+    d = CONFIG_DEFAULTS
     mt.add_argument(
         "--devices",
         type=int,
@@ -677,19 +729,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=META_TRAIN_DEFAULTS["steps_per_call"],
         help="meta-steps per compiled call (fewer host round trips; same run up to float rounding)",
     )
-    recipe_option(
-        "--validate-every", int, "validate φ every this many meta-steps and keep the best (0: never)", "validate_every"
+    _recipe_option(
+        mt,
+        "--validate-every",
+        int,
+        "validate φ every this many meta-steps and keep the best (0: never)",
+        "validate_every",
     )
-    recipe_option("--val-tasks", int, "held-out validation tasks", "num_val_tasks")
-    recipe_option("--checkpoint-every", int, "checkpoint interval", "checkpoint_every")
+    _recipe_option(mt, "--val-tasks", int, "held-out validation tasks", "num_val_tasks")
+    _recipe_option(mt, "--checkpoint-every", int, "checkpoint interval", "checkpoint_every")
     mt.add_argument("--seed", type=int, default=d["seed"], help="seed of the run")
     mt.add_argument("--run-dir", type=Path, required=True, help="the run directory (resumed if it holds this run)")
-    run_dir_options(mt)
+    _run_dir_options(mt)
     mt.add_argument("--evaluate", action="store_true", help="compare with tuned baselines afterwards")
-    common_eval(mt)
-    mt.set_defaults(func=cmd_meta_train)
+    _common_eval(mt)
 
-    ev = add("evaluate", "compare a run's learned optimizer with tuned baselines")
+
+def _add_evaluate(sub: Any) -> None:
+    """The ``evaluate`` subcommand."""
+    task_names, code_warning = _task_help()
+    ev = _add(sub, "evaluate", "compare a run's learned optimizer with tuned baselines")
     ev.add_argument("run", help="a run directory")
     ev.add_argument(
         "--task",
@@ -723,14 +782,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-against", action="store_true", help="compare with the tuned baselines only (not with --against's)"
     )
     ev.add_argument("--seed", type=int, default=EVALUATE_DEFAULTS["seed"], help="seed of the held-out tasks")
-    common_eval(ev)
+    _common_eval(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    se = add("seed-example", "the worked example, step by step, with exact meta-gradients")
+
+def _add_seed_example(sub: Any) -> None:
+    """The ``seed-example`` subcommand."""
+    se = _add(sub, "seed-example", "the worked example, step by step, with exact meta-gradients")
     se.add_argument("--json", action="store_true", help="print one JSON object")
     se.add_argument("--meta-steps", type=int, default=200, help="Adam meta-steps of the meta-training demo")
     se.set_defaults(func=cmd_seed_example)
-    return parser
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -5,9 +5,11 @@ Their kernels inherit the environment that the repository's ``conftest.py`` sets
 nor read a data directory of the user's, and the user cache directory
 (``$XDG_CACHE_HOME``) is an empty temporary folder.
 
-Notebooks 02 and 03 meta-train and tune baselines for a minute or more each: they are
-marked ``slow`` (CI's full run executes them, as does ``pytest -m slow``); the
-worked example (01) and the Flax loops (04) run by default.
+Notebooks 02, 03 and 05 meta-train and tune baselines for a minute or more each, and 04
+trains Flax models for half a minute: they are marked ``slow`` (CI's full run executes
+them, as does ``pytest -m slow``; by default ``tests/test_specialise.py`` tests 05's
+recipe and ``tests/test_flax_dropin.py`` 04's loops); the worked example (01) runs by
+default.
 
 The notebooks' jupytext sources (``*.py`` beside this file) are not test modules: pytest does not
 collect them (``--doctest-modules`` would import, and so run, each of them in the test
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-SLOW = {"02_quadratics.ipynb", "03_mnist.ipynb"}
+SLOW = {"02_quadratics.ipynb", "03_mnist.ipynb", "04_flax_dropin.ipynb", "05_specialise.ipynb"}
 collect_ignore = sorted(p.name for p in HERE.glob("*.py") if p.name != "conftest.py")
 
 

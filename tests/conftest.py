@@ -38,6 +38,12 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
     # One block, and a whole number of blocks: the overlapping last blocks ([37], [11]) run by default.
     ("test_fast_paths.py", "test_the_step_in_blocks_of_coordinates_equals_one_call", "10-None"): "[37-None], [11-None]",
     ("test_fast_paths.py", "test_the_step_in_blocks_of_coordinates_equals_one_call", "30-None"): "[37-None], [11-None]",
+    # The XLA step on a leaf of any shape: the fused step's runs by default (the same contract).
+    (
+        "test_fast_paths.py",
+        "test_a_step_on_a_leaf_of_any_shape_equals_the_step_on_its_flat_coordinates",
+        "lstm_step_reference",
+    ): "[lstm_step_fused-*]",
     # The nnx CNN ([nnx]) runs by default, and a linen model in test_own_task_from_the_command_line.
     ("test_own_model.py", "test_meta_training_on_a_users_cnn_improves_its_training", "linen"): "[nnx]",
     # Chunks of 1 and 2 of 6 tasks, first and second order, run by default.

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "l2l_jax"
 LEVELS = {
     "version": 0,
     "errors": 0,
-    "validation": 1,
+    "checks": 1,
     "registry": 1,
     "run_directory": 2,
     "data": 2,

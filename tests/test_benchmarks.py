@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -32,6 +35,34 @@ def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.Comple
     )
 
 
+@pytest.fixture
+def run_here(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs a script as ``python benchmarks/NAME ARGS`` would, but in this process (no JAX start-up).
+
+    For runs that stop while parsing their options: ``--help`` and refused options.
+    A script that switches on float64 gets it switched back.
+    """
+
+    def run(name: str, *args: str) -> subprocess.CompletedProcess:
+        monkeypatch.syspath_prepend(str(BENCHMARKS))
+        monkeypatch.chdir(BENCHMARKS.parent)
+        monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / name), *args])
+        x64 = jax.config.jax_enable_x64
+        try:
+            runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:
+            jax.config.update("jax_enable_x64", x64)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
+
+    return run
+
+
 def run_for_rows(tmp_path: Path, name: str, key: str, *options: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """A benchmark script with ``options``, successful: the process and the rows it wrote under ``key``."""
     result = tmp_path / "result.json"
@@ -51,9 +82,9 @@ def test_there_are_benchmark_scripts():
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_help_prints_usage_and_runs_nothing(name):
+def test_help_prints_usage_and_runs_nothing(run_here, name):
     # A benchmark can take an hour: --help must answer at once, not start it.
-    out = run_script(name, "--help", timeout=300)
+    out = run_here(name, "--help")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage:")
 
@@ -69,8 +100,8 @@ def test_help_prints_usage_and_runs_nothing(name):
         (["--ship", "--test-inits", "4"], "--ship ships the full evaluation"),
     ],
 )
-def test_mnist_refuses_contradictory_options(args, message):
-    out = run_script("mnist.py", *args, timeout=300)
+def test_mnist_refuses_contradictory_options(run_here, args, message):
+    out = run_here("mnist.py", *args)
     assert out.returncode == 2
     assert message in out.stderr
 
@@ -86,8 +117,8 @@ def test_mnist_refuses_contradictory_options(args, message):
         ("meta_train_runs.py", ["--meta-steps", "4", "--steps-per-call", "4"], "--meta-steps must exceed"),
     ],
 )
-def test_scripts_refuse_options_that_cannot_run(tmp_path, name, args, message):
-    out = run_script(name, *args, "--out", str(tmp_path / "result.json"), timeout=300)
+def test_scripts_refuse_options_that_cannot_run(run_here, tmp_path, name, args, message):
+    out = run_here(name, *args, "--out", str(tmp_path / "result.json"))
     assert out.returncode == 2
     assert message in out.stderr
     assert not (tmp_path / "result.json").exists()
@@ -350,6 +381,7 @@ def test_kernel_tiling_times_each_step_and_checks_it_against_the_reference(tmp_p
         assert row["relative_error"] < 1e-5
 
 
+@pytest.mark.slow  # the estimators' statistics themselves: test_estimators.py
 def test_estimator_variance_compares_each_estimate_with_the_exact_and_the_smoothed_full_run_gradient(tmp_path):
     options = ["--horizon", "4", "--truncations", "2", "--pairs", "1", "2", "--samples", "4", "--reference-draws", "3",
                "--tasks", "1", "--estimators", "tbptt-first-order", "pes", "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
@@ -393,6 +425,7 @@ def test_estimator_variance_compares_each_estimate_with_the_exact_and_the_smooth
     assert "## Against the exact gradient" in text and "## Against the smoothed gradient" in text
 
 
+@pytest.mark.slow  # ES's and PES's state does not grow with T: test_estimators.py (the state's shapes)
 def test_estimator_memory_of_a_whole_es_or_pes_run_does_not_grow_with_its_length(tmp_path):
     options = ["--families", "quadratic", "--horizons", "20", "80", "--truncation", "10", "--estimators", "es", "pes",
                "--bptt", "bptt"]  # fmt: skip
@@ -453,6 +486,7 @@ def test_worked_example_estimators_recover_the_exact_gradient_where_they_are_unb
     assert "| pes | 1 |" in (tmp_path / "worked_example_estimators.md").read_text()
 
 
+@pytest.mark.slow  # its tuning: test_coarse_to_fine_tuning_finds_the_rate_of_the_full_grid_search
 def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_paired(tmp_path):
     options = ["--tasks", "base MLP", "logistic regression", "--max-steps", "3", "--tune-inits", "2",
                "--test-inits", "3", "--no-progress", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip

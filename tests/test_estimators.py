@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from l2l_jax import optimizers, tasks
 from l2l_jax.errors import ConfigError, UnknownNameError
 from l2l_jax.meta import estimators as E
-from l2l_jax.meta.estimators import antithetic
+from l2l_jax.meta.estimators import _antithetic as antithetic
 from l2l_jax.meta.unroll import init_inner, unroll_task, weighted_loss
 from l2l_jax.tasks.base import TaskFamily
 

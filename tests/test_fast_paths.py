@@ -20,8 +20,7 @@ from l2l_jax.errors import ConfigError
 from l2l_jax.meta import init_inner, meta_value_and_grad, truncation_loss
 from l2l_jax.meta.unroll import segment_length
 from l2l_jax.optimizers import lstm
-from l2l_jax.optimizers.lstm import auto_step
-from l2l_jax.optimizers.lstm_cell import (
+from l2l_jax.optimizers._lstm_cell import (
     CPU_BLOCK,
     CellWeights,
     in_blocks,
@@ -29,7 +28,8 @@ from l2l_jax.optimizers.lstm_cell import (
     lstm_step_reference,
     masked,
 )
-from l2l_jax.optimizers.lstm_pallas import BLOCK, kernel_call, lstm_step_pallas
+from l2l_jax.optimizers._lstm_pallas import BLOCK, kernel_call, lstm_step_pallas
+from l2l_jax.optimizers.lstm import auto_step
 from l2l_jax.tasks import QuadraticFamily
 
 

@@ -263,7 +263,7 @@ def first_update(opt, phi, shape, grad_scale=0.1):
     sign = jnp.sign(jax.random.normal(jax.random.key(7), shape))
     params = 0.01 * jax.random.normal(jax.random.key(8), shape)
     tx = opt.as_optax(phi)
-    updates, _ = tx.update(grad_scale * sign, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grad_scale * sign, jax.jit(tx.init)(params), params)
     return updates
 
 

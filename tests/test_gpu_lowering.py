@@ -31,8 +31,8 @@ from jax.export import DisabledSafetyCheck
 from l2l_jax import tasks
 from l2l_jax.meta import init_inner, meta_value_and_grad
 from l2l_jax.optimizers import lstm
-from l2l_jax.optimizers.lstm_cell import CPU_BLOCK, CellWeights
-from l2l_jax.optimizers.lstm_pallas import NUM_WARPS, lstm_step_pallas
+from l2l_jax.optimizers._lstm_cell import CPU_BLOCK, CellWeights
+from l2l_jax.optimizers._lstm_pallas import NUM_WARPS, lstm_step_pallas
 from l2l_jax.tasks.mnist import MLP, cross_entropy
 
 #: The custom call of a Pallas kernel lowered with Triton.

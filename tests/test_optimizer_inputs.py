@@ -284,7 +284,7 @@ def test_the_largest_sizes_allowed_are_accepted():
 
 
 def test_a_size_given_as_a_float_is_refused_even_when_whole():
-    # One rule for integers everywhere (l2l_jax.validation): 20.0 is not an integer.
+    # One rule for integers everywhere (l2l_jax.checks): 20.0 is not an integer.
     with pytest.raises(errors.ConfigError, match=r"hidden_size must be a positive integer, got 20.0"):
         lstm(hidden_size=20.0)
 

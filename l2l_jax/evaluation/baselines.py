@@ -7,8 +7,8 @@ from typing import Callable
 import jax
 import optax
 
+from l2l_jax.checks import positive_float
 from l2l_jax.errors import ConfigError, UnknownNameError
-from l2l_jax.validation import positive_float
 
 
 def sgd(learning_rate: jax.Array | float) -> optax.GradientTransformation:

@@ -14,12 +14,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.evaluation import baselines as baselines_lib
 from l2l_jax.meta.unroll import unroll
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import positive_int
 
 #: Quarter-decade grid from 1e-4 to 10.
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(float(x) for x in np.logspace(-4, 1, 21))

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2l_jax.checks import positive_int
 from l2l_jax.data import load_mnist_for_experiment
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler
 from l2l_jax.tasks.mnist import downsample, image_side
-from l2l_jax.validation import positive_int
 
 
 class LayerNormMLP(nn.Module):

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2l_jax.checks import positive_int
 from l2l_jax.meta.unroll import unroll, weighted_loss
 from l2l_jax.optimizers.linear_rnn import linear_rnn
 from l2l_jax.tasks.quadratic import ScalarQuadratic
-from l2l_jax.validation import positive_int
 
 PHI0 = (0.1, 0.5, -1.0)
 ASSUMED_META_GRAD = (15.0, 8.0, -10.0)

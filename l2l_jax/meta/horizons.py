@@ -8,8 +8,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import MAX_COUNT, positive_int
 from l2l_jax.errors import ConfigError
-from l2l_jax.validation import MAX_COUNT, positive_int
 
 #: ``horizon(restart_step) -> inner steps``: the length of the runs started at meta-step ``restart_step``.
 HorizonFn = Callable[[jax.Array], jax.Array]

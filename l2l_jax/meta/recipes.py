@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.meta.training import MetaTrainConfig
-from l2l_jax.validation import positive_int
 
 #: The recipe's settings that do not depend on the horizon.
 SPECIALISE_DEFAULTS: dict[str, Any] = {

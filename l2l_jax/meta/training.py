@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
+from l2l_jax import checks as v
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
-from l2l_jax import validation as v
 from l2l_jax.errors import ConfigError, L2LError
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.checks import one_of, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import one_of, positive_int
 
 PyTree = Any
 LossFn = Callable[[PyTree, jax.Array], jax.Array]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.checks import boolean, one_of, positive_float, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import (
     LearnedOptimizer,
@@ -22,7 +23,6 @@ from l2l_jax.optimizers.base import (
     check_state_dtype,
     coordinatewise,
 )
-from l2l_jax.validation import boolean, one_of, positive_float, positive_int
 
 #: Time scales τ of the training-progress features tanh(t / τ).
 PROGRESS_SCALES = (10.0, 100.0, 1000.0)

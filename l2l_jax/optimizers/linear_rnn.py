@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.checks import finite_float
 from l2l_jax.errors import ConfigError
 from l2l_jax.optimizers.base import (
     LearnedOptimizer,
@@ -18,7 +19,6 @@ from l2l_jax.optimizers.base import (
     PyTree,
     coordinatewise,
 )
-from l2l_jax.validation import finite_float
 
 
 class LinearRNNState(NamedTuple):

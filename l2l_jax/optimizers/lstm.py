@@ -19,15 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.checks import finite_float, one_of, positive_float, positive_int
 from l2l_jax.errors import ConfigError
-from l2l_jax.optimizers.base import (
-    LearnedOptimizer,
-    MetaParams,
-    PyTree,
-    check_state_dtype,
-    coordinatewise,
-)
-from l2l_jax.optimizers.lstm_cell import (
+from l2l_jax.optimizers._lstm_cell import (
     CPU_BLOCK,
     CellWeights,
     MaskedStepFn,
@@ -38,9 +32,15 @@ from l2l_jax.optimizers.lstm_cell import (
     masked,
     partitioned_by_xla,
 )
-from l2l_jax.optimizers.lstm_pallas import kernel_call, lstm_step_pallas
+from l2l_jax.optimizers._lstm_pallas import kernel_call, lstm_step_pallas
+from l2l_jax.optimizers.base import (
+    LearnedOptimizer,
+    MetaParams,
+    PyTree,
+    check_state_dtype,
+    coordinatewise,
+)
 from l2l_jax.optimizers.preprocessing import check_preprocessing, num_features, preprocess
-from l2l_jax.validation import finite_float, one_of, positive_float, positive_int
 
 #: Settings of the paper (Andrychowicz et al., 2016, §3 and appendix A) and of
 #: deepmind/learning-to-learn's released code (``LogAndSign`` with k = 5,
@@ -138,7 +138,7 @@ def auto_step(
     Not differentiated (the drop-in update): the Pallas kernel where the program is
     lowered for a GPU (CUDA or ROCm), which updates the state in place; the fused
     step elsewhere, and wherever XLA partitions the program over devices itself
-    (`l2l_jax.optimizers.lstm_cell.partitioned_by_xla`), since XLA cannot partition
+    (`l2l_jax.optimizers._lstm_cell.partitioned_by_xla`), since XLA cannot partition
     the kernel and would gather a sharded leaf for it. Differentiated in reverse mode (meta-training): the fused step,
     forward and backward, on every platform. Both give the reference step's numbers.
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import one_of
 from l2l_jax.errors import ConfigError
-from l2l_jax.validation import one_of
 
 #: The preprocessing names: the raw gradient, or the paper's log/sign features.
 PREPROCESSINGS = ("none", "log_sign")

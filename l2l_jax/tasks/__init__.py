@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from l2l_jax.checks import MAX_COUNT, json_options, positive_float
+from l2l_jax.checks import name as valid_name
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
 from l2l_jax.registry import Registry
 from l2l_jax.tasks.base import TaskFamily
@@ -25,8 +27,6 @@ from l2l_jax.tasks.mnist import MLP, MNISTFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
 from l2l_jax.tasks.regression import TeacherStudentFamily
 from l2l_jax.tasks.scale_augmented import ScaleAugmentedFamily
-from l2l_jax.validation import MAX_COUNT, json_options, positive_float
-from l2l_jax.validation import name as valid_name
 
 #: The keys of one member in ``get("mixture", members=[...])``.
 _MEMBER_KEYS = ("task", "options", "weight")

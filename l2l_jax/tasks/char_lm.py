@@ -16,10 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
 from l2l_jax.tasks.mnist import cross_entropy
-from l2l_jax.validation import positive_int
 
 
 def orthogonal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:

@@ -9,10 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import boolean, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
 from l2l_jax.tasks.mnist import FULL_SIZE, MNISTFamily, cross_entropy, image_side
-from l2l_jax.validation import boolean, positive_int
 
 #: The height and width of every convolution's kernel.
 KERNEL = 3

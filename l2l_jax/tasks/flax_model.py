@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.validation import positive_int
 
 Batch = Any
 BatchSampler = Callable[[jax.Array], Batch]

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2l_jax.checks import non_negative_float, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.validation import non_negative_float, positive_int
 
 
 class LogisticRegressionFamily(TaskFamily):

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from l2l_jax.checks import positive_float, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import positive_float, positive_int
 
 __all__ = ["TaskMixture"]
 

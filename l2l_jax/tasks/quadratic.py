@@ -7,9 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import finite_float, non_negative_float, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.validation import finite_float, non_negative_float, positive_int
 
 #: The largest ``QuadraticFamily`` dimension: W's dim² entries stay below 2**31.
 MAX_DIM = 46_340

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import non_negative_float, positive_int
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.validation import non_negative_float, positive_int
 
 
 class RegressionMLP(nn.Module):

@@ -8,9 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import positive_float
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.validation import positive_float
 
 
 class ScaleAugmentedFamily(TaskFamily):

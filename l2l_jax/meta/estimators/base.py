@@ -7,9 +7,9 @@ from typing import Any, NamedTuple
 
 import jax
 
+from l2l_jax.checks import one_of, positive_int
 from l2l_jax.meta.unroll import WEIGHTINGS, check_tasks_per_chunk
 from l2l_jax.optimizers.base import MetaParams
-from l2l_jax.validation import one_of, positive_int
 
 PyTree = Any
 EstimatorState = Any

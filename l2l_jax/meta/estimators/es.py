@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.meta.estimators import antithetic as at
+from l2l_jax.meta.estimators import _antithetic as at
 from l2l_jax.meta.estimators.base import Estimate, GradientEstimator
 from l2l_jax.meta.unroll import InnerState, Weighting
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import jax
 
+from l2l_jax.checks import boolean
 from l2l_jax.meta.estimators.base import Estimate, GradientEstimator, check_common_options
 from l2l_jax.meta.unroll import InnerState, Remat, Weighting, check_remat, init_inner, meta_value_and_grad
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import boolean
 
 
 def tbptt(

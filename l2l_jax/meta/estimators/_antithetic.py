@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from l2l_jax.checks import MAX_COUNT, positive_float32, positive_int
 from l2l_jax.meta.estimators.base import check_common_options
 from l2l_jax.meta.unroll import (
     InnerState,
@@ -27,7 +28,6 @@ from l2l_jax.meta.unroll import (
 )
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 from l2l_jax.tasks.base import TaskFamily
-from l2l_jax.validation import MAX_COUNT, positive_float32, positive_int
 
 PyTree = Any
 

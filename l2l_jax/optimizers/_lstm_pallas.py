@@ -3,7 +3,7 @@
 Owns the kernel (`kernel_call`) and the step built on it
 (`lstm_step_pallas`): compiled with Triton where the program is lowered for a
 GPU, run in Pallas' interpreter elsewhere, with the backward pass of
-`l2l_jax.optimizers.lstm_cell.fused_backward`. Each program of the grid takes
+`l2l_jax.optimizers._lstm_cell.fused_backward`. Each program of the grid takes
 ``BLOCK`` coordinates and computes every layer on ``(hidden, BLOCK)`` tiles; the
 weights are re-packed per gate and zero-padded to the kernel's tile sizes. See
 ``docs/design/lstm-implementations.md`` for the tiling, the masking of rows and
@@ -20,9 +20,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
-from l2l_jax.optimizers.lstm_cell import CellWeights, fused_backward
-from l2l_jax.validation import positive_int
+from l2l_jax.optimizers._lstm_cell import CellWeights, fused_backward
 
 #: Coordinates per program (the columns of every tile); ``benchmarks/kernel_tiling.py``
 #: times other tilings and ``docs/performance/gpu.md`` has the measurements.
@@ -168,7 +168,7 @@ def kernel_call(
       num_warps: warps per program (Triton's ``num_warps``), a power of 2 from 1 to 32.
 
     Returns:
-      ``(out, new_h, new_c)`` as `l2l_jax.optimizers.lstm_cell.lstm_step_reference`
+      ``(out, new_h, new_c)`` as `l2l_jax.optimizers._lstm_cell.lstm_step_reference`
       returns them; ``out`` in the arithmetic's dtype.
 
     Raises:
@@ -243,11 +243,11 @@ def _forward(
 def lstm_step_pallas(
     weights: CellWeights, x: jax.Array, h: jax.Array, c: jax.Array, keep: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`l2l_jax.optimizers.lstm_cell.lstm_step_reference` as one Pallas kernel.
+    """`l2l_jax.optimizers._lstm_cell.lstm_step_reference` as one Pallas kernel.
 
     Compiled with Triton where the program is lowered for a GPU (CUDA or ROCm),
     run in Pallas' interpreter elsewhere. Differentiable in reverse mode with the
-    backward pass of `l2l_jax.optimizers.lstm_cell.fused_backward`.
+    backward pass of `l2l_jax.optimizers._lstm_cell.fused_backward`.
 
     Args:
       weights: the cell's weights.
@@ -256,7 +256,7 @@ def lstm_step_pallas(
         bfloat16).
       c: the cell state ``(L, H, n)``, read and written in its own dtype.
       keep: ``(n,)`` bool, or None. Given, this is the masked step of
-        `l2l_jax.optimizers.lstm_cell.masked`: where ``keep`` is False the
+        `l2l_jax.optimizers._lstm_cell.masked`: where ``keep`` is False the
         output is 0 and ``h``, ``c`` are returned as they were (no cotangent flows
         to ``keep``).
 
