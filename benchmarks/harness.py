@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from l2l_jax import pretrained, tasks
-from l2l_jax.evaluation import EvalTasks, loss_curves
+from l2l_jax.evaluation import EvalTasks, loss_curves, search_learning_rates
 from l2l_jax.meta import estimators as E
 from l2l_jax.meta import init_inner, meta_value_and_grad
 from l2l_jax.optimizers import lstm
@@ -473,49 +473,22 @@ def tune_learning_rate(
 ) -> dict[int, tuple[float, np.ndarray]]:
     """A baseline tuned separately for each horizon, then run on held-out tasks.
 
-    Every rate of ``grid`` runs on the ``tune`` tasks for ``max(horizons)`` steps;
-    for each horizon the best rate is the one with the lowest mean loss at that step
-    (a rate with a non-finite loss there never wins). The best rate then runs on the
-    ``test`` tasks (once per distinct rate).
-
-    With ``coarse_to_fine``, only every other rate of ``grid`` (and its last) runs
-    first; then, per horizon, the neighbours on ``grid`` of the best rate so far run
-    until the best rate's neighbours have all run. The result is the best rate of
-    ``grid`` wherever the score has one minimum along the grid, for about 60% of
-    the runs.
+    The best rate of each horizon on the ``tune`` tasks is
+    :func:`l2l_jax.evaluation.search_learning_rates`'s (the lowest mean loss at that
+    step; a rate with a non-finite loss there never wins; ``coarse_to_fine`` searches
+    the grid coarse to fine). The best rate then runs on the ``test`` tasks (once per
+    distinct rate).
 
     Returns:
       ``{horizon: (best_rate, test_curves)}``; the curves have shape
       ``(test tasks, max(horizons) + 1)``.
     """
-    horizon = max(horizons)
-    sweep: dict[int, np.ndarray] = {}
-
-    def run(i: int) -> np.ndarray:
-        if i not in sweep:
-            sweep[i] = loss_curves(make_tx, jnp.asarray(grid[i], jnp.float32), family, tune, horizon)
-        return sweep[i]
-
-    first = sorted({*range(0, len(grid), 2), len(grid) - 1}) if coarse_to_fine else range(len(grid))
-    for i in first:
-        run(i)
+    tunings = search_learning_rates(make_tx, family, tune, horizons, grid, coarse_to_fine)
     test_curves: dict[float, np.ndarray] = {}
     out = {}
     for steps in horizons:
-
-        def score(i: int, steps: int = steps) -> float:
-            c = sweep[i][:, steps]
-            return float(np.mean(c)) if np.all(np.isfinite(c)) else np.inf
-
-        while True:
-            best_i = min(sweep, key=lambda i: (score(i), i))
-            missing = [j for j in (best_i - 1, best_i + 1) if 0 <= j < len(grid) and j not in sweep]
-            if not missing:
-                break
-            for j in missing:
-                run(j)
-        best = float(grid[best_i])
+        best = tunings[steps].best_lr
         if best not in test_curves:
-            test_curves[best] = loss_curves(make_tx, jnp.asarray(best, jnp.float32), family, test, horizon)
+            test_curves[best] = loss_curves(make_tx, jnp.asarray(best, jnp.float32), family, test, max(horizons))
         out[steps] = (best, test_curves[best])
     return out

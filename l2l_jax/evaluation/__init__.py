@@ -10,6 +10,7 @@ from l2l_jax.evaluation.compare import (
     learned_curves,
     loss_curves,
     sample_tasks,
+    search_learning_rates,
     tune_learning_rate,
 )
 from l2l_jax.evaluation.plots import plot_loss_curves, plot_meta_training
@@ -28,5 +29,6 @@ __all__ = [
     "plot_loss_curves",
     "plot_meta_training",
     "sample_tasks",
+    "search_learning_rates",
     "tune_learning_rate",
 ]

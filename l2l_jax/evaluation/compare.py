@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -100,7 +101,12 @@ def final_score(curves: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class Tuning:
-    """A learning-rate sweep: the grid, each rate's score, and the best rate."""
+    """A learning-rate sweep: the rates that ran, each one's score, and the best rate.
+
+    ``grid`` is the whole grid of the sweep, or, after a coarse-to-fine search
+    (``search_learning_rates``), the rates of it that ran, in the grid's order (its
+    first and last always run). ``scores[i]`` is the score of ``grid[i]``.
+    """
 
     name: str
     grid: tuple[float, ...]
@@ -113,6 +119,91 @@ class Tuning:
         return self.best_lr in (self.grid[0], self.grid[-1])
 
 
+def search_learning_rates(
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    family: TaskFamily,
+    tasks: EvalTasks,
+    horizons: Sequence[int],
+    grid: tuple[float, ...] = DEFAULT_LR_GRID,
+    coarse_to_fine: bool = False,
+    *,
+    name: str = "",
+    progress: bool = False,
+) -> dict[int, Tuning]:
+    """The best learning rate of ``make_tx`` on ``tasks`` for each horizon, from one set of runs.
+
+    Each rate that runs, runs once, for ``max(horizons)`` steps (``loss_curves``). A
+    rate's score at a horizon is the mean over the tasks of the loss at that step, or
+    inf when any task's loss there is NaN or inf (``final_score``), so a rate that
+    diverged by then never wins over one that did not. The best rate has the lowest
+    score, the first in the grid's order on a tie (as ``np.argmin``).
+
+    Without ``coarse_to_fine`` every rate of ``grid`` runs. With it, every other rate
+    (indices 0, 2, 4, ... and the last) runs first; then, horizon by horizon in the
+    order given, the neighbours on ``grid`` of the best rate so far run, until the
+    best rate's neighbours have all run. Where the score has one minimum along the
+    grid, that finds the best rate of the whole grid, running about half of it plus
+    the neighbours of the best rates. A horizon's best rate is chosen among the rates
+    that had run when it was decided.
+
+    Args:
+      make_tx: learning rate -> optax optimizer (e.g. ``BASELINES["adam"]``).
+      family: the task family of ``tasks``.
+      tasks: the tuning tasks (``sample_tasks(..., stream="tune")``).
+      horizons: the steps at which to score, each a positive integer.
+      grid: the learning rates, each positive and finite; a neighbour is the next
+        rate in this order.
+      coarse_to_fine: search the grid coarse to fine instead of running all of it.
+      name: the optimizer's name, for the ``Tuning`` and the progress bar.
+      progress: show a progress bar of the runs (cleared when done).
+
+    Returns:
+      ``{horizon: Tuning}``: for each horizon, the rates that had run when it was
+      decided (in the grid's order), their scores at that horizon, and the best rate.
+
+    Raises:
+      ConfigError: if ``grid`` is empty or holds a rate that is not positive and
+        finite, or ``horizons`` is empty or holds one that is not a positive integer.
+
+    Example:
+      >>> from l2l_jax import tasks
+      >>> from l2l_jax.evaluation.baselines import BASELINES
+      >>> family = tasks.get("quadratic", dim=2)
+      >>> tune = sample_tasks(family, seed=0, num_tasks=4, stream="tune")
+      >>> tunings = search_learning_rates(BASELINES["sgd"], family, tune, (5, 20), coarse_to_fine=True)
+      >>> sorted(tunings), len(tunings[20].grid) < len(DEFAULT_LR_GRID)
+      ([5, 20], True)
+    """
+    baselines_lib.check_learning_rates(grid)
+    if len(horizons) == 0:
+        raise ConfigError("no horizons to tune the learning rate for")
+    steps_list = [positive_int("num_steps", steps) for steps in horizons]
+    num_steps = max(steps_list)
+    sweep: dict[int, np.ndarray] = {}
+    tunings: dict[int, Tuning] = {}
+    with tqdm(total=len(grid), desc=f"tune {name}".rstrip(), disable=not progress, leave=False) as bar:
+
+        def run(i: int) -> None:
+            if i not in sweep:
+                sweep[i] = loss_curves(make_tx, jnp.asarray(grid[i], jnp.float32), family, tasks, num_steps)
+                bar.update()
+
+        for i in sorted({*range(0, len(grid), 2), len(grid) - 1}) if coarse_to_fine else range(len(grid)):
+            run(i)
+        for steps in steps_list:
+            while True:
+                ran = sorted(sweep)
+                scores = [final_score(sweep[i][:, : steps + 1]) for i in ran]
+                best = ran[int(np.argmin(scores))]
+                missing = [j for j in (best - 1, best + 1) if 0 <= j < len(grid) and j not in sweep]
+                if not missing:
+                    break
+                for j in missing:
+                    run(j)
+            tunings[steps] = Tuning(name, tuple(float(grid[i]) for i in ran), tuple(scores), float(grid[best]))
+    return tunings
+
+
 def tune_learning_rate(
     name: str,
     family: TaskFamily,
@@ -121,16 +212,15 @@ def tune_learning_rate(
     grid: tuple[float, ...] = DEFAULT_LR_GRID,
     progress: bool = True,
 ) -> Tuning:
-    """Picks the rate of baseline ``name`` with the lowest mean final loss on ``tasks``."""
+    """Picks the rate of baseline ``name`` with the lowest mean final loss on ``tasks``.
+
+    Every rate of ``grid`` runs for ``num_steps`` steps; scores and ties as in
+    ``search_learning_rates``.
+    """
     make_tx = baselines_lib.get(name)
-    baselines_lib.check_learning_rates(grid)
-    scores = []
     # Nested under the baselines' bar: only on a terminal (in a log file, its cursor moves are junk).
     nested = progress and sys.stderr.isatty()
-    for lr in tqdm(grid, desc=f"tune {name}", disable=not nested, leave=False):
-        scores.append(final_score(loss_curves(make_tx, jnp.asarray(lr, jnp.float32), family, tasks, num_steps)))
-    best = int(np.argmin(scores))
-    return Tuning(name, tuple(float(g) for g in grid), tuple(scores), float(grid[best]))
+    return search_learning_rates(make_tx, family, tasks, (num_steps,), grid, name=name, progress=nested)[num_steps]
 
 
 @dataclasses.dataclass
