@@ -6,10 +6,8 @@ over a one-dimensional mesh named ``"tasks"``. ``jax.jit`` then runs each device
 share of the ``vmap``-ed unroll locally and averages the meta-gradient with one
 all-reduce; the numbers are those of one device, up to float reassociation.
 
-Multi-host: call ``jax.distributed.initialize()`` in every process before building
-anything; ``task_mesh`` then spans the devices of all hosts
-(``jax.devices()``), and because every process derives the same state from the
-same seed, placing it with ``jax.device_put`` gives each host its own shard.
+One process: meta-training over several processes (``jax.distributed``) is not
+supported yet.
 """
 
 from __future__ import annotations
