@@ -335,7 +335,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         specialise_defaults(args.horizon, args.truncation, args.estimator) if args.init is not None else CONFIG_DEFAULTS
     )
     recipe = {name: explicit.get(name, defaults[name]) for name in RECIPE_OPTIONS}
-    recipe_options = defaults.get("estimator_options", {}) if recipe["estimator"] == defaults["estimator"] else {}
+    recipe_options = defaults.get("estimator_options", {})  # The recipe's own for its estimator only.
     return {
         "task": args.task,
         "task_options": _parse_options(args.task_option, "--task-option"),

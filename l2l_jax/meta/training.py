@@ -273,8 +273,8 @@ _ADDED_OPTIONS: dict[str, Any] = {
     if f.name in ("estimator", "meta_lr_warmup", "min_horizon", "validation_horizon", "init", "init_sha256")
 }
 _ADDED_OPTIONS["estimator_options"] = {}
-#: Fields that became ``estimator_options``, with the values that meant "the estimator's default".
-_ESTIMATOR_FIELDS: dict[str, Any] = {"sigma": 0.01, "num_pairs": 1, "first_order": True, "remat": False}
+#: Fields that became ``estimator_options``.
+_ESTIMATOR_FIELDS = ("sigma", "num_pairs", "first_order", "remat")
 
 
 def migrate(saved: dict[str, Any]) -> dict[str, Any]:
@@ -287,11 +287,10 @@ def migrate(saved: dict[str, Any]) -> dict[str, Any]:
     """
     d = {**_ADDED_OPTIONS, **saved}
     moved = {k: d.pop(k) for k in _ESTIMATOR_FIELDS if k in d}
-    given = {
-        k: x for k, x in moved.items() if not (type(x) is type(_ESTIMATOR_FIELDS[k]) and x == _ESTIMATOR_FIELDS[k])
-    }
-    if given and isinstance(d["estimator_options"], dict):
-        d["estimator_options"] = {**given, **d["estimator_options"]}
+    name, options = d["estimator"], d["estimator_options"]
+    if moved and name in estimators_lib.available() and isinstance(options, dict):
+        taken = {k: x for k, x in moved.items() if k in estimators_lib.options(name)}
+        d["estimator_options"] = estimators_lib.check_options(name, {**taken, **options})
     return d
 
 
