@@ -36,8 +36,8 @@ if not (_cache.name.startswith(_PREFIX) and _cache.is_dir()):  # else made by th
 # A cache directory given in the environment is used (CI shares one between its default and slow runs).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache / "jax-compilation-cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-# Compiling is most of the tests' time: XLA's CPU backend compiles without LLVM's
-# optimisations (the same values; the pinned updates hold either way) in half the time.
+# XLA's CPU backend compiles the tests' programs without LLVM's optimisations, which
+# compute the same values and compile faster (docs/guide/quickstart.md).
 # L2L_JAX_TEST_OPTIMISED=1 tests the fully optimised programs that users run.
 if os.environ.get("L2L_JAX_TEST_OPTIMISED") != "1" and "xla_backend_optimization_level" not in os.environ.get(
     "XLA_FLAGS", ""
