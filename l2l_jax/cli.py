@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from l2l_jax import checks
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import pretrained as pretrained_lib
 from l2l_jax import run_directory as rd
@@ -186,9 +187,11 @@ def _train(
     started: list[float] = []  # The time meta-training started, once it has.
     checkpoint_at_start: list[tuple[int, int, int] | None] = [None]
 
+    writer = _is_writer()
+
     def on_start(start_step: int) -> None:
         checkpoint_at_start[0] = _file_id(run_dir / rd.CHECKPOINT)
-        if start_step < total:
+        if start_step < total and writer:
             resuming = f", resuming at step {start_step}" if start_step else ""
             what = config.optimizer
             if config.init is not None:
@@ -209,7 +212,9 @@ def _train(
         )
     except KeyboardInterrupt as e:
         checkpoint = _file_id(run_dir / rd.CHECKPOINT)
-        if not started:
+        if not writer:
+            pass  # Process 0 says what it saved.
+        elif not started:
             print("\ninterrupted before meta-training started; nothing was saved.", flush=True)
         elif checkpoint is not None and checkpoint != checkpoint_at_start[0]:
             print(f"\ninterrupted: checkpoint saved in {run_dir}; run the same command again to resume.", flush=True)
@@ -226,6 +231,8 @@ def _train(
             )
         raise Interrupted(128 + e.signum if isinstance(e, Terminated) else 130) from None
     steps_run = total - result.start_step
+    if not writer:
+        return result
     if steps_run == 0:
         print(f"nothing to do: the run in {run_dir} has finished all {total} meta-steps")
         return result
@@ -374,9 +381,53 @@ def _estimator_help() -> str:
     return f"an option of the meta-gradient estimator, e.g. sigma=0.02 (repeatable); each one's options and defaults: {listed}"
 
 
+#: This process's index once it has joined a ``jax.distributed`` job (``--coordinator``).
+_JOB: list[int] = []
+
+
+def _is_writer() -> bool:
+    """Whether this process writes the run directory: the only one, or process 0 of a ``jax.distributed`` job."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _start_processes(args: argparse.Namespace) -> None:
+    """Joins the ``jax.distributed`` job that ``--coordinator`` names, if any (collectives over gloo on CPUs).
+
+    Raises:
+      ConfigError: for incomplete or invalid process options.
+    """
+    given = {"--num-processes": args.num_processes, "--process-id": args.process_id}
+    if args.coordinator is None:
+        if any(v is not None for v in given.values()):
+            raise ConfigError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return
+    if args.coordinator == "auto":
+        if any(v is not None for v in given.values()):
+            raise ConfigError(
+                "--coordinator auto takes the processes from the cluster; drop --num-processes/--process-id"
+            )
+        options: dict[str, Any] = {}
+    else:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--coordinator must be HOST:PORT or auto, got {args.coordinator!r}")
+        n = checks.positive_int("--num-processes", args.num_processes, at_most=checks.MAX_COUNT)
+        if args.process_id is None or not 0 <= args.process_id < n:
+            raise ConfigError(f"--process-id must be between 0 and {n - 1}, got {args.process_id}")
+        options = {"coordinator_address": args.coordinator, "num_processes": n, "process_id": args.process_id}
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**options)
+    _JOB.append(jax.process_index())
+
+
 def cmd_meta_train(args: argparse.Namespace) -> int:
     if args.evaluate:
         _check_evaluate_options(args)
+    _start_processes(args)
     config = config_from_args(args)
     try:
         _train(
@@ -392,6 +443,8 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         if config["task"] == "mnist" and config["task_options"].get("download") is not True:
             raise DataError(f"{e} Or pass --task-option download=true to download it.") from None
         raise
+    if not _is_writer():
+        return 0
     if args.evaluate:
         # The task as named on this command line: a module:function the user has just trusted.
         print(
@@ -743,6 +796,28 @@ def _add_run(mt: argparse.ArgumentParser) -> None:
     _run_dir_options(mt)
     mt.add_argument("--evaluate", action="store_true", help="compare with tuned baselines afterwards")
     _common_eval(mt)
+    _add_processes(mt)
+
+
+def _add_processes(mt: argparse.ArgumentParser) -> None:
+    """``meta-train``'s options for one process of a ``jax.distributed`` job."""
+    mt.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="meta-train as one process of a jax.distributed job whose process 0 listens at HOST:PORT "
+        "(with --num-processes and --process-id), or 'auto' on clusters that JAX detects (SLURM, Open MPI) "
+        "(default: one process alone)",
+    )
+    mt.add_argument(
+        "--num-processes", type=int, default=None, help="processes in the job (with --coordinator; default: none)"
+    )
+    mt.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        help="this process's index, 0 to N-1 (with --coordinator; default: none)",
+    )
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -808,6 +883,17 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _error_status(argv: Sequence[str] | None) -> int:
+    """2; run as the program in a ``jax.distributed`` job, exits with it at once.
+
+    At once: a normal exit waits for every process of the job to reach its end,
+    which a process that died never does.
+    """
+    if argv is None and _JOB:
+        _exit_now(2)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``l2l-jax`` command.
 
@@ -826,11 +912,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except L2LError as e:
         print(f"l2l-jax: error: {in_flags(str(e), field_flags(parser))}", file=sys.stderr)
-        return 2
+        return _error_status(argv)
     except OSError as e:  # A read-only or full filesystem, a missing permission: files written whole stay intact.
         where = f"{e.filename}: " if e.filename is not None else ""
         print(f"l2l-jax: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return _error_status(argv)
     except Interrupted as e:
         if argv is None:
             _exit_now(int(e.code))  # type: ignore[arg-type]

@@ -1,20 +1,30 @@
-"""The drop-in optimizer across processes: ``jax.distributed`` with a mesh over every process's devices.
+"""Across processes: ``jax.distributed`` jobs with a mesh over every process's devices.
 
-Two processes on this machine (2 fake CPU devices each, collectives over gloo) hold
-the parameters sharded over the global mesh of 4 devices; ``tx.init`` and ``tx.update``
-under ``jax.jit`` with `state_shardings` give the updates that one process computes
-unsharded. Ports are chosen free, the time is bounded, and both processes are always
-reaped.
+Two processes on this machine (2 fake CPU devices each, collectives over gloo):
+
+* hold parameters sharded over the global mesh of 4 devices: ``tx.init`` and
+  ``tx.update`` under ``jax.jit`` with ``state_shardings`` give the updates that one
+  process computes unsharded;
+* meta-train together (``l2l-jax meta-train --coordinator``): the run equals one
+  process's on 4 fake devices; SIGTERM to one process stops both at the same step;
+  after one is killed, the job resumes from process 0's last checkpoint, and one
+  process resumes the job's checkpoint as well.
+
+Ports are chosen free, the time is bounded, and every process is always reaped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +32,7 @@ import numpy as np
 import pytest
 
 from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
 
 CHILD = textwrap.dedent(
     """
@@ -115,3 +126,143 @@ def test_a_model_sharded_over_two_processes_gets_the_one_process_updates(name):
         for key in ("w", "b"):
             np.testing.assert_allclose(result["params"][key], want[key], rtol=1e-5, atol=1e-6)
     assert results[0]["params"] == results[1]["params"]
+
+
+# One meta-training run: 4 tasks over 4 devices, validated and checkpointed every 2 steps.
+RUN = [
+    *("--task quadratic --horizon 20 --truncation 10 --batch-size 4 --val-tasks 4".split()),
+    *("--validate-every 2 --checkpoint-every 2 --no-progress".split()),
+]
+# The CLI as a child that first sends itself SIG at meta-step STEP (``L2L_TEST_SIGNAL=STEP:SIG``).
+CLI_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from l2l_jax import cli
+    from l2l_jax.meta import training
+    step, name = os.environ["L2L_TEST_SIGNAL"].split(":")
+    original = training.meta_train
+
+    def meta_train(*args, **kwargs):
+        def on_step(s, row):
+            if s == int(step):
+                os.kill(os.getpid(), getattr(signal, name))
+        return original(*args, **{**kwargs, "on_step": on_step})
+
+    cli.meta_train = meta_train
+    sys.argv[0] = "l2l-jax"
+    sys.exit(cli.main())  # As the program: errors in a job exit at once.
+    """
+)
+
+
+def meta_train_processes(run_dir: Path, steps: int, signals: dict[int, str] | None = None) -> list[tuple[int, str]]:
+    """``l2l-jax meta-train`` as processes 0 and 1 of one job into ``run_dir``; their exit statuses and stderr.
+
+    ``signals``: process index -> ``"STEP:SIGNAL"``, sent by that process to itself
+    after meta-step STEP. After a process dies of SIGKILL, the others get 10 s to
+    stop before they are killed (a job whose host died is torn down).
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    port = free_port()
+    args = [*RUN, "--meta-steps", str(steps), "--run-dir", str(run_dir), "--coordinator", f"127.0.0.1:{port}"]
+    procs = []
+    try:
+        for i in range(2):
+            child_env = {**env, "L2L_TEST_SIGNAL": (signals or {}).get(i, "0:SIGTERM")}
+            cmd = [sys.executable, "-c", CLI_CHILD, "meta-train", *args, "--num-processes", "2", "--process-id", str(i)]
+            procs.append(
+                subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        deadline = time.monotonic() + 240
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode == -signal.SIGKILL for p in procs):
+                deadline = min(deadline, time.monotonic() + 10)
+            time.sleep(0.2)
+    finally:
+        for proc in procs:  # Reaped whatever happened, so no process outlives the test.
+            if proc.poll() is None:
+                proc.kill()
+    return [(p.wait(), p.communicate()[1]) for p in procs]
+
+
+def one_process_run(run_dir: Path, steps: int) -> None:
+    """The same run in one process over 4 fake devices."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    cmd = [sys.executable, "-m", "l2l_jax", "meta-train", *RUN, "--meta-steps", str(steps), "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def assert_same_run(got: Path, want: Path) -> None:
+    """Equal metrics rows and trained φ, up to float rounding."""
+    rows, want_rows = rd.read_metrics(got / rd.METRICS), rd.read_metrics(want / rd.METRICS)
+    assert [r["step"] for r in rows] == [r["step"] for r in want_rows]
+    for key in ("meta_loss", "grad_norm", "val_loss"):
+        np.testing.assert_allclose(
+            [r.get(key, np.nan) for r in rows], [r.get(key, np.nan) for r in want_rows], rtol=1e-5
+        )
+    _, phi = pretrained.load_meta_params(got)
+    _, want_phi = pretrained.load_meta_params(want)
+    for a, b in zip(jax.tree.leaves(phi), jax.tree.leaves(want_phi)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_training_over_two_processes_equals_the_one_process_run_on_four_devices(tmp_path):
+    (status0, err0), (status1, err1) = meta_train_processes(tmp_path / "two", 4)
+    assert (status0, status1) == (0, 0), err0[-3000:] + err1[-3000:]
+    one_process_run(tmp_path / "one", 4)
+    assert_same_run(tmp_path / "two", tmp_path / "one")
+    assert (tmp_path / "two" / rd.PLOT).exists()  # Process 0 wrote everything; process 1 wrote nothing.
+
+
+def test_processes_started_with_different_settings_all_stop_with_an_error(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "l2l_jax", "meta-train", *RUN, "--meta-steps", "2", "--seed", str(i)]
+            + ["--run-dir", str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    for proc, err in zip(procs, errors):
+        assert proc.returncode == 2, err[-3000:]
+        assert "process(es) [1] of the job were started with other settings than process 0" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_job_stops_together_on_sigterm_and_resumes_after_a_process_is_killed(tmp_path):
+    run = tmp_path / "two"
+    # SIGTERM to process 1 after step 3: both save step 3 and exit 143.
+    results = meta_train_processes(run, 6, {1: "3:SIGTERM"})
+    assert [status for status, _ in results] == [143, 143], results[0][1][-3000:] + results[1][1][-3000:]
+    assert rd.read_metrics(run / rd.METRICS)[-1]["step"] == 3
+    shutil.copytree(run, tmp_path / "copy")
+    # Process 1 killed after step 5: the job is torn down; the last checkpoint is step 4's.
+    results = meta_train_processes(run, 6, {1: "5:SIGKILL"})
+    assert results[1][0] == -signal.SIGKILL
+    assert results[0][0] == 2 and "did a process of the job stop?" in results[0][1], results[0][1][-3000:]
+    assert rd.read_metrics(run / rd.METRICS)[-1]["step"] >= 4
+    # Started again, the job resumes and finishes the run an uninterrupted one-process run gives.
+    results = meta_train_processes(run, 6)
+    assert [status for status, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    one_process_run(tmp_path / "one", 6)
+    assert_same_run(run, tmp_path / "one")
+    # The checkpoint is one process's format: the copy from step 3 resumes in one process too.
+    one_process_run(tmp_path / "copy", 6)
+    assert_same_run(tmp_path / "copy", tmp_path / "one")

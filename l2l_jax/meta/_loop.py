@@ -9,6 +9,7 @@ of a completed step, which is what an interruption saves.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from l2l_jax.errors import MetaTrainingError
+from l2l_jax.errors import MetaTrainingError, Terminated
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta._devices import place, task_constraint
 from l2l_jax.meta._signals import signals_deferred
@@ -83,8 +84,8 @@ def compile_steps(
     Tasks and perturbations are drawn from the step number, so the run does not
     depend on how the steps are grouped into calls.
     """
-    if mesh is not None:
-        state = place(state, mesh)
+    # Committed (placed explicitly) from the start, as every call returns it: one compilation for the run.
+    state = place(state, mesh) if mesh is not None else jax.device_put(state, jnp.asarray(state.step).sharding)
     constrain = task_constraint(mesh)
 
     def run_steps(state: MetaTrainState, num_steps: int) -> tuple[MetaTrainState, dict[str, jax.Array]]:
@@ -119,6 +120,7 @@ def run_loop(
     bar: tqdm,
     on_step: Callable[[int, dict[str, Any]], None] | None,
     max_consecutive_skipped: int | None,
+    stop: Callable[[], int] | None = None,
 ) -> MetaTrainState:
     """Runs the meta-steps from ``state`` to the end (or a stop) and returns the last state; extends ``history``.
 
@@ -126,6 +128,12 @@ def run_loop(
     row were skipped (``check_progress`` then says so). On ``KeyboardInterrupt``
     (and ``Terminated``), checkpoints the last completed step with signals held
     off, closes ``bar`` and re-raises.
+
+    ``stop``, for runs over several processes: called after every call, it
+    returns the signal that any process received (0: none); the loop then
+    checkpoints and raises ``Terminated`` (SIGTERM) or ``KeyboardInterrupt`` at
+    the same step on every process. A ``KeyboardInterrupt`` raised in the loop
+    itself is then re-raised without a checkpoint, which needs every process.
     """
     try:
         done = int(state.step)
@@ -148,6 +156,12 @@ def run_loop(
             if on_step is not None:
                 for row in rows:
                     on_step(row["step"], row)
+            signum = stop() if stop is not None else 0
+            if signum:
+                if not saved:
+                    checkpoint(state)
+                bar.close()
+                raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt()
             if max_consecutive_skipped is not None and (
                 skipped_in_a_row(history, max_consecutive_skipped) >= max_consecutive_skipped
             ):
@@ -156,8 +170,9 @@ def run_loop(
                 break
     except KeyboardInterrupt:
         # `state` is always a completed step: save it so the run resumes from here.
-        with signals_deferred():
-            checkpoint(state)
+        if stop is None:
+            with signals_deferred():
+                checkpoint(state)
         bar.close()
         raise
     return state
@@ -191,10 +206,11 @@ def _validated(
     val = float(validate(state.meta_params))
     rows[-1]["val_loss"] = val
     if math.isfinite(val) and val < float(state.best_val):
+        # Placed as the compiled steps return them, so the next call does not compile again.
         state = state._replace(
             best_meta_params=state.meta_params,
-            best_val=jnp.asarray(val, jnp.float32),
-            best_step=jnp.asarray(done, jnp.int32),
+            best_val=sh.put(jnp.asarray(val, jnp.float32), state.best_val.sharding),
+            best_step=sh.put(jnp.asarray(done, jnp.int32), state.best_step.sharding),
         )
     return state
 

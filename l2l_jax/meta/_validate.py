@@ -66,13 +66,14 @@ def validator(
     inners = [_runs(optimizer, f, meta_params, k, n, mesh) for (f, n, _), k in zip(parts, keys)]
 
     @jax.jit
-    def validate(phi: MetaParams) -> jax.Array:
+    def loss(phi: MetaParams, inners: list[InnerState]) -> jax.Array:
         losses = [
             validation_loss(optimizer, phi, f, inner, num_steps, weighting) for (f, _, _), inner in zip(parts, inners)
         ]
         return losses[0] if len(losses) == 1 else sum(w * x for (_, _, w), x in zip(parts, losses))
 
-    return validate
+    # The runs are an argument, not a constant: over several processes each holds only its share.
+    return lambda phi: loss(phi, inners)
 
 
 def _runs(

@@ -3,11 +3,14 @@
 φ and the meta-optimizer state are small: every device keeps a full copy. The inner
 runs (each task's θ, optimizer state, keys) are split along their leading task axis
 over a one-dimensional mesh named ``"tasks"``. ``jax.jit`` then runs each device's
-share of the ``vmap``-ed unroll locally and averages the meta-gradient with one
-all-reduce; the numbers are those of one device, up to float reassociation.
+share of the ``vmap``-ed unroll locally and averages the meta-gradient with
+all-reduces (one per meta-step for ES and PES; one per inner step for truncated
+BPTT, whose φ gradient XLA reduces inside the backward loop); the numbers are
+those of one device, up to float reassociation.
 
-One process: meta-training over several processes (``jax.distributed``) is not
-supported yet.
+Several processes (``jax.distributed``): the mesh spans every process's devices,
+each process places its own share of the state, and process 0 alone writes the
+run directory (see the guide page "Meta-training on several hosts").
 """
 
 from __future__ import annotations
@@ -68,9 +71,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def shard_tasks(tree: PyTree, mesh: Mesh) -> PyTree:
     """Places every leaf (leading axis = tasks) split over the mesh."""
-    return jax.device_put(tree, task_sharding(mesh))
+    return put(tree, task_sharding(mesh))
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Places every leaf whole on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    return put(tree, replicated(mesh))
+
+
+def put(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
+    """``jax.device_put(tree, sharding)``; over several processes, each places its shards of the (same) whole value."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> jax.Array:
+        whole = np.asarray(x)
+        return jax.make_array_from_callback(whole.shape, sharding, lambda index: whole[index])
+
+    return jax.tree.map(put, tree)

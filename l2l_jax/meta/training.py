@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import serialization
 from tqdm import tqdm
 
 from l2l_jax import checks as v
@@ -31,6 +33,7 @@ from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, L2LError
+from l2l_jax.meta import _processes as processes
 from l2l_jax.meta import estimators as estimators_lib
 from l2l_jax.meta import sharding as sh
 from l2l_jax.meta._checkpoints import best, check_restored, save
@@ -399,6 +402,14 @@ def meta_train(
     (``components``), so a run cannot be resumed with another ``family=`` or
     ``optimizer=``.
 
+    Over several processes of one ``jax.distributed`` job, every process calls
+    ``meta_train`` with the same arguments after ``jax.distributed.initialize``.
+    The tasks are split over devices of every process; process 0 alone locks,
+    reads and writes ``run_dir`` and sends what it restored to the others; every
+    process returns the same result. SIGINT or SIGTERM to any process stops all
+    of them at the same step, after a checkpoint. See the guide page "Meta-training on
+    several hosts".
+
     Args:
       config: the run's settings.
       run_dir: where to write config, metrics, checkpoints and the trained φ
@@ -447,7 +458,8 @@ def meta_train(
       A ``MetaTrainResult``; ``result.as_optax()`` is the trained optimizer.
 
     Raises:
-      ConfigError: for invalid settings, or a run directory holding another config
+      ConfigError: for invalid settings, processes of a job started with different
+        ones, or a run directory holding another config
         or a run built from other components, or a ``config.init`` source that has
         changed since the run in ``run_dir`` started from it.
       UnknownNameError: if ``config.init`` is neither a shipped name nor an existing path.
@@ -455,29 +467,39 @@ def meta_train(
         this config (without ``overwrite``), or one of its files is damaged, or its
         checkpoint holds a non-finite φ or meta-optimizer state.
       RunDirectoryBusyError: if another process is writing to ``run_dir``.
-      MetaTrainingError: if every meta-step of the run was skipped (φ untrained), or
+      MetaTrainingError: if another process of the job failed (naming it and its
+        error), or if every meta-step of the run was skipped (φ untrained), or
         ``max_consecutive_skipped`` steps in a row were (the run stops there; its
         checkpoint and best φ so far are saved).
       KeyboardInterrupt: on Ctrl-C, and ``Terminated`` on
         SIGTERM, after saving a checkpoint to resume from.
     """
-    steps_per_call = v.positive_int("steps_per_call", steps_per_call, at_most=v.MAX_COUNT)
-    if max_consecutive_skipped is not None:
-        max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
     run_path = Path(run_dir) if run_dir is not None else None
-    if config.init is not None:
-        config, optimizer, init_meta_params = _from_init(
-            config, run_path, optimizer, init_meta_params, resume=resume, overwrite=overwrite
-        )
+    several = processes.several()
+
+    def prepare() -> tuple[_Run, MetaTrainState]:
+        nonlocal config, optimizer, init_meta_params, steps_per_call, max_consecutive_skipped
+        steps_per_call = v.positive_int("steps_per_call", steps_per_call, at_most=v.MAX_COUNT)
+        if max_consecutive_skipped is not None:
+            max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
+        if config.init is not None:
+            config, optimizer, init_meta_params = _from_init(
+                config, run_path, optimizer, init_meta_params, resume=resume, overwrite=overwrite
+            )
+        return _build_run(config, family, optimizer, meta_optimizer, init_meta_params, devices)
+
     with contextlib.ExitStack() as stack:
-        run, state = _build_run(config, family, optimizer, meta_optimizer, init_meta_params, devices)
+        run, state = processes.outcome(prepare) if several else prepare()
+        if several:
+            options = [run_path is None, resume, overwrite, steps_per_call, max_consecutive_skipped]
+            _check_same_everywhere(run, meta_optimizer, options)
         initial_meta_params = state.meta_params
         history: list[dict[str, Any]] = []
         if run_path is not None:
-            stack.enter_context(rd.lock(run_path))
-            state, history = _open_run_directory(
-                run_path, run, state, meta_optimizer, resume=resume, overwrite=overwrite
+            open_ = functools.partial(
+                _open_run_directory, stack, run_path, run, state, meta_optimizer, resume=resume, overwrite=overwrite
             )
+            state, history = _opened_by_writer(open_, state)
         start = int(state.step)
         if on_start is not None:
             on_start(start)
@@ -486,11 +508,11 @@ def meta_train(
             total=config.num_meta_steps,
             initial=start,
             desc="meta-train",
-            disable=not progress or start >= config.num_meta_steps,  # A finished run shows no bar.
+            disable=not progress or start >= config.num_meta_steps or not processes.is_writer(),
             unit="step",
             mininterval=0.5,
         )
-        stack.enter_context(sigterm_raises_terminated())
+        stop = _stop_handling(stack, run_path)
         state = run_loop(
             state,
             history,
@@ -501,9 +523,12 @@ def meta_train(
             bar=bar,
             on_step=on_step,
             max_consecutive_skipped=max_consecutive_skipped,
+            stop=stop,
         )
         bar.close()
         check_progress(state, history, config.num_meta_steps, max_consecutive_skipped, run_path)
+        if several:  # Local copies: φ as one process's arrays, usable outside the job's mesh.
+            state = jax.tree.map(jnp.asarray, processes.gather(state._replace(inner=())))
         return MetaTrainResult(
             optimizer=run.optimizer,
             meta_params=best(state)[0],
@@ -615,11 +640,14 @@ def _build_run(
     val_parts = _parts(family, config.num_val_tasks) if config.validate_every else []  # Only if it validates.
     check_sizes(config, jax.eval_shape(init_state), [(optimizer, f, n) for f, n, _ in val_parts])
     mesh = task_mesh(devices, [n for _, n, _ in parts], config.tasks_per_chunk)
+    if processes.several():
+        processes.check_mesh(mesh, [n for _, n, _ in parts])
     run = _Run(config, optimizer, family, meta_tx, members, keys, horizon, val_parts, mesh)
     return run, init_state()
 
 
 def _open_run_directory(
+    stack: contextlib.ExitStack,
     run_path: Path,
     run: _Run,
     fresh: MetaTrainState,
@@ -630,16 +658,17 @@ def _open_run_directory(
 ) -> tuple[MetaTrainState, list[dict[str, Any]]]:
     """The state and metrics rows to go on from: restored from ``run_path``'s checkpoint, or ``(fresh, [])``.
 
-    Call it with the directory's lock held. ``meta_optimizer`` is the one passed in
-    code, if any (``components`` records it as ``"custom"``).
+    Locks the directory for ``stack``'s life first. ``meta_optimizer`` is the one
+    passed in code, if any (``components`` records it as ``"custom"``).
 
     Raises:
       ConfigError, RunDirectoryError: as ``l2l_jax.run_directory.open_for_training``, and
         ``RunDirectoryError`` for a checkpoint holding a non-finite φ or meta-optimizer state.
     """
+    stack.enter_context(rd.lock(run_path))
     config = run.config
     may_differ = ("num_meta_steps",) if config.meta_lr_schedule == "constant" else ()
-    recorded = {**config.to_dict(), COMPONENTS: components(config, run.family, run.optimizer, meta_optimizer)}
+    recorded = _recorded(run, meta_optimizer)
     state, history = rd.open_for_training(
         run_path,
         recorded,
@@ -652,6 +681,60 @@ def _open_run_directory(
     if state is not fresh:
         check_restored(run_path / rd.CHECKPOINT, state, fresh)
     return state, history
+
+
+def _check_same_everywhere(run: _Run, meta_optimizer: optax.GradientTransformation | None, options: list[Any]) -> None:
+    """Raises ``ConfigError`` on every process of the job unless they all run the same run the same way."""
+    processes.check_same(
+        "config, devices, run_dir given or not, resume, overwrite, steps_per_call or max_consecutive_skipped",
+        {
+            "config": _recorded(run, meta_optimizer),
+            "devices": [d.id for d in run.mesh.devices.flat] if run.mesh is not None else None,
+            "options": options,
+        },
+    )
+
+
+def _stop_handling(stack: contextlib.ExitStack, run_path: Path | None) -> Callable[[], int] | None:
+    """Signal handling for ``stack``'s life, and the loop's ``stop`` (``None`` in one process).
+
+    One process: SIGTERM raises ``Terminated`` at once. Several: SIGINT and
+    SIGTERM are recorded, every process stops at the same step (``run_loop``),
+    and a failure of the job's computations raises ``MetaTrainingError``.
+    """
+    if not processes.several():
+        stack.enter_context(sigterm_raises_terminated())
+        return None
+    stack.enter_context(processes.peer_failures(run_path))
+    requests = stack.enter_context(processes.StopRequests().recorded())
+    return lambda: processes.agreed_stop(requests.signum)
+
+
+def _recorded(run: _Run, meta_optimizer: optax.GradientTransformation | None) -> dict[str, Any]:
+    """What the run directory records of the run: its config and what it was built from (``components``)."""
+    config = run.config
+    return {**config.to_dict(), COMPONENTS: components(config, run.family, run.optimizer, meta_optimizer)}
+
+
+def _opened_by_writer(
+    open_: Callable[[], tuple[MetaTrainState, list[dict[str, Any]]]], fresh: MetaTrainState
+) -> tuple[MetaTrainState, list[dict[str, Any]]]:
+    """``open_()`` (``_open_run_directory``); over several processes, process 0's, sent to the others.
+
+    Process 0 alone runs ``open_`` and sends the state and metrics rows it
+    restored (if any) to the others, which start from ``fresh`` otherwise.
+    """
+    if not processes.several():
+        return open_()
+    opened = processes.outcome(open_, writer_only=True)
+    restored = opened is not None and opened[0] is not fresh
+    data = processes.broadcast_bytes(
+        None if opened is None else (serialization.to_bytes(opened[0]) if restored else b"")
+    )
+    if not data:
+        return fresh, []
+    rows = processes.broadcast_bytes(None if opened is None else json.dumps(opened[1]).encode())
+    return serialization.from_bytes(fresh, data), json.loads(rows)
 
 
 def _compiled(
@@ -686,10 +769,19 @@ def _compiled(
 
 
 def _checkpoint(run_path: Path | None, run: _Run, history: list[dict[str, Any]], state: MetaTrainState) -> None:
-    """Saves ``state``, its best φ and the metrics rows ``history`` to ``run_path`` (nothing if ``None``)."""
+    """Saves ``state``, its best φ and the metrics rows ``history`` to ``run_path`` (nothing if ``None``).
+
+    Over several processes, every process gathers the state and process 0 writes it.
+    """
     if run_path is None:
         return
-    save(run_path, run.optimizer, run.family, run.config.to_dict(), state, history)
+    if not processes.several():
+        save(run_path, run.optimizer, run.family, run.config.to_dict(), state, history)
+        return
+    whole = processes.gather(state)
+    processes.outcome(
+        lambda: save(run_path, run.optimizer, run.family, run.config.to_dict(), whole, history), writer_only=True
+    )
 
 
 def check_sizes(
