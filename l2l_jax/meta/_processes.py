@@ -49,8 +49,8 @@ def check_mesh(mesh: sh.Mesh | None, batch_sizes: list[int]) -> None:
     if mesh is None:
         raise ConfigError(
             f"meta-training over {processes} processes splits the tasks over the devices of every process: "
-            f"batch_size {batch_sizes} must split evenly over the {devices} devices (devices=None), or pass "
-            "devices= with some of every process's devices"
+            f"the tasks of a meta-step ({_tasks(batch_sizes)}) must split evenly over the {devices} devices "
+            "(devices=None), or over those passed as devices=, with some of every process's"
         )
     missing = set(range(processes)) - {d.process_index for d in mesh.devices.flat}
     if missing:
@@ -58,6 +58,13 @@ def check_mesh(mesh: sh.Mesh | None, batch_sizes: list[int]) -> None:
             f"devices= leaves out every device of process(es) {sorted(missing)}: over several processes, "
             "each must hold some of the tasks; pass devices=None or a list with devices of every process"
         )
+
+
+def _tasks(batch_sizes: list[int]) -> str:
+    """``"8"``, or ``"2 + 6 of the mixture's members"``."""
+    if len(batch_sizes) == 1:
+        return str(batch_sizes[0])
+    return " + ".join(map(str, batch_sizes)) + " of the mixture's members"
 
 
 def outcome(fn: Callable[[], T], *, writer_only: bool = False) -> T | None:
