@@ -110,6 +110,23 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["meta-train", "--estimator-option", "sigma", "--run-dir", "X"], "--estimator-option takes KEY=VALUE"),
         (["meta-train", "--estimator", "es", "--sigma", "-1", "--run-dir", "X"], "sigma must be a positive number"),
         (["meta-train", "--estimator", "pes", "--pairs", "0", "--run-dir", "X"], "num_pairs must be a positive"),
+        (
+            ["meta-train", "--num-processes", "2", "--run-dir", "X"],
+            "--num-processes and --process-id need --coordinator",
+        ),
+        (["meta-train", "--coordinator", "host", "--run-dir", "X"], "--coordinator must be HOST:PORT or auto"),
+        (
+            ["meta-train", "--coordinator", "h:1", "--num-processes", "0", "--process-id", "0", "--run-dir", "X"],
+            "--num-processes must be a positive integer",
+        ),
+        (
+            ["meta-train", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "2", "--run-dir", "X"],
+            "--process-id must be between 0 and 1, got 2",
+        ),
+        (
+            ["meta-train", "--coordinator", "auto", "--process-id", "1", "--run-dir", "X"],
+            "--coordinator auto takes the processes from the cluster",
+        ),
     ],
 )
 def test_bad_input_prints_one_clear_line(argv, message, tmp_path, capsys):
