@@ -392,6 +392,20 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def _check_port_free(port: int) -> None:
+    """Raises ``ConfigError`` if process 0 cannot listen on ``port`` (JAX would crash on it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise ConfigError(
+                f"--coordinator: process 0 cannot listen on port {port} ({e.strerror}); choose a free port"
+            ) from None
+
+
 def _start_processes(args: argparse.Namespace) -> None:
     """Joins the ``jax.distributed`` job that ``--coordinator`` names, if any (collectives over gloo on CPUs).
 
@@ -417,6 +431,8 @@ def _start_processes(args: argparse.Namespace) -> None:
         if args.process_id is None or not 0 <= args.process_id < n:
             raise ConfigError(f"--process-id must be between 0 and {n - 1}, got {args.process_id}")
         options = {"coordinator_address": args.coordinator, "num_processes": n, "process_id": args.process_id}
+        if args.process_id == 0:
+            _check_port_free(int(port))
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

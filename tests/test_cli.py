@@ -447,3 +447,16 @@ def test_a_bad_option_is_named_by_its_flag_not_its_python_field(flags, named, tm
     err = capsys.readouterr().err
     assert named in err, err
     assert not any(field in err for field in ("num_val_tasks", "batch_size", "tasks_per_chunk")), err
+
+
+def test_process_0_refuses_a_coordinator_port_in_use(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["meta-train", "--run-dir", str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}"]
+        assert cli.main([*argv, "--num-processes", "2", "--process-id", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"process 0 cannot listen on port {port}" in err and "Traceback" not in err
