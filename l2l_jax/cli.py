@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -231,6 +232,8 @@ def _train(
             )
         raise Interrupted(128 + e.signum if isinstance(e, Terminated) else 130) from None
     steps_run = total - result.start_step
+    if _JOB:  # The job ends with meta-training; process 0 goes on alone (plot, evaluation).
+        _leave_job()
     if not writer:
         return result
     if steps_run == 0:
@@ -381,7 +384,7 @@ def _estimator_help() -> str:
     return f"an option of the meta-gradient estimator, e.g. sigma=0.02 (repeatable); each one's options and defaults: {listed}"
 
 
-#: This process's index once it has joined a ``jax.distributed`` job (``--coordinator``).
+#: This process's index while it is in a ``jax.distributed`` job (``--coordinator``).
 _JOB: list[int] = []
 
 
@@ -404,6 +407,14 @@ def _check_port_free(port: int) -> None:
             raise ConfigError(
                 f"--coordinator: process 0 cannot listen on port {port} ({e.strerror}); choose a free port"
             ) from None
+
+
+def _leave_job() -> None:
+    """Ends this process's part in the ``jax.distributed`` job (every process calls it); local JAX still works."""
+    import jax
+
+    jax.distributed.shutdown()
+    _JOB.clear()
 
 
 def _start_processes(args: argparse.Namespace) -> None:
@@ -941,6 +952,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:
             print("\ninterrupted", file=sys.stderr)
             _exit_now(128 + e.signum if isinstance(e, Terminated) else 130)
+        raise
+    except Exception:
+        if argv is None and _JOB:  # In a job: exit at once, as for the errors above.
+            traceback.print_exc()
+            _exit_now(1)
         raise
 
 

@@ -2,8 +2,10 @@
 
 Every process runs the same meta-training over a mesh of every process's devices.
 Process 0 alone touches the run directory; the others receive what it read and
-learn whether its writes succeeded. Each helper here is a collective: every
-process calls it at the same point of the run, or the job waits.
+learn whether its writes succeeded. The helpers that exchange data (``together``,
+``on_writer``, ``check_same``, ``broadcast_bytes``, ``gather``, ``agreed_stop``)
+are collectives: every process calls them at the same point of the run, or the
+job waits.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def check_mesh(mesh: sh.Mesh | None, batch_sizes: list[int]) -> None:
     if mesh is None:
         raise ConfigError(
             f"meta-training over {processes} processes splits the tasks over the devices of every process: "
-            f"the tasks of a meta-step ({_tasks(batch_sizes)}) must split evenly over the {devices} devices "
-            "(devices=None), or over those passed as devices=, with some of every process's"
+            f"the tasks of a meta-step ({_tasks(batch_sizes)}) must split evenly over devices of every process "
+            f"(devices=None: all {devices})"
         )
     missing = set(range(processes)) - {d.process_index for d in mesh.devices.flat}
     if missing:
@@ -67,21 +69,29 @@ def _tasks(batch_sizes: list[int]) -> str:
     return " + ".join(map(str, batch_sizes)) + " of the mixture's members"
 
 
-def outcome(fn: Callable[[], T], *, writer_only: bool = False) -> T | None:
-    """Runs ``fn`` (on process 0 only, with ``writer_only``) and raises on every process if it failed on any.
+def together(fn: Callable[[], T]) -> T:
+    """``fn()`` in every process, raising in every process if it failed in any (see ``_shared``)."""
+    return _shared(fn, run_here=True)  # type: ignore[return-value]
 
-    The process where ``fn`` raised re-raises its own exception; the others raise
-    ``MetaTrainingError`` naming that process and its error, so no process goes on
-    to wait for a peer that has stopped.
 
-    Returns:
-      ``fn()``'s result where it ran, else ``None``.
+def on_writer(fn: Callable[[], T]) -> T | None:
+    """``fn()`` in process 0 only (``None`` elsewhere), raising in every process if it failed (see ``_shared``)."""
+    return _shared(fn, run_here=is_writer())
+
+
+def _shared(fn: Callable[[], T], *, run_here: bool) -> T | None:
+    """Runs ``fn`` here if ``run_here``; then every process learns whether it failed anywhere.
+
+    The process where ``fn`` raised (anything, a ``KeyboardInterrupt`` included)
+    re-raises its own exception; the others raise ``MetaTrainingError`` naming
+    that process and its error, so no process goes on to wait for a peer that has
+    stopped.
     """
     result, error = None, None
-    if is_writer() or not writer_only:
+    if run_here:
         try:
             result = fn()
-        except Exception as e:  # Shared with the peers, then re-raised below.
+        except BaseException as e:  # Shared with the peers, then re-raised below.
             error = e
     text = "" if error is None else f"{type(error).__name__}: {error}"
     data = text.encode()[:_MESSAGE_BYTES]
@@ -112,8 +122,10 @@ def check_same(label: str, value: Any) -> None:
 
 def broadcast_bytes(data: bytes | None) -> bytes:
     """Process 0's ``data`` on every process (the others pass ``None``)."""
-    size = np.asarray([0 if data is None else len(data)], np.int64)
-    size = int(np.asarray(multihost_utils.broadcast_one_to_all(size))[0])
+    size = np.frombuffer((0 if data is None else len(data)).to_bytes(8, "little"), np.uint8).copy()
+    size = int.from_bytes(bytes(np.asarray(multihost_utils.broadcast_one_to_all(size), np.uint8)), "little")
+    if size == 0:
+        return b""
     payload = np.zeros(size, np.uint8) if data is None else np.frombuffer(data, np.uint8).copy()
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(payload), np.uint8))
 

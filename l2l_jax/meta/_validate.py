@@ -60,7 +60,7 @@ def validator(
       mesh: the devices the tasks are split over (``None``: the default device).
 
     Returns:
-      ``validate(φ)``, a jitted function returning a scalar.
+      ``validate(φ)``, returning a scalar from one compiled call.
     """
     keys = [key] if len(parts) == 1 else [jax.random.fold_in(key, k) for k in range(len(parts))]
     inners = [_runs(optimizer, f, meta_params, k, n, mesh) for (f, n, _), k in zip(parts, keys)]
@@ -72,8 +72,11 @@ def validator(
         ]
         return losses[0] if len(losses) == 1 else sum(w * x for (_, _, w), x in zip(parts, losses))
 
-    # The runs are an argument, not a constant: over several processes each holds only its share.
-    return lambda phi: loss(phi, inners)
+    def validate(phi: MetaParams) -> jax.Array:
+        # The runs are an argument, not a constant: over several processes each holds only its share.
+        return loss(phi, inners)
+
+    return validate
 
 
 def _runs(

@@ -84,8 +84,8 @@ def put(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
     if sharding.is_fully_addressable:
         return jax.device_put(tree, sharding)
 
-    def put(x: Any) -> jax.Array:
+    def place(x: Any) -> jax.Array:
         whole = np.asarray(x)
         return jax.make_array_from_callback(whole.shape, sharding, lambda index: whole[index])
 
-    return jax.tree.map(put, tree)
+    return jax.tree.map(place, tree)

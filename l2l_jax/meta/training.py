@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import serialization
 from tqdm import tqdm
@@ -474,25 +476,25 @@ def meta_train(
       KeyboardInterrupt: on Ctrl-C, and ``Terminated`` on
         SIGTERM, after saving a checkpoint to resume from.
     """
+    steps_per_call = v.positive_int("steps_per_call", steps_per_call, at_most=v.MAX_COUNT)
+    if max_consecutive_skipped is not None:
+        max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
     run_path = Path(run_dir) if run_dir is not None else None
     several = processes.several()
 
     def prepare() -> tuple[_Run, MetaTrainState]:
-        nonlocal config, optimizer, init_meta_params, steps_per_call, max_consecutive_skipped
-        steps_per_call = v.positive_int("steps_per_call", steps_per_call, at_most=v.MAX_COUNT)
-        if max_consecutive_skipped is not None:
-            max_consecutive_skipped = v.positive_int("max_consecutive_skipped", max_consecutive_skipped)
-        if config.init is not None:
-            config, optimizer, init_meta_params = _from_init(
-                config, run_path, optimizer, init_meta_params, resume=resume, overwrite=overwrite
-            )
-        return _build_run(config, family, optimizer, meta_optimizer, init_meta_params, devices)
+        cfg, opt, phi = config, optimizer, init_meta_params
+        if cfg.init is not None:
+            cfg, opt, phi = _from_init(cfg, run_path, opt, phi, resume=resume, overwrite=overwrite)
+        return _build_run(cfg, family, opt, meta_optimizer, phi, devices)
 
     with contextlib.ExitStack() as stack:
-        run, state = processes.outcome(prepare) if several else prepare()
+        stop = _job_handling(stack, run_path) if several else None
+        run, state = processes.together(prepare) if several else prepare()
+        config = run.config
         if several:
             options = [run_path is None, resume, overwrite, steps_per_call, max_consecutive_skipped]
-            _check_same_everywhere(run, meta_optimizer, options)
+            _check_same_everywhere(run, meta_optimizer, state.meta_params, options)
         initial_meta_params = state.meta_params
         history: list[dict[str, Any]] = []
         if run_path is not None:
@@ -508,11 +510,13 @@ def meta_train(
             total=config.num_meta_steps,
             initial=start,
             desc="meta-train",
+            # A finished run shows no bar; in a job, only process 0 shows one.
             disable=not progress or start >= config.num_meta_steps or not processes.is_writer(),
             unit="step",
             mininterval=0.5,
         )
-        stop = _stop_handling(stack, run_path)
+        if not several:
+            stack.enter_context(sigterm_raises_terminated())
         state = run_loop(
             state,
             history,
@@ -683,28 +687,30 @@ def _open_run_directory(
     return state, history
 
 
-def _check_same_everywhere(run: _Run, meta_optimizer: optax.GradientTransformation | None, options: list[Any]) -> None:
+def _check_same_everywhere(
+    run: _Run, meta_optimizer: optax.GradientTransformation | None, meta_params: MetaParams, options: list[Any]
+) -> None:
     """Raises ``ConfigError`` on every process of the job unless they all run the same run the same way."""
+    phi = hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(meta_params))).hexdigest()
     processes.check_same(
-        "config, devices, run_dir given or not, resume, overwrite, steps_per_call or max_consecutive_skipped",
+        "config, starting φ, devices, run_dir given or not, resume, overwrite, steps_per_call or "
+        "max_consecutive_skipped",
         {
             "config": _recorded(run, meta_optimizer),
+            "phi": phi,
             "devices": [d.id for d in run.mesh.devices.flat] if run.mesh is not None else None,
             "options": options,
         },
     )
 
 
-def _stop_handling(stack: contextlib.ExitStack, run_path: Path | None) -> Callable[[], int] | None:
-    """Signal handling for ``stack``'s life, and the loop's ``stop`` (``None`` in one process).
+def _job_handling(stack: contextlib.ExitStack, run_path: Path | None) -> Callable[[], int]:
+    """In a job of several processes, for ``stack``'s life: signals recorded, failures named; the loop's ``stop``.
 
-    One process: SIGTERM raises ``Terminated`` at once. Several: SIGINT and
-    SIGTERM are recorded, every process stops at the same step (``run_loop``),
-    and a failure of the job's computations raises ``MetaTrainingError``.
+    SIGINT and SIGTERM are recorded, and every process stops at the same step
+    (``run_loop``); a failure of the job's computations or collectives raises
+    ``MetaTrainingError``.
     """
-    if not processes.several():
-        stack.enter_context(sigterm_raises_terminated())
-        return None
     stack.enter_context(processes.peer_failures(run_path))
     requests = stack.enter_context(processes.StopRequests().recorded())
     return lambda: processes.agreed_stop(requests.signum)
@@ -726,14 +732,18 @@ def _opened_by_writer(
     """
     if not processes.several():
         return open_()
-    opened = processes.outcome(open_, writer_only=True)
-    restored = opened is not None and opened[0] is not fresh
-    data = processes.broadcast_bytes(
-        None if opened is None else (serialization.to_bytes(opened[0]) if restored else b"")
-    )
+
+    def packed() -> tuple[bytes, bytes]:
+        state, history = open_()
+        if state is fresh:
+            return b"", b""
+        return serialization.to_bytes(state), json.dumps(history).encode()
+
+    mine = processes.on_writer(packed)
+    data = processes.broadcast_bytes(None if mine is None else mine[0])
     if not data:
         return fresh, []
-    rows = processes.broadcast_bytes(None if opened is None else json.dumps(opened[1]).encode())
+    rows = processes.broadcast_bytes(None if mine is None else mine[1])
     return serialization.from_bytes(fresh, data), json.loads(rows)
 
 
@@ -779,9 +789,7 @@ def _checkpoint(run_path: Path | None, run: _Run, history: list[dict[str, Any]],
         save(run_path, run.optimizer, run.family, run.config.to_dict(), state, history)
         return
     whole = processes.gather(state)
-    processes.outcome(
-        lambda: save(run_path, run.optimizer, run.family, run.config.to_dict(), whole, history), writer_only=True
-    )
+    processes.on_writer(lambda: save(run_path, run.optimizer, run.family, run.config.to_dict(), whole, history))
 
 
 def check_sizes(
