@@ -15,6 +15,7 @@ Ports are chosen free, the time is bounded, and every process is always reaped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -74,36 +76,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(name: str, timeout: float = 240) -> list[dict]:
-    """Runs ``CHILD`` as processes 0 and 1 of one ``jax.distributed`` job; their RESULT objects."""
+def run_job(
+    commands: list[list[str]], envs: list[dict[str, str]] | None = None, timeout: float = 240
+) -> list[tuple[int, str, str]]:
+    """Runs ``commands`` as the processes of one job, 2 fake CPU devices each; their exit statuses, stdout and stderr.
+
+    ``envs``: extra environment variables per process. Output goes to files, so no
+    full pipe can stall a process. After a process dies of SIGKILL, the others get
+    10 s to stop (a job whose host died is torn down); every process is killed after
+    ``timeout`` seconds, and always reaped, so none outlives the test.
+    """
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
     }
+    with tempfile.TemporaryDirectory() as logs, contextlib.ExitStack() as files:
+        outputs = [
+            (files.enter_context(open(f"{logs}/{i}.out", "w+")), files.enter_context(open(f"{logs}/{i}.err", "w+")))
+            for i in range(len(commands))
+        ]
+        procs: list[subprocess.Popen] = []
+        try:
+            for cmd, (out, err), extra in zip(commands, outputs, envs or [{}] * len(commands)):
+                procs.append(subprocess.Popen(cmd, env={**env, **extra}, stdout=out, stderr=err, text=True))
+            deadline = time.monotonic() + timeout
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                if any(p.returncode == -signal.SIGKILL for p in procs):
+                    deadline = min(deadline, time.monotonic() + 10)
+                time.sleep(0.2)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        for out, err in outputs:
+            out.seek(0)
+            err.seek(0)
+        return [(p.returncode, out.read(), err.read()) for p, (out, err) in zip(procs, outputs)]
+
+
+def run_two_processes(name: str) -> list[dict]:
+    """Runs ``CHILD`` as processes 0 and 1 of one ``jax.distributed`` job; their RESULT objects."""
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, name, str(i), str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            assert proc.returncode == 0, err[-3000:]
-            outs.append(json.loads(out.split("RESULT", 1)[1]))
-    finally:
-        for proc in procs:  # Reaped whatever happened, so no process outlives the test.
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    return outs
+    results = run_job([[sys.executable, "-c", CHILD, name, str(i), str(port)] for i in range(2)])
+    for status, _, err in results:
+        assert status == 0, err[-3000:]
+    return [json.loads(out.split("RESULT", 1)[1]) for _, out, _ in results]
 
 
 def unsharded(name: str) -> dict:
@@ -159,31 +178,16 @@ def meta_train_processes(run_dir: Path, steps: int, signals: dict[int, str] | No
     """``l2l-jax meta-train`` as processes 0 and 1 of one job into ``run_dir``; their exit statuses and stderr.
 
     ``signals``: process index -> ``"STEP:SIGNAL"``, sent by that process to itself
-    after meta-step STEP. After a process dies of SIGKILL, the others get 10 s to
-    stop before they are killed (a job whose host died is torn down).
+    after meta-step STEP (see ``run_job`` for a process killed).
     """
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     port = free_port()
     args = [*RUN, "--meta-steps", str(steps), "--run-dir", str(run_dir), "--coordinator", f"127.0.0.1:{port}"]
-    procs = []
-    try:
-        for i in range(2):
-            child_env = {**env, "L2L_TEST_SIGNAL": (signals or {}).get(i, "0:SIGTERM")}
-            cmd = [sys.executable, "-c", CLI_CHILD, "meta-train", *args, "--num-processes", "2", "--process-id", str(i)]
-            procs.append(
-                subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            )
-        deadline = time.monotonic() + 240
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.returncode == -signal.SIGKILL for p in procs):
-                deadline = min(deadline, time.monotonic() + 10)
-            time.sleep(0.2)
-    finally:
-        for proc in procs:  # Reaped whatever happened, so no process outlives the test.
-            if proc.poll() is None:
-                proc.kill()
-    return [(p.wait(), p.communicate()[1]) for p in procs]
+    commands = [
+        [sys.executable, "-c", CLI_CHILD, "meta-train", *args, "--num-processes", "2", "--process-id", str(i)]
+        for i in range(2)
+    ]
+    envs = [{"L2L_TEST_SIGNAL": (signals or {}).get(i, "0:SIGTERM")} for i in range(2)]
+    return [(status, err) for status, _, err in run_job(commands, envs)]
 
 
 def one_process_run(run_dir: Path, steps: int) -> None:
@@ -218,30 +222,15 @@ def test_meta_training_over_two_processes_equals_the_one_process_run_on_four_dev
 
 
 def test_processes_started_with_different_settings_all_stop_with_an_error(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "l2l_jax", "meta-train", *RUN, "--meta-steps", "2", "--seed", str(i)]
-            + ["--run-dir", str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}"]
-            + ["--num-processes", "2", "--process-id", str(i)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    commands = [
+        [sys.executable, "-m", "l2l_jax", "meta-train", *RUN, "--meta-steps", "2", "--seed", str(i)]
+        + ["--run-dir", str(tmp_path / "run"), "--coordinator", f"127.0.0.1:{port}"]
+        + ["--num-processes", "2", "--process-id", str(i)]
         for i in range(2)
     ]
-    try:
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    for proc, err in zip(procs, errors):
-        assert proc.returncode == 2, err[-3000:]
+    for status, _, err in run_job(commands, timeout=120):
+        assert status == 2, err[-3000:]
         assert "process(es) [1] of the job were started with other settings than process 0" in err
     assert not (tmp_path / "run").exists()
 

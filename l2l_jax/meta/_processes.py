@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -165,31 +163,3 @@ def peer_failures(run_path: Any) -> Iterator[None]:
 def agreed_stop(requested: int) -> int:
     """The signal that any process was asked to stop by (the largest number; 0: none)."""
     return int(np.max(np.asarray(multihost_utils.process_allgather(np.asarray(requested, np.int32)))))
-
-
-class StopRequests:
-    """The signal received since entering ``recorded()`` (0: none), kept instead of raised."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-    @contextlib.contextmanager
-    def recorded(self) -> Iterator[StopRequests]:
-        """Records the first SIGINT or SIGTERM in ``signum`` (main thread); a second one acts as before."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: Any) -> None:
-            self.signum = self.signum or signum
-            for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-        for s in previous:
-            signal.signal(s, handler)
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h if h is not None else signal.SIG_DFL)

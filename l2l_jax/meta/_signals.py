@@ -1,4 +1,4 @@
-"""Signals around meta-training: SIGTERM as an interruption, and both signals held off while saving."""
+"""Signals around meta-training: SIGTERM as an interruption, both signals held off while saving, or recorded."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ def sigterm_raises_terminated() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        _restore(previous)
 
 
 @contextlib.contextmanager
@@ -38,5 +38,38 @@ def signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        _restore(previous)
+
+
+class Received:
+    """The first signal received in ``signals_recorded`` (0: none)."""
+
+    signum: int = 0
+
+
+@contextlib.contextmanager
+def signals_recorded() -> Iterator[Received]:
+    """Records the first SIGINT or SIGTERM instead of raising it, in the main thread; a second one acts as before."""
+    received = Received()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        received.signum = received.signum or signum
+        _restore(previous)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        _restore(previous)
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    """Puts back the handlers that ``signal.signal`` returned (``None``, set outside Python, as the default)."""
+    for s, h in previous.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)

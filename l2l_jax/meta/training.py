@@ -41,7 +41,7 @@ from l2l_jax.meta import sharding as sh
 from l2l_jax.meta._checkpoints import best, check_restored, save
 from l2l_jax.meta._devices import task_mesh
 from l2l_jax.meta._loop import RunSteps, Schedule, check_progress, compile_steps, run_loop
-from l2l_jax.meta._signals import sigterm_raises_terminated
+from l2l_jax.meta._signals import signals_recorded, sigterm_raises_terminated
 from l2l_jax.meta._validate import validator
 from l2l_jax.meta.horizons import HorizonFn, check_horizons, log_uniform_horizons
 from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
@@ -712,8 +712,8 @@ def _job_handling(stack: contextlib.ExitStack, run_path: Path | None) -> Callabl
     ``MetaTrainingError``.
     """
     stack.enter_context(processes.peer_failures(run_path))
-    requests = stack.enter_context(processes.StopRequests().recorded())
-    return lambda: processes.agreed_stop(requests.signum)
+    received = stack.enter_context(signals_recorded())
+    return lambda: processes.agreed_stop(received.signum)
 
 
 def _recorded(run: _Run, meta_optimizer: optax.GradientTransformation | None) -> dict[str, Any]:
@@ -785,11 +785,12 @@ def _checkpoint(run_path: Path | None, run: _Run, history: list[dict[str, Any]],
     """
     if run_path is None:
         return
+    write = functools.partial(save, run_path, run.optimizer, run.family, run.config.to_dict())
     if not processes.several():
-        save(run_path, run.optimizer, run.family, run.config.to_dict(), state, history)
+        write(state, history)
         return
     whole = processes.gather(state)
-    processes.on_writer(lambda: save(run_path, run.optimizer, run.family, run.config.to_dict(), whole, history))
+    processes.on_writer(lambda: write(whole, history))
 
 
 def check_sizes(
