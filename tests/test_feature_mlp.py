@@ -255,7 +255,7 @@ def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
     assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))
 
 
-# --- width-aware updates (reference_fan_in) ------------------------------------------
+# --- width-aware updates (reference_fan_in, reference_fan_out) ----------------------------
 
 
 def first_update(opt, phi, shape, grad_scale=0.1):
@@ -294,6 +294,44 @@ def test_the_width_factor_is_min_of_one_and_reference_over_fan_in_and_spares_vec
     for bad in (0.0, -1.0, float("inf"), "64"):
         with pytest.raises(ConfigError, match="reference_fan_in must be a positive number"):
             feature_mlp(reference_fan_in=bad)
+
+
+def test_with_a_reference_fan_out_a_hidden_layer_moves_a_standard_read_out_the_same_whatever_its_width():
+    # x (d inputs) -> h = x @ w1 (n units) -> logit = h @ w2, w2 of entries ±1/√n as Flax initialises it.
+    # The first layer's gradient is the logit's, x_i · w2_j: its step moves every h_j against w2_j,
+    # so the logit moves by the sum of n such moves through weights of 1/√n.
+    opt = feature_mlp(hidden_sizes=(8,), output="nominal", reference_fan_in=128.0, reference_fan_out=128.0)
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = 0.3 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    x = jnp.abs(jax.random.normal(jax.random.key(2), (64,)))
+
+    def logit_move(opt, n):
+        w2 = jnp.sign(jax.random.normal(jax.random.key(3), (n,))) / jnp.sqrt(n)
+        w1 = 0.01 * jax.random.normal(jax.random.key(4), (64, n))
+        tx = opt.as_optax(phi)
+        u, _ = jax.jit(tx.update)(0.1 * jnp.outer(x, w2), jax.jit(tx.init)(w1), w1)
+        return float(jnp.abs((x @ u) @ w2))
+
+    moves = [logit_move(opt, n) for n in (128, 512, 2048, 4096)]
+    np.testing.assert_allclose(moves, moves[0], rtol=0.05)
+    # Without it the move grows as √n: a standard read-out adds up n aligned moves of 1/√n each.
+    plain = feature_mlp(**{**opt.config(), "reference_fan_out": None})
+    assert logit_move(plain, 4096) / logit_move(plain, 128) == pytest.approx(32**0.5, rel=0.05)
+
+
+def test_the_fan_out_factor_is_the_root_of_min_of_one_and_reference_over_the_last_axis_biases_included():
+    opt = feature_mlp(output="nominal", reference_fan_in=64.0, reference_fan_out=128.0)
+    plain = feature_mlp(output="nominal")
+    phi = opt.init(jax.random.key(0))
+    cases = [((16, 4), 1.0), ((4, 128), 1.0), ((4, 512), 0.5), ((256, 512), 0.25 * 0.5),
+             ((3, 3, 4, 256), 0.5**0.5), ((1000,), (128 / 1000) ** 0.5), ((100,), 1.0), ((), 1.0)]  # fmt: skip
+    for shape, factor in cases:
+        np.testing.assert_allclose(first_update(opt, phi, shape), factor * first_update(plain, phi, shape), rtol=1e-6)
+    assert opt.config()["reference_fan_out"] == 128.0 and "reference_fan_out" not in plain.config()
+    assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
+    for bad in (0.0, -1.0, float("inf"), "64"):
+        with pytest.raises(ConfigError, match="reference_fan_out must be a positive number"):
+            feature_mlp(reference_fan_out=bad)
 
 
 def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(monkeypatch):

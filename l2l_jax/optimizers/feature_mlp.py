@@ -83,6 +83,13 @@ class FeatureMLP(LearnedOptimizer):
     that movement the same for every fan-in above r, so one φ serves narrow and wide
     networks (μLO). Vectors and scalars (biases) are not scaled.
 
+    With ``reference_fan_out`` r' set as well, the update of every tensor with two or
+    more axes is also multiplied by √min(1, r' / fan-out), where fan-out is the last
+    axis. In a network in the standard parameterisation (weights initialised with
+    variance 1/fan-in, as Flax does) the read-out sums the moves of n hidden units
+    through weights of size 1/√n, so a layer's move reaches the output √n times larger
+    when its n outputs feed the next layer; the factor takes that √n back.
+
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
 
@@ -95,7 +102,9 @@ class FeatureMLP(LearnedOptimizer):
       (2020), "Tasks, stability, architecture, and compute"; Harrison et al. (2022), "A
       closer look at learned optimization: stability, robustness, and inductive biases";
       Thérien et al. (2024), "μLO: compute-efficient meta-generalization of learned
-      optimizers" (the update scaled by 1/fan-in).
+      optimizers" (the update scaled by 1/fan-in); Yang et al. (2021), "Tuning large
+      neural networks via zero-shot hyperparameter transfer" (how the standard
+      parameterisation's read-out amplifies the moves of wide layers).
     """
 
     name = "feature_mlp"
@@ -114,6 +123,7 @@ class FeatureMLP(LearnedOptimizer):
         normalise_features: bool = True,
         reference_fan_in: float | None = None,
         state_dtype: str | None = None,
+        reference_fan_out: float | None = None,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -136,6 +146,9 @@ class FeatureMLP(LearnedOptimizer):
         self.normalise_features = boolean("normalise_features", normalise_features)
         self.reference_fan_in = (
             None if reference_fan_in is None else positive_float("reference_fan_in", reference_fan_in)
+        )
+        self.reference_fan_out = (
+            None if reference_fan_out is None else positive_float("reference_fan_out", reference_fan_out)
         )
         self.state_dtype = check_state_dtype(state_dtype)
         count = self.meta_param_count()
@@ -164,7 +177,7 @@ class FeatureMLP(LearnedOptimizer):
         )
 
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this optimizer; ``reference_fan_in`` and ``state_dtype`` only when set."""
+        """The options that rebuild this optimizer; ``reference_fan_in``/``_out`` and ``state_dtype`` only when set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -178,6 +191,7 @@ class FeatureMLP(LearnedOptimizer):
             "normalise_features": self.normalise_features,
             **({} if self.reference_fan_in is None else {"reference_fan_in": self.reference_fan_in}),
             **({} if self.state_dtype is None else {"state_dtype": self.state_dtype}),
+            **({} if self.reference_fan_out is None else {"reference_fan_out": self.reference_fan_out}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -252,9 +266,12 @@ class FeatureMLP(LearnedOptimizer):
         return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
 
     def _width_factor(self, shape: tuple[int, ...]) -> float:
-        if self.reference_fan_in is None or len(shape) < 2:
-            return 1.0
-        return min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
+        factor = 1.0
+        if len(shape) >= 2 and self.reference_fan_in is not None:
+            factor *= min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
+        if len(shape) >= 1 and self.reference_fan_out is not None:
+            factor *= math.sqrt(min(1.0, self.reference_fan_out / shape[-1]))
+        return factor
 
     def _network(
         self, layers: list[MetaParams], features: list[jax.Array], progress: jax.Array, keep: jax.Array
@@ -323,6 +340,7 @@ def feature_mlp(
     normalise_features: bool = True,
     reference_fan_in: float | None = None,
     state_dtype: str | None = None,
+    reference_fan_out: float | None = None,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -347,6 +365,9 @@ def feature_mlp(
         (e.g. ``"bfloat16"``, half the state's memory of float32); ``None``: the
         parameter's dtype, at least float32. The update is computed in at least
         float32 either way.
+      reference_fan_out: also multiply the update of every tensor of two or more
+        axes by √min(1, reference_fan_out / fan-out), fan-out being its last axis (see
+        `FeatureMLP`); ``None``: off.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -378,4 +399,5 @@ def feature_mlp(
         normalise_features,
         reference_fan_in,
         state_dtype,
+        reference_fan_out,
     )
