@@ -1,11 +1,12 @@
 """The held-out battery: learned optimizers against tuned baselines, on the paper's MNIST MLP,
 its variants, and tasks that no learned optimizer here was meta-trained on.
 
-Optimizers: the generalist (``--generalist``, default the shipped one), the other
-learned optimizers of ``--others`` (default the shipped ``generalist-v1`` and
-``mnist-lstm``), and SGD, momentum, NAG, RMSprop and Adam, each with its learning rate
-tuned separately per task and per horizon on a quarter-decade grid over
-``--tune-inits`` initialisations that are not evaluated. Every optimizer then runs on
+Optimizers: the generalist (``--generalist``, default the shipped one, named
+``--label`` in the results, default ``generalist``), the other learned optimizers of
+``--others`` (default the shipped ``generalist-v1`` and ``mnist-lstm``), and SGD,
+momentum, NAG, RMSprop and Adam, each with its learning rate tuned separately per task
+and per horizon on a quarter-decade grid over ``--tune-inits`` initialisations that
+are not evaluated. Every optimizer then runs on
 the same held-out initialisations with the same minibatches, so a difference is
 reported as mean ± paired standard error, and a win or loss is called only beyond
 2 paired s.e.
@@ -135,10 +136,12 @@ def evaluate_task(
     cache: Path | None,
     progress: bool,
     recorded: dict[tuple[str, int], float] | None = None,
+    reference: str = REFERENCE,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon).
 
     ``recorded``: the baselines' tuned rates ``{(baseline, steps): rate}`` (see `recorded_rates`), or ``None`` to tune.
+    ``reference``: the name in ``learned`` that every other row is paired with.
     """
     horizon = max(horizons)
     tune, test = sample_tasks(family, 1, tune_inits, "tune"), sample_tasks(family, 1, test_inits, "test")
@@ -179,8 +182,8 @@ def evaluate_task(
                 "initial_loss": float(np.mean(curve[:, 0])),
                 "diverged": diverged(curve[:, : steps + 1]),
             }
-            if name != REFERENCE and REFERENCE in learned:
-                d, se = harness.paired_difference(curves[REFERENCE][:, steps], final)
+            if name != reference and reference in learned:
+                d, se = harness.paired_difference(curves[reference][:, steps], final)
                 row["reference_minus_this"], row["reference_minus_this_stderr"] = d, se
             rows.append(row)
     plot = {name: curves[name] for name in learned}
@@ -304,11 +307,11 @@ def verdict(row: dict[str, Any]) -> str:
     return "wins" if d < -2 * se else "loses" if d > 2 * se else "tie"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str:
     lines = [
         (
-            "| task | steps | optimizer | tuned lr | mean training loss | ± s.e. | generalist − this, paired (± s.e.) "
-            "| generalist | diverged |"
+            f"| task | steps | optimizer | tuned lr | mean training loss | ± s.e. | {reference} − this, paired (± s.e.) "
+            f"| {reference} | diverged |"
         ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -330,21 +333,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compact_table(rows: list[dict[str, Any]]) -> str:
-    """Per task and horizon: the generalist, tuned Adam, and the best of every other optimizer."""
+def compact_table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str:
+    """Per task and horizon: the reference (the generalist), tuned Adam, and the best of every other optimizer."""
     lines = [
         (
-            "| task | steps | generalist | tuned Adam | generalist vs Adam | best other (loss) "
-            "| generalist vs best other | generalist diverged |"
+            f"| task | steps | {reference} | tuned Adam | {reference} vs Adam | best other (loss) "
+            f"| {reference} vs best other | {reference} diverged |"
         ),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, steps in dict.fromkeys((r["task"], r["steps"]) for r in rows):
         cells = {r["optimizer"]: r for r in rows if (r["task"], r["steps"]) == (task, steps)}
-        if REFERENCE not in cells:
+        if reference not in cells:
             continue
-        ours, adam = cells[REFERENCE], cells["adam"]
-        best = min((r for name, r in cells.items() if name != REFERENCE), key=lambda r: r["mean_loss"])
+        ours, adam = cells[reference], cells["adam"]
+        best = min((r for name, r in cells.items() if name != reference), key=lambda r: r["mean_loss"])
         lines.append(
             f"| {task}{' (held out)' if ours['held_out'] else ''} | {steps} | {ours['mean_loss']:.4f} "
             f"| {adam['mean_loss']:.4f} | {verdict(adam)} | {best['optimizer']} ({best['mean_loss']:.4f}) "
@@ -372,6 +375,11 @@ def main() -> None:
     harness.add_data_dir_option(parser)
     parser.add_argument(
         "--generalist", default="generalist", help="a shipped name or a run directory (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--label",
+        default=REFERENCE,
+        help="the name of --generalist in the results, which every other optimizer is paired with",
     )
     parser.add_argument(
         "--others", nargs="*", default=list(OTHERS), help="other learned optimizers: shipped names or run directories"
@@ -402,7 +410,9 @@ def main() -> None:
         parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
     selected = [known[t] for t in args.tasks] if args.tasks else list(TASKS)
 
-    learned = {REFERENCE: pretrained.load_meta_params(args.generalist)}
+    if args.label in args.others:
+        parser.error(f"--label {args.label!r} is also among --others: give the optimizer under test another name")
+    learned = {args.label: pretrained.load_meta_params(args.generalist)}
     learned.update({str(name): pretrained.load_meta_params(name) for name in args.others})
     all_rows, t0 = [], time.perf_counter()
     data = None
@@ -423,7 +433,16 @@ def main() -> None:
             else recorded_rates(args.rates_from, task, args.tune_inits, data_record, horizons)
         )
         rows, curves = evaluate_task(
-            task, family, learned, horizons, args.tune_inits, test_inits, args.cache_dir, not args.no_progress, recorded
+            task,
+            family,
+            learned,
+            horizons,
+            args.tune_inits,
+            test_inits,
+            args.cache_dir,
+            not args.no_progress,
+            recorded,
+            args.label,
         )
         for r in rows:
             r["rate_from"] = "recorded" if recorded is not None and r["optimizer"] in BASELINES else None
@@ -435,7 +454,7 @@ def main() -> None:
             args.results_dir / f"generalisation_{task_slug(task)}.png",
             title=f"{task.label}: mean of {test_inits} inits{' (held out)' if task.held_out else ''}",
         )
-        print(table(rows), flush=True)
+        print(table(rows, args.label), flush=True)
         # Written after every task, so an interrupted battery keeps what it measured.
         write_results(args, selected, all_rows, data, time.perf_counter() - t0)
     print("\n".join(summary_lines(all_rows)))
@@ -450,6 +469,7 @@ def write_results(
         "command": harness.command(),
         "machine": harness.describe_machine(),
         "generalist": str(args.generalist),
+        "label": args.label,
         "others": [str(o) for o in args.others],
         "rates_from": None if args.rates_from is None else str(args.rates_from),
         "generalist_training": pretrained.info(args.generalist).get("training"),
@@ -464,7 +484,7 @@ def write_results(
     status = "" if done == len(selected) else f"**Partial: {done} of {len(selected)} tasks.**\n\n"
     harness.write_text(
         args.results_dir / "generalisation.md",
-        f"{status}{compact_table(rows)}\n\n{table(rows)}\n\n"
+        f"{status}{compact_table(rows, args.label)}\n\n{table(rows, args.label)}\n\n"
         + "\n".join(summary_lines(rows))
         + f"\n\nEvaluation {seconds / 60:.1f} min on "
         f"{summary['machine']}. Command: `{summary['command']}`.\n",

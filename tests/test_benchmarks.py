@@ -533,6 +533,28 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     assert strip(reused) == expected
 
 
+def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
+    out = run_script("generalisation.py", "--label", "mnist-lstm", "--results-dir", str(tmp_path), timeout=300)
+    assert out.returncode == 2 and "--label 'mnist-lstm' is also among --others" in out.stderr
+    assert not list(tmp_path.iterdir())
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalisation
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    row = {"task": "base MLP", "held_out": False, "steps": 100, "learning_rate": None, "lr_at_grid_edge": False,
+           "stderr": 0.01, "diverged": False}  # fmt: skip
+    rows = [
+        {**row, "optimizer": "mine", "mean_loss": 0.2},
+        {**row, "optimizer": "adam", "learning_rate": 0.01, "mean_loss": 0.3, "reference_minus_this": -0.1,
+         "reference_minus_this_stderr": 0.01},
+    ]  # fmt: skip
+    compact = generalisation.compact_table(rows, "mine")
+    assert "| mine vs Adam |" in compact
+    assert "| base MLP | 100 | 0.2000 | 0.3000 | wins | adam (0.3000) | wins | no |" in compact
+    assert "| mine − this, paired (± s.e.) | mine |" in generalisation.table(rows, "mine")
+
+
 def test_generalisation_refuses_an_unknown_task(tmp_path):
     out = run_script("generalisation.py", "--tasks", "ImageNet", "--results-dir", str(tmp_path), timeout=300)
     assert out.returncode == 2 and "unknown task(s) 'ImageNet'" in out.stderr
@@ -551,6 +573,11 @@ def test_generalist_meta_trains_on_its_mixture_and_records_what_it_was_built_fro
     meta = json.loads((run / "optimizer.json").read_text())
     assert meta["optimizer"] == "feature_mlp" and meta["architecture"]["options"]["output"] == "nominal"
     assert meta["architecture"]["options"]["reference_fan_in"] == 128.0
+    # The fan-out factor is added after meta-training, and recorded as such.
+    options = meta["architecture"]["options"]
+    assert options["reference_fan_out"] == 128.0 == meta["optimizer_config"]["reference_fan_out"]
+    assert meta["added_after_training"] == {"reference_fan_out": 128.0}
+    assert "reference_fan_out" not in meta["training_config"]["optimizer_options"]
     assert [e["estimator"] for e in meta["estimator"]] == ["pes"] and len(meta["mixture"]) == 7
     assert {m["options"].get("image_size", 28) for m in meta["mixture"] if m["task"] == "mnist"} == {8, 14, 28}
     assert meta["training"]["meta_steps"] == [2] and meta["training"]["optimizee_steps"] == 2 * 8 * 2 * 2 * 2

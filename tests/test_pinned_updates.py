@@ -114,7 +114,7 @@ PINNED_LINEAR_RNN: list[dict[str, list[float]]] = [
 ]
 
 
-#: The shipped generalists (feature MLPs) with parameters 0.1 x the fixed gradient.
+#: The shipped feature MLPs with parameters 0.1 x the fixed gradient.
 PINNED_GENERALIST: dict[str, list[dict[str, list[float]]]] = {}
 PINNED_GENERALIST["generalist-v1"] = [
     {"w": [0.0002108316, -0.01470757, 0.01331433, -0.01839615, 0.013315, -0.01470292], "b": [0.01479006, -0.01340646]},
@@ -129,6 +129,12 @@ PINNED_GENERALIST["generalist"] = [
         "b": [0.03661154, -0.03906329],
     },
     {"w": [-0.0006743339, -0.03884634, 0.0322719, -0.04370362, 0.0322741, -0.03884045], "b": [0.03207766, -0.0342155]},
+]
+
+PINNED_GENERALIST["mnist-feature-mlp"] = [
+    {"w": [0.0002547823, -0.0608356, 0.04063312, -0.05020793, 0.0406248, -0.06082729], "b": [0.03921346, -0.04196268]},
+    {"w": [0.0003715759, -0.05848278, 0.03878799, -0.04876955, 0.03878373, -0.05847475], "b": [0.0378719, -0.04011652]},
+    {"w": [0.0004137715, -0.05174385, 0.03430312, -0.0446592, 0.03429816, -0.0517366], "b": [0.03363139, -0.03496856]},
 ]
 
 

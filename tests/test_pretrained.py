@@ -42,6 +42,9 @@ def test_the_generalist_ships_with_what_it_was_built_from_and_its_evaluation():
     info = pretrained.info("generalist")
     options = info["architecture"]["options"]
     assert info["optimizer"] == "feature_mlp" and options["output"] == "nominal" and options["reference_fan_in"] == 128
+    # The fan-out factor came after meta-training: the metadata says so.
+    assert options["reference_fan_out"] == 128 and info["added_after_training"] == {"reference_fan_out": 128}
+    assert "reference_fan_out" not in info["training_config"]["optimizer_options"]
     inner = lambda m: m["options"]["options"] if m["task"] == "scale_augmented" else m["options"]
     assert {m["task"] for m in info["mixture"]} == {"mnist", "scale_augmented"}
     assert {inner(m).get("image_size", 28) for m in info["mixture"]} == {8, 14, 28}
@@ -54,6 +57,18 @@ def test_the_generalist_ships_with_what_it_was_built_from_and_its_evaluation():
     tasks_evaluated = {r["task"] for r in info["evaluation"]}
     assert {"base MLP", "CNN", "wide MLP", "wide MLP 4096", "char LM", "regression network"} <= tasks_evaluated
     assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+
+
+def test_mnist_feature_mlp_ships_as_the_generalist_fine_tuned_on_short_runs():
+    info = pretrained.info("mnist-feature-mlp")
+    generalist = pretrained.info("generalist")
+    assert info["architecture"] == generalist["architecture"] and info["mixture"] == generalist["mixture"]
+    assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 300)]
+    start = info["training"]["start"]
+    assert info["training"]["recipe"] == "v3" and start["source"] == "generalist"
+    assert start["phi_sha256"] == generalist["sha256"]["optimizer.msgpack"]
+    assert {r["optimizer"] for r in info["evaluation"]} == {"mnist-feature-mlp"}
+    assert {"base MLP", "char LM"} <= {r["task"] for r in info["evaluation"]}
 
 
 def test_the_first_generalist_still_ships_as_generalist_v1():
