@@ -50,10 +50,17 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "True-3"): "[True-1]",
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-1"): "[True-1]",
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-3"): "[False-2]",
-    # Three two-process jobs and two one-process runs: one job and its one-process run run by default.
+    # Two-process jobs with their one-process runs: by default a job starts and stops on differing settings
+    # (test_processes_started_with_different_settings_all_stop_with_an_error), and a model sharded over two
+    # processes gets the one-process updates; the jobs that meta-train run in CI's slow run.
     ("test_multiprocess.py", "test_a_job_stops_together_on_sigterm_and_resumes_after_a_process_is_killed", None): (
-        "test_meta_training_over_two_processes_equals_the_one_process_run_on_four_devices"
+        "test_processes_started_with_different_settings_all_stop_with_an_error"
     ),
+    (
+        "test_multiprocess.py",
+        "test_meta_training_over_two_processes_equals_the_one_process_run_on_four_devices",
+        None,
+    ): ("test_processes_started_with_different_settings_all_stop_with_an_error"),
     # ES, PES and a mixture on 4 fake devices in a child process: test_sharding.py runs the same machinery (tbptt).
     ("test_meta_training_estimators.py", "test_sharded_meta_training_matches_one_device", None): (
         "test_sharding.py::test_sharded_meta_training_matches_one_device"
