@@ -574,8 +574,8 @@ def test_generalist_meta_trains_on_its_mixture_and_records_what_it_was_built_fro
     assert meta["optimizer"] == "feature_mlp" and meta["architecture"]["options"]["output"] == "nominal"
     assert meta["architecture"]["options"]["reference_fan_in"] == 128.0
     # The fan-out factor is added after meta-training, and recorded as such.
-    options = meta["architecture"]["options"]
-    assert options["reference_fan_out"] == 128.0 == meta["optimizer_config"]["reference_fan_out"]
+    architecture = meta["architecture"]["options"]
+    assert architecture["reference_fan_out"] == 128.0 == meta["optimizer_config"]["reference_fan_out"]
     assert meta["added_after_training"] == {"reference_fan_out": 128.0}
     assert "reference_fan_out" not in meta["training_config"]["optimizer_options"]
     assert [e["estimator"] for e in meta["estimator"]] == ["pes"] and len(meta["mixture"]) == 7
