@@ -81,11 +81,11 @@ class FeatureMLP(LearnedOptimizer):
     An Adam-like step moves each coordinate by about the same amount whatever the
     width, so a layer's output moves in proportion to its fan-in; the factor makes
     that movement the same for every fan-in above r, so one φ serves narrow and wide
-    networks (μLO). Vectors and scalars (biases) are not scaled.
+    networks (μLO). Vectors and scalars (biases) have no fan-in factor.
 
-    With ``reference_fan_out`` r' set as well, the update of every tensor with two or
-    more axes is also multiplied by √min(1, r' / fan-out), where fan-out is the last
-    axis. In a network in the standard parameterisation (weights initialised with
+    With ``reference_fan_out`` r' set, the update of every tensor with one or more axes
+    (biases included: a bias is a kernel with fan-in 1) is also multiplied by
+    √min(1, r' / fan-out), where fan-out is the last axis; scalars are not scaled. In a network in the standard parameterisation (weights initialised with
     variance 1/fan-in, as Flax does) the read-out sums the moves of n hidden units
     through weights of size 1/√n, so a layer's move reaches the output √n times larger
     when its n outputs feed the next layer; the factor takes that √n back.
@@ -365,9 +365,9 @@ def feature_mlp(
         (e.g. ``"bfloat16"``, half the state's memory of float32); ``None``: the
         parameter's dtype, at least float32. The update is computed in at least
         float32 either way.
-      reference_fan_out: also multiply the update of every tensor of two or more
-        axes by √min(1, reference_fan_out / fan-out), fan-out being its last axis (see
-        `FeatureMLP`); ``None``: off.
+      reference_fan_out: also multiply the update of every tensor of one or more
+        axes, biases included, by √min(1, reference_fan_out / fan-out), fan-out being
+        its last axis (see `FeatureMLP`); ``None``: off.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
