@@ -15,6 +15,10 @@ training progress. Three recipes:
   fine-tuned on the same mixture over runs of 100 to 300 steps (`V3_CONFIG`).
 * ``v1`` (``--recipe v1``, shipped as ``generalist-v1``): from scratch on four 28x28
   MNIST MLPs, PES over whole 1,000-step runs (`CONFIG`), then 200-step runs (`FINETUNE`).
+* ``v4`` (``--recipe v4``, not shipped): v3 on a broader mixture (`V4_MEMBERS`: v2's
+  members, MNIST autoencoders and random quadratics), to test whether v3's losses off
+  MNIST come from its MNIST-only mixture (`V4_CONFIG`; the result: the docs).
+* ``v5`` (``--recipe v5``, not shipped): v4 over v2's runs of 100 to 1,000 steps (`V5_CONFIG`).
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -169,17 +173,36 @@ V3_CONFIG = MetaTrainConfig.from_dict(
 )
 V3_INIT = "generalist"
 
+#: v4: v2's mixture and three members that are neither MNIST classifiers nor battery families:
+#: MNIST autoencoders at 8x8 and 14x14, and the paper's random quadratics.
+V4_MEMBERS = [
+    *V2_MEMBERS,
+    {"task": "mnist", "options": {"hidden_units": 32, "hidden_layers": 1, "activation": "relu", "batch_size": 64, "image_size": 8, "objective": "autoencode"}},
+    {"task": "mnist", "options": {"hidden_units": 64, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 32, "image_size": 14, "objective": "autoencode"}},
+    {"task": "quadratic", "options": {"dim": 20}},
+]  # fmt: skip
+
+#: v4: v3's fine-tune (same start, runs, PES and seed) on `V4_MEMBERS`, 12 tasks per meta-step.
+V4_CONFIG = MetaTrainConfig.from_dict(
+    {**V3_CONFIG.to_dict(), "task_options": {"members": V4_MEMBERS}, "batch_size": 12, "num_meta_steps": 2000}
+)
+
+#: v5: v4 over v2's runs of 100 to 1,000 steps, 1,500 meta-steps.
+V5_CONFIG = MetaTrainConfig.from_dict({**V4_CONFIG.to_dict(), "horizon": 1000, "num_meta_steps": 1500})
+
 #: The name each recipe's ``--ship`` exports to.
 SHIPPED_NAMES = {"v1": "generalist-v1", "v2": "generalist", "v3": "mnist-feature-mlp"}
+#: The name the battery gives each recipe's optimizer (``--label``): its shipped name, else ``generalist-<recipe>``.
+LABELS = {**SHIPPED_NAMES, "v4": "generalist-v4", "v5": "generalist-v5"}
 
 
 def with_data_dir(config: MetaTrainConfig, data_dir: str | None) -> MetaTrainConfig:
-    """``config`` with every member's ``data_dir`` set (``None`` keeps the library's lookup)."""
+    """``config`` with every MNIST member's ``data_dir`` set (``None`` keeps the library's lookup)."""
 
     def set_dir(task: str, options: dict[str, Any]) -> dict[str, Any]:
         if task == "scale_augmented":
             return {**options, "options": set_dir(options["task"], options["options"])}
-        return {**options, "data_dir": data_dir}
+        return {**options, "data_dir": data_dir} if task == "mnist" else options
 
     members = [{**m, "options": set_dir(m["task"], m["options"])} for m in config.task_options["members"]]
     return MetaTrainConfig.from_dict({**config.to_dict(), "task_options": {"members": members}})
@@ -245,7 +268,7 @@ def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Pat
                 args.run_dir.with_name(args.run_dir.name + "-finetune"),
             ),
         ]
-    config = V3_CONFIG if args.recipe == "v3" else V2_CONFIG
+    config = {"v2": V2_CONFIG, "v3": V3_CONFIG, "v4": V4_CONFIG, "v5": V5_CONFIG}[args.recipe]
     return [(config, args.meta_steps or config.num_meta_steps, args.run_dir)]
 
 
@@ -253,9 +276,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--recipe",
-        choices=("v1", "v2", "v3"),
+        choices=("v1", "v2", "v3", "v4", "v5"),
         default="v2",
-        help="v1: the first generalist's two stages; v3: the generalist fine-tuned on short runs",
+        help="v1: the first generalist's two stages; v3: the generalist fine-tuned on short runs; v4: v3 on a broader mixture; v5: v4 over 100- to 1,000-step runs",
     )
     parser.add_argument(
         "--run-dir",
@@ -290,6 +313,8 @@ def main() -> None:
     quick = {k: v for k, v in quick.items() if v is not None}
     if quick.get("horizon") is not None:  # Quick checks: fixed horizons no longer than the one given.
         quick.update(min_horizon=None, validation_horizon=None)
+    if args.ship and args.recipe not in SHIPPED_NAMES:
+        parser.error(f"--ship: recipe {args.recipe} is not shipped (the generalist's page in the docs says why)")
     if args.ship and (quick or args.start_inits != 4 or args.start_steps != 200):
         parser.error("--ship ships the documented recipe: drop --horizon, --truncation, --val-tasks and --start-*")
     stages = stages_for(args)
@@ -306,7 +331,7 @@ def main() -> None:
                 _, v1_phi = pretrained.load_meta_params(V2_INIT)
                 phi, start = start_for_v2(config.build_optimizer(), v1_phi, config, args.start_inits, args.start_steps)
             print(f"v2 starts from {V2_INIT} with η = {start['chosen_lr']:.4g}", flush=True)
-        elif args.recipe == "v3":
+        elif args.recipe in ("v3", "v4", "v5"):
             _, phi = pretrained.load_meta_params(V3_INIT)
             start = {"source": V3_INIT, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(V3_INIT))}
         if not finished:
@@ -357,7 +382,7 @@ def main() -> None:
         estimator=[{k: c.to_dict()[k] for k in keys} for c in configs],
         training=training,
         data=tasks_lib.get("mnist", data_dir=args.data_dir).data_record,
-        evaluation=battery_rows(args.battery or args.results_dir / "generalisation.json", SHIPPED_NAMES[args.recipe]),
+        evaluation=battery_rows(args.battery or args.results_dir / "generalisation.json", LABELS[args.recipe]),
     )
     print(f"meta-training {(time.perf_counter() - t0) / 60:.1f} min in this call")
     if args.ship:

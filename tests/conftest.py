@@ -22,6 +22,8 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
     ("test_flax_dropin.py", "test_linen_train_state_loop", "own run"): "the same loop with the shipped optimizer",
     ("test_flax_dropin.py", "test_nnx_run_saved_and_resumed_continues_identically", "own run"): "shipped",
     ("test_flax_dropin.py", "test_benchmark_unroll_equals_an_ordinary_linen_loop", "own run"): "shipped",
+    # The same contract with the LSTM: the generalist's ([generalist]) runs by default.
+    ("test_flax_dropin.py", "test_benchmark_unroll_equals_an_ordinary_linen_loop", "shipped"): "[generalist]",
     ("test_meta_training.py", "test_meta_training_lowers_the_meta_loss_on_held_out_tasks", None): (
         "test_meta_training_with_log_weighting_and_segment_remat_lowers_the_meta_loss_on_held_out_tasks"
     ),

@@ -555,6 +555,32 @@ def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
     assert "| mine − this, paired (± s.e.) | mine |" in generalisation.table(rows, "mine")
 
 
+def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalisation
+        import generalist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def inner(member):
+        return inner(member["options"]) if member["task"] == "scale_augmented" else member
+
+    members = [inner(m) for m in generalist.V4_MEMBERS]
+    held_out = {t.task for t in generalisation.TASKS if t.held_out} - {"mnist"}  # the wide MLPs are "mnist" tasks
+    wide = min(t.options["hidden_units"] for t in generalisation.TASKS if t.held_out and t.task == "mnist")
+    assert held_out and not {m["task"] for m in members} & held_out
+    assert all(m["options"]["hidden_units"] < wide for m in members if m["task"] == "mnist")
+    assert {m["options"].get("objective", "classify") for m in members if m["task"] == "mnist"} == {
+        "classify",
+        "autoencode",
+    }
+    assert generalist.V4_CONFIG.batch_size >= len(members) and generalist.V4_MEMBERS[:7] == generalist.V2_MEMBERS
+    out = run_script("generalist.py", "--recipe", "v4", "--ship", "--run-dir", str(tmp_path / "run"), timeout=300)
+    assert out.returncode == 2 and "--ship: recipe v4 is not shipped" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_generalisation_refuses_an_unknown_task(tmp_path):
     out = run_script("generalisation.py", "--tasks", "ImageNet", "--results-dir", str(tmp_path), timeout=300)
     assert out.returncode == 2 and "unknown task(s) 'ImageNet'" in out.stderr

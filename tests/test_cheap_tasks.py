@@ -1,4 +1,4 @@
-"""Cheap tasks for meta-training: downsampled MNIST, teacher-student regression, scale augmentation."""
+"""Cheap tasks for meta-training: downsampled MNIST, MNIST autoencoders, teacher-student regression, scale augmentation."""
 
 from __future__ import annotations
 
@@ -70,6 +70,50 @@ def test_bad_image_sizes_are_refused(size, message):
     for name in ("mnist", "mnist_cnn"):
         with pytest.raises(errors.ConfigError, match=message):
             tasks.get(name, data_dir=FIXTURE, image_size=size)
+
+
+# --- MNIST autoencoders -----------------------------------------------------------
+
+
+def test_an_autoencoder_reconstructs_its_input_through_a_sigmoid():
+    family = tasks.get("mnist", data_dir=FIXTURE, image_size=8, hidden_units=16, batch_size=4, objective="autoencode")
+    params = family.init((), jax.random.PRNGKey(0))
+    assert params["Dense_1"]["kernel"].shape == (16, 64)  # as many outputs as pixels
+    key = jax.random.PRNGKey(1)
+    x, _ = family.batch(key)
+    pixels = jax.nn.sigmoid(family.model.apply({"params": params}, x))
+    expected = float(jnp.mean((pixels - x) ** 2))
+    assert float(family.loss((), params, key)) == pytest.approx(expected, rel=1e-6)
+    # A read-out that outputs the image's own logits reconstructs it: the loss is only the clipping's.
+    one = tasks.get("mnist", data_dir=FIXTURE, image_size=8, hidden_units=16, batch_size=1, objective="autoencode")
+    x1 = one.batch(key)[0][0]
+    target = jnp.clip(x1, 1e-3, 1 - 1e-3)
+    perfect = {**params, "Dense_1": {"kernel": jnp.zeros((16, 64)), "bias": jnp.log(target / (1 - target))}}
+    assert float(one.loss((), perfect, key)) < 1e-6 < float(one.loss((), params, key))
+
+
+def test_adam_lowers_an_autoencoders_loss():
+    family = tasks.get("mnist", data_dir=FIXTURE, image_size=8, hidden_units=32, batch_size=32, objective="autoencode")
+    params = family.init((), jax.random.PRNGKey(0))
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(params)
+    grad = jax.jit(jax.value_and_grad(lambda p, k: family.loss((), p, k)))
+    losses = []
+    for i in range(100):
+        loss, g = grad(params, jax.random.PRNGKey(i))
+        updates, state = optimizer.update(g, state)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(loss))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_the_objective_is_recorded_only_when_it_is_not_classify():
+    full = tasks.get("mnist", data_dir=FIXTURE)
+    auto = tasks.get("mnist", data_dir=FIXTURE, objective="autoencode")
+    assert "objective" not in full.config() and auto.config()["objective"] == "autoencode"
+    assert tasks.get("mnist", **json.loads(json.dumps(auto.config()))).config() == auto.config()
+    with pytest.raises(errors.ConfigError, match="unknown objective 'regress'; choose one of classify, autoencode"):
+        tasks.get("mnist", data_dir=FIXTURE, objective="regress")
 
 
 # --- teacher-student regression --------------------------------------------------

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax.checks import positive_int
+from l2l_jax.checks import one_of, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
 
@@ -25,24 +25,33 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 #: The side of MNIST's images.
 FULL_SIZE = 28
 
+#: What an MNIST task's MLP learns: the digit's class, or the image itself.
+OBJECTIVES = ("classify", "autoencode")
+
 
 class MLP(nn.Module):
-    """Flattened image → hidden layers → 10 logits, with Flax's default initialisation."""
+    """Flattened image → hidden layers → ``outputs`` values (10 logits), with Flax's default initialisation."""
 
     hidden: Sequence[int] = (20,)
     activation: str = "sigmoid"
+    outputs: int = 10
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden:
             x = act(nn.Dense(width)(x))
-        return nn.Dense(10)(x)
+        return nn.Dense(self.outputs)(x)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy with integer labels."""
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def reconstruction_error(outputs: jax.Array, pixels: jax.Array) -> jax.Array:
+    """Mean squared error between ``sigmoid(outputs)`` and pixels in [0, 1], over pixels and examples."""
+    return jnp.mean((jax.nn.sigmoid(outputs) - pixels) ** 2)
 
 
 def data_record(description: str, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -101,7 +110,9 @@ class MNISTFamily(TaskFamily):
 
     Andrychowicz et al. (2016), §3.2: one hidden layer of 20 sigmoid units,
     minibatches of 128, pixels in [0, 1]. The generalisation studies change the
-    width (40), depth (2 layers) or activation (ReLU).
+    width (40), depth (2 layers) or activation (ReLU). With ``objective="autoencode"``
+    the MLP reconstructs its input instead: ``image_size²`` outputs, read through a
+    sigmoid, and the loss is their mean squared error to the pixels.
 
     Args:
       hidden_units: width of every hidden layer.
@@ -114,13 +125,16 @@ class MNISTFamily(TaskFamily):
       data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
         the training split when present, else the 10,000-image test split.
       download: try downloading the training split when it is missing.
+      objective: ``"classify"`` (cross-entropy on the 10 digits) or ``"autoencode"``
+        (`reconstruction_error`; the labels are not used).
 
     Attributes:
       data_description: which split was found where (for messages; names paths).
       data_record: what the data was, without paths (for metadata): see ``data_record``.
 
     Raises:
-      ConfigError: for an invalid option (``image_size`` must be from 1 to 28).
+      ConfigError: for an invalid option (``image_size`` must be from 1 to 28; ``objective``
+        one of `OBJECTIVES`).
       DataError: if MNIST cannot be found (or downloaded).
     """
 
@@ -135,8 +149,10 @@ class MNISTFamily(TaskFamily):
         data_dir: str | None = None,
         download: bool = False,
         image_size: int = FULL_SIZE,
+        objective: str = "classify",
     ) -> None:
         hidden_units = positive_int("hidden_units", hidden_units)
+        self.objective = one_of("objective", objective, OBJECTIVES)
         self.image_size = image_side(image_size)
         hidden_layers = positive_int("hidden_layers", hidden_layers)
         batch_size = positive_int("batch_size", batch_size)
@@ -153,12 +169,13 @@ class MNISTFamily(TaskFamily):
         images = downsample(images, self.image_size)
         self.images = jnp.asarray(images.reshape(len(images), -1), jnp.uint8)
         self.labels = jnp.asarray(labels, jnp.int32)
-        self.model = MLP(hidden=(self.hidden_units,) * self.hidden_layers, activation=activation)
+        outputs = 10 if self.objective == "classify" else self.image_size**2
+        self.model = MLP(hidden=(self.hidden_units,) * self.hidden_layers, activation=activation, outputs=outputs)
 
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this family; ``image_size`` only when it is not 28.
+        """The options that rebuild this family; ``image_size`` and ``objective`` only when not the defaults.
 
-        (Runs recorded before ``image_size`` existed then resume unchanged.)
+        (Runs recorded before those options existed then resume unchanged.)
         """
         config = {
             "hidden_units": self.hidden_units,
@@ -168,7 +185,11 @@ class MNISTFamily(TaskFamily):
             "data_dir": self.data_dir,
             "download": self.download,
         }
-        return config if self.image_size == FULL_SIZE else {**config, "image_size": self.image_size}
+        if self.image_size != FULL_SIZE:
+            config["image_size"] = self.image_size
+        if self.objective != "classify":
+            config["objective"] = self.objective
+        return config
 
     @property
     def num_examples(self) -> int:
@@ -190,4 +211,5 @@ class MNISTFamily(TaskFamily):
     def loss(self, task_params: PyTree, params: PyTree, key: jax.Array) -> jax.Array:
         del task_params
         x, y = self.batch(key)
-        return cross_entropy(self.model.apply({"params": params}, x), y)
+        outputs = self.model.apply({"params": params}, x)
+        return cross_entropy(outputs, y) if self.objective == "classify" else reconstruction_error(outputs, x)
