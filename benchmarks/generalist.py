@@ -3,7 +3,7 @@
 The optimizer is ``feature_mlp`` with the ``"nominal"`` output: untrained, it is
 Adam, and meta-training learns the rate and a per-coordinate correction and rescaling
 from gradient, momenta at four decays, Adam-normalised momenta, the parameter value and
-training progress. Three recipes:
+training progress. The recipes:
 
 * ``v2`` (the default, shipped as ``generalist``): v1's φ with its rate re-chosen, the
   update made width-aware (``reference_fan_in`` 128), meta-trained with PES on a
