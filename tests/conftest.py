@@ -31,6 +31,10 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
         "test_interrupted_run_resumes_to_the_uninterrupted_result, "
         "test_several_meta_steps_per_call_follow_the_same_path"
     ),
+    # PES unbiased and truncated ES biased, on the LSTM: on the worked example by default.
+    ("test_estimators.py", "test_pes_is_unbiased_and_truncated_bptt_and_es_are_not", None): (
+        "test_benchmarks.py::test_worked_example_estimators_recover_the_exact_gradient_where_they_are_unbiased"
+    ),
     ("test_meta_gradients.py", "test_remat_gives_the_same_meta_gradient", None): (
         "test_fast_paths.py::test_rematerialised_unroll_equals_the_plain_one"
     ),

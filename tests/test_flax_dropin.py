@@ -50,8 +50,10 @@ def own_run(tmp_path_factory):
 
 
 @pytest.fixture(params=["shipped", "generalist", "own run"])
-def learned_tx(request, own_run):
+def learned_tx(request):
     # "generalist" is the shipped feature MLP, which reads the parameters that both loops pass.
+    # The run is meta-trained only for the tests that use it (CI's slow run).
+    own_run = request.getfixturevalue("own_run") if request.param == "own run" else None
     source = {"shipped": SHIPPED, "generalist": "generalist", "own run": own_run}[request.param]
     return optax.chain(optax.clip_by_global_norm(1.0), l2l_jax.pretrained.load(source))
 
