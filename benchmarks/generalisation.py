@@ -51,10 +51,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from l2l_jax import pretrained
+from l2l_jax import optimizers, pretrained
 from l2l_jax import tasks as tasks_lib
+from l2l_jax.errors import ConfigError, L2LError
 from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
+from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 
 #: Held-out tasks' baselines are tuned from 1e-4: their best rates are not known in advance.
 WIDE_GRID = tuple(float(x) for x in np.logspace(-4, 1, 21))
@@ -370,11 +372,42 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def option(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE read as JSON)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f"{text!r}: VALUE must be JSON (a number, true, false, null, a quoted string)") from None
+
+
+def with_options(
+    optimizer: LearnedOptimizer, phi: MetaParams, options: dict[str, Any]
+) -> tuple[LearnedOptimizer, MetaParams]:
+    """``optimizer`` rebuilt with ``options`` added to its own, and ``phi``, checked to still fit it."""
+    if not options:
+        return optimizer, phi
+    rebuilt = optimizers.get(optimizer.name, **{**optimizer.config(), **options})
+    shapes = lambda tree: (jax.tree.structure(tree), [jnp.shape(x) for x in jax.tree.leaves(tree)])
+    if shapes(rebuilt.init(jax.random.key(0))) != shapes(phi):
+        raise ConfigError(f"{sorted(options)} change the shape of φ: only options that keep it can be added")
+    return rebuilt, phi
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_data_dir_option(parser)
     parser.add_argument(
         "--generalist", default="generalist", help="a shipped name or a run directory (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--generalist-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="optimizer options added to --generalist's, same φ (VALUE as JSON), e.g. step_bound=3",
     )
     parser.add_argument(
         "--label",
@@ -412,7 +445,11 @@ def main() -> None:
 
     if args.label in args.others:
         parser.error(f"--label {args.label!r} is also among --others: give the optimizer under test another name")
-    learned = {args.label: pretrained.load_meta_params(args.generalist)}
+    try:
+        args.generalist_options = dict(map(option, args.generalist_options))
+        learned = {args.label: with_options(*pretrained.load_meta_params(args.generalist), args.generalist_options)}
+    except (ValueError, L2LError) as e:
+        parser.error(f"--generalist-options: {e}")
     learned.update({str(name): pretrained.load_meta_params(name) for name in args.others})
     all_rows, t0 = [], time.perf_counter()
     data = None
@@ -469,6 +506,7 @@ def write_results(
         "command": harness.command(),
         "machine": harness.describe_machine(),
         "generalist": str(args.generalist),
+        "generalist_options": args.generalist_options,
         "label": args.label,
         "others": [str(o) for o in args.others],
         "rates_from": None if args.rates_from is None else str(args.rates_from),

@@ -19,6 +19,11 @@ training progress. The recipes:
   members, MNIST autoencoders and random quadratics), to test whether v3's losses off
   MNIST come from its MNIST-only mixture (`V4_CONFIG`; the result: the docs).
 * ``v5`` (``--recipe v5``, not shipped): v4 over v2's runs of 100 to 1,000 steps (`V5_CONFIG`).
+* ``v6`` (``--recipe v6``): v4 with every coordinate's step clipped to `STEP_BOUND` nominal
+  steps (the feature MLP's ``step_bound``), in meta-training as after it (`V6_CONFIG`).
+* ``v7`` (``--recipe v7``): halfway in φ from the generalist to v5 (`INTERPOLATIONS`), with
+  v6's step bound added; it meta-trains v5 first (into ``runs/generalist-v5``) if it is not there.
+* ``v8`` (``--recipe v8``): the same, halfway from the generalist to v6.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -39,19 +44,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import harness
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from l2l_jax import optimizers, pretrained
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
+from l2l_jax.errors import ConfigError, L2LError
 from l2l_jax.evaluation import learned_curves, sample_tasks
 from l2l_jax.meta import MetaTrainConfig, meta_train
+from l2l_jax.optimizers import LearnedOptimizer
 
 MEMBERS = [
     {"task": "mnist", "options": {"hidden_units": 20, "hidden_layers": 1, "activation": "sigmoid", "batch_size": 128}},
@@ -190,19 +199,55 @@ V4_CONFIG = MetaTrainConfig.from_dict(
 #: v5: v4 over v2's runs of 100 to 1,000 steps, 1,500 meta-steps.
 V5_CONFIG = MetaTrainConfig.from_dict({**V4_CONFIG.to_dict(), "horizon": 1000, "num_meta_steps": 1500})
 
+#: The step bound κ of v6: no coordinate moves by more than 3 nominal steps (``step_bound``).
+STEP_BOUND = 3.0
+
+#: v6: v4 with every coordinate's step bounded by `STEP_BOUND` nominal steps, in meta-training too.
+V6_CONFIG = MetaTrainConfig.from_dict(
+    {**V4_CONFIG.to_dict(), "optimizer_options": {**V4_CONFIG.optimizer_options, "step_bound": STEP_BOUND}}
+)
+
+#: The fine-tunes of the shipped generalist (each starts from `V3_INIT`): recipe -> (config, what it is).
+FINETUNES = {
+    "v3": (V3_CONFIG, "the generalist fine-tuned on short runs"),
+    "v4": (V4_CONFIG, "v3 on a broader mixture"),
+    "v5": (V5_CONFIG, "v4 over 100- to 1,000-step runs"),
+    "v6": (V6_CONFIG, "v4 with each coordinate's step bounded"),
+}
+#: Recipes whose φ lies between the generalist's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
+#: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
+#: recipe -> (fine-tune recipe, α, added options, what it is).
+INTERPOLATIONS = {
+    "v7": ("v5", 0.5, {"step_bound": STEP_BOUND}, "halfway from the generalist to v5, with v6's step bound"),
+    "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from the generalist to v6, with its step bound"),
+}
+#: Every recipe, with what it is.
+RECIPES = {
+    "v1": "the first generalist's two stages",
+    "v2": "the shipped generalist",
+    **{name: about for name, (_, about) in FINETUNES.items()},
+    **{name: about for name, (*_, about) in INTERPOLATIONS.items()},
+}
 #: The name each recipe's ``--ship`` exports to.
 SHIPPED_NAMES = {"v1": "generalist-v1", "v2": "generalist", "v3": "mnist-feature-mlp"}
 #: The name the battery gives each recipe's optimizer (``--label``): its shipped name, else ``generalist-<recipe>``.
-LABELS = {**SHIPPED_NAMES, "v4": "generalist-v4", "v5": "generalist-v5"}
+LABELS = {name: SHIPPED_NAMES.get(name, f"generalist-{name}") for name in RECIPES}
+
+
+def base_member(member: dict[str, Any]) -> dict[str, Any]:
+    """The member itself, or for a scale-augmented one the member it wraps (``task`` and ``options``)."""
+    if member["task"] == "scale_augmented":
+        return base_member(member["options"])
+    return member
 
 
 def with_data_dir(config: MetaTrainConfig, data_dir: str | None) -> MetaTrainConfig:
-    """``config`` with every MNIST member's ``data_dir`` set (``None`` keeps the library's lookup)."""
+    """``config`` with ``data_dir`` set on every member whose task takes one (``None`` keeps the library's lookup)."""
 
     def set_dir(task: str, options: dict[str, Any]) -> dict[str, Any]:
         if task == "scale_augmented":
             return {**options, "options": set_dir(options["task"], options["options"])}
-        return {**options, "data_dir": data_dir} if task == "mnist" else options
+        return {**options, "data_dir": data_dir} if "data_dir" in tasks_lib.options(task) else options
 
     members = [{**m, "options": set_dir(m["task"], m["options"])} for m in config.task_options["members"]]
     return MetaTrainConfig.from_dict({**config.to_dict(), "task_options": {"members": members}})
@@ -268,23 +313,50 @@ def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Pat
                 args.run_dir.with_name(args.run_dir.name + "-finetune"),
             ),
         ]
-    config = {"v2": V2_CONFIG, "v3": V3_CONFIG, "v4": V4_CONFIG, "v5": V5_CONFIG}[args.recipe]
+    if args.recipe in INTERPOLATIONS:
+        source = INTERPOLATIONS[args.recipe][0]
+        config = FINETUNES[source][0]
+        return [(config, args.meta_steps or config.num_meta_steps, args.run_dir.parent / f"generalist-{source}")]
+    config = V2_CONFIG if args.recipe == "v2" else FINETUNES[args.recipe][0]
     return [(config, args.meta_steps or config.num_meta_steps, args.run_dir)]
+
+
+def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
+    """Writes ``recipe``'s optimizer into ``dest`` from the fine-tune in ``source_dir`` (see `INTERPOLATIONS`)."""
+    _, alpha, added, _ = INTERPOLATIONS[recipe]
+    tuned_optimizer, tuned = pretrained.load_meta_params(source_dir)
+    start_optimizer, start = pretrained.load_meta_params(V3_INIT)
+    if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **added}:
+        raise ConfigError(f"{source_dir} is not a fine-tune of {V3_INIT}: their optimizers differ")
+    phi = jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, tuned)
+    optimizer = optimizers.get(tuned_optimizer.name, **{**tuned_optimizer.config(), **added})
+    record = {
+        "start": V3_INIT,
+        "start_phi_sha256": rd.optimizer_params_sha256(pretrained.locate(V3_INIT)),
+        "finetune": str(source_dir),
+        "finetune_phi_sha256": rd.optimizer_params_sha256(source_dir),
+        "alpha": alpha,
+    }
+    meta = {**rd.read_optimizer_meta(source_dir), "optimizer_config": optimizer.config()}
+    dest.mkdir(parents=True, exist_ok=True)
+    rd.save_optimizer(dest, {**meta, "added_after_training": added, "interpolation": record}, phi)
+    return optimizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--recipe",
-        choices=("v1", "v2", "v3", "v4", "v5"),
+        choices=tuple(RECIPES),
         default="v2",
-        help="v1: the first generalist's two stages; v3: the generalist fine-tuned on short runs; v4: v3 on a broader mixture; v5: v4 over 100- to 1,000-step runs",
+        help="; ".join(f"{name}: {about}" for name, about in RECIPES.items()),
     )
     parser.add_argument(
         "--run-dir",
         type=Path,
         default=None,
-        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune",
+        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's and v8's "
+        "fine-tunes to generalist-v5 and -v6 beside it",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")
@@ -318,6 +390,17 @@ def main() -> None:
     if args.ship and (quick or args.start_inits != 4 or args.start_steps != 200):
         parser.error("--ship ships the documented recipe: drop --horizon, --truncation, --val-tasks and --start-*")
     stages = stages_for(args)
+    members = max(len(config.task_options["members"]) for config, _, _ in stages)
+    if args.val_tasks is not None and args.val_tasks < members:
+        parser.error(f"--val-tasks {args.val_tasks}: validation takes at least one task of each of {members} members")
+    try:
+        run(args, stages, quick)
+    except L2LError as e:
+        sys.exit(f"error: {e}")
+
+
+def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]], quick: dict[str, Any]) -> None:
+    """Meta-trains the recipe's stages (each resumed if begun, kept if finished), records and ships it."""
     t0 = time.perf_counter()
     phi, start = None, None
     seconds, optimizee_steps, configs = [], 0, []
@@ -331,7 +414,7 @@ def main() -> None:
                 _, v1_phi = pretrained.load_meta_params(V2_INIT)
                 phi, start = start_for_v2(config.build_optimizer(), v1_phi, config, args.start_inits, args.start_steps)
             print(f"v2 starts from {V2_INIT} with η = {start['chosen_lr']:.4g}", flush=True)
-        elif args.recipe in ("v3", "v4", "v5"):
+        elif args.recipe in FINETUNES or args.recipe in INTERPOLATIONS:
             _, phi = pretrained.load_meta_params(V3_INIT)
             start = {"source": V3_INIT, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(V3_INIT))}
         if not finished:
@@ -344,6 +427,8 @@ def main() -> None:
         )
         configs.append(config)
     final_dir = stages[-1][2]
+    if args.recipe in INTERPOLATIONS:
+        optimizer, final_dir = interpolate(args.recipe, final_dir, args.run_dir), args.run_dir
     if args.recipe == "v2":
         optimizer = optimizers.get(optimizer.name, **{**optimizer.config(), **V2_ADDED_OPTIONS})
         rd.update_optimizer_meta(final_dir, optimizer_config=optimizer.config(), added_after_training=V2_ADDED_OPTIONS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import runpy
 import shlex
 import subprocess
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from l2l_jax import pretrained
+from l2l_jax import errors, pretrained
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
@@ -517,20 +518,41 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("task_seconds", "rate_from")} for r in rows]
     assert strip(again) == strip(results["rows"])
 
-    # Rates read from the first run's file instead of searched: the same rates and the same test curves.
+    # Rates read from the first run's file instead of searched: the same rates and the same test curves;
+    # the generalist with a step bound that never binds gives the same curves too.
     first = tmp_path / "first.json"
     first.write_text(json.dumps(results))
     reuse = ["--tasks", "logistic regression", *options[3:-4], "--results-dir", str(tmp_path / "reuse")]
-    reuse += ["--data-dir", str(MNIST_FIXTURE)]
+    reuse += ["--data-dir", str(MNIST_FIXTURE), "--generalist-options", "step_bound=1e6"]
     out = run_script("generalisation.py", *reuse, "--rates-from", str(first), "--others", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    reused = json.loads((tmp_path / "reuse" / "generalisation.json").read_text())["rows"]
+    reused_results = json.loads((tmp_path / "reuse" / "generalisation.json").read_text())
+    assert reused_results["generalist_options"] == {"step_bound": 1e6}
+    reused = reused_results["rows"]
     assert {r["rate_from"] for r in reused if r["learning_rate"] is not None} == {"recorded"}
     others = ("generalist-v1", "mnist-lstm")
     expected = [
         r for r in strip(results["rows"]) if r["optimizer"] not in others and r["task"] == "logistic regression"
     ]
     assert strip(reused) == expected
+
+
+def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalisation
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert generalisation.option("step_bound=3") == ("step_bound", 3)
+    assert generalisation.option('output="bounded"') == ("output", "bounded")
+    for bad in ("step_bound", "=3", "step_bound=three"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            generalisation.option(bad)
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    bounded, same = generalisation.with_options(optimizer, phi, {"step_bound": 3.0})
+    assert bounded.config() == {**optimizer.config(), "step_bound": 3.0} and same is phi
+    with pytest.raises(errors.ConfigError, match="change the shape of φ"):
+        generalisation.with_options(optimizer, phi, {"hidden_sizes": [8]})
 
 
 def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
@@ -563,10 +585,7 @@ def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped
     finally:
         sys.path.remove(str(BENCHMARKS))
 
-    def inner(member):
-        return inner(member["options"]) if member["task"] == "scale_augmented" else member
-
-    members = [inner(m) for m in generalist.V4_MEMBERS]
+    members = [generalist.base_member(m) for m in generalist.V4_MEMBERS]
     held_out = {t.task for t in generalisation.TASKS if t.held_out} - {"mnist"}  # the wide MLPs are "mnist" tasks
     wide = min(t.options["hidden_units"] for t in generalisation.TASKS if t.held_out and t.task == "mnist")
     assert held_out and not {m["task"] for m in members} & held_out
@@ -576,9 +595,76 @@ def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped
         "autoencode",
     }
     assert generalist.V4_CONFIG.batch_size >= len(members) and generalist.V4_MEMBERS[:7] == generalist.V2_MEMBERS
+    # v6 is v4 with the step bound, nothing else.
+    v4, v6 = generalist.V4_CONFIG.to_dict(), generalist.V6_CONFIG.to_dict()
+    assert v6["optimizer_options"] == {**v4["optimizer_options"], "step_bound": generalist.STEP_BOUND}
+    assert {k: x for k, x in v6.items() if k != "optimizer_options"} == {
+        k: x for k, x in v4.items() if k != "optimizer_options"
+    }
     out = run_script("generalist.py", "--recipe", "v4", "--ship", "--run-dir", str(tmp_path / "run"), timeout=300)
     assert out.returncode == 2 and "--ship: recipe v4 is not shipped" in out.stderr
+    out = run_script("generalist.py", "--recipe", "v4", "--val-tasks", "9", "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2 and "--val-tasks 9: validation takes at least one task of each of 10" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_v7_lies_halfway_in_phi_from_the_generalist_to_its_fine_tune_with_the_step_bound_added(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    tuned_dir = pretrained.locate("mnist-feature-mlp")  # a fine-tune of the generalist, as v5 is
+    optimizer = generalist.interpolate("v7", tuned_dir, tmp_path / "v7")
+    (_, start), (_, tuned) = (pretrained.load_meta_params(n) for n in (generalist.V3_INIT, tuned_dir))
+    loaded, halfway = pretrained.load_meta_params(tmp_path / "v7")
+    for a, b, c in zip(jax.tree.leaves(start), jax.tree.leaves(tuned), jax.tree.leaves(halfway)):
+        np.testing.assert_allclose(c, (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6, atol=1e-7)
+    assert loaded.config() == optimizer.config() and optimizer.config()["step_bound"] == generalist.STEP_BOUND
+    info = pretrained.info(tmp_path / "v7")
+    assert info["added_after_training"] == {"step_bound": generalist.STEP_BOUND}
+    assert info["interpolation"]["alpha"] == 0.5 and info["interpolation"]["start"] == generalist.V3_INIT
+    with pytest.raises(errors.ConfigError, match="not a fine-tune of"):
+        generalist.interpolate("v7", pretrained.locate("generalist-v1"), tmp_path / "not")
+
+
+def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    members = [
+        {"task": "mnist_cnn", "options": {}},
+        {"task": "scale_augmented", "options": {"task": "mnist", "options": {}, "min_scale": 0.5, "max_scale": 2.0}},
+        {"task": "quadratic", "options": {"dim": 3}},
+    ]
+    config = generalist.MetaTrainConfig.from_dict(
+        {**generalist.V4_CONFIG.to_dict(), "task_options": {"members": members}}
+    )
+    given = generalist.with_data_dir(config, "DIR").task_options["members"]
+    assert [generalist.base_member(m)["options"].get("data_dir") for m in given] == ["DIR", "DIR", None]
+    assert generalist.with_data_dir(config, None).task_options["members"][0]["options"] == {"data_dir": None}
+
+
+@pytest.mark.slow  # the bound itself: tests/test_feature_mlp.py
+def test_step_bound_runs_every_optimizer_at_every_bound_on_tuning_initialisations(tmp_path):
+    options = ["--tasks", "char LM", "base MLP", "--bounds", "none", "3", "--max-steps", "3", "--inits", "2",
+               "--outliers", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+    out = run_script("step_bound.py", *options, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "step_bound.json").read_text())
+    rows = results["rows"]
+    assert [r["step"] for r in results["outliers"]] == [1, 2, 3]
+    assert all(r["largest_step_in_lr"] >= r["median_step_in_lr"] >= 0 for r in results["outliers"])
+    assert [(r["optimizer"], r["task"], r["step_bound"]) for r in rows] == [
+        ("generalist", task, kappa) for task in ("char LM", "base MLP") for kappa in (None, 3.0)
+    ]
+    for r in rows:
+        assert r["steps"] == 3 and r["inits"] == 2 and r["rise"] >= 0 and math.isfinite(r["end"])
+    assert "| generalist | 3 | char LM | 3 |" in (tmp_path / "step_bound.md").read_text()
+    out = run_script("step_bound.py", "--optimizers", "mnist-lstm", "--results-dir", str(tmp_path / "no"))
+    assert out.returncode == 2 and "only feature_mlp has a step bound" in out.stderr
 
 
 def test_generalisation_refuses_an_unknown_task(tmp_path):

@@ -224,5 +224,13 @@ def test_a_registered_task_is_built_by_name_and_a_shipped_name_cannot_be_taken(m
     monkeypatch.setattr(tasks, "_REGISTRY", copy.deepcopy(tasks._REGISTRY))
     tasks.register("my_bowl", lambda dim=2: tasks.QuadraticFamily(dim=dim))
     assert tasks.get("my_bowl", dim=5).dim == 5 and "my_bowl" in tasks.available()
+    assert tasks.options("my_bowl") == ["dim"]
     with pytest.raises(errors.ConfigError, match="'quadratic' is a shipped task"):
         tasks.register("quadratic", tasks.QuadraticFamily.__init__)
+
+
+def test_options_lists_what_a_task_family_takes_and_refuses_an_unknown_name():
+    assert tasks.options("quadratic") == ["dim", "init_scale"]
+    assert "data_dir" in tasks.options("mnist_cnn") and "data_dir" not in tasks.options("teacher_student")
+    with pytest.raises(errors.UnknownNameError, match="unknown task 'nope'"):
+        tasks.options("nope")

@@ -354,3 +354,53 @@ def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(mon
             # (a step that nearly cancels, network step minus nominal Adam step, has no relative accuracy).
             scale = float(np.max(np.abs(b[leaf])))
             np.testing.assert_allclose(a[leaf], b[leaf], rtol=1e-5, atol=1e-6 * scale)
+
+
+# --- the step bound (step_bound) ------------------------------------------------------------
+
+
+def steps_with_an_outlier(opt, phi, shape, steps=3):
+    """Updates over ``steps`` steps of a tensor whose gradient at coordinate 0 is 100 times the others'.
+
+    The parameters are not moved, so two optimizers' updates see the same features at every step.
+    """
+    sign = jnp.sign(jax.random.normal(jax.random.key(7), shape))
+    grad = (0.01 * sign).reshape(-1).at[0].set(1.0).reshape(shape)
+    params = 0.01 * jax.random.normal(jax.random.key(8), shape)
+    tx = opt.as_optax(phi)
+    state, out = jax.jit(tx.init)(params), []
+    for t in range(steps):
+        u, state = jax.jit(tx.update)(grad * (1.0 + 0.1 * t), state, params)
+        out.append(u)
+    return out
+
+
+@pytest.mark.parametrize("output", ["nominal", "bounded"])
+def test_a_step_bound_clips_every_coordinate_to_kappa_units_and_changes_nothing_else(output):
+    opt = feature_mlp(hidden_sizes=(8,), output=output, exp_mult=1.0, step_bound=3.0)
+    plain = feature_mlp(**{**opt.config(), "step_bound": None})
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = 2.0 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    unit = float(jnp.exp(phi["log_lr"])) if output == "nominal" else opt.step_mult
+    for u, u_plain in zip(steps_with_an_outlier(opt, phi, (64, 8)), steps_with_an_outlier(plain, phi, (64, 8))):
+        np.testing.assert_allclose(u, jnp.clip(u_plain, -3.0 * unit, 3.0 * unit), rtol=1e-6, atol=1e-9)
+    # The outlier's unbounded step is past the bound: the bound did something.
+    assert max(float(jnp.max(jnp.abs(u))) for u in steps_with_an_outlier(plain, phi, (64, 8))) > 3.0 * unit
+
+
+def test_the_step_bound_applies_before_the_width_factors():
+    opt = feature_mlp(hidden_sizes=(8,), output="nominal", exp_mult=1.0, step_bound=2.0, reference_fan_in=64.0)
+    narrow = feature_mlp(**{**opt.config(), "reference_fan_in": None})
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = 2.0 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    for u, u_narrow in zip(steps_with_an_outlier(opt, phi, (256, 4)), steps_with_an_outlier(narrow, phi, (256, 4))):
+        np.testing.assert_allclose(u, 0.25 * u_narrow, rtol=1e-6)
+
+
+def test_the_step_bound_is_recorded_only_when_set_and_bad_values_are_refused():
+    opt, plain = feature_mlp(output="nominal", step_bound=3.0), feature_mlp(output="nominal")
+    assert opt.config()["step_bound"] == 3.0 and "step_bound" not in plain.config()
+    assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
+    for bad in (0.0, -1.0, float("inf"), "3"):
+        with pytest.raises(ConfigError, match="step_bound must be a positive number"):
+            feature_mlp(step_bound=bad)

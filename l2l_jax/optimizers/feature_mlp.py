@@ -90,6 +90,12 @@ class FeatureMLP(LearnedOptimizer):
     through weights of size 1/√n, so a layer's move reaches the output √n times larger
     when its n outputs feed the next layer; the factor takes that √n back.
 
+    With ``step_bound`` κ set, every coordinate's step is clipped to ±κη (``"nominal"``;
+    ±κ · ``step_mult`` with ``"bounded"``) before the width factors: however far the
+    network extrapolates at coordinates whose features lie far outside those it was
+    meta-trained on (a gradient many times its tensor's root mean square, as at a
+    frequent token's embedding), no coordinate moves by more than κ nominal steps.
+
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
 
@@ -124,6 +130,7 @@ class FeatureMLP(LearnedOptimizer):
         reference_fan_in: float | None = None,
         state_dtype: str | None = None,
         reference_fan_out: float | None = None,
+        step_bound: float | None = None,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -150,6 +157,7 @@ class FeatureMLP(LearnedOptimizer):
         self.reference_fan_out = (
             None if reference_fan_out is None else positive_float("reference_fan_out", reference_fan_out)
         )
+        self.step_bound = None if step_bound is None else positive_float("step_bound", step_bound)
         self.state_dtype = check_state_dtype(state_dtype)
         count = self.meta_param_count()
         if count > MAX_META_PARAMS:
@@ -177,7 +185,7 @@ class FeatureMLP(LearnedOptimizer):
         )
 
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this optimizer; ``reference_fan_in``/``_out`` and ``state_dtype`` only when set."""
+        """The options that rebuild this optimizer; ``reference_fan_in``/``_out``, ``state_dtype`` and ``step_bound`` only when set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -192,6 +200,7 @@ class FeatureMLP(LearnedOptimizer):
             **({} if self.reference_fan_in is None else {"reference_fan_in": self.reference_fan_in}),
             **({} if self.state_dtype is None else {"state_dtype": self.state_dtype}),
             **({} if self.reference_fan_out is None else {"reference_fan_out": self.reference_fan_out}),
+            **({} if self.step_bound is None else {"step_bound": self.step_bound}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -260,8 +269,12 @@ class FeatureMLP(LearnedOptimizer):
             adam = m_hat / (jnp.sqrt(v_hat) + 1e-8)
             lr = jnp.exp(meta_params["log_lr"].astype(dt))
             step = jnp.exp(self.exp_mult * out[1]) * (self.step_mult * out[0] - lr * adam)
+            unit = lr
         else:
             step = out[0] * jnp.exp(self.exp_mult * out[1]) * self.step_mult
+            unit = jnp.asarray(self.step_mult, dt)
+        if self.step_bound is not None:
+            step = jnp.clip(step, -self.step_bound * unit, self.step_bound * unit)
         step = jnp.where(keep, step, zero) * self._width_factor(g.shape)
         return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
 
@@ -341,6 +354,7 @@ def feature_mlp(
     reference_fan_in: float | None = None,
     state_dtype: str | None = None,
     reference_fan_out: float | None = None,
+    step_bound: float | None = None,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -368,6 +382,9 @@ def feature_mlp(
       reference_fan_out: also multiply the update of every tensor of one or more
         axes, biases included, by √min(1, reference_fan_out / fan-out), fan-out being
         its last axis (see `FeatureMLP`); ``None``: off.
+      step_bound: clip every coordinate's step to ±step_bound · η (``"nominal"``) or
+        ±step_bound · step_mult (``"bounded"``), before the width factors (see
+        `FeatureMLP`); ``None``: off.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -400,4 +417,5 @@ def feature_mlp(
         reference_fan_in,
         state_dtype,
         reference_fan_out,
+        step_bound,
     )

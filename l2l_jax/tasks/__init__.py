@@ -130,6 +130,17 @@ def available() -> list[str]:
     return _REGISTRY.available()
 
 
+def options(name: str) -> list[str]:
+    """The options a registered task family takes (its factory's keyword arguments), sorted.
+
+    For example, ``"data_dir" in options("mnist_cnn")`` tells whether a family reads MNIST.
+
+    Raises:
+      UnknownNameError: if ``name`` is not registered.
+    """
+    return _REGISTRY.options(name)
+
+
 def _import_module(module_name: str) -> Any:
     """Imports ``module_name``, also from the current folder (last on the path), as ``python -m`` finds it."""
     try:
@@ -268,6 +279,7 @@ __all__ = [
     "batch_sampler",
     "get",
     "iterator_sampler",
+    "options",
     "register",
     "stack_batches",
 ]
