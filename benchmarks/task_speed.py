@@ -1,11 +1,12 @@
 """Optimizee steps per second of the generalist's PES meta-step, one task family at a time.
 
 Meta-training throughput is what bounds the generalist (``generalist.py``): this
-script measures, for every member of the v1 and v2 mixtures and the other cheap task
-families (teacher-student regression, logistic regression, quadratics), the PES
+script measures, for every member of the v1, v2 and v4 mixtures (v4's adds MNIST
+autoencoders and 20-d quadratics) and the other cheap task families (teacher-student
+regression, logistic regression, quadratics), the PES
 meta-step of the v2 recipe (truncation 50, 2 antithetic pairs) on ``--tasks`` tasks of
-that family alone, after a compiling call: median seconds per meta-step and optimizee
-steps per second (tasks x pairs x 2 runs x truncation / seconds).
+that family alone, after a compiling call: the task's parameter count, median seconds
+per meta-step and optimizee steps per second (tasks x pairs x 2 runs x truncation / seconds).
 
     python benchmarks/task_speed.py --data-dir DIR
 """
@@ -37,6 +38,10 @@ def label(member: dict[str, Any]) -> str:
     suffix = ""
     if task == "scale_augmented":
         task, options, suffix = options["task"], options["options"], " (scale-augmented)"
+    if task != "mnist":
+        return f"{task} ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))}){suffix}"
+    if options.get("objective", "classify") != "classify":
+        suffix = f" {options['objective']}{suffix}"
     size = options.get("image_size", 28)
     layers = (
         options["hidden_units"]
@@ -47,9 +52,9 @@ def label(member: dict[str, Any]) -> str:
 
 
 def families(data_dir: str | None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, task, options) for every member of both mixtures (once each) and `OTHERS`."""
+    """(label, task, options) for every member of the three mixtures (once each) and `OTHERS`."""
     out, seen = [], set()
-    for member in [*generalist.MEMBERS, *generalist.V2_MEMBERS]:
+    for member in [*generalist.MEMBERS, *generalist.V2_MEMBERS, *generalist.V4_MEMBERS]:
         config = generalist.with_data_dir(
             MetaTrainConfig.from_dict({**generalist.V2_CONFIG.to_dict(), "task_options": {"members": [member]}}),
             data_dir,
@@ -62,14 +67,16 @@ def families(data_dir: str | None) -> list[tuple[str, str, dict[str, Any]]]:
     return out + OTHERS
 
 
-def time_meta_step(task: str, options: dict[str, Any], tasks: int, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median seconds) of v2's PES meta-step on ``tasks`` tasks of one family."""
+def time_meta_step(task: str, options: dict[str, Any], tasks: int, repeats: int) -> tuple[float, float, int]:
+    """(first call seconds, median seconds, parameters of one task) of v2's PES meta-step on ``tasks`` tasks."""
     config = MetaTrainConfig.from_dict(
         {**generalist.V2_CONFIG.to_dict(), "task": task, "task_options": options, "batch_size": tasks,
          "min_horizon": None, "horizon": 1000}
     )  # fmt: skip
     optimizer = config.build_optimizer()
-    members = config.build_members(optimizer, config.build_task())
+    family = config.build_task()
+    parameters = harness.num_params(jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0)))
+    members = config.build_members(optimizer, family)
     meta_tx = config.build_meta_optimizer()
     state = initial_state(members, meta_tx, optimizer.init(jax.random.key(0)), jax.random.key(1))
     step = jax.jit(
@@ -81,7 +88,7 @@ def time_meta_step(task: str, options: dict[str, Any], tasks: int, repeats: int)
     state = jax.block_until_ready(step(state))
     first = time.perf_counter() - t0
     seconds, _ = harness.median_seconds(step, state, repeats, warmup=0)
-    return first, seconds
+    return first, seconds, parameters
 
 
 def main() -> None:
@@ -94,15 +101,15 @@ def main() -> None:
     on_row = results.section("rows")
     cfg = generalist.V2_CONFIG
     per_step = args.tasks * cfg.estimator_option("num_pairs") * 2 * cfg.truncation
-    print(f"{'family':58s} {'ms/meta-step':>13s} {'optimizee steps/s':>18s} {'first call s':>13s}")
+    print(f"{'family':58s} {'parameters':>10s} {'ms/meta-step':>13s} {'optimizee steps/s':>18s} {'first call s':>13s}")
     for name, task, options in families(args.data_dir):
         if args.only and name not in args.only:
             continue
-        first, seconds = time_meta_step(task, options, args.tasks, args.repeats)
-        row = {"family": name, "task": task, "tasks": args.tasks, "seconds_per_meta_step": seconds,
+        first, seconds, parameters = time_meta_step(task, options, args.tasks, args.repeats)
+        row = {"family": name, "task": task, "parameters": parameters, "tasks": args.tasks, "seconds_per_meta_step": seconds,
                "optimizee_steps_per_second": per_step / seconds, "first_call_seconds": first}  # fmt: skip
         on_row(row)
-        print(f"{name:58s} {seconds * 1e3:13.1f} {per_step / seconds:18.0f} {first:13.1f}", flush=True)
+        print(f"{name:58s} {parameters:10d} {seconds * 1e3:13.1f} {per_step / seconds:18.0f} {first:13.1f}", flush=True)
     results.finish()
 
 

@@ -667,6 +667,17 @@ def test_step_bound_runs_every_optimizer_at_every_bound_on_tuning_initialisation
     assert out.returncode == 2 and "only feature_mlp has a step bound" in out.stderr
 
 
+@pytest.mark.slow  # compiles a PES meta-step per family
+def test_task_speed_times_each_family_and_counts_its_parameters(tmp_path):
+    out_file = tmp_path / "speed.json"
+    only = ["--only", "quadratic (10-d)", "quadratic (dim=20)"]
+    out = run_script("task_speed.py", *only, "--repeats", "1", "--out", str(out_file), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out_file.read_text())["rows"]
+    assert [(r["family"], r["parameters"]) for r in rows] == [("quadratic (dim=20)", 20), ("quadratic (10-d)", 10)]
+    assert all(r["optimizee_steps_per_second"] > 0 for r in rows)
+
+
 def test_generalisation_refuses_an_unknown_task(tmp_path):
     out = run_script("generalisation.py", "--tasks", "ImageNet", "--results-dir", str(tmp_path), timeout=300)
     assert out.returncode == 2 and "unknown task(s) 'ImageNet'" in out.stderr
