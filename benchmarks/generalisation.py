@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from l2l_jax import optimizers, pretrained
 from l2l_jax import tasks as tasks_lib
-from l2l_jax.errors import ConfigError, L2LError
+from l2l_jax.errors import ConfigError, L2LError, MetaParamsMismatchError
 from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 from l2l_jax.optimizers import LearnedOptimizer, MetaParams
@@ -390,9 +390,12 @@ def with_options(
     if not options:
         return optimizer, phi
     rebuilt = optimizers.get(optimizer.name, **{**optimizer.config(), **options})
-    shapes = lambda tree: (jax.tree.structure(tree), [jnp.shape(x) for x in jax.tree.leaves(tree)])
-    if shapes(rebuilt.init(jax.random.key(0))) != shapes(phi):
-        raise ConfigError(f"{sorted(options)} change the shape of φ: only options that keep it can be added")
+    try:
+        optimizers.check_meta_params(rebuilt, phi)
+    except MetaParamsMismatchError as e:
+        raise ConfigError(
+            f"{sorted(options)} change the shape of φ: only options that keep it can be added ({e})"
+        ) from None
     return rebuilt, phi
 
 

@@ -36,13 +36,8 @@ from l2l_jax import optimizers, pretrained
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.evaluation import learned_curves, sample_tasks
 
-#: (label, task, options, steps, initialisations); MNIST tasks get ``--data-dir``.
-TASKS = [
-    ("char LM", "char_lm", {}, 100, 16),
-    ("base MLP", "mnist", generalisation.PAPER_MLP, 200, 16),
-    ("regression network", "teacher_student", {}, 200, 16),
-    ("CNN", "mnist_cnn", {}, 200, 8),
-]
+#: The battery's tasks run here (``generalisation.TASKS`` by label): label -> (steps, initialisations).
+TASKS = {"char LM": (100, 16), "base MLP": (200, 16), "regression network": (200, 16), "CNN": (200, 8)}
 #: The tuning stream's seed (``generalisation.py`` tunes its baselines on it).
 TUNE_SEED = 7
 
@@ -119,17 +114,17 @@ def main() -> None:
     harness.add_data_dir_option(parser)
     parser.add_argument("--optimizers", nargs="+", default=["generalist"], help="shipped names or run directories")
     parser.add_argument("--bounds", nargs="+", type=bound, default=[None, 10.0, 3.0], help="κ values, or none")
-    parser.add_argument("--tasks", nargs="+", default=None, help=f"a subset of: {', '.join(t[0] for t in TASKS)}")
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"a subset of: {', '.join(TASKS)}")
     parser.add_argument("--max-steps", type=harness.count, default=None, help="cap every run (for quick checks)")
     parser.add_argument("--inits", type=harness.count, default=None, help="for every task (for quick checks)")
     parser.add_argument("--outliers", action="store_true", help="also report where the largest steps are (LM)")
     parser.add_argument("--results-dir", type=Path, default=harness.RESULTS)
     args = parser.parse_args()
-    known = [t[0] for t in TASKS]
-    unknown = [t for t in args.tasks or () if t not in known]
+    unknown = [t for t in args.tasks or () if t not in TASKS]
     if unknown:
-        parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, known))}")
-    selected = [t for t in TASKS if args.tasks is None or t[0] in args.tasks]
+        parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, TASKS))}")
+    battery = {t.label: t for t in generalisation.TASKS}
+    selected = [battery[label] for label in TASKS if args.tasks is None or label in args.tasks]
     trained = {name: pretrained.load_meta_params(name) for name in args.optimizers}
     for name, (optimizer, _) in trained.items():
         if optimizer.name != "feature_mlp":
@@ -139,14 +134,14 @@ def main() -> None:
     results = harness.Results(
         args.results_dir / "step_bound.json", machine=harness.describe_machine(), command=harness.command()
     )
-    for label, task, options, steps, inits in selected:
-        uses_data = "data_dir" in tasks_lib.options(task)
-        family = tasks_lib.get(task, **options, **({"data_dir": args.data_dir} if uses_data else {}))
+    for task in selected:
+        family = generalisation.build_family(task, args.data_dir)
+        steps, inits = TASKS[task.label]
         steps, inits = min(steps, args.max_steps or steps), args.inits or inits
         for name, (optimizer, phi) in trained.items():
             for kappa in args.bounds:
                 bounded = optimizers.get(optimizer.name, **{**optimizer.config(), "step_bound": kappa})
-                row = {"optimizer": name, "step_bound": kappa, "task": label, "steps": steps, "inits": inits}
+                row = {"optimizer": name, "step_bound": kappa, "task": task.label, "steps": steps, "inits": inits}
                 row.update(cell(bounded, phi, family, steps, inits))
                 rows.append(row)
                 results.add("rows", row)

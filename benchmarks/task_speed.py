@@ -34,10 +34,9 @@ OTHERS = [
 
 def label(member: dict[str, Any]) -> str:
     """A short description of a mixture member, e.g. ``mnist 8x8 64x2 sigmoid b32 (scale-augmented)``."""
-    task, options = member["task"], member["options"]
-    suffix = ""
-    if task == "scale_augmented":
-        task, options, suffix = options["task"], options["options"], " (scale-augmented)"
+    inner = generalist.base_member(member)
+    task, options = inner["task"], inner["options"]
+    suffix = " (scale-augmented)" if member["task"] == "scale_augmented" else ""
     if task != "mnist":
         return f"{task} ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))}){suffix}"
     if options.get("objective", "classify") != "classify":
