@@ -3,7 +3,8 @@ its variants, and tasks that no learned optimizer here was meta-trained on.
 
 Optimizers: the generalist (``--generalist``, default the shipped one, named
 ``--label`` in the results, default ``generalist``), the other learned optimizers of
-``--others`` (default the shipped ``generalist-v1`` and ``mnist-lstm``), and SGD,
+``--others`` (default the shipped ``generalist-v2``, ``mnist-feature-mlp``,
+``generalist-v1`` and ``mnist-lstm``), and SGD,
 momentum, NAG, RMSprop and Adam, each with its learning rate tuned separately per task
 and per horizon on a quarter-decade grid over ``--tune-inits`` initialisations that
 are not evaluated. Every optimizer then runs on
@@ -112,7 +113,7 @@ TASKS = (
     Task("regression network", "teacher_student", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
 )
 #: The learned optimizers run beside the generalist by default.
-OTHERS = ("generalist-v1", "mnist-lstm")
+OTHERS = ("generalist-v2", "mnist-feature-mlp", "generalist-v1", "mnist-lstm")
 TUNE_INITS = 16
 REFERENCE = "generalist"
 

@@ -5,13 +5,13 @@ Adam, and meta-training learns the rate and a per-coordinate correction and resc
 from gradient, momenta at four decays, Adam-normalised momenta, the parameter value and
 training progress. The recipes:
 
-* ``v2`` (the default, shipped as ``generalist``): v1's φ with its rate re-chosen, the
+* ``v2`` (the default, shipped as ``generalist-v2``): v1's φ with its rate re-chosen, the
   update made width-aware (``reference_fan_in`` 128), meta-trained with PES on a
   cheaper, broader mixture (`V2_MEMBERS`: MNIST MLPs at 28x28, 14x14 and 8x8, two
   scale-augmented) over runs of 100 to 1,000 steps drawn log-uniformly (`V2_CONFIG`);
   after meta-training its optimizer gains `V2_ADDED_OPTIONS` (``reference_fan_out``
   128), which change the update only of tensors with more than 128 outputs.
-* ``v3`` (``--recipe v3``, shipped as ``mnist-feature-mlp``): the shipped generalist
+* ``v3`` (``--recipe v3``, shipped as ``mnist-feature-mlp``): v2
   fine-tuned on the same mixture over runs of 100 to 300 steps (`V3_CONFIG`).
 * ``v1`` (``--recipe v1``, shipped as ``generalist-v1``): from scratch on four 28x28
   MNIST MLPs, PES over whole 1,000-step runs (`CONFIG`), then 200-step runs (`FINETUNE`).
@@ -21,9 +21,10 @@ training progress. The recipes:
 * ``v5`` (``--recipe v5``, not shipped): v4 over v2's runs of 100 to 1,000 steps (`V5_CONFIG`).
 * ``v6`` (``--recipe v6``): v4 with every coordinate's step clipped to `STEP_BOUND` nominal
   steps (the feature MLP's ``step_bound``), in meta-training as after it (`V6_CONFIG`).
-* ``v7`` (``--recipe v7``): halfway in φ from the generalist to v5 (`INTERPOLATIONS`), with
-  v6's step bound added; it meta-trains v5 first (into ``runs/generalist-v5``) if it is not there.
-* ``v8`` (``--recipe v8``): the same, halfway from the generalist to v6.
+* ``v7`` (``--recipe v7``, shipped as ``generalist``): halfway in φ from v2 to v5
+  (`INTERPOLATIONS`), with v6's step bound added; it meta-trains v5 first (into
+  ``runs/generalist-v5``) if it is not there.
+* ``v8`` (``--recipe v8``): the same, halfway from v2 to v6.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -36,8 +37,9 @@ file (``--battery``, default ``benchmarks/results/generalisation.json``) has the
 ``benchmarks/generalisation.py --generalist RUN_DIR --label NAME`` first, then
 ``--ship`` again).
 
-    python benchmarks/generalist.py --data-dir DIR            # meta-train v2 (resumable)
-    python benchmarks/generalist.py --data-dir DIR --ship     # ... and ship it
+    python benchmarks/generalist.py --data-dir DIR                         # meta-train v2 (resumable)
+    python benchmarks/generalist.py --recipe v7 --data-dir DIR             # v5, then v7 (resumable)
+    python benchmarks/generalist.py --recipe v7 --data-dir DIR --ship      # ... and ship it
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ V2_INIT = "generalist-v1"
 V2_START_LRS = tuple(float(x) for x in np.logspace(-2, -0.5, 7))
 
 #: v3: v2 (with its added options) fine-tuned on runs of 100 to 300 steps, the horizons the battery
-#: evaluates most, from the shipped ``generalist`` (v2); it ships as ``mnist-feature-mlp`` (why: the
+#: evaluates most, from v2 (shipped as ``generalist-v2``); it ships as ``mnist-feature-mlp`` (why: the
 #: generalist's page in the docs).
 V3_CONFIG = MetaTrainConfig.from_dict(
     {
@@ -180,7 +182,7 @@ V3_CONFIG = MetaTrainConfig.from_dict(
         "seed": 2,
     }
 )
-V3_INIT = "generalist"
+V3_INIT = "generalist-v2"
 
 #: v4: v2's mixture and three members that are neither MNIST classifiers nor battery families:
 #: MNIST autoencoders at 8x8 and 14x14, and the paper's random quadratics.
@@ -207,29 +209,29 @@ V6_CONFIG = MetaTrainConfig.from_dict(
     {**V4_CONFIG.to_dict(), "optimizer_options": {**V4_CONFIG.optimizer_options, "step_bound": STEP_BOUND}}
 )
 
-#: The fine-tunes of the shipped generalist (each starts from `V3_INIT`): recipe -> (config, what it is).
+#: The fine-tunes of v2 (each starts from `V3_INIT`): recipe -> (config, what it is).
 FINETUNES = {
     "v3": (V3_CONFIG, "the generalist fine-tuned on short runs"),
     "v4": (V4_CONFIG, "v3 on a broader mixture"),
     "v5": (V5_CONFIG, "v4 over 100- to 1,000-step runs"),
     "v6": (V6_CONFIG, "v4 with each coordinate's step bounded"),
 }
-#: Recipes whose φ lies between the generalist's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
+#: Recipes whose φ lies between v2's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
 #: recipe -> (fine-tune recipe, α, added options, what it is).
 INTERPOLATIONS = {
-    "v7": ("v5", 0.5, {"step_bound": STEP_BOUND}, "halfway from the generalist to v5, with v6's step bound"),
-    "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from the generalist to v6, with its step bound"),
+    "v7": ("v5", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v5, with v6's step bound"),
+    "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v6, with its step bound"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
     "v1": "the first generalist's two stages",
-    "v2": "the shipped generalist",
+    "v2": "v2, the generalist before v7",
     **{name: about for name, (_, about) in FINETUNES.items()},
     **{name: about for name, (*_, about) in INTERPOLATIONS.items()},
 }
 #: The name each recipe's ``--ship`` exports to.
-SHIPPED_NAMES = {"v1": "generalist-v1", "v2": "generalist", "v3": "mnist-feature-mlp"}
+SHIPPED_NAMES = {"v1": "generalist-v1", "v2": "generalist-v2", "v3": "mnist-feature-mlp", "v7": "generalist"}
 #: The name the battery gives each recipe's optimizer (``--label``): its shipped name, else ``generalist-<recipe>``.
 LABELS = {name: SHIPPED_NAMES.get(name, f"generalist-{name}") for name in RECIPES}
 

@@ -24,7 +24,7 @@
 #
 # The model: an MLP with **LayerNorm and GELU** (two hidden layers of 64) on 14x14 MNIST,
 # `l2l_jax.examples.layernorm_mlp`. The generalist was meta-trained on plain MLPs
-# (sigmoid, ReLU, tanh, no normalisation), so this is a model of the kind users write that
+# (sigmoid, ReLU, tanh, no normalisation) and quadratics, so this is a model of the kind users write that
 # lies outside its mixture: normalisation layers change the scale of every layer's
 # gradient, and GELU is an activation it never saw.
 #

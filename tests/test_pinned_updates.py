@@ -1,9 +1,9 @@
 """The shipped optimizers give the same updates as before the LSTM modules were reorganised, and the
-generalist the updates it was shipped with.
+feature MLPs the updates they were shipped with.
 
 The LSTMs' numbers below were produced by the code before the layout change (the
-implementation registry moving from ``lstm_cell`` to ``lstm``), and the generalist's
-by the code that shipped it, with the updates jitted in float32 on a CPU. Any later change that alters what a shipped optimizer
+implementation registry moving from ``lstm_cell`` to ``lstm``), and the feature MLPs'
+by the code that shipped each, with the updates jitted in float32 on a CPU. Any later change that alters what a shipped optimizer
 or the worked example's linear RNN does to a gradient fails here.
 """
 
@@ -123,6 +123,19 @@ PINNED_GENERALIST["generalist-v1"] = [
 ]
 
 PINNED_GENERALIST["generalist"] = [
+    {
+        "w": [-0.0001405479, -0.04889308, 0.03962693, -0.05802469, 0.03963756, -0.04887387],
+        "b": [0.04270935, -0.04145573],
+    },
+    {"w": [2.477058e-05, -0.04683645, 0.03808486, -0.05623205, 0.03809066, -0.04681797], "b": [0.0409481, -0.03951616]},
+    {
+        "w": [0.0001554622, -0.04116267, 0.03342911, -0.05071374, 0.03343367, -0.04114028],
+        "b": [0.03603061, -0.03434707],
+    },
+]
+
+# v2, shipped as "generalist" until v7 took the name: the same files, so the same updates.
+PINNED_GENERALIST["generalist-v2"] = [
     {"w": [-0.0007573268, -0.04588519, 0.03831095, -0.05000191, 0.03831761, -0.04587865], "b": [0.038201, -0.04068034]},
     {
         "w": [-0.0007175144, -0.0440294, 0.03682381, -0.04839409, 0.03682697, -0.04402237],

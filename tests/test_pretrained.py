@@ -38,35 +38,56 @@ def test_shipped_quadratic_lstm_beats_tuned_adam_on_fresh_quadratics():
     assert np.isfinite(lstm_final) and lstm_final < adam_final, (lstm_final, adam_final)
 
 
-def test_the_generalist_ships_with_what_it_was_built_from_and_its_evaluation():
+def test_the_generalist_ships_as_v7_halfway_from_v2_to_its_fine_tune_with_the_step_bound():
     info = pretrained.info("generalist")
+    v2 = pretrained.info("generalist-v2")
+    options = info["architecture"]["options"]
+    assert info["optimizer"] == "feature_mlp" and options["output"] == "nominal"
+    assert options["reference_fan_in"] == options["reference_fan_out"] == 128 and options["step_bound"] == 3
+    # The bound came after meta-training; the rest of the architecture is v2's.
+    assert info["added_after_training"] == {"step_bound": 3}
+    assert {k: v for k, v in options.items() if k != "step_bound"} == v2["architecture"]["options"]
+    # Its φ is halfway from v2 (by checksum) to v5, v2 fine-tuned on a broader mixture.
+    interpolation = info["interpolation"]
+    assert interpolation["alpha"] == 0.5 and interpolation["start"] == "generalist-v2"
+    assert interpolation["start_phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
+    training = info["training"]
+    assert training["recipe"] == "v7" and training["start"]["phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
+    assert training["meta_training_seconds"] > 0 and training["optimizee_steps"] > 0 and training["machine"]
+    assert {base(m)["task"] for m in info["mixture"]} == {"mnist", "quadratic"}
+    assert {base(m)["options"].get("objective", "classify") for m in info["mixture"]} == {"classify", "autoencode"}
+    assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 1000)]
+    tasks_evaluated = {r["task"] for r in info["evaluation"] if r["optimizer"] == "generalist"}
+    assert {"base MLP", "CNN", "wide MLP", "wide MLP 4096", "char LM", "regression network"} <= tasks_evaluated
+    assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+
+
+def test_the_second_generalist_still_ships_as_generalist_v2():
+    info = pretrained.info("generalist-v2")
     options = info["architecture"]["options"]
     assert info["optimizer"] == "feature_mlp" and options["output"] == "nominal" and options["reference_fan_in"] == 128
+    assert "step_bound" not in options
     # The fan-out factor came after meta-training: the metadata says so.
     assert options["reference_fan_out"] == 128 and info["added_after_training"] == {"reference_fan_out": 128}
     assert "reference_fan_out" not in info["training_config"]["optimizer_options"]
-    inner = lambda m: m["options"]["options"] if m["task"] == "scale_augmented" else m["options"]
     assert {m["task"] for m in info["mixture"]} == {"mnist", "scale_augmented"}
-    assert {inner(m).get("image_size", 28) for m in info["mixture"]} == {8, 14, 28}
-    assert {inner(m)["activation"] for m in info["mixture"]} == {"sigmoid", "tanh", "relu"}
+    assert {base(m)["options"].get("image_size", 28) for m in info["mixture"]} == {8, 14, 28}
+    assert {base(m)["options"]["activation"] for m in info["mixture"]} == {"sigmoid", "tanh", "relu"}
     # PES on runs of 100 to 1,000 steps, started from v1 with a re-chosen learning rate.
     assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 1000)]
     training = info["training"]
     assert training["meta_training_seconds"] > 0 and training["optimizee_steps"] > 0 and training["machine"]
     assert training["recipe"] == "v2" and training["start"]["source"] == "generalist-v1"
-    tasks_evaluated = {r["task"] for r in info["evaluation"]}
-    assert {"base MLP", "CNN", "wide MLP", "wide MLP 4096", "char LM", "regression network"} <= tasks_evaluated
-    assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+    assert data_dirs(info) and set(data_dirs(info)) == {None}
 
 
-def test_mnist_feature_mlp_ships_as_the_generalist_fine_tuned_on_short_runs():
+def test_mnist_feature_mlp_ships_as_v2_fine_tuned_on_short_runs():
     info = pretrained.info("mnist-feature-mlp")
-    generalist = pretrained.info("generalist")
-    assert info["architecture"] == generalist["architecture"] and info["mixture"] == generalist["mixture"]
+    v2 = pretrained.info("generalist-v2")
+    assert info["architecture"] == v2["architecture"] and info["mixture"] == v2["mixture"]
     assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 300)]
     start = info["training"]["start"]
-    assert info["training"]["recipe"] == "v3" and start["source"] == "generalist"
-    assert start["phi_sha256"] == generalist["sha256"]["optimizer.msgpack"]
+    assert info["training"]["recipe"] == "v3" and start["phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
     assert {r["optimizer"] for r in info["evaluation"]} == {"mnist-feature-mlp"}
     assert {"base MLP", "char LM"} <= {r["task"] for r in info["evaluation"]}
 
@@ -77,6 +98,11 @@ def test_the_first_generalist_still_ships_as_generalist_v1():
     # Two stages of PES: whole 1,000-step runs, then 200-step runs.
     assert [(e["estimator"], e["horizon"]) for e in info["estimator"]] == [("pes", 1000), ("pes", 200)]
     assert {m["task"] for m in info["mixture"]} == {"mnist"}
+
+
+def base(member: dict) -> dict:
+    """A mixture member, or for a scale-augmented one the member it wraps."""
+    return base(member["options"]) if member["task"] == "scale_augmented" else member
 
 
 def data_dirs(value) -> list:
