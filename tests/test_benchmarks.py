@@ -275,14 +275,24 @@ def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_trai
         "best_step": 3900,
         "finetune_best_step": shipped["best_step"],
     }
-    other = {**earlier, "finetune_best_step": shipped["best_step"] + 1}
-    assert mnist_training_kept(tmp_path / "other", other) == {
+    # Another training (here, another best fine-tuning step): no times. The same function as the
+    # script's, called directly, where a second whole evaluation would add minutes and nothing else.
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import mnist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    (tmp_path / "other.json").write_text(json.dumps({**earlier, "finetune_best_step": shipped["best_step"] + 1}))
+    assert mnist._training_of_shipped(shipped, tmp_path / "other.json") == {
         "meta_training_seconds": None,
         "stage_seconds": None,
         "meta_training_wall_seconds": None,
         "best_step": None,
         "finetune_best_step": shipped["best_step"],
     }
+    (tmp_path / "same.json").write_text(json.dumps(earlier))
+    assert mnist._training_of_shipped(shipped, tmp_path / "same.json")["best_step"] == 3900
+    assert mnist._training_of_shipped(shipped, tmp_path / "missing.json")["best_step"] is None
 
 
 # gpu_plan.py compiles for an H100 with JAX's CUDA plugin, which CI does not install:

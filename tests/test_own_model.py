@@ -70,13 +70,18 @@ def test_meta_training_on_a_users_cnn_improves_its_training(model, data):
     assert result.skipped == 0 and np.all(np.isfinite(vals))
     # The trained optimizer, as a plain optax optimizer, lowers the CNN's loss.
     tx = result.as_optax()
+
+    @jax.jit  # As a user's loop would be: one compiled step, not 20 runs op by op.
+    def train_step(params, state, key):
+        loss, grads = jax.value_and_grad(family.loss, argnums=1)((), params, key)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
     params = family.init((), jax.random.PRNGKey(5))
     state = tx.init(params)
     losses = []
     for step in range(20):
-        loss, grads = jax.value_and_grad(family.loss, argnums=1)((), params, jax.random.PRNGKey(100 + step))
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params, state, loss = train_step(params, state, jax.random.PRNGKey(100 + step))
         losses.append(float(loss))
     assert np.mean(losses[-5:]) < np.mean(losses[:3])
 
