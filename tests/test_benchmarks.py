@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,15 @@ from l2l_jax import errors, pretrained
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "harness.py")
+
+
+def benchmark(name: str) -> types.ModuleType:
+    """The benchmark script ``name`` as a module (``benchmarks/`` on the path while it imports its siblings)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -277,11 +288,7 @@ def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_trai
     }
     # Another training (here, another best fine-tuning step): no times. The same function as the
     # script's, called directly, where a second whole evaluation would add minutes and nothing else.
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import mnist
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    mnist = benchmark("mnist")
     (tmp_path / "other.json").write_text(json.dumps({**earlier, "finetune_best_step": shipped["best_step"] + 1}))
     assert mnist._training_of_shipped(shipped, tmp_path / "other.json") == {
         "meta_training_seconds": None,
@@ -550,11 +557,7 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
 
 
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalisation
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalisation = benchmark("generalisation")
     assert generalisation.option("step_bound=3") == ("step_bound", 3)
     assert generalisation.option('output="bounded"') == ("output", "bounded")
     for bad in ("step_bound", "=3", "step_bound=three"):
@@ -571,11 +574,7 @@ def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
     out = run_script("generalisation.py", "--label", "mnist-lstm", "--results-dir", str(tmp_path), timeout=300)
     assert out.returncode == 2 and "--label 'mnist-lstm' is also among --others" in out.stderr
     assert not list(tmp_path.iterdir())
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalisation
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalisation = benchmark("generalisation")
     row = {"task": "base MLP", "held_out": False, "steps": 100, "learning_rate": None, "lr_at_grid_edge": False,
            "stderr": 0.01, "diverged": False}  # fmt: skip
     rows = [
@@ -590,12 +589,8 @@ def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
 
 
 def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalisation
-        import generalist
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalisation = benchmark("generalisation")
+    generalist = benchmark("generalist")
 
     members = [generalist.base_member(m) for m in generalist.V4_MEMBERS]
     held_out = {t.task for t in generalisation.TASKS if t.held_out} - {"mnist"}  # the wide MLPs are "mnist" tasks
@@ -621,11 +616,7 @@ def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped
 
 
 def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_added(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalist
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalist = benchmark("generalist")
     tuned_dir = pretrained.locate("mnist-feature-mlp")  # a fine-tune of v2, as v5 is
     optimizer = generalist.interpolate("v7", tuned_dir, tmp_path / "v7")
     (_, start), (_, tuned) = (pretrained.load_meta_params(n) for n in (generalist.V3_INIT, tuned_dir))
@@ -641,11 +632,7 @@ def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_add
 
 
 def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalist
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalist = benchmark("generalist")
     members = [
         {"task": "mnist_cnn", "options": {}},
         {"task": "scale_augmented", "options": {"task": "mnist", "options": {}, "min_scale": 0.5, "max_scale": 2.0}},
@@ -745,11 +732,7 @@ def test_feature_ablation_trains_each_variant_and_compares_it_with_the_full_opti
 
 
 def test_coarse_to_fine_tuning_finds_the_rate_of_the_full_grid_search():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import harness
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    harness = benchmark("harness")
     from l2l_jax import tasks
     from l2l_jax.evaluation import sample_tasks
     from l2l_jax.evaluation.baselines import BASELINES
