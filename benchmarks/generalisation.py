@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -213,10 +214,12 @@ def cached(
 ) -> dict[str, np.ndarray]:
     """``compute()``, or the arrays kept in ``cache/<name>.npz`` by an earlier call with the same ``key``.
 
-    The key is kept beside the arrays as JSON; the arrays are read without pickle.
+    The key is kept beside the arrays as JSON; the arrays are read without pickle. Characters
+    of ``name`` other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` in the file name.
     """
     if cache is None:
         return compute()
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # An optimizer given as a run directory names a path.
     meta, arrays_path = cache / f"{name}.json", cache / f"{name}.npz"
     if meta.exists() and arrays_path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
         with np.load(arrays_path, allow_pickle=False) as arrays:

@@ -25,6 +25,10 @@ training progress. The recipes:
   (`INTERPOLATIONS`), with v6's step bound added; it meta-trains v5 first (into
   ``runs/generalist-v5``) if it is not there.
 * ``v8`` (``--recipe v8``): the same, halfway from v2 to v6.
+* ``v9`` (``--recipe v9``): v5 with a recurrent member added to its mixture (`V9_MEMBERS`: a GRU
+  reading 14x14 MNIST row by row), to test whether recurrent networks held out of the
+  battery (its character-level LM) need one in meta-training (`V9_CONFIG`).
+* ``v10`` (``--recipe v10``): v7's interpolation and step bound with v9 in v5's place.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -201,6 +205,17 @@ V4_CONFIG = MetaTrainConfig.from_dict(
 #: v5: v4 over v2's runs of 100 to 1,000 steps, 1,500 meta-steps.
 V5_CONFIG = MetaTrainConfig.from_dict({**V4_CONFIG.to_dict(), "horizon": 1000, "num_meta_steps": 1500})
 
+#: v9: v5's mixture and a recurrent member, a GRU reading 14x14 MNIST one row per step (``mnist_rnn``).
+V9_MEMBERS = [
+    *V4_MEMBERS,
+    {"task": "mnist_rnn", "options": {"hidden_size": 32, "batch_size": 32, "image_size": 14}},
+]
+
+#: v9: v5 (same start, runs, PES and seed) on `V9_MEMBERS`, 13 tasks per meta-step (v5's 12 and one GRU).
+V9_CONFIG = MetaTrainConfig.from_dict(
+    {**V5_CONFIG.to_dict(), "task_options": {"members": V9_MEMBERS}, "batch_size": 13}
+)
+
 #: The step bound κ of v6: no coordinate moves by more than 3 nominal steps (``step_bound``).
 STEP_BOUND = 3.0
 
@@ -215,6 +230,7 @@ FINETUNES = {
     "v4": (V4_CONFIG, "v3 on a broader mixture"),
     "v5": (V5_CONFIG, "v4 over 100- to 1,000-step runs"),
     "v6": (V6_CONFIG, "v4 with each coordinate's step bounded"),
+    "v9": (V9_CONFIG, "v5 with a recurrent member"),
 }
 #: Recipes whose φ lies between v2's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
@@ -222,6 +238,7 @@ FINETUNES = {
 INTERPOLATIONS = {
     "v7": ("v5", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v5, with v6's step bound"),
     "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v6, with its step bound"),
+    "v10": ("v9", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v9, with v6's step bound"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
@@ -357,8 +374,8 @@ def main() -> None:
         "--run-dir",
         type=Path,
         default=None,
-        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's and v8's "
-        "fine-tunes to generalist-v5 and -v6 beside it",
+        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's and v10's "
+        "fine-tunes to generalist-v5, -v6 and -v9 beside it",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")

@@ -1,8 +1,8 @@
 """Optimizee steps per second of the generalist's PES meta-step, one task family at a time.
 
 Meta-training throughput is what bounds the generalist (``generalist.py``): this
-script measures, for every member of the v1, v2 and v4 mixtures (v4's adds MNIST
-autoencoders and 20-d quadratics) and the other cheap task families (teacher-student
+script measures, for every member of the v1, v2, v4 and v9 mixtures (v4's adds MNIST
+autoencoders and 20-d quadratics, v9's a GRU reading 14x14 MNIST row by row) and the other cheap task families (teacher-student
 regression, logistic regression, quadratics), the PES
 meta-step of the v2 recipe (truncation 50, 2 antithetic pairs) on ``--tasks`` tasks of
 that family alone, after a compiling call: the task's parameter count, median seconds
@@ -51,9 +51,9 @@ def label(member: dict[str, Any]) -> str:
 
 
 def families(data_dir: str | None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, task, options) for every member of the three mixtures (once each) and `OTHERS`."""
+    """(label, task, options) for every member of the mixtures (once each) and `OTHERS`."""
     out, seen = [], set()
-    for member in [*generalist.MEMBERS, *generalist.V2_MEMBERS, *generalist.V4_MEMBERS]:
+    for member in [*generalist.MEMBERS, *generalist.V2_MEMBERS, *generalist.V9_MEMBERS]:
         config = generalist.with_data_dir(
             MetaTrainConfig.from_dict({**generalist.V2_CONFIG.to_dict(), "task_options": {"members": [member]}}),
             data_dir,

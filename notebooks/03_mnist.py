@@ -50,6 +50,11 @@ from l2l_jax.evaluation import BASELINES, learned_curves, loss_curves, sample_ta
 # repository's small test fixture (300 images).
 DATA_DIR = os.environ.get("L2L_JAX_DATA_DIR")
 DOWNLOAD = DATA_DIR is None
+SMOKE = os.environ.get("L2L_JAX_NOTEBOOK_SMOKE") == "1"  # set under pytest
+
+META_STEPS = 4 if SMOKE else 40
+VALIDATE_EVERY = 2 if SMOKE else 10
+INITS = 2 if SMOKE else 8  # initialisations to tune the baselines on, and others to compare on
 
 # %% [markdown]
 # ## The task
@@ -92,13 +97,13 @@ config = MetaTrainConfig(
     task="mnist",
     optimizer="lstm",
     optimizer_options={"preset": "deepmind"},
-    num_meta_steps=40,
+    num_meta_steps=META_STEPS,
     horizon=100,
     truncation=20,
     batch_size=1,
     meta_lr=1e-2,
     estimator_options={"remat": True},
-    validate_every=10,
+    validate_every=VALIDATE_EVERY,
     num_val_tasks=2,
     seed=0,
 )
@@ -168,8 +173,8 @@ shipped_opt, shipped_phi = l2l_jax.pretrained.load_meta_params("mnist-lstm")
 
 # %%
 num_steps = 100
-tune = sample_tasks(family, seed=2, num_tasks=8, stream="tune")
-test = sample_tasks(family, seed=2, num_tasks=8, stream="test")
+tune = sample_tasks(family, seed=2, num_tasks=INITS, stream="tune")
+test = sample_tasks(family, seed=2, num_tasks=INITS, stream="test")
 grids = {  # half-decade steps around each optimizer's usual range
     "adam": (0.003, 0.01, 0.03, 0.1),
     "rmsprop": (0.003, 0.01, 0.03, 0.1),
@@ -180,8 +185,8 @@ grids = {  # half-decade steps around each optimizer's usual range
 t0 = time.perf_counter()
 curves, lrs = {}, {}
 curves["learned lstm (shipped)"] = learned_curves(shipped_opt, shipped_phi, family, test, num_steps)
-curves["learned lstm (40 meta-steps)"] = learned_curves(small.optimizer, small.meta_params, family, test,
-                                                       num_steps)
+curves[f"learned lstm ({META_STEPS} meta-steps)"] = learned_curves(small.optimizer, small.meta_params, family, test,
+                                                                  num_steps)
 for name, grid in grids.items():
     make_tx = BASELINES[name]  # learning rate -> optax optimizer
     scores = [loss_curves(make_tx, jnp.float32(lr), family, tune, num_steps)[:, -1].mean() for lr in grid]
@@ -208,7 +213,7 @@ for name, c in curves.items():
     ax.plot(c.mean(axis=0), lw=2.5 if learned else 1.2, ls="-" if learned else "--", label=label)
 ax.set_yscale("log")
 ax.set_xlabel("training step")
-ax.set_ylabel("training loss (minibatch), mean of 8 inits")
+ax.set_ylabel(f"training loss (minibatch), mean of {INITS} inits")
 ax.set_title("MNIST MLP 784-20-10, sigmoid")
 ax.grid(True, which="both", alpha=0.3)
 ax.legend(fontsize=8)

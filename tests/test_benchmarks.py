@@ -615,6 +615,42 @@ def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped
     assert not (tmp_path / "run").exists()
 
 
+def test_the_battery_cache_keeps_an_optimizer_given_as_a_run_directory_in_one_file(tmp_path):
+    generalisation = benchmark("generalisation")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"curves": np.arange(3.0)}
+
+    for _ in range(2):
+        out = generalisation.cached(tmp_path, "cnn__runs/generalist-v5", {"phi": "abc"}, compute)
+        np.testing.assert_array_equal(out["curves"], np.arange(3.0))
+    assert len(calls) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "cnn__runs_generalist-v5.json",
+        "cnn__runs_generalist-v5.npz",
+    ]
+    generalisation.cached(tmp_path, "cnn__runs/generalist-v5", {"phi": "other"}, compute)
+    assert len(calls) == 2  # another key: computed again
+
+
+def test_the_v9_recipe_is_v5_with_one_recurrent_member_that_no_battery_task_is():
+    generalisation = benchmark("generalisation")
+    generalist = benchmark("generalist")
+    v5, v9 = generalist.V5_CONFIG.to_dict(), generalist.V9_CONFIG.to_dict()
+    assert generalist.V9_MEMBERS[:-1] == v5["task_options"]["members"] == generalist.V4_MEMBERS
+    (added,) = generalist.V9_MEMBERS[-1:]
+    assert added["task"] == "mnist_rnn" and added["task"] not in {t.task for t in generalisation.TASKS}
+    unchanged = ("task_options", "batch_size")
+    assert {k: x for k, x in v9.items() if k not in unchanged} == {k: x for k, x in v5.items() if k not in unchanged}
+    # v5's members keep their tasks per meta-step; the GRU gets one more.
+    mixture = generalist.with_data_dir(generalist.V9_CONFIG, str(MNIST_FIXTURE)).build_task()
+    v5_mixture = generalist.with_data_dir(generalist.V5_CONFIG, str(MNIST_FIXTURE)).build_task()
+    assert mixture.split_batch(v9["batch_size"]) == (*v5_mixture.split_batch(v5["batch_size"]), 1)
+    assert mixture.families[-1].config()["data_dir"] == str(MNIST_FIXTURE)
+    assert generalist.INTERPOLATIONS["v10"][:3] == ("v9", 0.5, {"step_bound": generalist.STEP_BOUND})
+
+
 def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_added(tmp_path):
     generalist = benchmark("generalist")
     tuned_dir = pretrained.locate("mnist-feature-mlp")  # a fine-tune of v2, as v5 is

@@ -1,4 +1,5 @@
-"""Cheap tasks for meta-training: downsampled MNIST, MNIST autoencoders, teacher-student regression, scale augmentation."""
+"""Cheap tasks for meta-training: downsampled MNIST, MNIST autoencoders, a GRU over MNIST rows, teacher-student regression,
+scale augmentation."""
 
 from __future__ import annotations
 
@@ -114,6 +115,79 @@ def test_the_objective_is_recorded_only_when_it_is_not_classify():
     assert tasks.get("mnist", **json.loads(json.dumps(auto.config()))).config() == auto.config()
     with pytest.raises(errors.ConfigError, match="unknown objective 'regress'; choose one of classify, autoencode"):
         tasks.get("mnist", data_dir=FIXTURE, objective="regress")
+
+
+# --- a GRU reading MNIST row by row ---------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [8, 14])
+def test_the_row_gru_reads_one_row_of_pixels_per_step(size):
+    family = tasks.get("mnist_rnn", data_dir=FIXTURE, image_size=size, hidden_size=12, batch_size=8)
+    params = family.init((), jax.random.PRNGKey(0))
+    gru = params["GRUCell_0"]
+    assert gru["ir"]["kernel"].shape == (size, 12) and gru["hr"]["kernel"].shape == (12, 12)
+    assert params["Dense_0"]["kernel"].shape == (12, 10)
+    x, y = family.batch(jax.random.PRNGKey(1))
+    assert x.shape == (8, size, size) and y.shape == (8,)
+    pixels, _ = tasks.get("mnist", data_dir=FIXTURE, image_size=size, batch_size=8).batch(jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(x.reshape(8, -1), pixels)  # the MLP family's minibatch, as rows
+
+
+def test_the_row_gru_is_flaxs_gru_cell_over_the_rows_then_a_dense_layer_on_its_last_state():
+    import flax.linen as nn
+
+    class Reference(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            cell, h = nn.GRUCell(6, name="GRUCell_0"), jnp.zeros((x.shape[0], 6))
+            for t in range(x.shape[1]):
+                h, _ = cell(h, x[:, t])
+            return nn.Dense(10)(h)
+
+    family = tasks.get("mnist_rnn", data_dir=FIXTURE, image_size=8, hidden_size=6, batch_size=4)
+    params = family.init((), jax.random.PRNGKey(0))
+    x, _ = family.batch(jax.random.PRNGKey(1))
+    np.testing.assert_allclose(
+        family.model.apply({"params": params}, x), Reference().apply({"params": params}, x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_the_row_gru_vmaps_over_tasks_and_adam_lowers_its_loss():
+    family = tasks.get("mnist_rnn", data_dir=FIXTURE, image_size=8, hidden_size=16, batch_size=32)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = jax.jit(jax.vmap(family.init))(jax.vmap(family.sample)(keys), keys)
+    losses = jax.jit(jax.vmap(lambda p, k: family.loss((), p, k)))(params, keys)
+    assert losses.shape == (3,) and bool(jnp.all(jnp.isfinite(losses)))
+    assert float(jnp.mean(losses)) == pytest.approx(math.log(10), rel=0.1)  # chance, before training
+    first = jax.tree.map(lambda t: t[0], params)
+    optimizer = optax.adam(1e-2)
+
+    def step(carry, key):
+        p, state = carry
+        loss, g = jax.value_and_grad(lambda p: family.loss((), p, key))(p)
+        updates, state = optimizer.update(g, state)
+        return (optax.apply_updates(p, updates), state), loss
+
+    _, curve = jax.jit(lambda p: jax.lax.scan(step, (p, optimizer.init(p)), jax.random.split(keys[0], 150)))(first)
+    assert float(jnp.mean(curve[-20:])) < 0.7 * float(jnp.mean(curve[:20]))
+
+
+def test_the_row_gru_round_trips_its_config_and_refuses_bad_options():
+    family = tasks.get("mnist_rnn", data_dir=FIXTURE, image_size=14)
+    assert family.config() == {
+        "hidden_size": 32, "batch_size": 32, "data_dir": FIXTURE, "download": False, "image_size": 14
+    }  # fmt: skip
+    assert tasks.get("mnist_rnn", **json.loads(json.dumps(family.config()))).config() == family.config()
+    assert family.data_record == tasks.get("mnist", data_dir=FIXTURE).data_record
+    for options, message in [
+        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"batch_size": 1.5}, "batch_size must be a positive integer"),
+        ({"image_size": 29}, "from 1 to 28"),
+        ({"download": "no"}, "download must be True or False"),
+        ({"channels": [8]}, "valid options: hidden_size, batch_size, data_dir, download, image_size"),
+    ]:
+        with pytest.raises(errors.ConfigError, match=message):
+            tasks.get("mnist_rnn", data_dir=FIXTURE, **options)
 
 
 # --- teacher-student regression --------------------------------------------------

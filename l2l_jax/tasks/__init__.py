@@ -1,5 +1,5 @@
-"""Optimizees: task families (quadratics, MNIST MLPs, a CNN on MNIST, a character-level LM, logistic regression,
-teacher-student regression, any Flax model), scale augmentation, their mixtures, and the registry by name."""
+"""Optimizees: task families (quadratics, MNIST MLPs, a CNN and a row-by-row GRU on MNIST, a character-level LM,
+logistic regression, teacher-student regression, any Flax model), scale augmentation, their mixtures, and the registry by name."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from l2l_jax.tasks.cnn import MNISTCNNFamily
 from l2l_jax.tasks.flax_model import FlaxModelFamily, batch_sampler, iterator_sampler, stack_batches
 from l2l_jax.tasks.logistic import LogisticRegressionFamily
 from l2l_jax.tasks.mixture import TaskMixture
-from l2l_jax.tasks.mnist import MLP, MNISTFamily
+from l2l_jax.tasks.mnist import MLP, MNISTFamily, MNISTImageFamily
+from l2l_jax.tasks.mnist_rnn import MNISTRowGRUFamily
 from l2l_jax.tasks.quadratic import QuadraticFamily, ScalarQuadratic
 from l2l_jax.tasks.regression import TeacherStudentFamily
 from l2l_jax.tasks.scale_augmented import ScaleAugmentedFamily
@@ -102,6 +103,7 @@ _REGISTRY: Registry[TaskFamily | TaskMixture] = Registry(
         "mixture": _build_mixture,
         "mnist": MNISTFamily,
         "mnist_cnn": MNISTCNNFamily,
+        "mnist_rnn": MNISTRowGRUFamily,
         "quadratic": QuadraticFamily,
         "scalar_quadratic": ScalarQuadratic,
         "scale_augmented": _build_scale_augmented,
@@ -269,6 +271,8 @@ __all__ = [
     "LogisticRegressionFamily",
     "MNISTCNNFamily",
     "MNISTFamily",
+    "MNISTImageFamily",
+    "MNISTRowGRUFamily",
     "QuadraticFamily",
     "ScalarQuadratic",
     "ScaleAugmentedFamily",

@@ -9,10 +9,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from l2l_jax.checks import boolean, positive_int
+from l2l_jax.checks import positive_int
 from l2l_jax.errors import ConfigError
-from l2l_jax.tasks.base import PyTree, TaskFamily
-from l2l_jax.tasks.mnist import FULL_SIZE, MNISTFamily, cross_entropy, image_side
+from l2l_jax.tasks.mnist import FULL_SIZE, MNISTImageFamily
 
 #: The height and width of every convolution's kernel.
 KERNEL = 3
@@ -77,12 +76,12 @@ def _channels(value: object) -> tuple[int, ...]:
     return tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(value))
 
 
-class MNISTCNNFamily(TaskFamily):
+class MNISTCNNFamily(MNISTImageFamily):
     """Training a small CNN on MNIST; tasks differ by initialisation and minibatches.
 
-    The data and minibatches are ``MNISTFamily``'s (pixels in [0, 1], batches drawn
-    with replacement at every step), shaped as single-channel images; the
-    loss is the mean softmax cross-entropy.
+    An ``MNISTImageFamily``: the data and minibatches are ``MNISTFamily``'s (pixels in
+    [0, 1], batches drawn with replacement at every step), shaped as single-channel
+    images; the loss is the mean softmax cross-entropy.
 
     Args:
       channels: output channels of each stride-2 3x3 convolution.
@@ -116,16 +115,11 @@ class MNISTCNNFamily(TaskFamily):
         image_size: int = FULL_SIZE,
     ) -> None:
         self.channels = _channels(channels)
-        self.image_size = image_side(image_size)
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.download = boolean("download", download)
-        self.data_dir = data_dir
-        # The MLP family owns loading, recording and batching MNIST; this family only reshapes its batches.
-        self.data = MNISTFamily(
-            batch_size=self.batch_size, data_dir=data_dir, download=self.download, image_size=self.image_size
-        )
-        self.data_description, self.data_record = self.data.data_description, self.data.data_record
-        self.model = CNN(channels=self.channels)
+        super().__init__(CNN(channels=self.channels), batch_size, data_dir, download, image_size)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, 1)
 
     def config(self) -> dict[str, Any]:
         """The options that rebuild this family; ``image_size`` only when it is not 28 (as ``MNISTFamily``)."""
@@ -136,26 +130,3 @@ class MNISTCNNFamily(TaskFamily):
             "download": self.download,
         }
         return config if self.image_size == FULL_SIZE else {**config, "image_size": self.image_size}
-
-    @property
-    def num_examples(self) -> int:
-        return self.data.num_examples
-
-    def sample(self, key: jax.Array) -> PyTree:
-        del key
-        return ()  # Tasks differ only by θ0 and the minibatches.
-
-    def init(self, task_params: PyTree, key: jax.Array) -> PyTree:
-        del task_params
-        side = self.image_size
-        return self.model.init(key, jnp.zeros((1, side, side, 1)))["params"]
-
-    def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A minibatch drawn with replacement: float32 images (batch_size, side, side, 1) in [0, 1] and labels."""
-        x, y = self.data.batch(key)
-        return x.reshape(-1, self.image_size, self.image_size, 1), y
-
-    def loss(self, task_params: PyTree, params: PyTree, key: jax.Array) -> jax.Array:
-        del task_params
-        x, y = self.batch(key)
-        return cross_entropy(self.model.apply({"params": params}, x), y)

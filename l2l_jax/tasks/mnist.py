@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from typing import Any, Callable, Sequence
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from l2l_jax.checks import one_of, positive_int
+from l2l_jax.checks import boolean, one_of, positive_int
 from l2l_jax.errors import ConfigError
 from l2l_jax.tasks.base import PyTree, TaskFamily
 
@@ -213,3 +214,74 @@ class MNISTFamily(TaskFamily):
         x, y = self.batch(key)
         outputs = self.model.apply({"params": params}, x)
         return cross_entropy(outputs, y) if self.objective == "classify" else reconstruction_error(outputs, x)
+
+
+class MNISTImageFamily(TaskFamily):
+    """Training a Flax classifier of MNIST images; tasks differ by initialisation and minibatches.
+
+    The base of the CNN (``"mnist_cnn"``) and row-by-row GRU (``"mnist_rnn"``) families.
+    The data and minibatches are an ``MNISTFamily``'s (pixels in [0, 1], batches drawn
+    with replacement at every step), each image shaped as ``image_shape``; the loss is
+    the mean softmax cross-entropy of the model's logits. A subclass passes its model and
+    defines ``image_shape``, ``name`` and ``config``.
+
+    Args:
+      model: a Flax module from (batch, *image_shape) images to (batch, 10) logits.
+      batch_size: minibatch size.
+      data_dir: where to look for MNIST (see ``l2l_jax.data.load_mnist_for_experiment``):
+        the training split when present, else the 10,000-image test split.
+      download: try downloading the training split when it is missing.
+      image_size: the images' side: 28, or smaller to downsample them (see ``MNISTFamily``).
+
+    Attributes:
+      data: the ``MNISTFamily`` (default MLP options, this ``batch_size`` and
+        ``image_size``) that loads the data and draws the minibatches.
+      data_description: which split was found where (for messages; names paths).
+      data_record: what the data was, without paths (see `data_record`).
+
+    Raises:
+      ConfigError: if ``batch_size`` is not a positive integer, ``image_size`` not from
+        1 to 28 or ``download`` not a bool.
+      DataError: if MNIST cannot be found (or downloaded).
+    """
+
+    def __init__(
+        self, model: nn.Module, batch_size: int, data_dir: str | None, download: bool, image_size: int
+    ) -> None:
+        self.image_size = image_side(image_size)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.download = boolean("download", download)
+        self.data_dir = data_dir
+        # The MLP family owns loading, recording and batching MNIST; this family only reshapes its batches.
+        self.data = MNISTFamily(
+            batch_size=self.batch_size, data_dir=data_dir, download=self.download, image_size=self.image_size
+        )
+        self.data_description, self.data_record = self.data.data_description, self.data.data_record
+        self.model = model
+
+    @property
+    @abc.abstractmethod
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's shape as the model reads it."""
+
+    @property
+    def num_examples(self) -> int:
+        return self.data.num_examples
+
+    def sample(self, key: jax.Array) -> PyTree:
+        del key
+        return ()  # Tasks differ only by θ0 and the minibatches.
+
+    def init(self, task_params: PyTree, key: jax.Array) -> PyTree:
+        del task_params
+        return self.model.init(key, jnp.zeros((1, *self.image_shape)))["params"]
+
+    def batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A minibatch drawn with replacement: float32 images (batch_size, *image_shape) in [0, 1] and labels."""
+        x, y = self.data.batch(key)
+        return x.reshape(-1, *self.image_shape), y
+
+    def loss(self, task_params: PyTree, params: PyTree, key: jax.Array) -> jax.Array:
+        del task_params
+        x, y = self.batch(key)
+        return cross_entropy(self.model.apply({"params": params}, x), y)
