@@ -1,4 +1,5 @@
-"""The paper's MNIST optimizee: a small Flax MLP on minibatches of 128 drawn with replacement."""
+"""The paper's MNIST optimizee (a small Flax MLP on minibatches of 128 drawn with replacement), MNIST's
+data helpers, and `MNISTImageFamily`, the base of the other MNIST classifiers' families."""
 
 from __future__ import annotations
 
