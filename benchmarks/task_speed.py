@@ -2,11 +2,12 @@
 
 Meta-training throughput is what bounds the generalist (``generalist.py``): this
 script measures, for every member of the v1, v2, v4 and v9 mixtures (v4's adds MNIST
-autoencoders and 20-d quadratics, v9's a GRU reading 14x14 MNIST row by row) and the other cheap task families (teacher-student
-regression, logistic regression, quadratics), the PES
-meta-step of the v2 recipe (truncation 50, 2 antithetic pairs) on ``--tasks`` tasks of
-that family alone, after a compiling call: the task's parameter count, median seconds
-per meta-step and optimizee steps per second (tasks x pairs x 2 runs x truncation / seconds).
+autoencoders and 20-d quadratics, v9's a GRU reading 14x14 MNIST row by row) and the
+other cheap task families (teacher-student regression, logistic regression,
+quadratics), the PES meta-step of the v2 recipe (truncation 50, 2 antithetic pairs)
+on ``--tasks`` tasks of that family alone, after a compiling call: the task's
+parameter count, median seconds per meta-step and optimizee steps per second
+(tasks x pairs x 2 runs x truncation / seconds).
 
     python benchmarks/task_speed.py --data-dir DIR
 """
