@@ -161,9 +161,10 @@ def _file_id(path: Path) -> tuple[int, int, int] | None:
 
 
 def _check_evaluate_options(args: argparse.Namespace) -> None:
-    """Refuses ``--tasks`` and ``--tune-tasks`` that evaluation would refuse, before anything runs."""
-    for flag, value in (("--tasks", args.tasks), ("--tune-tasks", args.tune_tasks)):
-        if value < 1:
+    """Refuses ``--tasks``, ``--tune-tasks`` and ``--steps`` that evaluation would refuse, before anything runs."""
+    given = (("--tasks", args.tasks), ("--tune-tasks", args.tune_tasks), ("--steps", getattr(args, "steps", None)))
+    for flag, value in given:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
 
 
@@ -496,6 +497,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--no-against and --against contradict each other; give one")
     if not path.exists() and args.run in pretrained_lib.available():
         raise ConfigError("evaluate writes its results into a run directory; pass a run directory, not a shipped name")
+    _check_evaluate_options(args)
     print(
         _evaluate_run(
             path,
@@ -516,6 +518,8 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    if args.meta_steps < 1:  # Before the example's exact figures are computed.
+        raise ConfigError(f"--meta-steps must be a positive integer, got {args.meta_steps}")
     with jax.enable_x64(True):  # The example's figures are exact in float64.
         from l2l_jax.examples import worked_example
 

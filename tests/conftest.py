@@ -50,8 +50,23 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
         "test_a_step_on_a_leaf_of_any_shape_equals_the_step_on_its_flat_coordinates",
         "lstm_step_reference",
     ): "[lstm_step_fused-*]",
-    # The nnx CNN ([nnx]) runs by default, and a linen model in test_own_task_from_the_command_line.
-    ("test_own_model.py", "test_meta_training_on_a_users_cnn_improves_its_training", "linen"): "[nnx]",
+    # A user's own Flax model meta-trained (a linen model, from the command line) and meta-training that
+    # lowers the meta-loss on held-out tasks run by default; the CNNs (nnx and linen) in CI's full run.
+    ("test_own_model.py", "test_meta_training_on_a_users_cnn_improves_its_training", None): (
+        "test_own_task_from_the_command_line, "
+        "test_meta_training.py::test_meta_training_with_log_weighting_and_segment_remat_lowers_the_meta_loss_on_held_out_tasks"
+    ),
+    # The shipped LSTM sharded over two processes: the generalist's run ([generalist]) is the same contract.
+    ("test_multiprocess.py", "test_a_model_sharded_over_two_processes_gets_the_one_process_updates", "mnist-lstm"): (
+        "[generalist]"
+    ),
+    # SIGTERM through the command line: SIGINT's run ([2-130]) and test_run_directory.py's SIGTERM checkpoint
+    # (test_sigterm_saves_a_checkpoint_like_ctrl_c) run by default.
+    (
+        "test_cli_signals.py",
+        "test_interrupted_meta_training_saves_a_checkpoint_and_exits_128_plus_the_signal",
+        "15-143",
+    ): ("[2-130], test_run_directory.py::test_sigterm_saves_a_checkpoint_like_ctrl_c"),
     # Chunks of 1 and 2 of 6 tasks, first and second order, run by default.
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "True-3"): "[True-1]",
     ("test_fast_paths.py", "test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once", "False-1"): "[True-1]",
@@ -76,6 +91,30 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
     ),
     ("test_meta_training_estimators.py", "test_a_non_finite_step_is_skipped_and_restarts_the_runs", "es"): "[pes]",
     ("test_meta_training_estimators.py", "test_non_finite_meta_steps_are_skipped_and_counted", "es"): "[pes]",
+    # ES's draws in chunks of tasks: PES's in chunks ([pes-chunks-of-2], the same chunking code), ES's over all
+    # tasks at once ([es-all-tasks]) and ES chunked against at once (test_tasks_per_chunk_gives_the_same_estimate)
+    # run by default.
+    (
+        "test_estimators.py",
+        "test_es_and_pes_draw_a_tasks_minibatches_once_for_all_its_runs_and_estimate_as_if_each_run_drew_its_own",
+        "es-chunks-of-2",
+    ): "[pes-chunks-of-2], [es-all-tasks], test_tasks_per_chunk_gives_the_same_estimate[es]",
+    # The interpreted Pallas kernel under automatic sharding, in a child process of its own: the kernel under
+    # explicit sharding ([lstm_pallas-explicit]) and XLA's step under automatic sharding ([lstm-auto]) run by default.
+    ("test_state_sharding.py", "test_init_under_jit_shards_the_state_like_its_parameters", "lstm_pallas-auto"): (
+        "[lstm_pallas-explicit], [lstm-auto]"
+    ),
+    (
+        "test_state_sharding.py",
+        "test_sharded_updates_equal_the_unsharded_ones_and_keep_the_layout",
+        "lstm_pallas-auto",
+    ): "[lstm_pallas-explicit], [lstm-auto]",
+    # The task batch in chunks over 8 devices, in a child process of its own: the batch split over the devices
+    # and the batch in chunks on one device run by default.
+    ("test_sharding.py", "test_sharded_meta_training_in_chunks_of_tasks_matches_one_device", None): (
+        "test_sharded_meta_training_matches_one_device, "
+        "test_fast_paths.py::test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once"
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -40,6 +41,24 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
     return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished run of ``meta-train`` with TINY (run once for the module); tests use copies (``copy_of``)."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert cli.main(["meta-train", *TINY, "--run-dir", str(run)]) == 0
+    return run
+
+
+def copy_of(run, dest):
+    """A copy of the run directory ``run`` at ``dest``."""
+    shutil.copytree(run, dest)
+    return dest
+
+
+#: ``evaluate``'s options for a TINY run: the tests that evaluate one use the same, so they share compiled programs.
+EVALUATE_TINY = ["--tasks", "4", "--tune-tasks", "4", "--steps", "10", "--no-progress"]
+
+
 def test_meta_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["meta-train", "--task", "quadratic", *TINY, "--steps-per-call", "3", "--tasks-per-chunk", "2"]
@@ -47,7 +66,7 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
     assert (run / "optimizer.msgpack").is_file()
     assert (run / "meta_training.png").stat().st_size > 1000  # The CLI plots the run.
     assert json.loads((run / "config.json").read_text())["tasks_per_chunk"] == 2
-    code = cli.main(["evaluate", str(run), "--tasks", "8", "--tune-tasks", "8", "--steps", "10", "--no-progress"])
+    code = cli.main(["evaluate", str(run), *EVALUATE_TINY])
     assert code == 0
     out = capsys.readouterr().out
     assert "| learned lstm | learned |" in out and "| adam |" in out
@@ -60,8 +79,10 @@ def test_meta_train_then_evaluate(tmp_path, capsys):
 def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses_the_mixture(tmp_path, capsys):
     run = tmp_path / "run"
     members = '[{"task": "quadratic", "options": {"dim": 2}}, {"task": "quadratic", "options": {"dim": 4}}]'
-    argv = ["meta-train", "--task", "mixture", "--task-option", f"members={members}", *TINY[2:]]
-    argv += ["--estimator", "pes", "--sigma", "0.05", "--pairs", "2"]
+    # Without validation: this test is about what the run records. A PES mixture validates in
+    # test_meta_training_estimators.py::test_a_task_mixture_meta_trains_validates_and_resumes_exactly.
+    argv = ["meta-train", "--task", "mixture", "--task-option", f"members={members}"]
+    argv += [*_with(TINY[2:], "--validate-every", "0"), "--estimator", "pes", "--sigma", "0.05", "--pairs", "2"]
     assert cli.main([*argv, "--run-dir", str(run)]) == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["estimator"], config["estimator_options"]) == ("pes", {"sigma": 0.05, "num_pairs": 2})
@@ -93,7 +114,11 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["meta-train", "--task-option", "dim=abc", "--run-dir", "X"], "dim) must be a positive integer"),
         (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
         (["seed-example", "--meta-steps", "0"], "--meta-steps must be a positive integer"),
-        (["evaluate", "RUN", "--steps", "0"], "--steps must be a positive integer"),
+        # RUN: a copy of tiny_run. evaluate samples its tasks before it checks --steps: a few, as for TINY.
+        (
+            ["evaluate", "RUN", "--steps", "0", "--tasks", "4", "--tune-tasks", "4"],
+            "--steps must be a positive integer",
+        ),
         (["meta-train", "--estimator", "reinforce", "--run-dir", "X"], "unknown estimator 'reinforce'"),
         (
             ["meta-train", "--sigma", "0.1", "--run-dir", "X"],
@@ -129,11 +154,10 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         ),
     ],
 )
-def test_bad_input_prints_one_clear_line(argv, message, tmp_path, capsys):
+def test_bad_input_prints_one_clear_line(argv, message, tmp_path, request, capsys):
     argv = [str(tmp_path / a) if a in ("X",) else a for a in argv]
     if "RUN" in argv:
-        run = tmp_path / "run"
-        cli.main(["meta-train", *TINY, "--run-dir", str(run)])
+        run = copy_of(request.getfixturevalue("tiny_run"), tmp_path / "run")
         argv = [str(run) if a == "RUN" else a for a in argv]
     capsys.readouterr()
     assert cli.main(argv) == 2
@@ -349,11 +373,10 @@ def test_run_without_validation_says_no_validation_yet(tmp_path, capsys):
     assert "no validation yet" in out and "inf" not in out
 
 
-def test_a_run_directory_in_use_fails_at_once_with_one_line(tmp_path, capsys):
+def test_a_run_directory_in_use_fails_at_once_with_one_line(tmp_path, tiny_run, capsys):
     import fcntl
 
-    run = tmp_path / "run"
-    assert cli.main(["meta-train", *TINY, "--run-dir", str(run)]) == 0
+    run = copy_of(tiny_run, tmp_path / "run")  # A finished run of TINY.
     capsys.readouterr()
     extended = _with(TINY, "--meta-steps", "6")
     with open(run / ".lock", "a") as lock:  # Another process writing to the run.
@@ -423,7 +446,7 @@ def test_evaluate_runs_a_module_function_task_only_when_the_user_names_it(tmp_pa
     run = tmp_path / "run"
     assert cli.main(["meta-train", *TINY, "--task", "h3_own_task:make", "--run-dir", str(run)]) == 0
     capsys.readouterr()
-    evaluate = ["evaluate", str(run), "--tasks", "4", "--tune-tasks", "4", "--steps", "10", "--no-progress"]
+    evaluate = ["evaluate", str(run), *EVALUATE_TINY]
     assert cli.main(evaluate) == 2
     err = capsys.readouterr().err
     assert err.startswith("l2l-jax: error: ") and err.count("\n") == 1 and "h3_own_task:make" in err

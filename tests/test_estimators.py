@@ -181,10 +181,11 @@ OPTIONS = {
 
 @functools.cache
 def small_estimator(name, x64, tasks_per_chunk=None):
-    """A small LSTM (φ a nested dict) on 2-d quadratics, φ, and the estimator with jitted ``init`` and ``estimate``.
+    """A small LSTM (φ a nested dict) on 2-d quadratics, φ, and the estimator with a jitted ``estimate``.
 
     Cached, so that the tests share compiled programs; call it, and the functions, under
-    ``jax.enable_x64(x64)``.
+    ``jax.enable_x64(x64)``. ``init`` runs op by op: its few ops compile once for every
+    estimator, which is faster than compiling a program of it for each.
     """
     optimizer = optimizers.get("lstm", hidden_size=2)
     est = E.get(
@@ -196,7 +197,7 @@ def small_estimator(name, x64, tasks_per_chunk=None):
         tasks_per_chunk=tasks_per_chunk,
         **OPTIONS[name],
     )
-    return optimizer.init(jax.random.key(0)), est._replace(init=jax.jit(est.init), estimate=jax.jit(est.estimate))
+    return optimizer.init(jax.random.key(0)), est._replace(estimate=jax.jit(est.estimate))
 
 
 def flat(tree):

@@ -9,6 +9,7 @@ tolerances measure the algebra, not rounding.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -162,14 +163,20 @@ def quadratic_setup(implementation, batch=3):
     return optimizer, family, phi, inner
 
 
+def truncation_value_and_grad(optimizer, family, phi, inner, num_steps, **options):
+    """``jax.value_and_grad(truncation_loss, has_aux=True)``, compiled as one program (not op by op)."""
+    loss = jax.value_and_grad(truncation_loss, has_aux=True)
+    return jax.jit(lambda phi, inner: loss(phi, optimizer, family, inner, num_steps, **options))(phi, inner)
+
+
 @pytest.mark.parametrize("first_order", [True, False])
 def test_fused_lstm_meta_gradient_equals_the_reference(first_order):
     results = {}
     # (The Pallas step's backward is the fused one; its VJP is checked above.)
     for impl in ("reference", "fused", "auto"):
         optimizer, family, phi, inner = quadratic_setup(impl)
-        (loss, (after, losses)), grad = jax.value_and_grad(truncation_loss, has_aux=True)(
-            phi, optimizer, family, inner, 8, first_order=first_order
+        (loss, (after, losses)), grad = truncation_value_and_grad(
+            optimizer, family, phi, inner, 8, first_order=first_order
         )
         results[impl] = (loss, losses, after.params, grad)
     for impl in ("fused", "auto"):
@@ -177,32 +184,40 @@ def test_fused_lstm_meta_gradient_equals_the_reference(first_order):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
+@functools.cache
+def unroll_without_remat():
+    """The plain unroll that every rematerialised one is compared with (computed once, for both)."""
+    return truncation_value_and_grad(*quadratic_setup("fused"), 12, remat=False)
+
+
 @pytest.mark.parametrize("remat", [True, "segments"])
 def test_rematerialised_unroll_equals_the_plain_one(remat):
-    optimizer, family, phi, inner = quadratic_setup("fused")
-
-    def run(r):
-        return jax.value_and_grad(truncation_loss, has_aux=True)(phi, optimizer, family, inner, 12, remat=r)
-
-    (_, (_, losses)), grad = run(False)
-    (_, (_, losses_r)), grad_r = run(remat)
+    (_, (_, losses)), grad = unroll_without_remat()
+    (_, (_, losses_r)), grad_r = truncation_value_and_grad(*quadratic_setup("fused"), 12, remat=remat)
     np.testing.assert_allclose(losses_r, losses, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(grad_r), jax.tree.leaves(grad)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
+@functools.cache  # The unroll at once, for every chunk size of the same order: computed once.
+def unroll_in_chunks(tasks_per_chunk, first_order):
+    """``meta_value_and_grad`` on 6 tasks in chunks of ``tasks_per_chunk`` (None: at once), compiled as one program."""
+    optimizer, family, phi, inner = quadratic_setup("fused", batch=6)
+
+    @jax.jit
+    def run(phi, inner):
+        return meta_value_and_grad(
+            phi, optimizer, family, inner, 7, first_order=first_order, tasks_per_chunk=tasks_per_chunk
+        )
+
+    (loss, (after, losses)), grad = run(phi, inner)
+    return loss, losses, after._replace(key=jax.random.key_data(after.key)), grad
+
+
 @pytest.mark.parametrize("tasks_per_chunk", [1, 2, 3])
 @pytest.mark.parametrize("first_order", [True, False])
 def test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once(tasks_per_chunk, first_order):
-    optimizer, family, phi, inner = quadratic_setup("fused", batch=6)
-
-    def run(chunk):
-        (loss, (after, losses)), grad = meta_value_and_grad(
-            phi, optimizer, family, inner, 7, first_order=first_order, tasks_per_chunk=chunk
-        )
-        return loss, losses, after._replace(key=jax.random.key_data(after.key)), grad
-
-    at_once, chunked = run(None), run(tasks_per_chunk)
+    at_once, chunked = unroll_in_chunks(None, first_order), unroll_in_chunks(tasks_per_chunk, first_order)
     # Same tasks in the same order afterwards (the next truncation continues each one).
     assert jax.tree.structure(chunked) == jax.tree.structure(at_once)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(at_once)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import jax
@@ -102,11 +103,12 @@ def test_the_untrained_nominal_optimizer_is_adam_at_its_nominal_rate():
     tx, adam = opt.as_optax(opt.init(jax.random.key(0))), optax.adam(0.03)
     params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
     state, adam_state = tx.init(params), adam.init(params)
+    update, adam_update = jax.jit(tx.update), jax.jit(adam.update)
     rng = np.random.default_rng(0)
     for scale in (1.0, 0.01, 100.0, 1.0):
         grads = jax.tree.map(lambda p, scale=scale: jnp.asarray(rng.normal(size=p.shape) * scale, jnp.float32), params)
-        updates, state = tx.update(grads, state, params)
-        want, adam_state = adam.update(grads, adam_state, params)
+        updates, state = update(grads, state, params)
+        want, adam_state = adam_update(grads, adam_state, params)
         for k in params:
             np.testing.assert_allclose(updates[k], want[k], rtol=1e-5, atol=1e-9)
 
@@ -123,7 +125,7 @@ def test_it_composes_with_optax_chain_and_masks_in_any_pytree():
     assert all(bool(jnp.all(jnp.isfinite(u))) and bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
     masked = optax.masked(opt.as_optax(phi), {"dense": {"w": True, "b": False}, "scale": False, "empty": {}})
     mstate = masked.init(params)
-    mu, _ = masked.update(grads, mstate, params)
+    mu, _ = jax.jit(masked.update)(grads, mstate, params)
     assert bool(jnp.all(mu["dense"]["b"] == 1)) and bool(jnp.any(mu["dense"]["w"] != 1))
 
 
@@ -159,16 +161,27 @@ def test_a_non_finite_coordinate_gets_no_update_keeps_its_state_and_leaves_the_o
     np.testing.assert_allclose(flat(u_bad), u_sub, rtol=1e-6)
 
 
+@functools.cache
+def default_optimizer():
+    """The default feature MLP with φ from key 0: its ``init`` and jitted ``update``.
+
+    One jitted function for all the parametrizations below, so each leaf shape is traced and
+    compiled once, not once per non-finite value.
+    """
+    opt = feature_mlp()
+    tx = opt.as_optax(opt.init(jax.random.key(0)))
+    return tx.init, jax.jit(tx.update)
+
+
 @pytest.mark.parametrize("value", [jnp.nan, jnp.inf, -jnp.inf])
 @pytest.mark.parametrize("shape", [(2, 3), (300, 256)])  # the matrix products and the coordinatewise network
 def test_a_non_finite_parameter_is_left_alone_like_a_non_finite_gradient(value, shape):
     # Its coordinate gets update 0 and keeps its state; the others get exactly what they
     # get when that coordinate's gradient is the non-finite one.
-    opt = feature_mlp()
-    tx = jax.jit(opt.as_optax(opt.init(jax.random.key(0))).update)
+    init, tx = default_optimizer()
     params = jax.random.normal(jax.random.key(1), shape)
     grads = jax.random.normal(jax.random.key(2), shape)
-    state = opt.as_optax(opt.init(jax.random.key(0))).init(params)
+    state = init(params)
     _, state = tx(grads, state, params)
     u_param, s_param = tx(grads, state, params.at[1, 2].set(value))
     u_grad, s_grad = tx(grads.at[1, 2].set(value), state, params)
@@ -250,7 +263,7 @@ def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
             p = p + u
         return jnp.sum(p**2)
 
-    grads = jax.grad(meta_loss)(phi)
+    grads = jax.jit(jax.grad(meta_loss))(phi)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads))
 
@@ -258,12 +271,22 @@ def test_config_rebuilds_the_optimizer_and_meta_gradients_are_finite():
 # --- width-aware updates (reference_fan_in, reference_fan_out) ----------------------------
 
 
-def first_update(opt, phi, shape, grad_scale=0.1):
-    """The first update of a tensor of ``shape`` whose gradient is ``grad_scale`` times a fixed random sign."""
-    sign = jnp.sign(jax.random.normal(jax.random.key(7), shape))
-    params = 0.01 * jax.random.normal(jax.random.key(8), shape)
+def gradient_signs(shapes):
+    """The fixed random signs of `first_updates`' gradients, one array per shape."""
+    return [jnp.sign(jax.random.normal(jax.random.key(7), shape)) for shape in shapes]
+
+
+def first_updates(opt, phi, shapes, grad_scale=0.1):
+    """The first updates of tensors of ``shapes``, each with gradient ``grad_scale`` times a fixed random sign.
+
+    The tensors are the leaves of one list, updated by one compiled call: the optimizer
+    updates every leaf on its own (features normalised per tensor, width factors from the
+    leaf's own shape), so each gets the update it would get alone.
+    """
+    signs = gradient_signs(shapes)
+    params = [0.01 * jax.random.normal(jax.random.key(8), shape) for shape in shapes]
     tx = opt.as_optax(phi)
-    updates, _ = jax.jit(tx.update)(grad_scale * sign, jax.jit(tx.init)(params), params)
+    updates, _ = jax.jit(tx.update)([grad_scale * sign for sign in signs], jax.jit(tx.init)(params), params)
     return updates
 
 
@@ -271,15 +294,15 @@ def test_with_a_reference_fan_in_a_layer_moves_its_outputs_the_same_whatever_its
     opt = feature_mlp(hidden_sizes=(8,), output="nominal", reference_fan_in=128.0)
     phi = opt.init(jax.random.key(0))
     phi["layers"][-1]["w"] = 0.3 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    shapes = [(fan_in, 10) for fan_in in (128, 256, 1280, 4096)]
     moves = []
-    for fan_in in (128, 256, 1280, 4096):
-        u = first_update(opt, phi, (fan_in, 10))
-        x = -jnp.sign(jax.random.normal(jax.random.key(7), (fan_in, 10)))  # an input aligned with the step
+    for u, sign in zip(first_updates(opt, phi, shapes), gradient_signs(shapes)):
+        x = -sign  # an input aligned with the step
         moves.append(float(jnp.mean(jnp.abs(jnp.sum(u * x, axis=0)))))  # |Δ output| per output unit
     np.testing.assert_allclose(moves, moves[0], rtol=0.05)
     # Without it the move grows with the fan-in, as Adam's does.
     plain = feature_mlp(**{**opt.config(), "reference_fan_in": None})
-    wide, narrow = (float(jnp.sum(jnp.abs(first_update(plain, phi, (n, 10))))) / 10 for n in (4096, 128))
+    wide, narrow = (float(jnp.sum(jnp.abs(u))) / 10 for u in first_updates(plain, phi, [(4096, 10), (128, 10)]))
     assert wide / narrow == pytest.approx(32, rel=0.05)
 
 
@@ -287,8 +310,10 @@ def test_the_width_factor_is_min_of_one_and_reference_over_fan_in_and_spares_vec
     opt = feature_mlp(output="nominal", reference_fan_in=64.0)
     plain = feature_mlp(output="nominal")
     phi = opt.init(jax.random.key(0))
-    for shape, factor in [((16, 4), 1.0), ((64, 4), 1.0), ((256, 4), 0.25), ((3, 3, 32, 8), 64 / 288), ((1000,), 1.0)]:
-        np.testing.assert_allclose(first_update(opt, phi, shape), factor * first_update(plain, phi, shape), rtol=1e-6)
+    cases = [((16, 4), 1.0), ((64, 4), 1.0), ((256, 4), 0.25), ((3, 3, 32, 8), 64 / 288), ((1000,), 1.0)]
+    shapes = [shape for shape, _ in cases]
+    for (shape, factor), u, u_plain in zip(cases, first_updates(opt, phi, shapes), first_updates(plain, phi, shapes)):
+        np.testing.assert_allclose(u, factor * u_plain, rtol=1e-6, err_msg=f"shape {shape}")
     assert opt.config()["reference_fan_in"] == 64.0 and "reference_fan_in" not in plain.config()
     assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
     for bad in (0.0, -1.0, float("inf"), "64"):
@@ -305,28 +330,33 @@ def test_with_a_reference_fan_out_a_hidden_layer_moves_a_standard_read_out_the_s
     phi["layers"][-1]["w"] = 0.3 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
     x = jnp.abs(jax.random.normal(jax.random.key(2), (64,)))
 
-    def logit_move(opt, n):
-        w2 = jnp.sign(jax.random.normal(jax.random.key(3), (n,))) / jnp.sqrt(n)
-        w1 = 0.01 * jax.random.normal(jax.random.key(4), (64, n))
+    def logit_moves(opt, widths):
+        # The first layers of every width in one list, updated by one compiled call (each leaf on its own).
+        w2s = [jnp.sign(jax.random.normal(jax.random.key(3), (n,))) / jnp.sqrt(n) for n in widths]
+        w1s = [0.01 * jax.random.normal(jax.random.key(4), (64, n)) for n in widths]
         tx = opt.as_optax(phi)
-        u, _ = jax.jit(tx.update)(0.1 * jnp.outer(x, w2), jax.jit(tx.init)(w1), w1)
-        return float(jnp.abs((x @ u) @ w2))
+        us, _ = jax.jit(tx.update)([0.1 * jnp.outer(x, w2) for w2 in w2s], jax.jit(tx.init)(w1s), w1s)
+        return [float(jnp.abs((x @ u) @ w2)) for u, w2 in zip(us, w2s)]
 
-    moves = [logit_move(opt, n) for n in (128, 512, 2048, 4096)]
+    moves = logit_moves(opt, (128, 512, 2048, 4096))
     np.testing.assert_allclose(moves, moves[0], rtol=0.05)
     # Without it the move grows as √n: a standard read-out adds up n aligned moves of 1/√n each.
     plain = feature_mlp(**{**opt.config(), "reference_fan_out": None})
-    assert logit_move(plain, 4096) / logit_move(plain, 128) == pytest.approx(32**0.5, rel=0.05)
+    wide, narrow = logit_moves(plain, (4096, 128))
+    assert wide / narrow == pytest.approx(32**0.5, rel=0.05)
 
 
 def test_the_fan_out_factor_is_the_root_of_min_of_one_and_reference_over_the_last_axis_biases_included():
     opt = feature_mlp(output="nominal", reference_fan_in=64.0, reference_fan_out=128.0)
     plain = feature_mlp(output="nominal")
     phi = opt.init(jax.random.key(0))
-    cases = [((16, 4), 1.0), ((4, 128), 1.0), ((4, 512), 0.5), ((256, 512), 0.25 * 0.5),
+    # (128, 256): both factors, under COORDINATEWISE_MIN_SIZE; test_with_a_reference_fan_out_... has them
+    # on leaves past it.
+    cases = [((16, 4), 1.0), ((4, 128), 1.0), ((4, 512), 0.5), ((128, 256), 0.5 * 0.5**0.5),
              ((3, 3, 4, 256), 0.5**0.5), ((1000,), (128 / 1000) ** 0.5), ((100,), 1.0), ((), 1.0)]  # fmt: skip
-    for shape, factor in cases:
-        np.testing.assert_allclose(first_update(opt, phi, shape), factor * first_update(plain, phi, shape), rtol=1e-6)
+    shapes = [shape for shape, _ in cases]
+    for (shape, factor), u, u_plain in zip(cases, first_updates(opt, phi, shapes), first_updates(plain, phi, shapes)):
+        np.testing.assert_allclose(u, factor * u_plain, rtol=1e-6, err_msg=f"shape {shape}")
     assert opt.config()["reference_fan_out"] == 128.0 and "reference_fan_out" not in plain.config()
     assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
     for bad in (0.0, -1.0, float("inf"), "64"):
@@ -341,10 +371,11 @@ def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(mon
     for threshold in (1, 2**62):  # Every leaf coordinatewise, then none.
         monkeypatch.setattr(module, "COORDINATEWISE_MIN_SIZE", threshold)
         tx = pretrained.load("generalist")
+        update = jax.jit(tx.update)  # Traced (reading the threshold) at its first call, below.
         state, p, updates = tx.init(params), params, []
         for t in range(3):
             grads = jax.tree.map(lambda x, t=t: jnp.sin(x * (t + 1)) + 0.01, p)
-            u, state = tx.update(grads, state, p)
+            u, state = update(grads, state, p)
             p = optax.apply_updates(p, u)
             updates.append(u)
         runs[threshold] = updates

@@ -108,6 +108,17 @@ def test_passing_value_does_not_change_the_updates(data):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@jax.jit
+def linen_train_step(state, x, y):
+    """One step of an ordinary linen ``TrainState`` loop: softmax cross-entropy on (x, y); the new state and the loss."""
+
+    def loss_fn(params):
+        return optax.softmax_cross_entropy_with_integer_labels(state.apply_fn({"params": params}, x), y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+
 def test_linen_train_state_loop(learned_tx, data):
     class MLP(nn.Module):
         @nn.compact
@@ -119,17 +130,9 @@ def test_linen_train_state_loop(learned_tx, data):
         apply_fn=model.apply, params=model.init(jax.random.PRNGKey(0), jnp.ones((1, 784)))["params"], tx=learned_tx
     )
 
-    @jax.jit
-    def train_step(state, x, y):
-        def loss_fn(params):
-            return optax.softmax_cross_entropy_with_integer_labels(state.apply_fn({"params": params}, x), y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        return state.apply_gradients(grads=grads), loss
-
     losses = []
     for x, y in batches(data, 30):
-        state, loss = train_step(state, x, y)
+        state, loss = linen_train_step(state, x, y)
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:3])
@@ -171,12 +174,9 @@ def test_benchmark_unroll_equals_an_ordinary_linen_loop(learned_tx):
     _, _, scanned = unroll(learned_tx, lambda p, k: family.loss((), p, k), params, learned_tx.init(params), key, 15)
 
     state = train_state.TrainState.create(apply_fn=family.model.apply, params=params, tx=learned_tx)
+
     losses = []
     for t in range(15):
-        x, y = family.batch(jax.random.fold_in(key, t))
-        loss, grads = jax.value_and_grad(
-            lambda p: optax.softmax_cross_entropy_with_integer_labels(state.apply_fn({"params": p}, x), y).mean()
-        )(state.params)
-        state = state.apply_gradients(grads=grads)
+        state, loss = linen_train_step(state, *family.batch(jax.random.fold_in(key, t)))
         losses.append(float(loss))
     np.testing.assert_allclose(scanned[:15], losses, rtol=2e-5)

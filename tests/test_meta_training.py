@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,31 @@ def flat(tree):
     return np.asarray(ravel_pytree(tree)[0])
 
 
+@pytest.fixture(scope="module")
+def ten_steps():
+    """SMALL meta-trained for 10 meta-steps without a run directory: the uninterrupted run several tests compare with.
+
+    Run once for the module; no test changes it.
+    """
+    return meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def five_step_run(tmp_path_factory):
+    """A finished run of SMALL for 5 meta-steps (validated at step 5): its run directory and result.
+
+    Run once for the module; tests that change the run directory change a copy (``copy_run``).
+    """
+    run = tmp_path_factory.mktemp("five-steps") / "run"
+    return run, meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), run, progress=False)
+
+
+def copy_run(run, dest):
+    """A copy of the run directory ``run`` at ``dest``."""
+    shutil.copytree(run, dest)
+    return dest
+
+
 def test_meta_training_lowers_the_meta_loss_on_held_out_tasks():
     config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 120, "validate_every": 40, "batch_size": 16})
     result = meta_train(config, progress=False)
@@ -50,19 +76,19 @@ def test_meta_training_lowers_the_meta_loss_on_held_out_tasks():
     assert result.skipped == 0
 
 
-def test_same_seed_same_result_and_other_seed_differs():
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 6})
-    a = meta_train(config, progress=False)
+def test_same_seed_same_result_and_other_seed_differs(ten_steps):
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 10})
+    a = ten_steps
     b = meta_train(config, progress=False)
-    c = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 6, "seed": 1}), progress=False)
+    c = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10, "seed": 1}), progress=False)
     np.testing.assert_array_equal(flat(a.final_meta_params), flat(b.final_meta_params))
     assert [r["meta_loss"] for r in a.history] == [r["meta_loss"] for r in b.history]
     assert not np.allclose(flat(a.final_meta_params), flat(c.final_meta_params))
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 13})
-    whole = meta_train(config, tmp_path / "whole", progress=False)
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, ten_steps):
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 10})
+    whole = ten_steps
 
     def interrupt_at_7(step, metrics):
         if step == 7:
@@ -80,24 +106,24 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
         {**r, "seconds": s["seconds"]} for r, s in zip(whole.history, resumed.history)
     ]  # Every step logged once, same numbers (timings aside).
     rows = rd.read_metrics(tmp_path / "split" / rd.METRICS)
-    assert [r["step"] for r in rows] == list(range(1, 14))
+    assert [r["step"] for r in rows] == list(range(1, 11))
 
 
-def test_finished_run_can_be_extended(tmp_path):
+def test_finished_run_can_be_extended(tmp_path, ten_steps):
     short = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4}), tmp_path / "run", progress=False)
-    longer = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 8}), tmp_path / "run", progress=False)
-    straight = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 8}), progress=False)
-    assert len(short.history) == 4 and len(longer.history) == 8
+    longer = meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10}), tmp_path / "run", progress=False)
+    straight = ten_steps
+    assert len(short.history) == 4 and len(longer.history) == 10
     np.testing.assert_array_equal(flat(longer.final_meta_params), flat(straight.final_meta_params))
     np.testing.assert_array_equal(flat(longer.meta_params), flat(straight.meta_params))  # Same best φ.
     # Before any validation the latest φ is the result, not the untrained one.
     np.testing.assert_array_equal(flat(short.meta_params), flat(short.final_meta_params))
 
 
-def test_extending_a_run_drops_its_stale_evaluation(tmp_path):
+def test_extending_a_run_drops_its_stale_evaluation(tmp_path, five_step_run):
     from l2l_jax.evaluation import evaluate_run
 
-    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), tmp_path / "run", progress=False)
+    copy_run(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL
     evaluate_run(tmp_path / "run", num_tasks=4, num_tune_tasks=4, num_steps=5, progress=False, baselines=("adam",))
     assert "evaluation" in pretrained.info(tmp_path / "run") and (tmp_path / "run" / rd.EVALUATION_JSON).is_file()
     meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10}), tmp_path / "run", progress=False)
@@ -113,11 +139,11 @@ def test_resuming_the_same_config_with_tuple_options(tmp_path):
     meta_train(config, tmp_path / "run", progress=False)  # Not refused as "different".
 
 
-def test_a_corrupt_config_in_the_run_directory_is_reported(tmp_path):
-    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+def test_a_corrupt_config_in_the_run_directory_is_reported(tmp_path, five_step_run):
+    copy_run(five_step_run[0], tmp_path / "run")
     (tmp_path / "run" / rd.CONFIG).write_text("[1, 2]")
     with pytest.raises(errors.RunDirectoryError, match="not a JSON object"):
-        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), tmp_path / "run", progress=False)
 
 
 def test_a_shipped_name_shadowed_by_a_local_directory_is_refused(tmp_path, monkeypatch):
@@ -127,26 +153,18 @@ def test_a_shipped_name_shadowed_by_a_local_directory_is_refused(tmp_path, monke
         pretrained.load("quadratic-lstm")
 
 
-def test_resuming_with_another_config_is_refused(tmp_path):
-    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4}), tmp_path / "run", progress=False)
-    with pytest.raises(errors.ConfigError, match="meta_lr"):
-        meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}), tmp_path / "run", progress=False)
+def test_resuming_with_another_config_is_refused(tmp_path, five_step_run):
+    # Another seed: the program that overwrites the run is test_same_seed_same_result_and_other_seed_differs's.
+    copy_run(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL, seed 0
+    other = MetaTrainConfig(**{**SMALL, "num_meta_steps": 5, "seed": 1})
+    with pytest.raises(errors.ConfigError, match="seed"):
+        meta_train(other, tmp_path / "run", progress=False)
     # Not resuming does not make it ours to replace ...
-    with pytest.raises(errors.RunDirectoryError, match="different configuration .meta_lr differ"):
-        meta_train(
-            MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}),
-            tmp_path / "run",
-            progress=False,
-            resume=False,
-        )
+    with pytest.raises(errors.RunDirectoryError, match="different configuration .seed differ"):
+        meta_train(other, tmp_path / "run", progress=False, resume=False)
     # ... overwriting does.
-    meta_train(
-        MetaTrainConfig(**{**SMALL, "num_meta_steps": 4, "meta_lr": 0.1}),
-        tmp_path / "run",
-        progress=False,
-        overwrite=True,
-    )
-    assert json.loads((tmp_path / "run" / rd.CONFIG).read_text())["meta_lr"] == 0.1
+    meta_train(other, tmp_path / "run", progress=False, overwrite=True)
+    assert json.loads((tmp_path / "run" / rd.CONFIG).read_text())["seed"] == 1
 
 
 class SometimesNaN(TaskFamily):
@@ -177,28 +195,28 @@ def test_non_finite_meta_steps_are_skipped_and_counted(steps_per_call):
     assert np.all(np.isfinite(flat(result.final_meta_params)))
 
 
-def test_run_directory_contents_and_pretrained_load(tmp_path):
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 5})
-    result = meta_train(config, tmp_path / "run", progress=False)
+def test_run_directory_contents_and_pretrained_load(five_step_run):
+    run, result = five_step_run
     for name in (rd.CONFIG, rd.METRICS, rd.CHECKPOINT, rd.OPTIMIZER_META, rd.OPTIMIZER_PARAMS):
-        assert (tmp_path / "run" / name).is_file(), name
-    assert not (tmp_path / "run" / rd.PLOT).exists()  # Plotting is the caller's job (the CLI plots).
-    opt, phi = pretrained.load_meta_params(tmp_path / "run")
+        assert (run / name).is_file(), name
+    assert not (run / rd.PLOT).exists()  # Plotting is the caller's job (the CLI plots).
+    opt, phi = pretrained.load_meta_params(run)
     np.testing.assert_array_equal(flat(phi), flat(result.meta_params))
-    tx = pretrained.load(tmp_path / "run")
+    tx = pretrained.load(run)
     params = {"w": jnp.ones(3)}
-    updates, _ = tx.update(params, tx.init(params))
-    expected, _ = result.as_optax().update(params, result.as_optax().init(params))
+    # Compiled: the optimizer's ops one by one would compile one program each.
+    updates, _ = jax.jit(tx.update)(params, jax.jit(tx.init)(params))
+    expected, _ = jax.jit(result.as_optax().update)(params, jax.jit(result.as_optax().init)(params))
     np.testing.assert_array_equal(updates["w"], expected["w"])
 
 
-def test_pretrained_load_errors(tmp_path):
+def test_pretrained_load_errors(tmp_path, five_step_run):
     with pytest.raises(errors.UnknownNameError, match="neither a shipped"):
         pretrained.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(errors.RunDirectoryError, match="optimizer.json is missing"):
         pretrained.load(tmp_path / "empty")
-    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+    copy_run(five_step_run[0], tmp_path / "run")
     (tmp_path / "run" / rd.OPTIMIZER_PARAMS).write_bytes(b"\x93not msgpack")
     with pytest.raises(errors.RunDirectoryError, match="corrupt"):
         pretrained.load(tmp_path / "run")
@@ -207,8 +225,8 @@ def test_pretrained_load_errors(tmp_path):
         pretrained.load(tmp_path / "run")
 
 
-def test_weights_of_another_architecture_are_reported(tmp_path):
-    meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 2}), tmp_path / "run", progress=False)
+def test_weights_of_another_architecture_are_reported(tmp_path, five_step_run):
+    copy_run(five_step_run[0], tmp_path / "run")
     meta = rd.read_optimizer_meta(tmp_path / "run")
     rd.update_optimizer_meta(tmp_path / "run", optimizer_config={**meta["optimizer_config"], "hidden_size": 20})
     with pytest.raises(errors.RunDirectoryError, match="does not fit"):
@@ -246,9 +264,9 @@ def test_unknown_task_and_optimizer_names():
         MetaTrainConfig(task_options={"dimension": 3}).build_task()
 
 
-def test_meta_training_in_chunks_of_tasks_follows_the_same_path():
+def test_meta_training_in_chunks_of_tasks_follows_the_same_path(ten_steps):
     base = MetaTrainConfig(**{**SMALL, "num_meta_steps": 10})
-    at_once = meta_train(base, progress=False)
+    at_once = ten_steps
     chunked = meta_train(MetaTrainConfig(**{**base.to_dict(), "tasks_per_chunk": 2}), progress=False)
     np.testing.assert_allclose(
         [h["meta_loss"] for h in chunked.history], [h["meta_loss"] for h in at_once.history], rtol=1e-4
@@ -256,21 +274,23 @@ def test_meta_training_in_chunks_of_tasks_follows_the_same_path():
     np.testing.assert_allclose(flat(chunked.final_meta_params), flat(at_once.final_meta_params), rtol=1e-4, atol=1e-6)
 
 
-def test_several_meta_steps_per_call_follow_the_same_path():
-    # Calls of 3 steps cross the task resets (every 4 steps) and must stop at the
-    # validation (every 5) and checkpoint (every 4) steps.
-    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 14})
-    one = meta_train(config, progress=False)
+def test_several_meta_steps_per_call_follow_the_same_path(ten_steps):
+    # Calls of 2 steps cross the task resets (every 4 steps: call 9-10 draws new tasks at
+    # step 9) and must stop at the validation (every 5) and checkpoint (every 4) steps:
+    # calls 1-2, 3-4, 5, 6-7, 8, 9-10. (Each length of call compiles its own program; calls
+    # of 1 step are the plain run's. Calls of 3 would also make calls of 2.)
+    config = MetaTrainConfig(**{**SMALL, "num_meta_steps": 10})
+    one = ten_steps
     seen = []
-    three = meta_train(config, progress=False, steps_per_call=3, on_step=lambda step, row: seen.append(step))
-    assert seen == [r["step"] for r in three.history] == list(range(1, 15))
-    assert [r["step"] for r in three.history if "val_loss" in r] == [5, 10]
+    two = meta_train(config, progress=False, steps_per_call=2, on_step=lambda step, row: seen.append(step))
+    assert seen == [r["step"] for r in two.history] == list(range(1, 11))
+    assert [r["step"] for r in two.history if "val_loss" in r] == [5, 10]
     for key in ("meta_loss", "grad_norm", "val_loss"):
         np.testing.assert_allclose(
-            [r[key] for r in three.history if key in r], [r[key] for r in one.history if key in r], rtol=1e-5
+            [r[key] for r in two.history if key in r], [r[key] for r in one.history if key in r], rtol=1e-5
         )
-    np.testing.assert_allclose(flat(three.final_meta_params), flat(one.final_meta_params), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(flat(three.meta_params), flat(one.meta_params), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(flat(two.final_meta_params), flat(one.final_meta_params), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(flat(two.meta_params), flat(one.meta_params), rtol=1e-5, atol=1e-7)
 
 
 def test_a_run_resumes_with_another_number_of_steps_per_call(tmp_path):

@@ -1,7 +1,9 @@
 """Meta-training with the task batch split over 8 (fake CPU) devices gives the one-device result.
 
 XLA fixes the number of host devices when JAX starts, so the multi-device checks run
-in a child process started with ``--xla_force_host_platform_device_count=8``.
+in a child process started with ``--xla_force_host_platform_device_count=8``; the
+batch in chunks of tasks over the devices runs in one of its own, in CI's full run
+only (tests/conftest.py's ``SLOW``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 
 CHILD = textwrap.dedent(
     """
-    import json
+    import json, sys
     import jax, numpy as np
     from l2l_jax.errors import ConfigError
     from l2l_jax.meta import MetaTrainConfig, init_inner, meta_train
@@ -21,14 +23,9 @@ CHILD = textwrap.dedent(
     from l2l_jax.optimizers import lstm
     from l2l_jax.tasks import QuadraticFamily
 
+    # What to check: "batch" (the task batch split over the devices, and refusals), "chunks" (in chunks of tasks).
+    PARTS = sys.argv[1:]
     out = {"devices": len(jax.devices())}
-    mesh = sh.task_mesh()
-    opt, fam = lstm(), QuadraticFamily(dim=5)
-    inner = sh.shard_tasks(init_inner(opt, opt.init(jax.random.key(0)), fam, jax.random.key(1), 16), mesh)
-    leaf = inner.params
-    out["placed_on"] = len(leaf.sharding.device_set)
-    out["shard_rows"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
-
     config = MetaTrainConfig(task="quadratic", task_options={"dim": 5}, num_meta_steps=4, horizon=10,
                              truncation=5, batch_size=8, meta_lr=1e-2, validate_every=2, num_val_tasks=8,
                              checkpoint_every=4)
@@ -45,12 +42,20 @@ CHILD = textwrap.dedent(
             return str(e)
         return None
 
-    out["runs"] = {name: summary(config, devices) for name, devices in (("one", 1), ("eight", 8), ("auto", None))}
-    # 16 tasks in 2 chunks of 8, each chunk split over the 8 devices, against one device.
-    chunked = MetaTrainConfig(**{**config.to_dict(), "batch_size": 16, "tasks_per_chunk": 8})
-    out["chunked"] = {name: summary(chunked, devices) for name, devices in (("one", 1), ("eight", 8))}
-    out["uneven"] = refusal(MetaTrainConfig(**{**config.to_dict(), "batch_size": 6}))
-    out["uneven_chunk"] = refusal(MetaTrainConfig(**{**config.to_dict(), "tasks_per_chunk": 4}))
+    if "batch" in PARTS:
+        mesh = sh.task_mesh()
+        opt, fam = lstm(), QuadraticFamily(dim=5)
+        inner = sh.shard_tasks(init_inner(opt, opt.init(jax.random.key(0)), fam, jax.random.key(1), 16), mesh)
+        leaf = inner.params
+        out["placed_on"] = len(leaf.sharding.device_set)
+        out["shard_rows"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
+        out["runs"] = {name: summary(config, devices) for name, devices in (("one", 1), ("eight", 8), ("auto", None))}
+        out["uneven"] = refusal(MetaTrainConfig(**{**config.to_dict(), "batch_size": 6}))
+        out["uneven_chunk"] = refusal(MetaTrainConfig(**{**config.to_dict(), "tasks_per_chunk": 4}))
+    if "chunks" in PARTS:
+        # 16 tasks in 2 chunks of 8, each chunk split over the 8 devices, against one device.
+        chunked = MetaTrainConfig(**{**config.to_dict(), "batch_size": 16, "tasks_per_chunk": 8})
+        out["chunked"] = {name: summary(chunked, devices) for name, devices in (("one", 1), ("eight", 8))}
     print("RESULT" + json.dumps(out))
     """
 )
@@ -58,7 +63,12 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def child(fake_devices):
-    return fake_devices(CHILD, 8)
+    return fake_devices(CHILD, 8, "batch")
+
+
+@pytest.fixture(scope="module")
+def chunks_child(fake_devices):
+    return fake_devices(CHILD, 8, "chunks")
 
 
 def test_the_child_sees_eight_devices_and_splits_tasks_evenly(child):
@@ -81,8 +91,9 @@ def test_sharded_meta_training_matches_one_device(child, name):
     _close(other["phi"], one["phi"])
 
 
-def test_sharded_meta_training_in_chunks_of_tasks_matches_one_device(child):
-    one, eight = child["chunked"]["one"], child["chunked"]["eight"]
+def test_sharded_meta_training_in_chunks_of_tasks_matches_one_device(chunks_child):
+    assert chunks_child["devices"] == 8
+    one, eight = chunks_child["chunked"]["one"], chunks_child["chunked"]["eight"]
     _close(eight["losses"], one["losses"])
     _close(eight["val"], one["val"])
     _close(eight["phi"], one["phi"])

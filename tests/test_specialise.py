@@ -88,9 +88,10 @@ def test_the_recipe_refuses_a_long_horizon_it_cannot_split():
 
 
 def test_init_from_a_shipped_name_starts_from_its_phi_and_records_name_and_checksum(tmp_path):
-    result = meta_train(
-        tiny_config(num_meta_steps=1, meta_lr=1e-12, meta_lr_warmup=0), tmp_path / "run", progress=False
-    )
+    config = tiny_config(num_meta_steps=1)
+    # The recipe's warm-up starts the meta learning rate at 0: one meta-step leaves φ where the run started.
+    assert config.meta_lr_warmup > 0
+    result = meta_train(config, tmp_path / "run", progress=False)
     _, source_phi = pretrained.load_meta_params(SOURCE)
     np.testing.assert_allclose(flat(result.final_meta_params), flat(source_phi), atol=1e-9)
     config = json.loads((tmp_path / "run" / rd.CONFIG).read_text())
@@ -227,9 +228,16 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
 # --- evaluate --against ------------------------------------------------------------------------
 
 
-def test_evaluate_compares_with_the_source_task_by_task_at_the_runs_horizon(tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def specialised_run(tmp_path_factory):
+    """A finished run of ``meta-train --init SOURCE`` with TINY (run once for the module); tests evaluate copies."""
+    run = tmp_path_factory.mktemp("specialised") / "run"
     assert cli.main(["meta-train", "--init", SOURCE, *TINY, "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_evaluate_compares_with_the_source_task_by_task_at_the_runs_horizon(tmp_path, specialised_run, capsys):
+    run = shutil.copytree(specialised_run, tmp_path / "run")
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--tasks", "6", "--tune-tasks", "4", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -241,15 +249,14 @@ def test_evaluate_compares_with_the_source_task_by_task_at_the_runs_horizon(tmp_
     assert all(r["verdict"] in ("win", "loss", "tie") and r["num_tasks"] == 6 for r in paired.values())
     assert "minus" in (run / rd.EVALUATION_TABLE).read_text()
     # --against names other trained optimizers instead of the source.
-    comparison = evaluate_run(
-        run, num_tasks=3, num_tune_tasks=2, against=["generalist"], baselines=("adam",), progress=False
+    comparison = evaluate_run(  # As many tasks as above: only the generalist's curves are new programs.
+        run, num_tasks=6, num_tune_tasks=4, against=["generalist"], baselines=("adam",), progress=False
     )
     assert set(comparison.curves) == {"learned lstm", "generalist", "adam"}
 
 
-def test_evaluate_against_an_unknown_name_is_one_clear_line(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli.main(["meta-train", "--init", SOURCE, *TINY, "--run-dir", str(run)]) == 0
+def test_evaluate_against_an_unknown_name_is_one_clear_line(tmp_path, specialised_run, capsys):
+    run = shutil.copytree(specialised_run, tmp_path / "run")
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--no-progress", "--against", "no-such-optimizer"]) == 2
     assert "'no-such-optimizer' is neither a shipped learned optimizer" in capsys.readouterr().err
@@ -260,7 +267,8 @@ def test_evaluate_of_a_run_whose_source_is_gone_says_how_to_go_on(tmp_path, caps
     assert cli.main(["meta-train", "--init", source, *TINY, "--run-dir", str(run)]) == 0
     shutil.rmtree(source)
     capsys.readouterr()
-    evaluate = ["evaluate", str(run), "--tasks", "3", "--tune-tasks", "2", "--no-progress"]
+    # As many tasks as in test_evaluate_compares_with_the_source_task_by_task_at_the_runs_horizon: the same programs.
+    evaluate = ["evaluate", str(run), "--tasks", "6", "--tune-tasks", "4", "--no-progress"]
     assert cli.main(evaluate) == 2
     assert "--no-against" in capsys.readouterr().err
     assert cli.main([*evaluate, "--no-against"]) == 0

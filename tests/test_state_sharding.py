@@ -6,7 +6,9 @@ state leaf its parameter's sharding behind the leaf's unsharded leading axes (wh
 Both of JAX's sharding modes are checked: explicit (``jax.make_mesh``'s default),
 where each device updates its own shard, and automatic (GSPMD), where the training
 step's ``out_shardings`` come from `state_shardings`. The multi-device checks run in
-a child process, since XLA fixes the number of host devices when JAX starts.
+a child process, since XLA fixes the number of host devices when JAX starts; the
+interpreted Pallas kernel under automatic sharding (`SLOW_RUNS`) runs in one of its
+own, in CI's full run only (tests/conftest.py's ``SLOW``).
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from l2l_jax.optimizers import feature_mlp, linear_rnn, lstm, state_shardings
 
 CHILD = textwrap.dedent(
     """
-    import json, re
+    import json, re, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     from l2l_jax import pretrained
     from l2l_jax.optimizers import feature_mlp, linear_rnn, lstm, state_shardings
+    from l2l_jax.optimizers._lstm_cell import CPU_BLOCK
+
+    # What to check: runs "mode/name" (e.g. "auto/lstm"), "big_leaves" and "meta_gradient".
+    TODO = sys.argv[1:]
 
     def fresh(optimizer):
-        return optimizer, optimizer.init(jax.random.key(0))
+        return optimizer, jax.jit(optimizer.init)(jax.random.key(0))  # (one compile, not one per operation)
 
     OPTIMIZERS = {
         "lstm": lambda: fresh(lstm(state_dtype="bfloat16")),
@@ -76,13 +82,16 @@ CHILD = textwrap.dedent(
         return jax.jit(jax.grad(loss))(phi)
 
     out = {"devices": len(jax.devices()), "runs": {}}
-    for mode in ("explicit", "auto"):
-        axis_type = AxisType.Explicit if mode == "explicit" else AxisType.Auto
-        mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(axis_type,) * 2)
-        for name, make in OPTIMIZERS.items():
-            optimizer, phi = make()
-            tx = optimizer.as_optax(phi)
-            _, ref_updates, ref_state, _ = run(tx, RAW, jax.jit(tx.update))
+    for name, make in OPTIMIZERS.items():
+        modes = [mode for mode in ("explicit", "auto") if f"{mode}/{name}" in TODO]
+        if not modes:
+            continue
+        optimizer, phi = make()
+        tx = optimizer.as_optax(phi)
+        _, ref_updates, ref_state, _ = run(tx, RAW, jax.jit(tx.update))  # one reference for both modes
+        for mode in modes:
+            axis_type = AxisType.Explicit if mode == "explicit" else AxisType.Auto
+            mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(axis_type,) * 2)
             with jax.set_mesh(mesh):
                 params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in RAW.items()}
                 param_shardings = {k: NamedSharding(mesh, s) for k, s in SPECS.items()}
@@ -109,31 +118,34 @@ CHILD = textwrap.dedent(
                 "all_gathers": len(re.findall(r"all-gather", compiled)),
                 "lstm_k_shard_shape": None if first is None else list(first.addressable_shards[0].data.shape),
             }
-    # Leaves past a CPU block of the LSTM's step, sharded along either axis, automatically.
-    optimizer, phi = OPTIMIZERS["mnist-lstm"]()
-    tx = optimizer.as_optax(phi)
-    mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(AxisType.Auto,) * 2)
-    big_specs = {"w": P("d", None), "v": P(None, "d")}
-    big = {"w": jax.random.normal(keys[0], (256, 128)), "v": jax.random.normal(keys[1], (128, 256))}
-    with jax.set_mesh(mesh):
-        params = {k: jax.device_put(v, NamedSharding(mesh, big_specs[k])) for k, v in big.items()}
-        param_shardings = {k: NamedSharding(mesh, s) for k, s in big_specs.items()}
-        want = state_shardings(tx, params, param_shardings)
-        _, _, state, compiled = run(tx, params, jax.jit(tx.update, out_shardings=(param_shardings, want)))
-    out["big_leaves"] = {"all_gathers": len(re.findall(r"all-gather", compiled)), "state": specs(state),
-                         "want": [layout(w.spec, 4) for w in jax.tree.leaves(want)]}
-    optimizer = lstm()
-    phi = optimizer.init(jax.random.key(0))
-    unsharded = meta_gradient(optimizer, phi, RAW)
-    mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(AxisType.Explicit,) * 2)
-    with jax.set_mesh(mesh):
-        params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in RAW.items()}
-        sharded = meta_gradient(optimizer, phi, params)
-    out["meta_gradient"] = {
-        "max_abs_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                  for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(unsharded))),
-        "max_abs": max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(unsharded)),
-    }
+    if "big_leaves" in TODO:
+        # Leaves past a CPU block of the LSTM's step (two blocks each, outside a mesh), sharded along either
+        # axis, automatically.
+        optimizer, phi = OPTIMIZERS["mnist-lstm"]()
+        tx = optimizer.as_optax(phi)
+        mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(AxisType.Auto,) * 2)
+        big_specs = {"w": P("d", None), "v": P(None, "d")}
+        big = {"w": jax.random.normal(keys[0], (256, 128)), "v": jax.random.normal(keys[1], (128, 256))}
+        with jax.set_mesh(mesh):
+            params = {k: jax.device_put(v, NamedSharding(mesh, big_specs[k])) for k, v in big.items()}
+            param_shardings = {k: NamedSharding(mesh, s) for k, s in big_specs.items()}
+            want = state_shardings(tx, params, param_shardings)
+            _, _, state, compiled = run(tx, params, jax.jit(tx.update, out_shardings=(param_shardings, want)))
+        out["big_leaves"] = {"all_gathers": len(re.findall(r"all-gather", compiled)), "state": specs(state),
+                             "want": [layout(w.spec, 4) for w in jax.tree.leaves(want)],
+                             "sizes": [leaf.size for leaf in big.values()], "cpu_block": CPU_BLOCK}
+    if "meta_gradient" in TODO:
+        optimizer, phi = fresh(lstm())
+        unsharded = meta_gradient(optimizer, phi, RAW)
+        mesh = jax.make_mesh((4, 2), ("d", "e"), axis_types=(AxisType.Explicit,) * 2)
+        with jax.set_mesh(mesh):
+            params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in RAW.items()}
+            sharded = meta_gradient(optimizer, phi, params)
+        out["meta_gradient"] = {
+            "max_abs_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                      for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(unsharded))),
+            "max_abs": max(float(np.max(np.abs(np.asarray(a)))) for a in jax.tree.leaves(unsharded)),
+        }
     print("RESULT" + json.dumps(out))
     """
 )
@@ -142,18 +154,33 @@ MODES = ["explicit", "auto"]
 #: The LSTM (XLA's step, bfloat16 state), the LSTM with the Pallas kernel, the feature MLP
 #: (nominal output), the linear RNN and the shipped ``mnist-lstm``.
 NAMES = ["lstm", "lstm_pallas", "feature_mlp", "linear_rnn", "mnist-lstm"]
+#: The runs of CI's full run only, in a child process of their own: the Pallas kernel, interpreted,
+#: under automatic sharding (tests/conftest.py's ``SLOW`` names the default tests that cover them).
+SLOW_RUNS = ["auto/lstm_pallas"]
 
 
 @pytest.fixture(scope="module")
 def child(fake_devices):
-    return fake_devices(CHILD, 8)
+    runs = [f"{mode}/{name}" for mode in MODES for name in NAMES if f"{mode}/{name}" not in SLOW_RUNS]
+    return fake_devices(CHILD, 8, *runs, "big_leaves", "meta_gradient")
+
+
+@pytest.fixture(scope="module")
+def slow_child(fake_devices):
+    return fake_devices(CHILD, 8, *SLOW_RUNS)
+
+
+@pytest.fixture
+def run(request, mode, name):
+    """The results of the optimizer ``name`` in ``mode``, from the child process that ran it."""
+    result = request.getfixturevalue("slow_child" if f"{mode}/{name}" in SLOW_RUNS else "child")
+    assert result["devices"] == 8
+    return result["runs"][f"{mode}/{name}"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
-def test_init_under_jit_shards_the_state_like_its_parameters(child, mode, name):
-    run = child["runs"][f"{mode}/{name}"]
-    assert child["devices"] == 8
+def test_init_under_jit_shards_the_state_like_its_parameters(run):
     assert run["init"] == run["want"]
     # ... and so does init called eagerly on sharded parameters.
     assert run["eager_init"] == run["want"]
@@ -163,8 +190,7 @@ def test_init_under_jit_shards_the_state_like_its_parameters(child, mode, name):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
-def test_sharded_updates_equal_the_unsharded_ones_and_keep_the_layout(child, mode, name):
-    run = child["runs"][f"{mode}/{name}"]
+def test_sharded_updates_equal_the_unsharded_ones_and_keep_the_layout(run, name):
     tolerance = 2**-8 if name == "lstm" else 1e-6  # one bfloat16 rounding of the stored state
     assert run["max_abs_difference"] <= tolerance
     assert run["state"] == run["want"]
@@ -195,6 +221,7 @@ def test_with_automatic_sharding_no_leaf_is_gathered_whichever_axis_is_sharded(c
 def test_with_automatic_sharding_leaves_larger_than_a_cpu_block_are_not_gathered_either(child):
     # The CPU's blocks of coordinates would slice a sharded axis: under a mesh, XLA's whole step runs.
     result = child["big_leaves"]
+    assert min(result["sizes"]) > result["cpu_block"]  # not vacuous
     assert result["all_gathers"] == 0
     assert result["state"] == result["want"]
 
