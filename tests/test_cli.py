@@ -114,11 +114,7 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["meta-train", "--task-option", "dim=abc", "--run-dir", "X"], "dim) must be a positive integer"),
         (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
         (["seed-example", "--meta-steps", "0"], "--meta-steps must be a positive integer"),
-        # RUN: a copy of tiny_run. evaluate samples its tasks before it checks --steps: a few, as for TINY.
-        (
-            ["evaluate", "RUN", "--steps", "0", "--tasks", "4", "--tune-tasks", "4"],
-            "--steps must be a positive integer",
-        ),
+        (["evaluate", "RUN", "--steps", "0"], "--steps must be a positive integer"),  # RUN: a copy of tiny_run
         (["meta-train", "--estimator", "reinforce", "--run-dir", "X"], "unknown estimator 'reinforce'"),
         (
             ["meta-train", "--sigma", "0.1", "--run-dir", "X"],
