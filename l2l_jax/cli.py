@@ -164,8 +164,8 @@ def _check_evaluate_options(args: argparse.Namespace) -> None:
     """Refuses ``--tasks``, ``--tune-tasks`` and ``--steps`` that evaluation would refuse, before anything runs."""
     given = (("--tasks", args.tasks), ("--tune-tasks", args.tune_tasks), ("--steps", getattr(args, "steps", None)))
     for flag, value in given:
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+        if value is not None:
+            checks.positive_int(flag, value)
 
 
 def _train(
@@ -518,8 +518,7 @@ def cmd_seed_example(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    if args.meta_steps < 1:  # Before the example's exact figures are computed.
-        raise ConfigError(f"--meta-steps must be a positive integer, got {args.meta_steps}")
+    checks.positive_int("--meta-steps", args.meta_steps)  # Before the example's exact figures are computed.
     with jax.enable_x64(True):  # The example's figures are exact in float64.
         from l2l_jax.examples import worked_example
 
