@@ -35,6 +35,7 @@
 
 # %%
 # %matplotlib inline
+import os
 import time
 
 import jax
@@ -47,6 +48,11 @@ from IPython.display import Markdown, display
 import l2l_jax
 from l2l_jax import MetaTrainConfig, meta_train
 from l2l_jax.evaluation import compare_with_baselines
+
+SMOKE = os.environ.get("L2L_JAX_NOTEBOOK_SMOKE") == "1"  # set under pytest: a quick run of every cell
+META_STEPS = 20 if SMOKE else 600
+VALIDATE_EVERY = 10 if SMOKE else 100
+TASKS = 8 if SMOKE else 64  # quadratics per meta-step, for validation, to tune on and to compare on
 
 # %% [markdown]
 # ## The task family
@@ -77,12 +83,12 @@ print("f(θ0) =", float(family.loss(task, theta0, jax.random.key(2))))
 config = MetaTrainConfig(
     task="quadratic",
     optimizer="lstm",
-    num_meta_steps=600,
-    batch_size=64,
+    num_meta_steps=META_STEPS,
+    batch_size=TASKS,
     meta_lr=1e-2,
     meta_lr_schedule="cosine",
-    validate_every=100,
-    num_val_tasks=64,
+    validate_every=VALIDATE_EVERY,
+    num_val_tasks=TASKS,
     seed=0,
 )
 t0 = time.perf_counter()
@@ -129,8 +135,8 @@ comparison = compare_with_baselines(
     },
     family,
     num_steps=100,
-    num_tune_tasks=64,
-    num_test_tasks=64,
+    num_tune_tasks=TASKS,
+    num_test_tasks=TASKS,
     grid=tuple(float(lr) for lr in np.logspace(-3, 0, 7)),
     progress=False,
 )
@@ -147,7 +153,7 @@ for name, curves in comparison.curves.items():
             label=f"{name}" + ("" if learned else f" (lr {comparison.learning_rates[name]:.3g})"))
 ax.set_yscale("log")
 ax.set_xlabel("step")
-ax.set_ylabel("mean loss over 64 test quadratics")
+ax.set_ylabel(f"mean loss over {TASKS} test quadratics")
 ax.grid(True, which="both", alpha=0.3)
 ax.legend(fontsize=8)
 plt.show()

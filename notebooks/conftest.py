@@ -5,11 +5,12 @@ Their kernels inherit the environment that the repository's ``conftest.py`` sets
 nor read a data directory of the user's, and the user cache directory
 (``$XDG_CACHE_HOME``) is an empty temporary folder.
 
-Notebooks 02, 03 and 05 meta-train and tune baselines for a minute or more each, and 04
-trains Flax models for half a minute: they are marked ``slow`` (CI's full run executes
-them, as does ``pytest -m slow``; by default ``tests/test_specialise.py`` tests 05's
-recipe and ``tests/test_flax_dropin.py`` 04's loops); the worked example (01) runs by
-default.
+Notebooks 02, 03 and 05 meta-train and tune baselines (at smoke sizes under pytest: see
+``$L2L_JAX_NOTEBOOK_SMOKE`` in the repository's ``conftest.py``) and 04 trains Flax
+models: each still takes a quarter of a minute to over a minute, so they are marked
+``slow`` (CI's full run executes them, as does ``pytest -m slow``; by default
+``tests/test_specialise.py`` tests 05's recipe and ``tests/test_flax_dropin.py`` 04's
+loops); the worked example (01) runs by default.
 
 The notebooks' jupytext sources (``*.py`` beside this file) are not test modules: pytest does not
 collect them (``--doctest-modules`` would import, and so run, each of them in the test

@@ -110,6 +110,8 @@ def test_help_prints_usage_and_runs_nothing(run_here, name):
         (["--eval-only", "--shipped", "--run-dir", "runs/x"], "--run-dir does not apply"),
         (["--eval-only", "--meta-steps", "10"], "--meta-steps does not apply"),
         (["--ship", "--test-inits", "4"], "--ship ships the full evaluation"),
+        (["--ship", "--variants", "ReLU"], "evaluate every variant"),
+        (["--eval-only", "--shipped", "--variants", "tanh"], "invalid choice: 'tanh'"),
     ],
 )
 def test_mnist_refuses_contradictory_options(run_here, args, message):
@@ -254,17 +256,18 @@ def mnist_training_kept(tmp_path: Path, earlier: dict) -> dict:
     results.mkdir(parents=True)
     (results / "mnist.json").write_text(json.dumps(earlier))
     out = run_script(
-        "mnist.py", "--eval-only", "--shipped", "--tune-inits", "1", "--test-inits", "1", "--no-progress",
-        "--results-dir", str(results),
+        "mnist.py", "--eval-only", "--shipped", "--tune-inits", "1", "--test-inits", "1", "--variants", "ReLU",
+        "--no-progress", "--results-dir", str(results),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "not written into" in out.stdout  # a partial evaluation leaves the package alone
     written = json.loads((results / "mnist.json").read_text())
+    assert written["variants"] == ["ReLU"] and {r["variant"] for r in written["rows"]} == {"ReLU"}
     fields = ("meta_training_seconds", "stage_seconds", "meta_training_wall_seconds", "best_step", "finetune_best_step")
     return {k: written[k] for k in fields}
 
 
-@pytest.mark.slow  # a whole (tiny) evaluation of the shipped optimizer on four MLP variants
+@pytest.mark.slow  # a whole (tiny) evaluation of the shipped optimizer, on one MLP variant
 def test_mnist_shipped_evaluation_keeps_the_training_times_only_of_the_same_training(tmp_path):
     from l2l_jax import pretrained
 
