@@ -27,6 +27,7 @@ from l2l_jax import pretrained as pretrained_lib
 from l2l_jax import run_directory as rd
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, DataError, L2LError, Terminated
+from l2l_jax.evaluation import baselines as baselines_lib
 from l2l_jax.evaluation import report
 from l2l_jax.evaluation.plots import plot_meta_training
 from l2l_jax.meta import estimators as estimators_lib
@@ -120,12 +121,15 @@ def _evaluate_run(
     task: str | None = None,
     against: Sequence[str] | None = None,
     task_options: dict[str, Any] | None = None,
+    baselines: Sequence[str] | None = None,
 ) -> str:
     """Compares a run's optimizer with tuned baselines (and ``against``); returns the tables and where files went.
 
     ``task_options`` are the ones given on the command line: the only source of
-    ``download`` and ``data_dir`` (``report.CALLER_ONLY_OPTIONS``).
+    ``download`` and ``data_dir`` (``report.CALLER_ONLY_OPTIONS``). ``baselines``:
+    the ``--baseline`` names, ``None`` for every baseline.
     """
+    chosen = {} if baselines is None else {"baselines": tuple(dict.fromkeys(baselines))}
     try:
         comparison = report.evaluate_run(
             run_dir,
@@ -137,6 +141,7 @@ def _evaluate_run(
             task=task,
             task_options=task_options,
             against=against,
+            **chosen,
         )
     except DataError as e:
         given = task_options or {}
@@ -161,11 +166,13 @@ def _file_id(path: Path) -> tuple[int, int, int] | None:
 
 
 def _check_evaluate_options(args: argparse.Namespace) -> None:
-    """Refuses ``--tasks``, ``--tune-tasks`` and ``--steps`` that evaluation would refuse, before anything runs."""
+    """Refuses the ``--tasks``, ``--tune-tasks``, ``--steps`` and ``--baseline`` that evaluation would refuse, at once."""
     given = (("--tasks", args.tasks), ("--tune-tasks", args.tune_tasks), ("--steps", getattr(args, "steps", None)))
     for flag, value in given:
         if value is not None:
             checks.positive_int(flag, value)
+    for name in args.baselines or ():
+        baselines_lib.get(name)
 
 
 def _train(
@@ -261,7 +268,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = dict(DEMO_CONFIG, seed=args.seed, num_meta_steps=args.meta_steps)
     _train(config, args.run_dir, resume=not args.no_resume, progress=not args.no_progress, overwrite=args.overwrite)
     print("\nevaluating on held-out quadratics against tuned baselines ...", flush=True)
-    print(_evaluate_run(args.run_dir, args.tasks, args.tune_tasks, 100, args.seed + 1, not args.no_progress))
+    print(
+        _evaluate_run(
+            args.run_dir,
+            args.tasks,
+            args.tune_tasks,
+            100,
+            args.seed + 1,
+            not args.no_progress,
+            baselines=args.baselines,
+        )
+    )
     print(
         f"\nthe trained optimizer: l2l_jax.pretrained.load({str(args.run_dir)!r}) "
         "returns it as an optax.GradientTransformationExtraArgs"
@@ -455,6 +472,8 @@ def _start_processes(args: argparse.Namespace) -> None:
 def cmd_meta_train(args: argparse.Namespace) -> int:
     if args.evaluate:
         _check_evaluate_options(args)
+    elif args.baselines:
+        raise ConfigError("--baseline chooses what --evaluate compares with: add --evaluate, or drop --baseline")
     _start_processes(args)
     config = config_from_args(args)
     try:
@@ -485,6 +504,7 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
                 not args.no_progress,
                 config["task"],
                 task_options=config["task_options"],
+                baselines=args.baselines,
             )
         )
     print(f"wrote {args.run_dir}")
@@ -509,6 +529,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.task,
             () if args.no_against else args.against,
             _parse_options(args.task_option, "--task-option"),
+            args.baselines,
         )
     )
     return 0
@@ -595,13 +616,22 @@ def _task_help() -> tuple[str, str]:
 
 
 def _common_eval(p: argparse.ArgumentParser) -> None:
-    """--tasks, --tune-tasks and --no-progress."""
+    """--tasks, --tune-tasks, --baseline and --no-progress."""
     p.add_argument("--tasks", type=int, default=EVALUATE_DEFAULTS["num_tasks"], help="held-out test tasks")
     p.add_argument(
         "--tune-tasks",
         type=int,
         default=EVALUATE_DEFAULTS["num_tune_tasks"],
         help="other held-out tasks on which each baseline's learning rate is tuned",
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        dest="baselines",
+        metavar="NAME",
+        default=None,
+        help=f"a baseline to tune and compare with (repeatable; one of {', '.join(baselines_lib.BASELINES)}; "
+        "default: all of them)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

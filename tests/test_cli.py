@@ -115,6 +115,10 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
         (["meta-train", "--optimizer", "linear_rnn", "--optimizer-option", "phi=[1,2]", "--run-dir", "X"], "three"),
         (["seed-example", "--meta-steps", "0"], "--meta-steps must be a positive integer"),
         (["evaluate", "RUN", "--steps", "0"], "--steps must be a positive integer"),  # RUN: a copy of tiny_run
+        (["evaluate", "X", "--baseline", "lion"], "unknown baseline 'lion'; choose one of sgd, momentum"),
+        (["meta-train", "--evaluate", "--baseline", "lion", "--run-dir", "X"], "unknown baseline 'lion'"),
+        (["demo", "--baseline", "lion", "--run-dir", "X"], "unknown baseline 'lion'"),
+        (["meta-train", "--baseline", "adam", "--run-dir", "X"], "add --evaluate, or drop --baseline"),
         (["meta-train", "--estimator", "reinforce", "--run-dir", "X"], "unknown estimator 'reinforce'"),
         (
             ["meta-train", "--sigma", "0.1", "--run-dir", "X"],

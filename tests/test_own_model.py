@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -136,10 +137,13 @@ def test_own_task_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert (run / "optimizer.msgpack").is_file()
     # `evaluate` runs a module:function task only when the user names it again ...
     evaluate = ["evaluate", str(run), "--tasks", "2", "--tune-tasks", "2", "--steps", "3", "--no-progress"]
+    evaluate += ["--baseline", "adam"]  # (tuning one baseline, not five: their tuning is tested in test_cli.py)
     assert cli.main(evaluate) == 2
     assert "--task my_tasks:make" in capsys.readouterr().err
     # ... and then rebuilds it from the options it was trained with.
     assert cli.main([*evaluate, "--task", "my_tasks:make"]) == 0
+    rows = json.loads((run / "evaluation.json").read_text())["rows"]
+    assert {r["optimizer"] for r in rows} == {"learned lstm", "adam"}  # --baseline: only the baselines named
     assert cli.main(["meta-train", "--task", "no_such_module:make", "--run-dir", str(run)]) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
     sys.modules.pop("my_tasks", None)
