@@ -211,6 +211,7 @@ def main() -> None:
         parser.error("--eval-only trains nothing: --meta-steps does not apply")
     if args.ship and (args.tune_inits, args.test_inits) != (TUNE_INITS, TEST_INITS):
         parser.error(f"--ship ships the full evaluation: keep --tune-inits {TUNE_INITS} and --test-inits {TEST_INITS}")
+    args.variants = [v for v in VARIANTS if v in args.variants]  # in the table's order, each once
     if args.ship and args.variants != list(VARIANTS):
         parser.error("--ship ships the full evaluation: evaluate every variant (drop --variants)")
     if args.run_dir is None:
