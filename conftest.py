@@ -38,8 +38,8 @@ if not (_cache.name.startswith(_PREFIX) and _cache.is_dir()):  # else made by th
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache / "jax-compilation-cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # XLA's CPU backend compiles the tests' programs without LLVM's optimisations and with its
-# older emitters instead of the fusion emitters, which compute the same values and compile
-# faster (docs/guide/quickstart.md). L2L_JAX_TEST_OPTIMISED=1 tests the programs that users run.
+# older emitters instead of the fusion emitters, which compile faster and compute the same
+# values up to float rounding (docs/guide/quickstart.md). L2L_JAX_TEST_OPTIMISED=1 tests the programs that users run.
 _FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
