@@ -39,8 +39,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_cache / "jax-compilation
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # XLA's CPU backend compiles the tests' programs without LLVM's optimisations and with its
 # older emitters instead of the fusion emitters, which compile faster and compute the same
-# values up to float rounding (docs/guide/quickstart.md). L2L_JAX_TEST_OPTIMISED=1 tests the programs that users run.
-_FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+# values up to float rounding (docs/guide/quickstart.md). L2L_JAX_TEST_OPTIMISED=1 tests
+# the programs that users run.
+_NO_FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
 def _xla_knows(flag: str) -> bool:
@@ -54,7 +55,9 @@ def _xla_knows(flag: str) -> bool:
 if os.environ.get("L2L_JAX_TEST_OPTIMISED") != "1" and "xla_backend_optimization_level" not in os.environ.get(
     "XLA_FLAGS", ""
 ):
-    _flags = [_FAST_COMPILE_FLAGS[0], *(f for f in _FAST_COMPILE_FLAGS[1:] if _xla_knows(f))]
+    _flags = ["--xla_backend_optimization_level=0"]
+    if _xla_knows(_NO_FUSION_EMITTERS):
+        _flags.append(_NO_FUSION_EMITTERS)
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_flags]).strip()
 if "jax" in sys.modules:  # imported before this file (e.g. by a plugin): the variables came too late
     sys.modules["jax"].config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

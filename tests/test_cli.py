@@ -43,16 +43,10 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A finished run of ``meta-train`` with TINY (run once for the module); tests use copies (``copy_of``)."""
+    """A finished run of ``meta-train`` with TINY (run once for the module); tests use copies (``shutil.copytree``)."""
     run = tmp_path_factory.mktemp("tiny") / "run"
     assert cli.main(["meta-train", *TINY, "--run-dir", str(run)]) == 0
     return run
-
-
-def copy_of(run, dest):
-    """A copy of the run directory ``run`` at ``dest``."""
-    shutil.copytree(run, dest)
-    return dest
 
 
 #: ``evaluate``'s options for a TINY run: the tests that evaluate one use the same, so they share compiled programs.
@@ -157,7 +151,7 @@ def test_meta_train_with_pes_on_a_task_mixture_records_both_and_evaluate_refuses
 def test_bad_input_prints_one_clear_line(argv, message, tmp_path, request, capsys):
     argv = [str(tmp_path / a) if a in ("X",) else a for a in argv]
     if "RUN" in argv:
-        run = copy_of(request.getfixturevalue("tiny_run"), tmp_path / "run")
+        run = shutil.copytree(request.getfixturevalue("tiny_run"), tmp_path / "run")
         argv = [str(run) if a == "RUN" else a for a in argv]
     capsys.readouterr()
     assert cli.main(argv) == 2
@@ -376,7 +370,7 @@ def test_run_without_validation_says_no_validation_yet(tmp_path, capsys):
 def test_a_run_directory_in_use_fails_at_once_with_one_line(tmp_path, tiny_run, capsys):
     import fcntl
 
-    run = copy_of(tiny_run, tmp_path / "run")  # A finished run of TINY.
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # A finished run of TINY.
     capsys.readouterr()
     extended = _with(TINY, "--meta-steps", "6")
     with open(run / ".lock", "a") as lock:  # Another process writing to the run.

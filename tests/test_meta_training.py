@@ -48,16 +48,10 @@ def ten_steps():
 def five_step_run(tmp_path_factory):
     """A finished run of SMALL for 5 meta-steps (validated at step 5): its run directory and result.
 
-    Run once for the module; tests that change the run directory change a copy (``copy_run``).
+    Run once for the module; tests that change the run directory change a copy (``shutil.copytree``).
     """
     run = tmp_path_factory.mktemp("five-steps") / "run"
     return run, meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), run, progress=False)
-
-
-def copy_run(run, dest):
-    """A copy of the run directory ``run`` at ``dest``."""
-    shutil.copytree(run, dest)
-    return dest
 
 
 def test_meta_training_lowers_the_meta_loss_on_held_out_tasks():
@@ -123,7 +117,7 @@ def test_finished_run_can_be_extended(tmp_path, ten_steps):
 def test_extending_a_run_drops_its_stale_evaluation(tmp_path, five_step_run):
     from l2l_jax.evaluation import evaluate_run
 
-    copy_run(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL
+    shutil.copytree(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL
     evaluate_run(tmp_path / "run", num_tasks=4, num_tune_tasks=4, num_steps=5, progress=False, baselines=("adam",))
     assert "evaluation" in pretrained.info(tmp_path / "run") and (tmp_path / "run" / rd.EVALUATION_JSON).is_file()
     meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 10}), tmp_path / "run", progress=False)
@@ -140,7 +134,7 @@ def test_resuming_the_same_config_with_tuple_options(tmp_path):
 
 
 def test_a_corrupt_config_in_the_run_directory_is_reported(tmp_path, five_step_run):
-    copy_run(five_step_run[0], tmp_path / "run")
+    shutil.copytree(five_step_run[0], tmp_path / "run")
     (tmp_path / "run" / rd.CONFIG).write_text("[1, 2]")
     with pytest.raises(errors.RunDirectoryError, match="not a JSON object"):
         meta_train(MetaTrainConfig(**{**SMALL, "num_meta_steps": 5}), tmp_path / "run", progress=False)
@@ -155,7 +149,7 @@ def test_a_shipped_name_shadowed_by_a_local_directory_is_refused(tmp_path, monke
 
 def test_resuming_with_another_config_is_refused(tmp_path, five_step_run):
     # Another seed: the program that overwrites the run is test_same_seed_same_result_and_other_seed_differs's.
-    copy_run(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL, seed 0
+    shutil.copytree(five_step_run[0], tmp_path / "run")  # 5 meta-steps of SMALL, seed 0
     other = MetaTrainConfig(**{**SMALL, "num_meta_steps": 5, "seed": 1})
     with pytest.raises(errors.ConfigError, match="seed"):
         meta_train(other, tmp_path / "run", progress=False)
@@ -216,7 +210,7 @@ def test_pretrained_load_errors(tmp_path, five_step_run):
     (tmp_path / "empty").mkdir()
     with pytest.raises(errors.RunDirectoryError, match="optimizer.json is missing"):
         pretrained.load(tmp_path / "empty")
-    copy_run(five_step_run[0], tmp_path / "run")
+    shutil.copytree(five_step_run[0], tmp_path / "run")
     (tmp_path / "run" / rd.OPTIMIZER_PARAMS).write_bytes(b"\x93not msgpack")
     with pytest.raises(errors.RunDirectoryError, match="corrupt"):
         pretrained.load(tmp_path / "run")
@@ -226,7 +220,7 @@ def test_pretrained_load_errors(tmp_path, five_step_run):
 
 
 def test_weights_of_another_architecture_are_reported(tmp_path, five_step_run):
-    copy_run(five_step_run[0], tmp_path / "run")
+    shutil.copytree(five_step_run[0], tmp_path / "run")
     meta = rd.read_optimizer_meta(tmp_path / "run")
     rd.update_optimizer_meta(tmp_path / "run", optimizer_config={**meta["optimizer_config"], "hidden_size": 20})
     with pytest.raises(errors.RunDirectoryError, match="does not fit"):
