@@ -3,7 +3,7 @@ its variants, and tasks that no learned optimizer here was meta-trained on.
 
 Optimizers: the generalist (``--generalist``, default the shipped one, named
 ``--label`` in the results, default ``generalist``), the other learned optimizers of
-``--others`` (default the shipped ``generalist-v2``, ``mnist-feature-mlp``,
+``--others`` (default the shipped ``generalist-v7``, ``generalist-v2``, ``mnist-feature-mlp``,
 ``generalist-v1`` and ``mnist-lstm``), and SGD,
 momentum, NAG, RMSprop and Adam, each with its learning rate tuned separately per task
 and per horizon on a quarter-decade grid over ``--tune-inits`` initialisations that
@@ -114,7 +114,7 @@ TASKS = (
     Task("regression network", "teacher_student", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
 )
 #: The learned optimizers run beside the generalist by default.
-OTHERS = ("generalist-v2", "mnist-feature-mlp", "generalist-v1", "mnist-lstm")
+OTHERS = ("generalist-v7", "generalist-v2", "mnist-feature-mlp", "generalist-v1", "mnist-lstm")
 TUNE_INITS = 16
 REFERENCE = "generalist"
 

@@ -21,7 +21,7 @@ training progress. The recipes:
 * ``v5`` (``--recipe v5``, not shipped): v4 over v2's runs of 100 to 1,000 steps (`V5_CONFIG`).
 * ``v6`` (``--recipe v6``): v4 with every coordinate's step clipped to `STEP_BOUND` nominal
   steps (the feature MLP's ``step_bound``), in meta-training as after it (`V6_CONFIG`).
-* ``v7`` (``--recipe v7``, shipped as ``generalist``): halfway in φ from v2 to v5
+* ``v7`` (``--recipe v7``, shipped as ``generalist-v7``): halfway in φ from v2 to v5
   (`INTERPOLATIONS`), with v6's step bound added; it meta-trains v5 first (into
   ``runs/generalist-v5``) if it is not there.
 * ``v8`` (``--recipe v8``): the same, halfway from v2 to v6.
@@ -29,6 +29,10 @@ training progress. The recipes:
   reading 14x14 MNIST row by row), to test whether recurrent networks held out of the
   battery (its character-level LM) need one in meta-training (`V9_CONFIG`).
 * ``v10`` (``--recipe v10``): v7's interpolation and step bound with v9 in v5's place.
+* ``v11`` (``--recipe v11``): v5 run for 5,000 meta-steps instead of 1,500 (`V11_CONFIG`), to
+  test whether more meta-training alone moves the cells v7 ties or loses.
+* ``v12`` (``--recipe v12``, shipped as ``generalist``): v7's interpolation and step bound with v11 in
+  v5's place; it meta-trains v11 first (into ``runs/generalist-v11``) if it is not there.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -42,8 +46,8 @@ file (``--battery``, default ``benchmarks/results/generalisation.json``) has the
 ``--ship`` again).
 
     python benchmarks/generalist.py --data-dir DIR                         # meta-train v2 (resumable)
-    python benchmarks/generalist.py --recipe v7 --data-dir DIR             # v5, then v7 (resumable)
-    python benchmarks/generalist.py --recipe v7 --data-dir DIR --ship      # ... and ship it
+    python benchmarks/generalist.py --recipe v12 --data-dir DIR            # v11, then v12 (resumable)
+    python benchmarks/generalist.py --recipe v12 --data-dir DIR --ship     # ... and ship it as generalist
 """
 
 from __future__ import annotations
@@ -216,6 +220,9 @@ V9_CONFIG = MetaTrainConfig.from_dict(
     {**V5_CONFIG.to_dict(), "task_options": {"members": V9_MEMBERS}, "batch_size": 13}
 )
 
+#: v11: v5 (same start, mixture, runs, PES and seed) for 5,000 meta-steps: its first 1,500 are v5's.
+V11_CONFIG = MetaTrainConfig.from_dict({**V5_CONFIG.to_dict(), "num_meta_steps": 5000})
+
 #: The step bound κ of v6: no coordinate moves by more than 3 nominal steps (``step_bound``).
 STEP_BOUND = 3.0
 
@@ -231,6 +238,7 @@ FINETUNES = {
     "v5": (V5_CONFIG, "v4 over 100- to 1,000-step runs"),
     "v6": (V6_CONFIG, "v4 with each coordinate's step bounded"),
     "v9": (V9_CONFIG, "v5 with a recurrent member"),
+    "v11": (V11_CONFIG, "v5 for 5,000 meta-steps"),
 }
 #: Recipes whose φ lies between v2's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
@@ -239,6 +247,7 @@ INTERPOLATIONS = {
     "v7": ("v5", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v5, with v6's step bound"),
     "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v6, with its step bound"),
     "v10": ("v9", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v9, with v6's step bound"),
+    "v12": ("v11", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v11, with v6's step bound"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
@@ -248,7 +257,13 @@ RECIPES = {
     **{name: about for name, (*_, about) in INTERPOLATIONS.items()},
 }
 #: The name each recipe's ``--ship`` exports to.
-SHIPPED_NAMES = {"v1": "generalist-v1", "v2": "generalist-v2", "v3": "mnist-feature-mlp", "v7": "generalist"}
+SHIPPED_NAMES = {
+    "v1": "generalist-v1",
+    "v2": "generalist-v2",
+    "v3": "mnist-feature-mlp",
+    "v7": "generalist-v7",
+    "v12": "generalist",
+}
 #: The name the battery gives each recipe's optimizer (``--label``): its shipped name, else ``generalist-<recipe>``.
 LABELS = {name: SHIPPED_NAMES.get(name, f"generalist-{name}") for name in RECIPES}
 
@@ -374,8 +389,8 @@ def main() -> None:
         "--run-dir",
         type=Path,
         default=None,
-        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's and v10's "
-        "fine-tunes to generalist-v5, -v6 and -v9 beside it",
+        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's and "
+        "v12's fine-tunes to generalist-v5, -v6, -v9 and -v11 beside it",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")

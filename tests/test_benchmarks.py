@@ -654,6 +654,22 @@ def test_the_v9_recipe_is_v5_with_one_recurrent_member_that_no_battery_task_is()
     assert generalist.INTERPOLATIONS["v10"][:3] == ("v9", 0.5, {"step_bound": generalist.STEP_BOUND})
 
 
+def test_the_v11_recipe_is_v5_run_longer_and_the_shipped_v12_is_v7s_construction_on_it():
+    generalist = benchmark("generalist")
+    v5, v11 = generalist.V5_CONFIG.to_dict(), generalist.V11_CONFIG.to_dict()
+    assert v11["num_meta_steps"] == 5000 > v5["num_meta_steps"]
+    assert {k: x for k, x in v11.items() if k != "num_meta_steps"} == {
+        k: x for k, x in v5.items() if k != "num_meta_steps"
+    }
+    # A constant meta-learning rate after the warm-up: v11's first meta-steps are v5's, so a v5 run can be resumed into it.
+    assert v11["meta_lr_schedule"] == "constant"
+    assert generalist.INTERPOLATIONS["v12"][:3] == ("v11", 0.5, {"step_bound": generalist.STEP_BOUND})
+    # v12 ships as the generalist; v7, the generalist before it, keeps its own name; v11 alone does not ship.
+    assert generalist.SHIPPED_NAMES["v12"] == "generalist" and generalist.SHIPPED_NAMES["v7"] == "generalist-v7"
+    assert "v11" not in generalist.SHIPPED_NAMES
+    assert len(set(generalist.SHIPPED_NAMES.values())) == len(generalist.SHIPPED_NAMES)
+
+
 def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_added(tmp_path):
     generalist = benchmark("generalist")
     tuned_dir = pretrained.locate("mnist-feature-mlp")  # a fine-tune of v2, as v5 is

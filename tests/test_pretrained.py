@@ -38,8 +38,10 @@ def test_shipped_quadratic_lstm_beats_tuned_adam_on_fresh_quadratics():
     assert np.isfinite(lstm_final) and lstm_final < adam_final, (lstm_final, adam_final)
 
 
-def test_the_generalist_ships_as_v7_halfway_from_v2_to_its_fine_tune_with_the_step_bound():
-    info = pretrained.info("generalist")
+@pytest.mark.parametrize(("name", "recipe", "meta_steps"), [("generalist", "v12", 5000), ("generalist-v7", "v7", 1500)])
+def test_the_generalist_ships_halfway_from_v2_to_its_fine_tune_with_the_step_bound(name, recipe, meta_steps):
+    # v12 ships as "generalist"; v7, the generalist before it, is kept as "generalist-v7".
+    info = pretrained.info(name)
     v2 = pretrained.info("generalist-v2")
     options = info["architecture"]["options"]
     assert info["optimizer"] == "feature_mlp" and options["output"] == "nominal"
@@ -47,19 +49,28 @@ def test_the_generalist_ships_as_v7_halfway_from_v2_to_its_fine_tune_with_the_st
     # The bound came after meta-training; the rest of the architecture is v2's.
     assert info["added_after_training"] == {"step_bound": 3}
     assert {k: v for k, v in options.items() if k != "step_bound"} == v2["architecture"]["options"]
-    # Its φ is halfway from v2 (by checksum) to v5, v2 fine-tuned on a broader mixture.
+    # Its φ is halfway from v2 (by checksum) to v2 fine-tuned on a broader mixture (v5; v12: v11, v5 run longer).
     interpolation = info["interpolation"]
     assert interpolation["alpha"] == 0.5 and interpolation["start"] == "generalist-v2"
     assert interpolation["start_phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
     training = info["training"]
-    assert training["recipe"] == "v7" and training["start"]["phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
+    assert training["recipe"] == recipe and training["start"]["phi_sha256"] == v2["sha256"]["optimizer.msgpack"]
+    assert training["meta_steps"] == [meta_steps] and training["best_step"] <= meta_steps
     assert training["meta_training_seconds"] > 0 and training["optimizee_steps"] > 0 and training["machine"]
     assert {base(m)["task"] for m in info["mixture"]} == {"mnist", "quadratic"}
     assert {base(m)["options"].get("objective", "classify") for m in info["mixture"]} == {"classify", "autoencode"}
     assert [(e["estimator"], e["min_horizon"], e["horizon"]) for e in info["estimator"]] == [("pes", 100, 1000)]
+    # The battery's rows name it as it was shipped then: "generalist".
     tasks_evaluated = {r["task"] for r in info["evaluation"] if r["optimizer"] == "generalist"}
     assert {"base MLP", "CNN", "wide MLP", "wide MLP 4096", "char LM", "regression network"} <= tasks_evaluated
     assert data_dirs(info) and set(data_dirs(info)) == {None}  # where the data lay on the training machine is not kept
+
+
+def test_the_generalist_and_generalist_v7_share_a_start_and_a_mixture_and_differ_in_phi():
+    v12, v7 = pretrained.info("generalist"), pretrained.info("generalist-v7")
+    assert v12["mixture"] == v7["mixture"] and v12["architecture"] == v7["architecture"]
+    assert v12["interpolation"]["start_phi_sha256"] == v7["interpolation"]["start_phi_sha256"]
+    assert v12["sha256"]["optimizer.msgpack"] != v7["sha256"]["optimizer.msgpack"]
 
 
 def test_the_second_generalist_still_ships_as_generalist_v2():
