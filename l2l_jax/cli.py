@@ -333,11 +333,17 @@ def field_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def in_flags(message: str, flags: dict[str, str]) -> str:
-    """``message`` with every field name that holds an underscore written as its flag."""
+    """``message`` with every field name that holds an underscore written as its flag.
+
+    A quoted name (``'batch_size'``) is left as it is: the library quotes the names of
+    a task's, optimizer's or estimator's own options, which share some fields' names
+    but are given with ``--task-option`` (and the like), not with the field's flag.
+    """
     fields = sorted((f for f in flags if "_" in f), key=len, reverse=True)
     if not fields:
         return message
-    return re.sub(r"\b(" + "|".join(map(re.escape, fields)) + r")\b", lambda m: flags[m.group(1)], message)
+    pattern = r"(?<!')\b(" + "|".join(map(re.escape, fields)) + r")\b(?!')"
+    return re.sub(pattern, lambda m: flags[m.group(1)], message)
 
 
 def config_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def test_the_row_gru_round_trips_its_config_and_refuses_bad_options():
         ({"batch_size": 1.5}, "batch_size must be a positive integer"),
         ({"image_size": 29}, "from 1 to 28"),
         ({"download": "no"}, "download must be True or False"),
-        ({"channels": [8]}, "valid options: hidden_size, batch_size, data_dir, download, image_size"),
+        ({"channels": [8]}, "valid options: 'hidden_size', 'batch_size', 'data_dir', 'download', 'image_size'"),
     ]:
         with pytest.raises(errors.ConfigError, match=message):
             tasks.get("mnist_rnn", data_dir=FIXTURE, **options)

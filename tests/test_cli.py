@@ -279,15 +279,23 @@ def test_unknown_task_option_lists_the_valid_options(tmp_path, capsys):
     assert cli.main(["meta-train", "--task-option", "dimension=3", "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "'dimension'" in err and "dim, init_scale" in err
+    assert "'dimension'" in err and "'dim', 'init_scale'" in err
     assert "__init__" not in err and "keyword argument" not in err
+
+
+def test_a_task_option_named_like_a_meta_training_field_is_not_written_as_its_flag(tmp_path, capsys):
+    # char_lm has a batch_size option, as meta-train has --batch-size: the valid options stay option names.
+    argv = ["meta-train", "--task", "char_lm", "--task-option", "size=3", "--run-dir", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'seq_len', 'batch_size', 'hidden_size', 'embed_dim'" in err and "--batch-size" not in err
 
 
 def test_unknown_task_option_in_the_python_api_names_the_valid_options():
     from l2l_jax import tasks
     from l2l_jax.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"no option 'size'.*valid options: dim, init_scale$"):
+    with pytest.raises(ConfigError, match=r"no option 'size'.*valid options: 'dim', 'init_scale'$"):
         tasks.get("quadratic", size=3)
 
 

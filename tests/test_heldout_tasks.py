@@ -122,7 +122,7 @@ def test_a_few_adam_steps_reduce_the_loss(name, learning_rate):
         ("mnist_cnn", {"channels": [8, 0]}, r"channels\[1\] must be a positive integer"),
         ("mnist_cnn", {"batch_size": 0}, "batch_size must be a positive integer"),
         ("mnist_cnn", {"download": "yes"}, "download must be True or False"),
-        ("mnist_cnn", {"hidden_units": 20}, "valid options: channels, batch_size, data_dir, download"),
+        ("mnist_cnn", {"hidden_units": 20}, "valid options: 'channels', 'batch_size', 'data_dir', 'download'"),
         ("char_lm", {"seq_len": 0}, "seq_len must be a positive integer"),
         ("char_lm", {"seq_len": 10**9}, "seq_len must be below the text's length"),
         ("char_lm", {"batch_size": 2.0}, "batch_size must be a positive integer"),

@@ -254,7 +254,7 @@ def test_unknown_task_and_optimizer_names():
         MetaTrainConfig(task="mnist2").build_task()
     with pytest.raises(errors.UnknownNameError, match="unknown learned optimizer"):
         MetaTrainConfig(optimizer="gru").build_optimizer()
-    with pytest.raises(errors.ConfigError, match="task 'quadratic' has no option 'dimension'; valid options: dim"):
+    with pytest.raises(errors.ConfigError, match="task 'quadratic' has no option 'dimension'; valid options: 'dim'"):
         MetaTrainConfig(task_options={"dimension": 3}).build_task()
 
 

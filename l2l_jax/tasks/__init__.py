@@ -183,7 +183,7 @@ def _check_options(name: str, factory: Callable[..., TaskFamily | TaskMixture], 
         s = "s" if len(unknown) > 1 else ""
         raise ConfigError(
             f"task {name!r} has no option{s} {', '.join(map(repr, unknown))}; "
-            f"valid options: {', '.join(valid) if valid else '(none)'}"
+            f"valid options: {', '.join(map(repr, valid)) if valid else '(none)'}"
         )
     missing = [p.name for p in keyword if p.default is p.empty and p.name not in kwargs]
     if missing:
