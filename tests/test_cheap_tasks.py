@@ -66,7 +66,7 @@ def test_image_size_is_recorded_only_when_it_is_not_28(name):
     assert tasks.get(name, **json.loads(json.dumps(small.config()))).config() == small.config()
 
 
-@pytest.mark.parametrize("size, message", [(0, "image_size must be a positive integer"), (29, "from 1 to 28")])
+@pytest.mark.parametrize("size, message", [(0, "'image_size' must be a positive integer"), (29, "from 1 to 28")])
 def test_bad_image_sizes_are_refused(size, message):
     for name in ("mnist", "mnist_cnn"):
         with pytest.raises(errors.ConfigError, match=message):
@@ -180,8 +180,8 @@ def test_the_row_gru_round_trips_its_config_and_refuses_bad_options():
     assert tasks.get("mnist_rnn", **json.loads(json.dumps(family.config()))).config() == family.config()
     assert family.data_record == tasks.get("mnist", data_dir=FIXTURE).data_record
     for options, message in [
-        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
-        ({"batch_size": 1.5}, "batch_size must be a positive integer"),
+        ({"hidden_size": 0}, "'hidden_size' must be a positive integer"),
+        ({"batch_size": 1.5}, "'batch_size' must be a positive integer"),
         ({"image_size": 29}, "from 1 to 28"),
         ({"download": "no"}, "download must be True or False"),
         ({"channels": [8]}, "valid options: 'hidden_size', 'batch_size', 'data_dir', 'download', 'image_size'"),
@@ -265,9 +265,9 @@ def test_scale_augmentation_round_trips_its_config_and_refuses_bad_options():
     config = json.loads(json.dumps(family.config()))
     assert config["task"] == "logistic_regression" and config["options"]["features"] == 4
     assert tasks.get("scale_augmented", **config).config() == family.config()
-    with pytest.raises(errors.ConfigError, match="must not exceed max_scale"):
+    with pytest.raises(errors.ConfigError, match="'min_scale' \\(2.0\\) must not exceed 'max_scale'"):
         augmented(min_scale=2.0, max_scale=1.0)
-    with pytest.raises(errors.ConfigError, match="max_scale must be a positive number"):
+    with pytest.raises(errors.ConfigError, match="'max_scale' must be a positive number"):
         augmented(max_scale=0.0)
     with pytest.raises(errors.ConfigError, match="wraps one task family"):
         tasks.get("scale_augmented", task="mixture", options={"members": []})

@@ -291,6 +291,14 @@ def test_a_task_option_named_like_a_meta_training_field_is_not_written_as_its_fl
     assert "'seq_len', 'batch_size', 'hidden_size', 'embed_dim'" in err and "--batch-size" not in err
 
 
+def test_a_bad_task_option_value_names_the_task_and_the_option_not_a_meta_training_flag(tmp_path, capsys):
+    argv = ["meta-train", "--task", "char_lm", "--task-option", "batch_size=-1", "--run-dir", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "l2l-jax: error: task 'char_lm': 'batch_size' must be a positive integer, got -1\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_task_option_in_the_python_api_names_the_valid_options():
     from l2l_jax import tasks
     from l2l_jax.errors import ConfigError

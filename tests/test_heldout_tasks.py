@@ -120,26 +120,26 @@ def test_a_few_adam_steps_reduce_the_loss(name, learning_rate):
         ("mnist_cnn", {"channels": []}, "channels must be a non-empty list"),
         ("mnist_cnn", {"channels": "816"}, "channels must be a non-empty list"),
         ("mnist_cnn", {"channels": [8, 0]}, r"channels\[1\] must be a positive integer"),
-        ("mnist_cnn", {"batch_size": 0}, "batch_size must be a positive integer"),
+        ("mnist_cnn", {"batch_size": 0}, "'batch_size' must be a positive integer"),
         ("mnist_cnn", {"download": "yes"}, "download must be True or False"),
-        ("mnist_cnn", {"hidden_units": 20}, "valid options: 'channels', 'batch_size', 'data_dir', 'download'"),
-        ("char_lm", {"seq_len": 0}, "seq_len must be a positive integer"),
-        ("char_lm", {"seq_len": 10**9}, "seq_len must be below the text's length"),
-        ("char_lm", {"batch_size": 2.0}, "batch_size must be a positive integer"),
-        ("char_lm", {"hidden_size": -1}, "hidden_size must be a positive integer"),
-        ("char_lm", {"embed_dim": True}, "embed_dim must be a positive integer"),
+        ("mnist_cnn", {"hidden_units": 20}, "has no option 'hidden_units'; valid options: 'channels', 'batch_size'"),
+        ("char_lm", {"seq_len": 0}, "'seq_len' must be a positive integer"),
+        ("char_lm", {"seq_len": 10**9}, "'seq_len' must be below the text's length"),
+        ("char_lm", {"batch_size": 2.0}, "'batch_size' must be a positive integer"),
+        ("char_lm", {"hidden_size": -1}, "'hidden_size' must be a positive integer"),
+        ("char_lm", {"embed_dim": True}, "'embed_dim' must be a positive integer"),
         ("logistic_regression", {"examples": 0}, "examples must be a positive integer"),
         ("logistic_regression", {"features": "8"}, "features must be a positive integer"),
-        ("logistic_regression", {"label_noise": 0.6}, "label_noise must be a probability from 0 to 0.5"),
-        ("logistic_regression", {"label_noise": -0.1}, "label_noise must be a non-negative number"),
+        ("logistic_regression", {"label_noise": 0.6}, "'label_noise' must be a probability from 0 to 0.5"),
+        ("logistic_regression", {"label_noise": -0.1}, "'label_noise' must be a non-negative number"),
         ("logistic_regression", {"l2": float("nan")}, "l2 must be a non-negative number"),
-        ("logistic_regression", {"init_scale": -1.0}, "init_scale must be a non-negative number"),
+        ("logistic_regression", {"init_scale": -1.0}, "'init_scale' must be a non-negative number"),
     ],
 )
-def test_bad_options_raise_config_error(name, options, message):
+def test_bad_options_raise_config_error_naming_the_task_and_quoting_its_option(name, options, message):
     if name == "mnist_cnn":
         options = {"data_dir": FIXTURE, **options}
-    with pytest.raises(errors.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=f"^task '{name}':? {message}"):
         tasks.get(name, **options)
 
 

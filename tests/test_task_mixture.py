@@ -200,7 +200,7 @@ GOOD = {"task": "quadratic", "options": {"dim": 2}}
         ({"task": "quadratic", "weight": math.nan}, "mixture member 1 weight"),
         ({"task": "quadratic", "weight": "x"}, "mixture member 1 weight"),
         ({"task": "mixture", "options": {"members": [GOOD]}}, "mixture member 1: a mixture cannot contain a mixture"),
-        ({"task": "quadratic", "options": {"dim": 0}}, "mixture member 1: quadratic dimension"),
+        ({"task": "quadratic", "options": {"dim": 0}}, "mixture member 1: task 'quadratic': quadratic dimension"),
         ({"task": "quadratic", "options": {"size": 2}}, "mixture member 1: task 'quadratic' has no option 'size'"),
     ],
 )

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ import jax
 from l2l_jax.checks import MAX_COUNT, json_options, positive_float
 from l2l_jax.checks import name as valid_name
 from l2l_jax.errors import ConfigError, L2LError, UnknownNameError
-from l2l_jax.registry import Registry
+from l2l_jax.registry import Registry, keyword_options
 from l2l_jax.tasks.base import TaskFamily
 from l2l_jax.tasks.char_lm import CharLMFamily
 from l2l_jax.tasks.cnn import MNISTCNNFamily
@@ -191,6 +192,22 @@ def _check_options(name: str, factory: Callable[..., TaskFamily | TaskMixture], 
         raise ConfigError(f"task {name!r} needs the option{s} {', '.join(map(repr, missing))}")
 
 
+def _quote_options(message: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> str:
+    """``message`` with the bare option names of ``factory`` (and keys of ``kwargs``) that hold an underscore quoted.
+
+    A task's own options (``'batch_size'``) then read as such, not as the meta-training
+    fields of the same name that the command line writes as flags (as it does every
+    bare name with an underscore). Names without one (``dim``, ``features``) are
+    also plain words, and stay as they are.
+    """
+    names = {n for n in set(kwargs) | set(keyword_options(factory) or ()) if "_" in n}
+    if not names:
+        return message
+    prefix = re.match(r"(task '[^']*': )*", message).group()  # A wrapped task's own, already quoted.
+    pattern = r"(?<![\w'])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")(?![\w'])"
+    return prefix + re.sub(pattern, r"'\1'", message[len(prefix) :])
+
+
 def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
     """Builds a task family (or, for ``"mixture"``, a task mixture) by registered name or by import path.
 
@@ -211,7 +228,9 @@ def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
     Raises:
       UnknownNameError: if ``name`` is not registered and not an importable ``module:function``.
       ConfigError: if an option is not one of the factory's (the message lists the
-        valid ones), a required one is missing, or a value is invalid.
+        valid ones), a required one is missing, or a value is invalid (the message
+        then begins ``task 'NAME': `` and quotes the option's name where it holds an
+        underscore: ``task 'char_lm': 'batch_size' must be a positive integer, got 0``).
       L2LError: for ``"mixture"``, any of these (or a member family's own error,
         e.g. ``DataError``) with the bad member's index in the message.
     """
@@ -226,6 +245,10 @@ def get(name: str, **kwargs: Any) -> TaskFamily | TaskMixture:
     _check_options(name, factory, kwargs)
     try:
         family = factory(**kwargs)
+    except ConfigError as e:
+        if factory is _build_mixture:  # Its messages already name the member and its options.
+            raise
+        raise ConfigError(f"task {name!r}: {_quote_options(str(e), factory, kwargs)}") from None
     except L2LError:
         raise
     except (TypeError, ValueError, OverflowError) as e:
