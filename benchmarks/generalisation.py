@@ -17,8 +17,9 @@ Tasks (``TASKS``): the paper's MLP (784-20-10 sigmoid, batch 128) at 100, 200 an
 from the generalist's meta-training mixture (and at MNIST's full 28x28 resolution),
 a small CNN on MNIST, wide ReLU MLPs (784-1280-10 and 784-4096-10, 1.02M and 3.26M
 parameters, no hand scaling), a character-level GRU language model on Python's own
-source text (these three at 100 steps only, as their runs cost minutes here),
-logistic regression, and a small regression network (teacher-student).
+source text (these three at 100 steps, as their runs cost minutes here; the LM also at
+200 and 500 steps as ``char LM long``, where a learned optimizer that stalls after step
+100 shows it), logistic regression, and a small regression network (teacher-student).
 
 ``--rates-from`` reads the baselines' tuned rates from an earlier results file for
 every task whose definition, tuning initialisations and data are the same there
@@ -110,6 +111,17 @@ TASKS = (
         skip=("mnist-lstm",),
     ),
     Task("char LM", "char_lm", {}, (100,), 16, True, uses_mnist=False, grid=WIDE_GRID, skip=("mnist-lstm",)),
+    Task(
+        "char LM long",
+        "char_lm",
+        {},
+        (200, 500),
+        16,
+        True,
+        uses_mnist=False,
+        grid=WIDE_GRID,
+        skip=("mnist-lstm",),
+    ),
     Task("logistic regression", "logistic_regression", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
     Task("regression network", "teacher_student", {}, (100, 200), 48, True, uses_mnist=False, grid=WIDE_GRID),
 )

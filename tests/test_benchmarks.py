@@ -591,6 +591,14 @@ def test_generalisation_names_the_optimizer_under_test_by_its_label(tmp_path):
     assert "| mine − this, paired (± s.e.) | mine |" in generalisation.table(rows, "mine")
 
 
+def test_the_battery_runs_the_character_level_lm_past_step_100_with_its_own_tuned_baselines():
+    generalisation = benchmark("generalisation")
+    lm = [t for t in generalisation.TASKS if t.task == "char_lm"]
+    assert all(t.held_out and t.grid == generalisation.WIDE_GRID and t.test_inits >= 16 for t in lm)
+    assert {100, 200, 500} <= {h for t in lm for h in t.horizons}
+    assert len({t.label for t in lm}) == len(lm)  # Each its own rows, tuned per horizon.
+
+
 def test_the_v4_recipe_adds_no_held_out_family_to_the_mixture_and_is_not_shipped(tmp_path):
     generalisation = benchmark("generalisation")
     generalist = benchmark("generalist")
