@@ -709,6 +709,42 @@ def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
     assert generalist.with_data_dir(config, None).task_options["members"][0]["options"] == {"data_dir": None}
 
 
+def test_lm_stall_variants_change_only_the_rate_or_the_correction_term():
+    import jax.numpy as jnp
+
+    lm_stall = benchmark("lm_stall")
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    rated = lm_stall.variant(phi, 0.01, False)
+    assert float(jnp.exp(rated["log_lr"])) == pytest.approx(0.01)
+    assert jax.tree.leaves(rated["layers"]) == jax.tree.leaves(phi["layers"])
+    plain = lm_stall.variant(phi, None, True)
+    assert plain["log_lr"] is phi["log_lr"] and all(a is b for a, b in zip(plain["layers"][:-1], phi["layers"][:-1]))
+    np.testing.assert_array_equal(plain["layers"][-1]["w"][:, 1], phi["layers"][-1]["w"][:, 1])
+    # Without d the first update is −exp(m) · η · n, and n is the gradient's sign then: every coordinate moves against it.
+    grads = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + 0.05, "b": jnp.array([0.3, -2.0, 1e-3, 4.0])}
+    params = jax.tree.map(jnp.ones_like, grads)
+    tx = optimizer.as_optax(plain)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert all(bool(jnp.all(updates[k] * jnp.sign(grads[k]) < 0)) for k in grads)
+
+
+@pytest.mark.slow  # its parts: test_lm_stall_variants_change_only_the_rate_or_the_correction_term
+def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path):
+    options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
+    out = run_script("lm_stall.py", *options, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "lm_stall.json").read_text())
+    assert results["rate"] == pytest.approx(float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"])))
+    variants = ["as shipped", "η = rate", "d = 0", "both"]
+    assert [(r["task"], r["variant"], r["steps"]) for r in results["rows"]] == [
+        (task, v, 3) for task in ("char LM", "base MLP") for v in variants
+    ]
+    for r in results["rows"]:
+        assert math.isfinite(r["mean"]) and r["inits"] == 2
+        assert ("minus_shipped" in r) == (r["variant"] != "as shipped")
+    assert "| char LM | both | 3 |" in (tmp_path / "lm_stall.md").read_text()
+
+
 @pytest.mark.slow  # the bound itself: tests/test_feature_mlp.py
 def test_step_bound_runs_every_optimizer_at_every_bound_on_tuning_initialisations(tmp_path):
     options = ["--tasks", "char LM", "base MLP", "--bounds", "none", "3", "--max-steps", "3", "--inits", "2",
