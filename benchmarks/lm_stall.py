@@ -8,8 +8,8 @@ steps of the battery's character-level LM the generalist stalls (``generalisatio
 This runs the same φ four ways (``VARIANTS``): as shipped; with η set to ``--rate``
 (default: ``generalist-v1``'s learned η); with d removed (the last layer's d output set to
 zero, so the update is ``−exp(m) · η · n``); and both. Each on the LM (to 500 steps) and
-the paper's MLP (to 200), on initialisations of the *tuning* stream (seed 7, as
-``step_bound.py``): never the battery's test initialisations.
+the paper's MLP (to 200), on the initialisations ``step_bound.py`` runs (its
+``TUNE_SEED``, tuning stream): never the battery's test initialisations.
 
 Per cell: mean loss ± standard error at each step of ``TASKS``, and the difference from
 the optimizer as shipped (paired over initialisations, ± paired standard error).
@@ -30,6 +30,7 @@ import generalisation
 import harness
 import jax.numpy as jnp
 import numpy as np
+import step_bound
 
 from l2l_jax import pretrained
 from l2l_jax.evaluation import learned_curves, sample_tasks
@@ -37,8 +38,6 @@ from l2l_jax.optimizers import MetaParams
 
 #: The battery's tasks run here (``generalisation.TASKS`` by label): label -> steps reported (the last is the run's).
 TASKS = {"char LM": (100, 200, 500), "base MLP": (100, 200)}
-#: The tuning stream's seed (``generalisation.py`` tunes its baselines on it).
-TUNE_SEED = 7
 #: The variants of φ: name -> (η replaced by ``--rate``, correction d removed).
 VARIANTS = {"as shipped": (False, False), "η = rate": (True, False), "d = 0": (False, True), "both": (True, True)}
 
@@ -111,15 +110,16 @@ def main() -> None:
     for label, steps in TASKS.items():
         family = generalisation.build_family(battery[label], args.data_dir)
         steps = tuple(sorted({min(s, args.max_steps or s) for s in steps}))
-        runs = sample_tasks(family, TUNE_SEED, args.inits, "tune")
+        runs = sample_tasks(family, step_bound.TUNE_SEED, args.inits, "tune")
         curves = {
             name: np.asarray(learned_curves(optimizer, variant(phi, rate if r else None, d), family, runs, steps[-1]))
             for name, (r, d) in VARIANTS.items()
         }
-        for row in rows_for(label, curves, steps):
-            rows.append(row)
+        task_rows = rows_for(label, curves, steps)
+        for row in task_rows:
             results.add("rows", row)
-        print(table(rows_for(label, curves, steps)), flush=True)
+        rows += task_rows
+        print(table(task_rows), flush=True)
     results.finish()
     harness.write_text(args.results_dir / "lm_stall.md", table(rows) + f"\nη of the variants: {rate:.4g}.\n")
     print(f"{(time.perf_counter() - t0) / 60:.1f} min")

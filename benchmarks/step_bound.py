@@ -3,8 +3,8 @@
 For every optimizer of ``--optimizers`` (shipped names or run directories) and every
 bound of ``--bounds`` ("none": no bound), the same φ runs on the
 battery's character-level LM, the paper's MNIST MLP, the regression network and the
-CNN (``TASKS``), on initialisations of the *tuning* stream (seed 7, as
-``generalisation.py`` tunes its baselines): never the battery's test
+CNN (``TASKS``), on initialisations of the *tuning* stream (the stream
+``generalisation.py`` tunes its baselines on, here with seed 7, there 1): never the battery's test
 initialisations, so a bound chosen here is not chosen on the figures it is judged by.
 Per cell: the mean loss at the start, its largest rise above the start (0 if it never
 rose), the step of that rise, and the mean loss at steps 100 and at the end.
@@ -38,7 +38,8 @@ from l2l_jax.evaluation import learned_curves, sample_tasks
 
 #: The battery's tasks run here (``generalisation.TASKS`` by label): label -> (steps, initialisations).
 TASKS = {"char LM": (100, 16), "base MLP": (200, 16), "regression network": (200, 16), "CNN": (200, 8)}
-#: The tuning stream's seed (``generalisation.py`` tunes its baselines on it).
+#: The seed of the initialisations run here, from the tuning stream (``generalisation.py`` tunes its baselines on
+#: that stream with seed 1), so never the battery's test initialisations.
 TUNE_SEED = 7
 
 
