@@ -11,6 +11,12 @@ zero, so the update is ``−exp(m) · η · n``); and both. Each on the LM (to 5
 the paper's MLP (to 200), on the initialisations ``step_bound.py`` runs (its
 ``TUNE_SEED``, tuning stream): never the battery's test initialisations.
 
+Then where in the LM: the shipped φ with the update of one part of the network
+(``PARTS``: the GRU cell, its hidden-to-hidden kernels, its input kernels and biases, the embedding, the
+read-out, everything) multiplied by ``--rate`` / η, so that part alone moves as if η were
+``--rate``; beside them tuned Adam on the same runs, at the rate the battery tuned for
+each horizon (``generalisation.json`` in ``benchmarks/results``).
+
 Per cell: mean loss ± standard error at each step of ``TASKS``, and the difference from
 the optimizer as shipped (paired over initialisations, ± paired standard error).
 
@@ -22,24 +28,39 @@ Writes ``lm_stall.{json,md}`` into ``--results-dir``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import generalisation
 import harness
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import step_bound
 
 from l2l_jax import pretrained
-from l2l_jax.evaluation import learned_curves, sample_tasks
-from l2l_jax.optimizers import MetaParams
+from l2l_jax.evaluation import baselines, learned_curves, loss_curves, sample_tasks
+from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 
 #: The battery's tasks run here (``generalisation.TASKS`` by label): label -> steps reported (the last is the run's).
 TASKS = {"char LM": (100, 200, 500), "base MLP": (100, 200)}
 #: The variants of φ: name -> (η replaced by ``--rate``, correction d removed).
 VARIANTS = {"as shipped": (False, False), "η = rate": (True, False), "d = 0": (False, True), "both": (True, True)}
+#: The battery's task whose parts are scaled, and the steps reported.
+PART_TASK, PART_STEPS = "char LM", (100, 200, 500)
+#: The parts of the LM (``CharLMFamily``'s flax parameter paths) whose update is scaled: name -> path prefixes.
+PARTS = {
+    "GRU cell": ("GRUCell_0/",),
+    "GRU hidden-to-hidden kernels": ("GRUCell_0/hn/kernel", "GRUCell_0/hr/kernel", "GRUCell_0/hz/kernel"),
+    "GRU input kernels and biases": ("GRUCell_0/i", "GRUCell_0/hn/bias"),
+    "embedding": ("Embed_0/",),
+    "read-out": ("Dense_0/",),
+    "everything": ("",),
+}
 
 
 def variant(phi: MetaParams, rate: float | None, without_correction: bool) -> MetaParams:
@@ -52,6 +73,60 @@ def variant(phi: MetaParams, rate: float | None, without_correction: bool) -> Me
         zeroed = {"w": jnp.asarray(last["w"]).at[:, 0].set(0.0), "b": jnp.asarray(last["b"]).at[0].set(0.0)}
         out["layers"] = [*phi["layers"][:-1], zeroed]
     return out
+
+
+def path_name(path: tuple[Any, ...]) -> str:
+    """A parameter's path as ``"GRUCell_0/hn/kernel"``."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def part_mask(params: Any, prefixes: tuple[str, ...]) -> Any:
+    """True at the leaves of ``params`` whose path starts with one of ``prefixes``."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: path_name(p).startswith(prefixes), params)
+
+
+def scaled_part(
+    optimizer: LearnedOptimizer, prefixes: tuple[str, ...], scale: float
+) -> Callable[[MetaParams], optax.GradientTransformation]:
+    """``φ ↦`` the learned optimizer with the update of the leaves under ``prefixes`` multiplied by ``scale``."""
+
+    def make(phi: MetaParams) -> optax.GradientTransformation:
+        return optax.chain(optimizer.as_optax(phi), optax.masked(optax.scale(scale), lambda p: part_mask(p, prefixes)))
+
+    return make
+
+
+def battery_rates(path: Path, labels: tuple[str, ...], name: str = "adam") -> dict[int, float]:
+    """The battery's tuned rate of ``name`` per horizon on the tasks ``labels`` (``generalisation.json``)."""
+    rows = json.loads(path.read_text())["rows"]
+    return {r["steps"]: r["learning_rate"] for r in rows if r["task"] in labels and r["optimizer"] == name}
+
+
+def part_rows(
+    optimizer: LearnedOptimizer, phi: MetaParams, family: Any, runs: Any, shipped: np.ndarray, scale: float, steps: dict
+) -> list[dict[str, Any]]:
+    """`PARTS` each scaled by ``scale``, and tuned Adam at ``steps``' rates (reported step -> battery horizon's rate).
+
+    ``shipped`` is the as-shipped optimizer's curves on ``runs``; every row is paired with it, and every
+    part's row with tuned Adam at that step.
+    """
+    reported = tuple(sorted(steps))
+    adam = {s: np.asarray(loss_curves(baselines.get("adam"), lr, family, runs, s)) for s, lr in steps.items()}
+    curves = {"as shipped": shipped}
+    for name, prefixes in PARTS.items():
+        curves[f"{name} ×{scale:.3g}"] = np.asarray(
+            loss_curves(scaled_part(optimizer, prefixes, scale), phi, family, runs, reported[-1])
+        )
+    rows = []
+    for row in rows_for(PART_TASK, curves, reported)[len(reported) :]:
+        d, se = harness.paired_difference(curves[row["variant"]][:, row["steps"]], adam[row["steps"]][:, row["steps"]])
+        rows.append({**row, "minus_adam": d, "minus_adam_stderr": se})
+    for s, lr in steps.items():
+        row = {"task": PART_TASK, "variant": f"tuned Adam ({lr:.3g})", "steps": s, "inits": len(adam[s])}
+        row.update(mean=float(np.mean(adam[s][:, s])), stderr=float(np.std(adam[s][:, s]) / np.sqrt(len(adam[s]))))
+        d, se = harness.paired_difference(adam[s][:, s], shipped[:, s])
+        rows.append({**row, "minus_shipped": d, "minus_shipped_stderr": se})
+    return rows
 
 
 def rows_for(label: str, curves: dict[str, np.ndarray], steps: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -69,14 +144,20 @@ def rows_for(label: str, curves: dict[str, np.ndarray], steps: tuple[int, ...]) 
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], against: tuple[str, ...] = ("shipped",)) -> str:
+    """Markdown: one line per row, with its paired differences from each of ``against`` (``minus_<name>``)."""
+    titles = {"shipped": "minus as shipped", "adam": "minus tuned Adam"}
     lines = [
-        "| task | variant | steps | mean loss (± s.e.) | minus as shipped, paired (± s.e.) |",
-        "| --- | --- | --- | --- | --- |",
+        "| task | variant | steps | mean loss (± s.e.) | "
+        + " | ".join(f"{titles[a]}, paired (± s.e.)" for a in against)
+        + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in against) + " |",
     ]
     for r in rows:
-        diff = f"{r['minus_shipped']:+.4f} ({r['minus_shipped_stderr']:.4f})" if "minus_shipped" in r else ""
-        lines.append(f"| {r['task']} | {r['variant']} | {r['steps']} | {r['mean']:.4f} ({r['stderr']:.4f}) | {diff} |")
+        diffs = [f"{r[f'minus_{a}']:+.4f} ({r[f'minus_{a}_stderr']:.4f})" if f"minus_{a}" in r else "" for a in against]
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {r['steps']} | {r['mean']:.4f} ({r['stderr']:.4f}) | {' | '.join(diffs)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -120,8 +201,22 @@ def main() -> None:
             results.add("rows", row)
         rows += task_rows
         print(table(task_rows), flush=True)
+        if label == PART_TASK:
+            scale = rate / float(jnp.exp(phi["log_lr"]))
+            rates = battery_rates(harness.RESULTS / "generalisation.json", (PART_TASK, f"{PART_TASK} long"))
+            adam_steps = {min(s, args.max_steps or s): rates[s] for s in PART_STEPS}
+            parts = part_rows(optimizer, phi, family, runs, curves["as shipped"], scale, adam_steps)
+            for row in parts:
+                results.add("parts", row)
+            print(table(parts, ("shipped", "adam")), flush=True)
     results.finish()
-    harness.write_text(args.results_dir / "lm_stall.md", table(rows) + f"\nη of the variants: {rate:.4g}.\n")
+    harness.write_text(
+        args.results_dir / "lm_stall.md",
+        table(rows)
+        + f"\nη of the variants: {rate:.4g}.\n\nThe {PART_TASK}'s parts, each part's update x rate / η (tuned Adam: the"
+        + " battery's rate for the horizon):\n\n"
+        + table(parts, ("shipped", "adam")),
+    )
     print(f"{(time.perf_counter() - t0) / 60:.1f} min")
 
 

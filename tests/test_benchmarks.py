@@ -728,7 +728,37 @@ def test_lm_stall_variants_change_only_the_rate_or_the_correction_term():
     assert all(bool(jnp.all(updates[k] * jnp.sign(grads[k]) < 0)) for k in grads)
 
 
-@pytest.mark.slow  # its parts: test_lm_stall_variants_change_only_the_rate_or_the_correction_term
+def test_lm_stall_scales_the_update_of_the_named_part_of_the_lm_and_nothing_else():
+    lm_stall, generalisation = benchmark("lm_stall"), benchmark("generalisation")
+    family = generalisation.build_family({t.label: t for t in generalisation.TASKS}[lm_stall.PART_TASK], None)
+    task = family.sample(jax.random.PRNGKey(0))
+    params = family.init(task, jax.random.PRNGKey(1))
+    names = [lm_stall.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+    def selected(part: str) -> set[str]:
+        return {n for n, m in zip(names, jax.tree.leaves(lm_stall.part_mask(params, lm_stall.PARTS[part]))) if m}
+
+    hidden = {f"GRUCell_0/{g}/kernel" for g in ("hn", "hr", "hz")}
+    assert selected("GRU hidden-to-hidden kernels") == hidden
+    assert (
+        selected("GRU cell")
+        == selected("GRU input kernels and biases") | hidden
+        == {n for n in names if n.startswith("GRUCell_0/")}
+    )
+    assert selected("embedding") == {"Embed_0/embedding"}
+    assert selected("read-out") == {"Dense_0/kernel", "Dense_0/bias"}
+    assert selected("everything") == set(names)
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    grads = jax.grad(family.loss, argnums=1)(task, params, jax.random.PRNGKey(2))
+    shipped = optimizer.as_optax(phi)
+    full, _ = shipped.update(grads, shipped.init(params), params)
+    scaled_tx = lm_stall.scaled_part(optimizer, lm_stall.PARTS["embedding"], 0.25)(phi)
+    scaled, _ = scaled_tx.update(grads, scaled_tx.init(params), params)
+    for name, a, b in zip(names, jax.tree.leaves(full), jax.tree.leaves(scaled)):
+        np.testing.assert_allclose(b, a * (0.25 if name == "Embed_0/embedding" else 1.0), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow  # its parts: the two tests above
 def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path):
     options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
     out = run_script("lm_stall.py", *options, timeout=600)
@@ -742,7 +772,43 @@ def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tm
     for r in results["rows"]:
         assert math.isfinite(r["mean"]) and r["inits"] == 2
         assert ("minus_shipped" in r) == (r["variant"] != "as shipped")
-    assert "| char LM | both | 3 |" in (tmp_path / "lm_stall.md").read_text()
+    scale = results["rate"] / float(np.exp(pretrained.load_meta_params("generalist")[1]["log_lr"]))
+    adam_500 = lm_stall_rates()[500]
+    assert [r["variant"] for r in results["parts"]] == [f"{p} ×{scale:.3g}" for p in benchmark("lm_stall").PARTS] + [
+        f"tuned Adam ({adam_500:.3g})"
+    ]
+    for r in results["parts"]:
+        assert r["steps"] == 3 and r["inits"] == 2 and math.isfinite(r["mean"]) and math.isfinite(r["minus_shipped"])
+        assert ("minus_adam" in r) == (not r["variant"].startswith("tuned Adam"))
+    adam_row = results["parts"][-1]
+    for r in results["parts"][:-1]:  # Both differences are paired on the same runs, so they differ by Adam's.
+        assert r["minus_shipped"] - r["minus_adam"] == pytest.approx(adam_row["minus_shipped"], abs=1e-5)
+    md = (tmp_path / "lm_stall.md").read_text()
+    assert "| char LM | both | 3 |" in md and f"| char LM | GRU cell ×{scale:.3g} | 3 |" in md
+
+
+def lm_stall_rates() -> dict[int, float]:
+    """The battery's tuned Adam rates on the character-level LM, per horizon, as ``lm_stall.py`` reads them."""
+    lm_stall = benchmark("lm_stall")
+    return lm_stall.battery_rates(lm_stall.harness.RESULTS / "generalisation.json", ("char LM", "char LM long"))
+
+
+def test_lm_stall_reads_the_battery_tuned_adam_rate_for_each_lm_horizon(tmp_path):
+    def row(task: str, optimizer: str, steps: int, rate: float | None) -> dict:
+        return {"task": task, "optimizer": optimizer, "steps": steps, "learning_rate": rate}
+
+    rows = [
+        row("char LM", "adam", 100, 0.03),
+        row("char LM", "nag", 100, 1.0),
+        row("char LM", "generalist", 100, None),
+        row("char LM long", "adam", 200, 0.02),
+        row("char LM long", "adam", 500, 0.01),
+        row("CNN", "adam", 200, 0.5),
+    ]
+    (tmp_path / "generalisation.json").write_text(json.dumps({"rows": rows}))
+    rates = benchmark("lm_stall").battery_rates(tmp_path / "generalisation.json", ("char LM", "char LM long"))
+    assert rates == {100: 0.03, 200: 0.02, 500: 0.01}
+    assert sorted(lm_stall_rates()) == [100, 200, 500]  # the battery's own file has all three horizons
 
 
 @pytest.mark.slow  # the bound itself: tests/test_feature_mlp.py
