@@ -9,7 +9,10 @@ This runs the same φ four ways (``VARIANTS``): as shipped; with η set to ``--r
 (default: ``generalist-v1``'s learned η); with d removed (the last layer's d output set to
 zero, so the update is ``−exp(m) · η · n``); and both. Each on the LM (to 500 steps) and
 the paper's MLP (to 200), on the initialisations ``step_bound.py`` runs (its
-``TUNE_SEED``, tuning stream): never the battery's test initialisations.
+``TUNE_SEED``, tuning stream): never the battery's test initialisations. With ``--stream test``
+everything runs instead on the battery's own test initialisations and minibatches
+(``generalisation.SEED``), to check on them what the tuning runs found; the files are then
+``lm_stall_test.{json,md}``.
 
 Then where in the LM: the shipped φ with the update of one part of the network
 (``PARTS``: the GRU cell, its hidden-to-hidden kernels, its input kernels and biases, the embedding, the
@@ -23,6 +26,7 @@ the optimizer as shipped (paired over initialisations, ± paired standard error)
 Writes ``lm_stall.{json,md}`` into ``--results-dir``.
 
     python benchmarks/lm_stall.py --data-dir DIR
+    python benchmarks/lm_stall.py --data-dir DIR --stream test
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 TASKS = {"char LM": (100, 200, 500), "base MLP": (100, 200)}
 #: The variants of φ: name -> (η replaced by ``--rate``, correction d removed).
 VARIANTS = {"as shipped": (False, False), "η = rate": (True, False), "d = 0": (False, True), "both": (True, True)}
+#: The streams of initialisations (``--stream``) and the name of each one's results files.
+STREAMS = {"tune": "lm_stall", "test": "lm_stall_test"}
 #: The battery's task whose parts are scaled, and the steps reported.
 PART_TASK, PART_STEPS = "char LM", (100, 200, 500)
 #: The parts of the LM (``CharLMFamily``'s flax parameter paths) whose update is scaled: name -> path prefixes.
@@ -167,6 +173,12 @@ def main() -> None:
     parser.add_argument("--optimizer", default="generalist", help="a shipped name or run directory (a feature_mlp)")
     parser.add_argument("--rate", type=float, default=None, help="η of the variants (default: generalist-v1's)")
     parser.add_argument("--inits", type=harness.count, default=16)
+    parser.add_argument(
+        "--stream",
+        choices=STREAMS,
+        default="tune",
+        help="tune: initialisations of the tuning stream (step_bound's seed); test: the battery's test initialisations",
+    )
     parser.add_argument("--max-steps", type=harness.count, default=None, help="cap every run (for quick checks)")
     parser.add_argument("--results-dir", type=Path, default=harness.RESULTS)
     args = parser.parse_args()
@@ -182,16 +194,18 @@ def main() -> None:
     t0, rows = time.perf_counter(), []
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = harness.Results(
-        args.results_dir / "lm_stall.json",
+        args.results_dir / f"{STREAMS[args.stream]}.json",
         machine=harness.describe_machine(),
         command=harness.command(),
         optimizer=str(args.optimizer),
+        stream=args.stream,
         rate=rate,
     )
     for label, steps in TASKS.items():
         family = generalisation.build_family(battery[label], args.data_dir)
         steps = tuple(sorted({min(s, args.max_steps or s) for s in steps}))
-        runs = sample_tasks(family, step_bound.TUNE_SEED, args.inits, "tune")
+        seed = step_bound.TUNE_SEED if args.stream == "tune" else generalisation.SEED
+        runs = sample_tasks(family, seed, args.inits, args.stream)
         curves = {
             name: np.asarray(learned_curves(optimizer, variant(phi, rate if r else None, d), family, runs, steps[-1]))
             for name, (r, d) in VARIANTS.items()
@@ -211,7 +225,7 @@ def main() -> None:
             print(table(parts, ("shipped", "adam")), flush=True)
     results.finish()
     harness.write_text(
-        args.results_dir / "lm_stall.md",
+        args.results_dir / f"{STREAMS[args.stream]}.md",
         table(rows)
         + f"\nη of the variants: {rate:.4g}.\n\nThe {PART_TASK}'s parts, each part's update x rate / η (tuned Adam: the"
         + " battery's rate for the horizon):\n\n"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from l2l_jax import errors, pretrained
+from l2l_jax.evaluation import learned_curves, sample_tasks
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
@@ -759,11 +760,24 @@ def test_lm_stall_scales_the_update_of_the_named_part_of_the_lm_and_nothing_else
 
 
 @pytest.mark.slow  # its parts: the two tests above
-def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path):
+@pytest.mark.parametrize("stream", ["tune", "test"])
+def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path, stream):
     options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
-    out = run_script("lm_stall.py", *options, timeout=600)
+    out = run_script("lm_stall.py", *options, "--stream", stream, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((tmp_path / "lm_stall.json").read_text())
+    stem = {"tune": "lm_stall", "test": "lm_stall_test"}[stream]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.json", f"{stem}.md"]
+    results = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert results["stream"] == stream
+    if stream == "test":  # The battery's own test runs: the LM's first two, as generalisation.py samples them.
+        generalisation = benchmark("generalisation")
+        family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], None)
+        optimizer, phi = pretrained.load_meta_params("generalist")
+        runs = sample_tasks(family, generalisation.SEED, 2, "test")
+        shipped = results["rows"][0]
+        assert shipped["variant"] == "as shipped" and shipped["task"] == "char LM"
+        expected = np.mean(learned_curves(optimizer, phi, family, runs, 3)[:, 3])
+        assert shipped["mean"] == pytest.approx(float(expected), rel=1e-6)
     assert results["rate"] == pytest.approx(float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"])))
     variants = ["as shipped", "η = rate", "d = 0", "both"]
     assert [(r["task"], r["variant"], r["steps"]) for r in results["rows"]] == [
@@ -783,7 +797,7 @@ def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tm
     adam_row = results["parts"][-1]
     for r in results["parts"][:-1]:  # Both differences are paired on the same runs, so they differ by Adam's.
         assert r["minus_shipped"] - r["minus_adam"] == pytest.approx(adam_row["minus_shipped"], abs=1e-5)
-    md = (tmp_path / "lm_stall.md").read_text()
+    md = (tmp_path / f"{stem}.md").read_text()
     assert "| char LM | both | 3 |" in md and f"| char LM | GRU cell ×{scale:.3g} | 3 |" in md
 
 
