@@ -924,3 +924,53 @@ def test_coarse_to_fine_tuning_finds_the_rate_of_the_full_grid_search():
         for steps in (5, 20):
             assert fast[steps][0] == full[steps][0], (name, steps)
             np.testing.assert_array_equal(fast[steps][1], full[steps][1])
+
+
+def test_step_adaptation_shrinks_only_the_steps_of_tensors_whose_gradient_turns_against_their_last_step():
+    import jax.numpy as jnp
+    import optax
+
+    step_adaptation = benchmark("step_adaptation")
+    inner = optax.with_extra_args_support(optax.sgd(0.1))
+    params = {"flips": jnp.ones(3), "keeps": jnp.ones(2)}
+    g1 = {"flips": jnp.array([1.0, -2.0, 0.5]), "keeps": jnp.array([0.3, 0.4])}
+    g2 = {"flips": -g1["flips"], "keeps": 2 * g1["keeps"]}
+
+    def run(beta: float, grads: list) -> list:
+        tx, out = step_adaptation.adapt_steps(inner, beta), []
+        state = tx.init(params)
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u)
+        return out
+
+    plain = run(0.0, [g1, g2])
+    for u, g in zip(plain, [g1, g2]):  # β = 0: the inner optimizer's updates exactly.
+        assert all(bool(jnp.array_equal(u[k], -0.1 * g[k])) for k in g)
+    first, second = run(0.5, [g1, g2])
+    np.testing.assert_allclose(first["flips"], -0.1 * g1["flips"], rtol=1e-6)  # No last step yet: nothing to adapt.
+    # cos(g2, u1) = +1 for the tensor whose gradient flipped: its steps shrink by exp(−β).
+    np.testing.assert_allclose(second["flips"], np.exp(-0.5) * -0.1 * g2["flips"], rtol=1e-6)
+    # cos = −1 for the other: its multiplier would grow, but never beyond the inner optimizer's step.
+    np.testing.assert_allclose(second["keeps"], -0.1 * g2["keeps"], rtol=1e-6)
+    flipping = [g1 if i % 2 == 0 else g2 for i in range(40)]
+    last = run(0.5, flipping)[-1]
+    np.testing.assert_allclose(last["flips"], step_adaptation.FLOOR * -0.1 * g2["flips"], rtol=1e-5)
+
+
+def test_step_adaptation_refuses_a_negative_beta():
+    out = run_script("step_adaptation.py", "--betas", "0.1", "-1", timeout=120)
+    assert out.returncode == 2 and "β must be a number >= 0, got '-1'" in out.stderr
+
+
+@pytest.mark.slow  # its mechanism: test_step_adaptation_shrinks_only_the_steps_of_tensors_whose_gradient_turns_...
+def test_step_adaptation_runs_each_beta_paired_with_the_generalist_as_shipped(tmp_path):
+    options = ["--max-steps", "3", "--inits", "2", "--betas", "0.1", "--tasks", "char LM long", "base MLP"]
+    out = run_script("step_adaptation.py", *options, "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE))
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "step_adaptation.json").read_text())
+    expected = [(t, b, 3) for t in ("char LM long", "base MLP") for b in (0.0, 0.1)]
+    assert [(r["task"], r["beta"], r["steps"]) for r in results["rows"]] == expected
+    for r in results["rows"]:
+        assert r["inits"] == 2 and math.isfinite(r["mean"]) and ("minus_shipped" in r) == (r["beta"] > 0)
+    assert "| base MLP | 0.1 | 3 |" in (tmp_path / "step_adaptation.md").read_text()
