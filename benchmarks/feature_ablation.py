@@ -114,7 +114,7 @@ def main() -> None:
                         "variant": name,
                         "meta_training_seconds": learned[name][2],
                         "mean_loss": float(np.mean(final)),
-                        "stderr": float(np.std(final) / np.sqrt(len(final))),
+                        "stderr": harness.stderr(final),
                         "full_minus_this": d,
                         "full_minus_this_stderr": se,
                     }

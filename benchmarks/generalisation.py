@@ -196,7 +196,7 @@ def evaluate_task(
                 "learning_rate": lrs.get((name, steps)),
                 "lr_at_grid_edge": lrs.get((name, steps)) in (task.grid[0], task.grid[-1]),
                 "mean_loss": float(np.mean(final)),
-                "stderr": float(np.std(final) / np.sqrt(len(final))),
+                "stderr": harness.stderr(final),
                 "initial_loss": float(np.mean(curve[:, 0])),
                 "diverged": diverged(curve[:, : steps + 1]),
             }

@@ -456,10 +456,15 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     add_data_dir_option(parser)
 
 
+def stderr(values: np.ndarray) -> float:
+    """The standard error of the mean of ``values`` (one per run): their standard deviation over √(count)."""
+    return float(np.std(values) / np.sqrt(len(values)))
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` and its standard error: the paired comparison of two optimizers on the same runs."""
     diff = np.asarray(a) - np.asarray(b)
-    return float(np.mean(diff)), float(np.std(diff) / np.sqrt(len(diff)))
+    return float(np.mean(diff)), stderr(diff)
 
 
 def tune_learning_rate(

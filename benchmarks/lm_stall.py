@@ -109,7 +109,13 @@ def battery_rates(path: Path, labels: tuple[str, ...], name: str = "adam") -> di
 
 
 def part_rows(
-    optimizer: LearnedOptimizer, phi: MetaParams, family: Any, runs: Any, shipped: np.ndarray, scale: float, steps: dict
+    optimizer: LearnedOptimizer,
+    phi: MetaParams,
+    family: Any,
+    runs: Any,
+    shipped: np.ndarray,
+    scale: float,
+    steps: dict[int, float],
 ) -> list[dict[str, Any]]:
     """`PARTS` each scaled by ``scale``, and tuned Adam at ``steps``' rates (reported step -> battery horizon's rate).
 
@@ -124,12 +130,12 @@ def part_rows(
             loss_curves(scaled_part(optimizer, prefixes, scale), phi, family, runs, reported[-1])
         )
     rows = []
-    for row in rows_for(PART_TASK, curves, reported)[len(reported) :]:
+    for row in (r for r in rows_for(PART_TASK, curves, reported) if r["variant"] != "as shipped"):
         d, se = harness.paired_difference(curves[row["variant"]][:, row["steps"]], adam[row["steps"]][:, row["steps"]])
         rows.append({**row, "minus_adam": d, "minus_adam_stderr": se})
     for s, lr in steps.items():
         row = {"task": PART_TASK, "variant": f"tuned Adam ({lr:.3g})", "steps": s, "inits": len(adam[s])}
-        row.update(mean=float(np.mean(adam[s][:, s])), stderr=float(np.std(adam[s][:, s]) / np.sqrt(len(adam[s]))))
+        row.update(mean=float(np.mean(adam[s][:, s])), stderr=harness.stderr(adam[s][:, s]))
         d, se = harness.paired_difference(adam[s][:, s], shipped[:, s])
         rows.append({**row, "minus_shipped": d, "minus_shipped_stderr": se})
     return rows
@@ -142,7 +148,7 @@ def rows_for(label: str, curves: dict[str, np.ndarray], steps: tuple[int, ...]) 
     for name, curve in curves.items():
         for s in steps:
             row = {"task": label, "variant": name, "steps": s, "inits": len(curve)}
-            row.update(mean=float(np.mean(curve[:, s])), stderr=float(np.std(curve[:, s]) / np.sqrt(len(curve))))
+            row.update(mean=float(np.mean(curve[:, s])), stderr=harness.stderr(curve[:, s]))
             if name != "as shipped":
                 d, se = harness.paired_difference(curve[:, s], base[:, s])
                 row.update(minus_shipped=d, minus_shipped_stderr=se)

@@ -81,7 +81,7 @@ def evaluate(learned: dict, family, tune_inits: int, test_inits: int, baselines:
                 "optimizer": name,
                 "learning_rate": lrs.get((name, steps)),
                 "mean_loss": float(np.mean(final)),
-                "stderr": float(np.std(final) / np.sqrt(len(final))),
+                "stderr": harness.stderr(final),
             }
             if name != reference:
                 d, se = harness.paired_difference(curves[reference][:, steps], final)

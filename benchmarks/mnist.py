@@ -120,7 +120,7 @@ def evaluate_variant(name, options, optimizer, phi, tune_inits, test_inits, prog
                 "optimizer": opt_name,
                 "learning_rate": lrs.get((opt_name, steps)),
                 "mean_loss": float(np.mean(final)),
-                "stderr": float(np.std(final) / np.sqrt(len(final))),
+                "stderr": harness.stderr(final),
             }
             if opt_name != "learned lstm":
                 # Same initialisations and minibatch keys for every optimizer: the paired

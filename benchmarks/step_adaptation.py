@@ -100,7 +100,7 @@ def rows_for(label: str, by_beta: dict[float, np.ndarray], steps: tuple[int, ...
     for beta, curve in by_beta.items():
         for s in steps:
             row = {"task": label, "beta": beta, "steps": s, "inits": len(curve)}
-            row.update(mean=float(np.mean(curve[:, s])), stderr=float(np.std(curve[:, s]) / np.sqrt(len(curve))))
+            row.update(mean=float(np.mean(curve[:, s])), stderr=harness.stderr(curve[:, s]))
             if beta != 0.0:
                 row["minus_shipped"], row["minus_shipped_stderr"] = harness.paired_difference(curve[:, s], base[:, s])
             rows.append(row)

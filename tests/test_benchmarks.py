@@ -974,3 +974,11 @@ def test_step_adaptation_runs_each_beta_paired_with_the_generalist_as_shipped(tm
     for r in results["rows"]:
         assert r["inits"] == 2 and math.isfinite(r["mean"]) and ("minus_shipped" in r) == (r["beta"] > 0)
     assert "| base MLP | 0.1 | 3 |" in (tmp_path / "step_adaptation.md").read_text()
+
+
+def test_benchmark_standard_errors_are_the_population_deviation_over_the_root_of_the_count():
+    harness = benchmark("harness")
+    x = np.array([1.0, 2.0, 4.0, 9.0])
+    assert harness.stderr(x) == pytest.approx(np.sqrt(np.mean((x - x.mean()) ** 2)) / 2)
+    assert harness.paired_difference(x, x - 1.0) == pytest.approx((1.0, 0.0))
+    assert harness.paired_difference(x, np.zeros(4)) == pytest.approx((x.mean(), harness.stderr(x)))
