@@ -27,7 +27,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -465,6 +465,26 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of ``a - b`` and its standard error: the paired comparison of two optimizers on the same runs."""
     diff = np.asarray(a) - np.asarray(b)
     return float(np.mean(diff)), stderr(diff)
+
+
+def paired_rows(
+    task: str, curves: dict[Any, np.ndarray], steps: Sequence[int], key: str, reference: Any, difference: str
+) -> list[dict[str, Any]]:
+    """One row per entry of ``curves`` (runs x steps) and step: its mean loss ± s.e., paired with ``reference``'s.
+
+    A row is ``{"task", key: name, "steps", "inits", "mean", "stderr"}``, and for every name
+    but ``reference`` also ``difference`` and ``difference + "_stderr"``: the name's loss
+    minus ``reference``'s on the same runs (`paired_difference`).
+    """
+    rows = []
+    for name, curve in curves.items():
+        for s in steps:
+            row = {"task": task, key: name, "steps": s, "inits": len(curve)}
+            row.update(mean=float(np.mean(curve[:, s])), stderr=stderr(curve[:, s]))
+            if name != reference:
+                row[difference], row[f"{difference}_stderr"] = paired_difference(curve[:, s], curves[reference][:, s])
+            rows.append(row)
+    return rows
 
 
 def tune_learning_rate(

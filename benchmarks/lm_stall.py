@@ -56,8 +56,8 @@ TASKS = {"char LM": (100, 200, 500), "base MLP": (100, 200)}
 VARIANTS = {"as shipped": (False, False), "η = rate": (True, False), "d = 0": (False, True), "both": (True, True)}
 #: The streams of initialisations (``--stream``) and the name of each one's results files.
 STREAMS = {"tune": "lm_stall", "test": "lm_stall_test"}
-#: The battery's task whose parts are scaled, and the steps reported.
-PART_TASK, PART_STEPS = "char LM", (100, 200, 500)
+#: The battery's task whose parts are scaled (at its steps in ``TASKS``).
+PART_TASK = "char LM"
 #: The parts of the LM (``CharLMFamily``'s flax parameter paths) whose update is scaled: name -> path prefixes.
 PARTS = {
     "GRU cell": ("GRUCell_0/",),
@@ -81,14 +81,11 @@ def variant(phi: MetaParams, rate: float | None, without_correction: bool) -> Me
     return out
 
 
-def path_name(path: tuple[Any, ...]) -> str:
-    """A parameter's path as ``"GRUCell_0/hn/kernel"``."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def part_mask(params: Any, prefixes: tuple[str, ...]) -> Any:
-    """True at the leaves of ``params`` whose path starts with one of ``prefixes``."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: path_name(p).startswith(prefixes), params)
+    """True at the leaves of ``params`` whose path, written ``"GRUCell_0/hn/kernel"``, starts with one of ``prefixes``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: jax.tree_util.keystr(p, simple=True, separator="/").startswith(prefixes), params
+    )
 
 
 def scaled_part(
@@ -143,17 +140,7 @@ def part_rows(
 
 def rows_for(label: str, curves: dict[str, np.ndarray], steps: tuple[int, ...]) -> list[dict[str, Any]]:
     """One row per variant and step: mean ± s.e., and minus the as-shipped run, paired."""
-    rows = []
-    base = curves["as shipped"]
-    for name, curve in curves.items():
-        for s in steps:
-            row = {"task": label, "variant": name, "steps": s, "inits": len(curve)}
-            row.update(mean=float(np.mean(curve[:, s])), stderr=harness.stderr(curve[:, s]))
-            if name != "as shipped":
-                d, se = harness.paired_difference(curve[:, s], base[:, s])
-                row.update(minus_shipped=d, minus_shipped_stderr=se)
-            rows.append(row)
-    return rows
+    return harness.paired_rows(label, curves, steps, "variant", "as shipped", "minus_shipped")
 
 
 def table(rows: list[dict[str, Any]], against: tuple[str, ...] = ("shipped",)) -> str:
@@ -224,7 +211,7 @@ def main() -> None:
         if label == PART_TASK:
             scale = rate / float(jnp.exp(phi["log_lr"]))
             rates = battery_rates(harness.RESULTS / "generalisation.json", (PART_TASK, f"{PART_TASK} long"))
-            adam_steps = {min(s, args.max_steps or s): rates[s] for s in PART_STEPS}
+            adam_steps = {min(s, args.max_steps or s): rates[s] for s in TASKS[PART_TASK]}
             parts = part_rows(optimizer, phi, family, runs, curves["as shipped"], scale, adam_steps)
             for row in parts:
                 results.add("parts", row)

@@ -96,15 +96,7 @@ def curves(optimizer: LearnedOptimizer, phi: MetaParams, family: Any, runs: Any,
 
 def rows_for(label: str, by_beta: dict[float, np.ndarray], steps: tuple[int, ...]) -> list[dict[str, Any]]:
     """One row per β and step: mean ± s.e., and minus β = 0, paired."""
-    rows, base = [], by_beta[0.0]
-    for beta, curve in by_beta.items():
-        for s in steps:
-            row = {"task": label, "beta": beta, "steps": s, "inits": len(curve)}
-            row.update(mean=float(np.mean(curve[:, s])), stderr=harness.stderr(curve[:, s]))
-            if beta != 0.0:
-                row["minus_shipped"], row["minus_shipped_stderr"] = harness.paired_difference(curve[:, s], base[:, s])
-            rows.append(row)
-    return rows
+    return harness.paired_rows(label, by_beta, steps, "beta", 0.0, "minus_shipped")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
