@@ -13,7 +13,8 @@ A gradient that turns against the last step (cos > 0: the step overshot) shrinks
 tensor's steps; one that keeps its direction lets them grow back, never beyond the
 generalist's own. β = 0 is the generalist as shipped. Run for each β of ``--betas`` on the
 battery tasks of ``TASKS``, on the tuning stream's initialisations (``step_bound.TUNE_SEED``),
-never the battery's test ones: mean loss ± s.e., and minus β = 0, paired.
+never the battery's test ones: mean loss ± s.e., and minus β = 0, paired; and where the
+multipliers went: each tensor's exp(ℓ_T) after each reported step, the mean over runs.
 
 Writes ``step_adaptation.{json,md}`` into ``--results-dir``.
 
@@ -37,7 +38,8 @@ import optax
 import step_bound
 
 from l2l_jax import pretrained
-from l2l_jax.evaluation import loss_curves, sample_tasks
+from l2l_jax.evaluation import EvalTasks, sample_tasks
+from l2l_jax.meta import unroll
 from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 
 #: The battery's tasks run here: label -> (steps reported, initialisations).
@@ -89,9 +91,41 @@ def adapt_steps(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def curves(optimizer: LearnedOptimizer, phi: MetaParams, family: Any, runs: Any, beta: float, steps: int) -> np.ndarray:
-    """Loss curves of the learned optimizer with its steps adapted at rate ``beta``."""
-    return np.asarray(loss_curves(lambda p: adapt_steps(optimizer.as_optax(p), beta), phi, family, runs, steps))
+def adapted_runs(
+    optimizer: LearnedOptimizer, phi: MetaParams, family: Any, runs: EvalTasks, beta: float, steps: tuple[int, ...]
+) -> tuple[np.ndarray, dict[int, dict[str, float]]]:
+    """Loss curves (runs x max(steps) + 1) with steps adapted at rate ``beta``, and the multipliers on the way.
+
+    The multipliers are each tensor's exp(ℓ_T) after each step of ``steps`` (ascending),
+    the mean over runs, by the tensor's path (``{100: {"Dense_0/kernel": 0.8, ...}, ...}``).
+    """
+
+    @jax.jit
+    def run_all(phi: MetaParams, task_params: Any, keys: jax.Array) -> tuple[jax.Array, list[Any]]:
+        def one(task: Any, key: jax.Array) -> tuple[jax.Array, list[Any]]:
+            k_init, k_data = jax.random.split(key)
+            params, tx = family.init(task, k_init), adapt_steps(optimizer.as_optax(phi), beta)
+            state, pieces, scales, done = tx.init(params), [], [], 0
+            for end in steps:  # One run, cut where the multipliers are read (the data are the same: see unroll).
+                params, state, losses = unroll(
+                    tx, lambda p, k: family.loss(task, p, k), params, state, k_data, end - done, start_step=done
+                )
+                pieces.append(losses[:-1])  # Its last loss is the next piece's first.
+                scales.append(state.log_scale)
+                done = end
+            return jnp.concatenate([*pieces, losses[-1:]]), scales
+
+        return jax.vmap(one)(task_params, keys)
+
+    losses, scales = run_all(phi, runs.task_params, runs.keys)
+    multipliers = {
+        end: {
+            jax.tree_util.keystr(path, simple=True, separator="/"): float(np.mean(np.exp(leaf)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(log_scale)
+        }
+        for end, log_scale in zip(steps, scales)
+    }
+    return np.asarray(losses), multipliers
 
 
 def rows_for(label: str, by_beta: dict[float, np.ndarray], steps: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -107,6 +141,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         diff = f"{r['minus_shipped']:+.4f} ({r['minus_shipped_stderr']:.4f})" if "minus_shipped" in r else ""
         lines.append(f"| {r['task']} | {r['beta']:g} | {r['steps']} | {r['mean']:.4f} ({r['stderr']:.4f}) | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def multiplier_table(task: str, by_beta: dict[float, dict[int, dict[str, float]]]) -> str:
+    """Each tensor's multiplier (mean over runs) after each reported step, one column per β > 0 and step."""
+    columns = [(b, end) for b in by_beta if b > 0 for end in by_beta[b]]
+    lines = [
+        f"Multipliers, {task} (mean over runs):",
+        "",
+        "| tensor | " + " | ".join(f"β = {b:g}, step {end}" for b, end in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for tensor in by_beta[columns[0][0]][columns[0][1]] if columns else ():
+        lines.append(f"| {tensor} | " + " | ".join(f"{by_beta[b][end][tensor]:.3f}" for b, end in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +182,7 @@ def main() -> None:
     optimizer, phi = pretrained.load_meta_params(args.optimizer)
     betas = sorted({0.0, *args.betas})
     battery = {t.label: t for t in generalisation.TASKS}
-    t0, rows = time.perf_counter(), []
+    t0, rows, tables = time.perf_counter(), [], []
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = harness.Results(
         args.results_dir / "step_adaptation.json",
@@ -148,13 +196,20 @@ def main() -> None:
         steps = tuple(sorted({min(s, args.max_steps or s) for s in steps}))
         family = generalisation.build_family(battery[label], args.data_dir)
         runs = sample_tasks(family, step_bound.TUNE_SEED, args.inits or inits, "tune")
-        task_rows = rows_for(label, {b: curves(optimizer, phi, family, runs, b, steps[-1]) for b in betas}, steps)
+        by_beta = {b: adapted_runs(optimizer, phi, family, runs, b, steps) for b in betas}
+        task_rows = rows_for(label, {b: curves for b, (curves, _) in by_beta.items()}, steps)
         for row in task_rows:
             results.add("rows", row)
+        for b, (_, multipliers) in by_beta.items():
+            for end, tensors in multipliers.items() if b > 0 else ():
+                for tensor, value in tensors.items():
+                    row = {"task": label, "beta": b, "steps": end, "tensor": tensor, "multiplier": value}
+                    results.add("multipliers", row)
         rows += task_rows
-        print(table(task_rows), flush=True)
+        tables.append(multiplier_table(label, {b: m for b, (_, m) in by_beta.items()}))
+        print(table(task_rows) + "\n" + tables[-1], flush=True)
     results.finish()
-    harness.write_text(args.results_dir / "step_adaptation.md", table(rows) + f"\nfloor: {FLOOR}.\n")
+    harness.write_text(args.results_dir / "step_adaptation.md", "\n".join([table(rows), *tables, f"floor: {FLOOR}.\n"]))
     print(f"{(time.perf_counter() - t0) / 60:.1f} min")
 
 

@@ -976,6 +976,41 @@ def test_step_adaptation_runs_each_beta_paired_with_the_generalist_as_shipped(tm
     for r in results["rows"]:
         assert r["inits"] == 2 and math.isfinite(r["mean"]) and ("minus_shipped" in r) == (r["beta"] > 0)
     assert "| base MLP | 0.1 | 3 |" in (tmp_path / "step_adaptation.md").read_text()
+    # Where the multipliers went: one row per tensor of each task and β > 0, each in [floor, 1].
+    tensors = {t: [r["tensor"] for r in results["multipliers"] if r["task"] == t] for t in ("char LM long", "base MLP")}
+    assert tensors["base MLP"] == ["Dense_0/bias", "Dense_0/kernel", "Dense_1/bias", "Dense_1/kernel"]
+    assert "Dense_0/kernel" in tensors["char LM long"] and "GRUCell_0/hn/kernel" in tensors["char LM long"]
+    for r in results["multipliers"]:
+        assert r["beta"] == 0.1 and r["steps"] == 3 and benchmark("step_adaptation").FLOOR <= r["multiplier"] <= 1
+    assert "| Dense_0/kernel |" in (tmp_path / "step_adaptation.md").read_text()
+
+
+def test_step_adaptation_runs_report_the_curves_of_the_adapted_optimizer_and_its_multipliers():
+    import jax
+
+    from l2l_jax import pretrained
+    from l2l_jax.evaluation import loss_curves, sample_tasks
+    from l2l_jax.tasks import TeacherStudentFamily
+
+    step_adaptation = benchmark("step_adaptation")
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    family = TeacherStudentFamily(features=4, examples=32, hidden_units=8, batch_size=8)
+    runs = sample_tasks(family, 0, 3, "tune")
+    curves, multipliers = step_adaptation.adapted_runs(optimizer, phi, family, runs, 0.5, (2, 5, 6))
+    # Cut where the multipliers are read, the run is the same run as one uncut run.
+    expected = loss_curves(lambda p: step_adaptation.adapt_steps(optimizer.as_optax(p), 0.5), phi, family, runs, 6)
+    np.testing.assert_allclose(curves, expected, rtol=1e-5)
+    params = family.init(jax.tree.map(lambda x: x[0], runs.task_params), jax.random.PRNGKey(0))
+    paths = [
+        jax.tree_util.keystr(path, simple=True, separator="/")
+        for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    ]
+    assert list(multipliers) == [2, 5, 6] and len(paths) == 4  # two kernels and two biases, by their paths
+    for tensors in multipliers.values():
+        assert list(tensors) == paths and all(step_adaptation.FLOOR <= m <= 1 for m in tensors.values())
+    assert any(multipliers[6][t] < 1 for t in paths)  # β = 0.5 over 6 steps does shrink some tensor's steps
+    _, unchanged = step_adaptation.adapted_runs(optimizer, phi, family, runs, 0.0, (3, 6))
+    assert all(m == 1.0 for tensors in unchanged.values() for m in tensors.values())  # β = 0: ℓ stays 0
 
 
 def test_benchmark_standard_errors_are_the_population_deviation_over_the_root_of_the_count():
