@@ -255,6 +255,17 @@ def count(text: str) -> int:
     return value
 
 
+def positive(text: str) -> float:
+    """A positive, finite number (an argparse ``type``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def size(text: str) -> float:
     """A number of parameters of at least 1, written e.g. ``1e6`` (an argparse ``type``)."""
     try:

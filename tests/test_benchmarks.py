@@ -1013,6 +1013,55 @@ def test_step_adaptation_runs_report_the_curves_of_the_adapted_optimizer_and_its
     assert all(m == 1.0 for tensors in unchanged.values() for m in tensors.values())  # β = 0: ℓ stays 0
 
 
+def test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_the_lms_recurrence():
+    import jax
+
+    from l2l_jax import pretrained, tasks
+
+    recurrence_prior = benchmark("recurrence_prior")
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    family = tasks.CharLMFamily(seq_len=8, batch_size=2, hidden_size=8, embed_dim=4)
+    mask = recurrence_prior.flags(family)
+    names = recurrence_prior.flagged_names(mask)
+    assert "Embed_0/embedding" in names and "GRUCell_0/hn/kernel" in names and "Dense_0/kernel" not in names
+    assert recurrence_prior.flagged_names(recurrence_prior.flags(tasks.MNISTFamily(data_dir=str(MNIST_FIXTURE)))) == []
+    task = family.sample(jax.random.key(0))
+    params = family.init(task, jax.random.key(1))
+    grads = jax.grad(family.loss, argnums=1)(task, params, jax.random.key(2))
+    shipped, prior = optimizer.as_optax(phi), recurrence_prior.with_prior(optimizer, mask, 0.25)(phi)
+    plain, _ = shipped.update(grads, shipped.init(params), params)
+    scaled, _ = prior.update(grads, prior.init(params), params)
+    for p, q, flagged in zip(jax.tree.leaves(plain), jax.tree.leaves(scaled), jax.tree.leaves(mask)):
+        np.testing.assert_allclose(q, 0.25 * p if flagged else p, rtol=1e-6)
+
+
+def test_recurrence_prior_refuses_a_scale_that_is_not_positive():
+    out = run_script("recurrence_prior.py", "--scale", "0", timeout=120)
+    assert out.returncode == 2 and "argument --scale: must be a positive number, got 0" in out.stderr
+
+
+@pytest.mark.slow  # its mechanism: test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_...
+def test_recurrence_prior_flags_every_battery_task_and_runs_the_lm_on_both_streams(tmp_path):
+    from l2l_jax import pretrained
+    from l2l_jax.evaluation import learned_curves, sample_tasks
+
+    generalisation = benchmark("generalisation")
+    options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
+    out = run_script("recurrence_prior.py", *options)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "recurrence_prior.json").read_text())
+    flags = {r["task"]: r["flagged"] for r in results["flags"]}
+    assert list(flags) == [t.label for t in generalisation.TASKS]
+    assert [t for t, names in flags.items() if names] == ["char LM", "char LM long"]
+    assert [(r["stream"], r["steps"]) for r in results["rows"]] == [("tune", 3)] * 3 + [("test", 3)] * 3
+    shipped = next(r for r in results["rows"] if r["stream"] == "test" and r["variant"] == "as shipped")
+    family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], str(MNIST_FIXTURE))
+    runs = sample_tasks(family, generalisation.SEED, 2, "test")
+    curves = learned_curves(*pretrained.load_meta_params("generalist"), family, runs, 3)
+    assert shipped["mean"] == pytest.approx(float(np.mean(curves[:, 3])), rel=1e-6)
+    assert "| char LM | Embed_0/embedding, GRUCell_0/hn/bias" in (tmp_path / "recurrence_prior.md").read_text()
+
+
 def test_benchmark_standard_errors_are_the_population_deviation_over_the_root_of_the_count():
     harness = benchmark("harness")
     x = np.array([1.0, 2.0, 4.0, 9.0])
