@@ -104,7 +104,11 @@ def test_loops_that_apply_one_tensor_again_and_again_are_recurrences_in_any_form
     def nested(p):  # Inside jit and checkpoint, scaled by a tensor that never enters the loop.
         return p["gain"] * jax.jit(jax.checkpoint(fori))(p)
 
-    for loss in (fori, while_, nested):
+    def carried(p):  # The tensor rides along in the carry, unchanged (JAX hoists it into a constant of the loop).
+        h, _ = jax.lax.fori_loop(0, 4, lambda _, c: (jnp.tanh(c[1] @ c[0]), c[1]), (p["u"], p["w"]))
+        return p["out"] @ h
+
+    for loss in (fori, while_, nested, carried):
         assert flagged(recurrent_tensors(loss, params)) == ["u", "w"], loss.__name__
 
 
