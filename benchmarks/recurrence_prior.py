@@ -39,7 +39,7 @@ from l2l_jax import pretrained
 from l2l_jax.evaluation import EvalTasks, baselines, learned_curves, loss_curves, sample_tasks
 from l2l_jax.optimizers import LearnedOptimizer, MetaParams, recurrent_tensors
 
-#: The battery's task the LM rows run on, and its reported steps.
+#: The battery's task the LM rows run on (at ``lm_stall.TASKS``' steps for it).
 LM_TASK = lm_stall.PART_TASK
 #: The streams of initialisations: name -> seed.
 STREAMS = {"tune": step_bound.TUNE_SEED, "test": generalisation.SEED}
@@ -99,6 +99,7 @@ def lm_rows(
 
 
 def flags_table(flagged: dict[str, list[str]]) -> str:
+    """Markdown: each task and the tensors it flags."""
     lines = ["| task | tensors flagged |", "| --- | --- |"]
     lines += [f"| {task} | {', '.join(names) or 'none'} |" for task, names in flagged.items()]
     return "\n".join(lines) + "\n"
