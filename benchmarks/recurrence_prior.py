@@ -120,8 +120,10 @@ def main() -> None:
     optimizer, phi = pretrained.load_meta_params(args.optimizer)
     if args.scale is None and (optimizer.name != "feature_mlp" or optimizer.output != "nominal"):
         parser.error(f"{args.optimizer} has no learned η to take the default --scale from: give --scale")
-    v1_rate = float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"]))
-    scale = args.scale if args.scale is not None else v1_rate / float(np.exp(phi["log_lr"]))
+    scale = args.scale
+    if scale is None:
+        v1_rate = float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"]))
+        scale = v1_rate / float(np.exp(phi["log_lr"]))
     t0 = time.perf_counter()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = harness.Results(

@@ -110,8 +110,8 @@ def _flow(jaxpr: Any, in_deps: Sequence[_Deps], flagged: set[Any]) -> list[_Deps
 
 def _loop(body: Any, consts: list[_Deps], carry: list[_Deps], xs: list[_Deps], flagged: set[Any]) -> list[_Deps]:
     """A loop's outputs (its final carry, then its stacked outputs), flagging what reaches a tied carry."""
-    while True:  # The carry's dependencies, to their fixed point (they only grow).
-        outs = _flow(body, [*consts, *carry, *xs], set())
+    while True:  # The carry's dependencies, to their fixed point; they only grow, so flags found on the way hold.
+        outs = _flow(body, [*consts, *carry, *xs], flagged)
         grown = [c | o for c, o in zip(carry, outs[: len(carry)])]
         if grown == carry:
             break
@@ -120,4 +120,4 @@ def _loop(body: Any, consts: list[_Deps], carry: list[_Deps], xs: list[_Deps], f
     reaches_carry = _Deps().union(*_flow(body, markers, set())[: len(carry)])
     if any(("input", i) in reaches_carry and consts[i] for i in range(len(consts))):
         flagged.update(_Deps().union(*carry))
-    return [*carry, *_flow(body, [*consts, *carry, *xs], flagged)[len(carry) :]]
+    return [*carry, *outs[len(carry) :]]
