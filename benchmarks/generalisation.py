@@ -21,6 +21,12 @@ source text (these three at 100 steps, as their runs cost minutes here; the LM a
 200 and 500 steps as ``char LM long``, where a learned optimizer that stalls after step
 100 shows it), logistic regression, and a small regression network (teacher-student).
 
+``--recurrence-prior`` runs the generalist as a user runs it on a recurrent network:
+``pretrained.load(name, recurrent=mask)``, the mask being ``recurrent_tensors`` of each
+task's loss, so its updates of the tensors that feed a recurrence are multiplied by the
+factor recorded with it. On a task where nothing is flagged it is the optimizer as it is,
+and an entry of ``--others`` with the same φ shares its curves (``same_as`` in its rows).
+
 ``--rates-from`` reads the baselines' tuned rates from an earlier results file for
 every task whose definition, tuning initialisations and data are the same there
 (tuning is deterministic, so the rates are those a new search would find), and runs
@@ -34,6 +40,9 @@ Writes ``generalisation.{json,md}`` and ``generalisation_<task>.png`` into
 
     python benchmarks/generalisation.py --data-dir DIR
     python benchmarks/generalisation.py --data-dir DIR --tasks "base MLP" CNN   # a subset
+    python benchmarks/generalisation.py --data-dir DIR --recurrence-prior --label "generalist + prior" \
+        --others generalist generalist-v7 generalist-v2 mnist-feature-mlp generalist-v1 mnist-lstm \
+        --rates-from benchmarks/results/generalisation.json   # rates read before the file is rewritten
 """
 
 from __future__ import annotations
@@ -52,12 +61,13 @@ import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from l2l_jax import optimizers, pretrained
 from l2l_jax import tasks as tasks_lib
 from l2l_jax.errors import ConfigError, L2LError, MetaParamsMismatchError
-from l2l_jax.evaluation import learned_curves, loss_curves, plot_loss_curves, sample_tasks
+from l2l_jax.evaluation import loss_curves, plot_loss_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 
@@ -155,11 +165,15 @@ def evaluate_task(
     progress: bool,
     recorded: dict[tuple[str, int], float] | None = None,
     reference: str = REFERENCE,
+    prior_scale: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon).
 
     ``recorded``: the baselines' tuned rates ``{(baseline, steps): rate}`` (see `recorded_rates`), or ``None`` to tune.
     ``reference``: the name in ``learned`` that every other row is paired with.
+    ``prior_scale``: if given, the reference's updates of the tensors that feed a
+    recurrence (`recurrence_mask`) are multiplied by it; where none is flagged, it is the
+    optimizer as it is, and shares its curves with any other entry of the same φ.
     """
     horizon = max(horizons)
     tune, test = sample_tasks(family, SEED, tune_inits, "tune"), sample_tasks(family, SEED, test_inits, "test")
@@ -170,16 +184,27 @@ def evaluate_task(
         "test_inits": test.size,
         "data": getattr(family, "data_record", None),
     }
-    curves = {}
+    curves, computed, same_as = {}, [], {}
     learned = {name: v for name, v in learned.items() if name not in task.skip}
+    mask = recurrence_mask(family) if prior_scale is not None and reference in learned else None
     for name, (opt, phi) in learned.items():
+        prior = None
+        if name == reference and mask is not None and any(jax.tree.leaves(mask)):
+            prior = {"scale": prior_scale, "flagged": flagged_names(mask)}
         learned_key = {**key, "optimizer": opt.name, "config": opt.config(), "phi_sha256": fingerprint(phi)}
+        learned_key["recurrence_prior"] = prior
+        same = [(other, c) for other, k, c in computed if k == learned_key]
+        if same:  # The same optimizer and φ under another name (the prior flagged nothing).
+            same_as[name], curves[name] = same[0]
+            continue
+        make = opt.as_optax if prior is None else with_prior(opt, mask, prior_scale)
         curves[name] = cached(
             cache,
             f"{task_slug(task)}__{name}",
             learned_key,
-            lambda opt=opt, phi=phi: {"curves": learned_curves(opt, phi, family, test, horizon)},
+            lambda make=make, phi=phi: {"curves": loss_curves(make, phi, family, test, horizon)},
         )["curves"]
+        computed.append((name, learned_key, curves[name]))
     lrs, baseline_curves = tuned_baselines(task, family, tune, test, horizons, key, cache, progress, recorded)
     curves.update(baseline_curves)
     rows = []
@@ -199,6 +224,7 @@ def evaluate_task(
                 "stderr": harness.stderr(final),
                 "initial_loss": float(np.mean(curve[:, 0])),
                 "diverged": diverged(curve[:, : steps + 1]),
+                "same_as": same_as.get(name),
             }
             if name != reference and reference in learned:
                 d, se = harness.paired_difference(curves[reference][:, steps], final)
@@ -207,6 +233,33 @@ def evaluate_task(
     plot = {name: curves[name] for name in learned}
     plot.update({b: curves[f"{b}@{lrs[(b, horizon)]}"] for b in BASELINES})
     return rows, plot
+
+
+def recurrence_mask(family: Any) -> Any:
+    """``recurrent_tensors`` of the family's loss (the same for every task of it: one task is read)."""
+    task = family.sample(jax.random.key(0))
+    params = family.init(task, jax.random.key(1))
+    return optimizers.recurrent_tensors(lambda p, key: family.loss(task, p, key), params, jax.random.key(2))
+
+
+def flagged_names(mask: Any) -> list[str]:
+    """The paths (``GRUCell_0/hn/kernel``) of the tensors ``mask`` flags."""
+    leaves = jax.tree_util.tree_leaves_with_path(mask)
+    return [jax.tree_util.keystr(path, simple=True, separator="/") for path, value in leaves if value]
+
+
+def with_prior(
+    optimizer: LearnedOptimizer, mask: Any, scale: float
+) -> Callable[[MetaParams], optax.GradientTransformation]:
+    """``φ ↦`` the learned optimizer with the updates of ``mask``'s tensors multiplied by ``scale``.
+
+    The same transformation as ``pretrained.load(..., recurrent=mask, recurrent_scale=scale)``.
+    """
+
+    def make(phi: MetaParams) -> optax.GradientTransformation:
+        return optax.chain(optimizer.as_optax(phi), optax.masked(optax.scale(scale), mask))
+
+    return make
 
 
 def task_slug(task: Task) -> str:
@@ -294,15 +347,16 @@ def tuned_baselines(
 
 
 def recorded_rates(
-    path: Path, task: Task, tune_inits: int, data: Any, horizons: tuple[int, ...]
+    results: dict[str, Any], task: Task, tune_inits: int, data: Any, horizons: tuple[int, ...]
 ) -> dict[tuple[str, int], float] | None:
-    """The baselines' tuned rates for ``task`` in the results file ``path``, if it tuned the same task the same way.
+    """The baselines' tuned rates for ``task`` in an earlier battery's ``results``, if it tuned the same task the same way.
 
-    Same way: the same task definition (family, options, horizons, grid), tuning
-    initialisations and data (the MNIST record, for tasks on MNIST), and a rate for
-    every baseline at every horizon in ``horizons``. Otherwise ``None``.
+    ``results``: the content of its ``generalisation.json``, read before this battery
+    writes anything (so it may be the file this battery rewrites). Same way: the same
+    task definition (family, options, horizons, grid), tuning initialisations and data
+    (the MNIST record, for tasks on MNIST), and a rate for every baseline at every
+    horizon in ``horizons``. Otherwise ``None``.
     """
-    results = json.loads(path.read_text())
     definition = {k: v for k, v in dataclasses.asdict(task).items() if k not in ("skip", "test_inits")}
     same = [
         t
@@ -354,7 +408,11 @@ def table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str:
 
 
 def compact_table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str:
-    """Per task and horizon: the reference (the generalist), tuned Adam, and the best of every other optimizer."""
+    """Per task and horizon: the reference (the generalist), tuned Adam, and the best of every other optimizer.
+
+    A row with the reference's own curves (``same_as``: the reference's prior flagged
+    nothing on that task) is not a candidate for the best other.
+    """
     lines = [
         (
             f"| task | steps | {reference} | tuned Adam | {reference} vs Adam | best other (loss) "
@@ -367,7 +425,8 @@ def compact_table(rows: list[dict[str, Any]], reference: str = REFERENCE) -> str
         if reference not in cells:
             continue
         ours, adam = cells[reference], cells["adam"]
-        best = min((r for name, r in cells.items() if name != reference), key=lambda r: r["mean_loss"])
+        others = [r for name, r in cells.items() if name != reference and r.get("same_as") != reference]
+        best = min(others, key=lambda r: r["mean_loss"])
         lines.append(
             f"| {task}{' (held out)' if ours['held_out'] else ''} | {steps} | {ours['mean_loss']:.4f} "
             f"| {adam['mean_loss']:.4f} | {verdict(adam)} | {best['optimizer']} ({best['mean_loss']:.4f}) "
@@ -436,6 +495,12 @@ def main() -> None:
         help="the name of --generalist in the results, which every other optimizer is paired with",
     )
     parser.add_argument(
+        "--recurrence-prior",
+        action="store_true",
+        help="multiply --generalist's updates of the tensors that feed a recurrence (recurrent_tensors of each "
+        "task's loss) by the factor recorded with it, as pretrained.load(..., recurrent=mask) does",
+    )
+    parser.add_argument(
         "--others", nargs="*", default=list(OTHERS), help="other learned optimizers: shipped names or run directories"
     )
     parser.add_argument("--tasks", nargs="+", default=None, help=f"a subset of: {', '.join(t.label for t in TASKS)}")
@@ -471,7 +536,17 @@ def main() -> None:
         learned = {args.label: with_options(*pretrained.load_meta_params(args.generalist), args.generalist_options)}
     except (ValueError, L2LError) as e:
         parser.error(f"--generalist-options: {e}")
+    args.prior_scale = None
+    if args.recurrence_prior:
+        try:
+            args.prior_scale = pretrained.recorded_recurrent_scale(args.generalist)
+        except L2LError as e:
+            parser.error(f"--recurrence-prior: {e}")
     learned.update({str(name): pretrained.load_meta_params(name) for name in args.others})
+    try:  # Read now: the battery may rewrite this very file as it goes.
+        earlier = None if args.rates_from is None else json.loads(args.rates_from.read_text())
+    except (OSError, ValueError) as e:
+        parser.error(f"--rates-from: {e}")
     all_rows, t0 = [], time.perf_counter()
     data = None
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -486,9 +561,7 @@ def main() -> None:
         t1 = time.perf_counter()
         data_record = getattr(family, "data_record", None)
         recorded = (
-            None
-            if args.rates_from is None
-            else recorded_rates(args.rates_from, task, args.tune_inits, data_record, horizons)
+            None if args.rates_from is None else recorded_rates(earlier, task, args.tune_inits, data_record, horizons)
         )
         rows, curves = evaluate_task(
             task,
@@ -501,6 +574,7 @@ def main() -> None:
             not args.no_progress,
             recorded,
             args.label,
+            args.prior_scale,
         )
         for r in rows:
             r["rate_from"] = "recorded" if recorded is not None and r["optimizer"] in BASELINES else None
@@ -528,6 +602,7 @@ def write_results(
         "machine": harness.describe_machine(),
         "generalist": str(args.generalist),
         "generalist_options": args.generalist_options,
+        "recurrence_prior_scale": args.prior_scale,
         "label": args.label,
         "others": [str(o) for o in args.others],
         "rates_from": None if args.rates_from is None else str(args.rates_from),

@@ -12,61 +12,54 @@ character-level LM, at steps 100, 200 and 500, on the tuning stream's initialisa
 (``step_bound.TUNE_SEED``) and on the battery's own test initialisations and minibatches
 (``generalisation.SEED``): the generalist with the prior, as shipped, and tuned Adam at
 the rate the battery tuned for each horizon (``generalisation.json``), mean loss ± s.e.
-and paired differences.
+and paired differences. Then the same three on a second recurrent network, which the
+generalist never saw in meta-training: a GRU of 32 units reading 28×28 MNIST digits row by
+row (``tasks.MNISTRowGRUFamily``), at steps 100, 200 and 300, Adam's rate tuned per
+horizon as the battery tunes its held-out tasks' (``--no-row-gru`` skips it).
 
-Writes ``recurrence_prior.{json,md}`` into ``--results-dir``.
+Writes ``recurrence_prior.{json,md}`` into ``--results-dir``. ``--record`` instead writes
+the scale into the optimizer's ``optimizer.json`` (``recurrence_prior``), where
+``pretrained.load(name, recurrent=mask)`` and the battery's ``--recurrence-prior`` read it.
 
     python benchmarks/recurrence_prior.py --data-dir DIR
+    python benchmarks/recurrence_prior.py --record   # the shipped generalist's factor
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import generalisation
 import harness
-import jax
 import lm_stall
 import numpy as np
-import optax
 import step_bound
 
 from l2l_jax import pretrained
+from l2l_jax import run_directory as rd
+from l2l_jax import tasks as tasks_lib
 from l2l_jax.evaluation import EvalTasks, baselines, learned_curves, loss_curves, sample_tasks
-from l2l_jax.optimizers import LearnedOptimizer, MetaParams, recurrent_tensors
+from l2l_jax.optimizers import LearnedOptimizer, MetaParams
 
 #: The battery's task the LM rows run on (at ``lm_stall.TASKS``' steps for it).
 LM_TASK = lm_stall.PART_TASK
+#: The second recurrent network: ``tasks.MNISTRowGRUFamily`` at 28×28 (a GRU of 32 units over 28 rows).
+ROW_GRU_LABEL = "MNIST row GRU, test runs"
+ROW_GRU_STEPS = (100, 200, 300)
+#: How the default scale is chosen.
+DEFAULT_BASIS = "generalist-v1's learned η over this optimizer's (a factor not tuned on any run)"
 #: The streams of initialisations: name -> seed.
 STREAMS = {"tune": step_bound.TUNE_SEED, "test": generalisation.SEED}
 
 
-def flags(family: Any) -> Any:
-    """``recurrent_tensors`` of the family's loss (the same for every task of it: one task is read)."""
-    task = family.sample(jax.random.key(0))
-    params = family.init(task, jax.random.key(1))
-    return recurrent_tensors(lambda p, key: family.loss(task, p, key), params, jax.random.key(2))
-
-
-def flagged_names(mask: Any) -> list[str]:
-    """The paths (``GRUCell_0/hn/kernel``) of the flagged tensors."""
-    leaves = jax.tree_util.tree_leaves_with_path(mask)
-    return [jax.tree_util.keystr(path, simple=True, separator="/") for path, value in leaves if value]
-
-
-def with_prior(
-    optimizer: LearnedOptimizer, mask: Any, scale: float
-) -> Callable[[MetaParams], optax.GradientTransformation]:
-    """``φ ↦`` the learned optimizer with the updates of ``mask``'s tensors multiplied by ``scale``."""
-
-    def make(phi: MetaParams) -> optax.GradientTransformation:
-        return optax.chain(optimizer.as_optax(phi), optax.masked(optax.scale(scale), mask))
-
-    return make
+def record(name_or_path: str, scale: float, basis: str) -> None:
+    """Writes ``scale`` into the optimizer's ``optimizer.json`` as ``recurrence_prior`` (φ unchanged)."""
+    fields = {"scale": scale, "basis": basis, "command": harness.command()}
+    rd.update_optimizer_meta(pretrained.locate(name_or_path), recurrence_prior=fields)
+    print(f"recorded recurrence_prior {fields} in {pretrained.locate(name_or_path) / rd.OPTIMIZER_META}")
 
 
 def lm_rows(
@@ -82,7 +75,7 @@ def lm_rows(
     """As shipped, with the prior, and tuned Adam at ``rates`` (reported step -> rate), each step paired with the others."""
     steps = tuple(sorted(rates))
     shipped = np.asarray(learned_curves(optimizer, phi, family, runs, steps[-1]))
-    prior = np.asarray(loss_curves(with_prior(optimizer, mask, scale), phi, family, runs, steps[-1]))
+    prior = np.asarray(loss_curves(generalisation.with_prior(optimizer, mask, scale), phi, family, runs, steps[-1]))
     rows = []
     for s in steps:
         adam = np.asarray(loss_curves(baselines.get("adam"), rates[s], family, runs, s))
@@ -96,6 +89,26 @@ def lm_rows(
                     row[f"minus_{reference}"], row[f"minus_{reference}_stderr"] = diff
             rows.append(row)
     return rows
+
+
+def row_gru_rows(
+    optimizer: LearnedOptimizer, phi: MetaParams, scale: float, data_dir: str | None, inits: int, steps: tuple[int, ...]
+) -> list[dict[str, Any]]:
+    """The generalist as shipped and with the prior, and tuned Adam, on a GRU reading MNIST row by row.
+
+    Adam's rate is tuned per horizon as the battery tunes its held-out tasks' (its grid,
+    coarse to fine, on the tuning stream's initialisations); every row then runs on the
+    test stream's (both ``generalisation.SEED``).
+    """
+    family = tasks_lib.get("mnist_rnn", data_dir=data_dir)
+    tune = sample_tasks(family, generalisation.SEED, inits, "tune")
+    test = sample_tasks(family, generalisation.SEED, inits, "test")
+    tuned = harness.tune_learning_rate(
+        baselines.get("adam"), family, tune, test, steps, generalisation.WIDE_GRID, coarse_to_fine=True
+    )
+    rates = {s: rate for s, (rate, _) in tuned.items()}
+    mask = generalisation.recurrence_mask(family)
+    return lm_rows(optimizer, phi, family, test, mask, scale, rates, ROW_GRU_LABEL)
 
 
 def flags_table(flagged: dict[str, list[str]]) -> str:
@@ -112,8 +125,21 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=harness.positive, default=None, help="default: generalist-v1's η / the optimizer's"
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the scale into --optimizer's optimizer.json (recurrence_prior), where pretrained.load reads "
+        "it, and exit",
+    )
     parser.add_argument("--inits", type=harness.count, default=16)
     parser.add_argument("--streams", nargs="+", choices=STREAMS, default=list(STREAMS))
+    parser.add_argument(
+        "--battery",
+        type=Path,
+        default=harness.RESULTS / "generalisation.json",
+        help="the battery's results file whose tuned Adam rates the LM rows use",
+    )
+    parser.add_argument("--no-row-gru", action="store_true", help="skip the second recurrent network")
     parser.add_argument("--max-steps", type=harness.count, default=None, help="cap every run (for quick checks)")
     parser.add_argument("--results-dir", type=Path, default=harness.RESULTS)
     args = parser.parse_args()
@@ -124,6 +150,9 @@ def main() -> None:
     if scale is None:
         v1_rate = float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"]))
         scale = v1_rate / float(np.exp(phi["log_lr"]))
+    if args.record:
+        record(args.optimizer, scale, "given by --scale" if args.scale is not None else DEFAULT_BASIS)
+        return
     t0 = time.perf_counter()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = harness.Results(
@@ -134,12 +163,12 @@ def main() -> None:
         scale=scale,
     )
     families = {t.label: generalisation.build_family(t, args.data_dir) for t in generalisation.TASKS}
-    masks = {label: flags(family) for label, family in families.items()}
-    flagged = {label: flagged_names(mask) for label, mask in masks.items()}
+    masks = {label: generalisation.recurrence_mask(family) for label, family in families.items()}
+    flagged = {label: generalisation.flagged_names(mask) for label, mask in masks.items()}
     for label, names in flagged.items():
         results.add("flags", {"task": label, "flagged": names})
     print(flags_table(flagged), flush=True)
-    battery_rates = lm_stall.battery_rates(harness.RESULTS / "generalisation.json", (LM_TASK, f"{LM_TASK} long"))
+    battery_rates = lm_stall.battery_rates(args.battery, (LM_TASK, f"{LM_TASK} long"))
     rates = {min(s, args.max_steps or s): battery_rates[s] for s in lm_stall.TASKS[LM_TASK]}
     rows = []
     for stream in args.streams:
@@ -150,10 +179,17 @@ def main() -> None:
             results.add("rows", {**row, "stream": stream})
         rows += stream_rows
         print(lm_stall.table(stream_rows, ("shipped", "adam")), flush=True)
+    gru_rows = []
+    if not args.no_row_gru:
+        steps = tuple(sorted({min(s, args.max_steps or s) for s in ROW_GRU_STEPS}))
+        gru_rows = row_gru_rows(optimizer, phi, scale, args.data_dir, args.inits, steps)
+        for row in gru_rows:
+            results.add("rows", {**row, "stream": "test"})
+        print(lm_stall.table(gru_rows, ("shipped", "adam")), flush=True)
     results.finish()
     harness.write_text(
         args.results_dir / "recurrence_prior.md",
-        flags_table(flagged) + f"\nscale: {scale:.4g}.\n\n" + lm_stall.table(rows, ("shipped", "adam")),
+        flags_table(flagged) + f"\nscale: {scale:.4g}.\n\n" + lm_stall.table(rows + gru_rows, ("shipped", "adam")),
     )
     print(f"{(time.perf_counter() - t0) / 60:.1f} min")
 

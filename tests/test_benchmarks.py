@@ -1018,21 +1018,57 @@ def test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_the_
 
     from l2l_jax import pretrained, tasks
 
-    recurrence_prior = benchmark("recurrence_prior")
+    generalisation = benchmark("generalisation")
     optimizer, phi = pretrained.load_meta_params("generalist")
     family = tasks.CharLMFamily(seq_len=8, batch_size=2, hidden_size=8, embed_dim=4)
-    mask = recurrence_prior.flags(family)
-    names = recurrence_prior.flagged_names(mask)
+    mask = generalisation.recurrence_mask(family)
+    names = generalisation.flagged_names(mask)
     assert "Embed_0/embedding" in names and "GRUCell_0/hn/kernel" in names and "Dense_0/kernel" not in names
-    assert recurrence_prior.flagged_names(recurrence_prior.flags(tasks.MNISTFamily(data_dir=str(MNIST_FIXTURE)))) == []
+    mnist = tasks.MNISTFamily(data_dir=str(MNIST_FIXTURE))
+    assert generalisation.flagged_names(generalisation.recurrence_mask(mnist)) == []
     task = family.sample(jax.random.key(0))
     params = family.init(task, jax.random.key(1))
     grads = jax.grad(family.loss, argnums=1)(task, params, jax.random.key(2))
-    shipped, prior = optimizer.as_optax(phi), recurrence_prior.with_prior(optimizer, mask, 0.25)(phi)
+    shipped, prior = optimizer.as_optax(phi), generalisation.with_prior(optimizer, mask, 0.25)(phi)
+    library = pretrained.load("generalist", recurrent=mask, recurrent_scale=0.25)  # what the docs tell users
     plain, _ = shipped.update(grads, shipped.init(params), params)
     scaled, _ = prior.update(grads, prior.init(params), params)
-    for p, q, flagged in zip(jax.tree.leaves(plain), jax.tree.leaves(scaled), jax.tree.leaves(mask)):
+    loaded, _ = library.update(grads, library.init(params), params)
+    for p, q, r, flagged in zip(*map(jax.tree.leaves, (plain, scaled, loaded, mask)), strict=True):
         np.testing.assert_allclose(q, 0.25 * p if flagged else p, rtol=1e-6)
+        np.testing.assert_array_equal(r, q)
+
+
+@pytest.mark.slow  # its mechanism: test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_...
+def test_the_battery_gives_the_generalist_the_recurrence_prior_only_where_a_task_has_a_recurrence(tmp_path):
+    from l2l_jax.evaluation import loss_curves, sample_tasks
+    from l2l_jax.evaluation.baselines import BASELINES
+
+    generalisation = benchmark("generalisation")
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    learned, recorded = {"mine": (optimizer, phi), "plain": (optimizer, phi)}, {(b, 3): 0.01 for b in BASELINES}
+    lm_options = {"seq_len": 8, "batch_size": 2, "hidden_size": 8, "embed_dim": 4}
+    lm = generalisation.Task("tiny LM", "char_lm", lm_options, (3,), 2, True, uses_mnist=False)
+    mlp = generalisation.Task("tiny MLP", "mnist", {"hidden_units": 8}, (3,), 2, False)
+    rows, curves = {}, {}
+    for task in (lm, mlp):
+        family = generalisation.build_family(task, str(MNIST_FIXTURE))
+        out = generalisation.evaluate_task(task, family, learned, (3,), 2, 2, None, False, recorded, "mine", 0.25)
+        rows[task.label], curves[task.label] = {r["optimizer"]: r for r in out[0]}, out[1]
+    # On the LM the reference runs with the prior (its embedding and cell's updates × 0.25), "plain" without.
+    family = generalisation.build_family(lm, None)
+    prior = generalisation.with_prior(optimizer, generalisation.recurrence_mask(family), 0.25)
+    test = sample_tasks(family, generalisation.SEED, 2, "test")
+    np.testing.assert_allclose(curves["tiny LM"]["mine"], loss_curves(prior, phi, family, test, 3), rtol=1e-6)
+    assert rows["tiny LM"]["plain"]["same_as"] is None
+    assert rows["tiny LM"]["plain"]["reference_minus_this"] != 0
+    # On the MLP nothing is flagged: one optimizer, computed once, and no "best other" in the compact table.
+    assert rows["tiny MLP"]["plain"]["same_as"] == "mine" and curves["tiny MLP"]["plain"] is curves["tiny MLP"]["mine"]
+    assert rows["tiny MLP"]["plain"]["reference_minus_this"] == 0
+    assert "| plain (" not in generalisation.compact_table(list(rows["tiny MLP"].values()), "mine")
+    # An optimizer that records no factor cannot run with the prior.
+    out = run_script("generalisation.py", "--recurrence-prior", "--generalist", "generalist-v7", timeout=300)
+    assert out.returncode == 2 and "--recurrence-prior: 'generalist-v7' records no scale" in out.stderr
 
 
 def test_recurrence_prior_refuses_a_scale_that_is_not_positive():
@@ -1041,19 +1077,24 @@ def test_recurrence_prior_refuses_a_scale_that_is_not_positive():
 
 
 @pytest.mark.slow  # its mechanism: test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_...
-def test_recurrence_prior_flags_every_battery_task_and_runs_the_lm_on_both_streams(tmp_path):
+def test_recurrence_prior_flags_every_battery_task_and_runs_the_lm_and_the_row_gru(tmp_path):
     from l2l_jax import pretrained
     from l2l_jax.evaluation import learned_curves, sample_tasks
 
     generalisation = benchmark("generalisation")
     options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
-    out = run_script("recurrence_prior.py", *options)
+    out = run_script("recurrence_prior.py", *options, "--streams", "test")
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "recurrence_prior.json").read_text())
     flags = {r["task"]: r["flagged"] for r in results["flags"]}
     assert list(flags) == [t.label for t in generalisation.TASKS]
     assert [t for t, names in flags.items() if names] == ["char LM", "char LM long"]
-    assert [(r["stream"], r["steps"]) for r in results["rows"]] == [("tune", 3)] * 3 + [("test", 3)] * 3
+    assert [(r["task"], r["steps"]) for r in results["rows"]] == [("char LM, test runs", 3)] * 3 + [
+        ("MNIST row GRU, test runs", 3)
+    ] * 3
+    gru = {r["variant"]: r for r in results["rows"] if r["task"].startswith("MNIST row GRU")}
+    assert gru["as shipped"]["mean"] != gru[f"recurrence prior ×{results['scale']:.3g}"]["mean"]
+    assert any(v.startswith("tuned Adam (") for v in gru)  # its rate tuned on the row GRU's own tuning runs
     shipped = next(r for r in results["rows"] if r["stream"] == "test" and r["variant"] == "as shipped")
     family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], str(MNIST_FIXTURE))
     runs = sample_tasks(family, generalisation.SEED, 2, "test")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from l2l_jax import errors, pretrained, tasks
+from l2l_jax import errors, optimizers, pretrained, tasks
 from l2l_jax.evaluation import learned_curves, loss_curves, sample_tasks
 
 
@@ -136,3 +137,58 @@ def test_the_generalist_needs_the_parameters_and_trains_a_model_it_never_saw():
     opt, phi = pretrained.load_meta_params("generalist")
     curves = learned_curves(opt, phi, family, test, 100)
     assert np.all(np.isfinite(curves)) and np.all(curves[:, -1] < 0.8 * curves[:, 0])
+
+
+def test_the_generalist_given_a_recurrent_mask_scales_exactly_those_tensors_updates_by_its_recorded_factor():
+    def loss(p, xs):  # an input projection feeding a tanh recurrence, and a read-out of its last state
+        h, _ = jax.lax.scan(lambda h, x: (jnp.tanh(h @ p["cell"] + x @ p["proj"]), None), jnp.zeros(3), xs)
+        return jnp.sum((h @ p["readout"] - 1.0) ** 2)
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = {name: 0.5 * jax.random.normal(k, shape) for (name, shape), k in
+              zip({"cell": (3, 3), "proj": (2, 3), "readout": (3, 2)}.items(), keys)}  # fmt: skip
+    xs = jax.random.normal(keys[3], (5, 2))
+    mask = optimizers.recurrent_tensors(loss, params, xs)
+    assert mask == {"cell": True, "proj": True, "readout": False}
+    grads = jax.grad(loss)(params, xs)
+    scale = pretrained.info("generalist")["recurrence_prior"]["scale"]
+    assert pretrained.recorded_recurrent_scale("generalist") == scale and 0 < scale < 1
+
+    def first_update(**options):
+        tx = pretrained.load("generalist", **options)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    plain, prior = first_update(), first_update(recurrent=mask)
+    for name in params:
+        np.testing.assert_allclose(prior[name], scale * plain[name] if mask[name] else plain[name], rtol=1e-6)
+    # A feed-forward network's mask (all False) leaves the generalist as it is, to the bit.
+    unflagged = first_update(recurrent=jax.tree.map(lambda _: False, mask))
+    assert all(np.array_equal(plain[name], unflagged[name]) for name in params)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"recurrent": {"w": 1.0}}, "bool at every leaf"),
+        ({"recurrent": {"w": np.ones(3, bool)}}, "bool at every leaf"),
+        ({"recurrent": {"w": True}, "recurrent_scale": 0.0}, "positive finite number, not 0.0"),
+        ({"recurrent": {"w": True}, "recurrent_scale": float("nan")}, "positive finite number"),
+        ({"recurrent": {"w": True}, "recurrent_scale": True}, "positive finite number"),
+        ({"recurrent_scale": 0.5}, "without recurrent"),
+    ],
+)
+def test_a_recurrent_mask_and_its_scale_are_checked(options, message):
+    with pytest.raises(errors.ConfigError, match=message):
+        pretrained.load("generalist", **options)
+
+
+def test_an_optimizer_without_a_recorded_recurrent_scale_needs_one_given():
+    with pytest.raises(errors.ConfigError, match="'generalist-v7' records no scale .*pass recurrent_scale"):
+        pretrained.load("generalist-v7", recurrent={"w": True})
+    tx = pretrained.load("generalist-v7", recurrent={"w": True, "b": False}, recurrent_scale=0.5)
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    updates, _ = tx.update(params, tx.init(params), params)
+    plain = pretrained.load("generalist-v7")
+    expected, _ = plain.update(params, plain.init(params), params)
+    np.testing.assert_allclose(updates["w"], 0.5 * expected["w"], rtol=1e-6)
+    np.testing.assert_array_equal(updates["b"], expected["b"])

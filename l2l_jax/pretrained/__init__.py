@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
-from l2l_jax.errors import L2LError, MetaTrainingError, RunDirectoryError, UnknownNameError
+from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, RunDirectoryError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -125,13 +126,24 @@ def export(run_dir: str | Path, dest: str | Path, *, allow_untrained: bool = Fal
 
 
 def load(
-    name_or_path: str | Path, *, allow_untrained: bool = False, allow_unverified: bool = False
+    name_or_path: str | Path,
+    *,
+    recurrent: Any = None,
+    recurrent_scale: float | None = None,
+    allow_untrained: bool = False,
+    allow_unverified: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """A trained learned optimizer, ready to use as an optax optimizer.
 
     Args:
       name_or_path: a name from ``available``, or a run directory written by
         ``l2l-jax meta-train`` / ``l2l_jax.meta_train``.
+      recurrent: optional, a pytree of ``bool`` shaped like the parameters, ``True``
+        at the tensors that feed a recurrence (``l2l_jax.optimizers.recurrent_tensors``
+        of the loss): their updates are multiplied by ``recurrent_scale``. All ``False``
+        (a feed-forward network) leaves the optimizer as it is.
+      recurrent_scale: the factor for ``recurrent``'s tensors (positive); default: the
+        one recorded with the optimizer (``info(name)["recurrence_prior"]["scale"]``).
       allow_untrained: also load an untrained φ (see ``load_meta_params``).
       allow_unverified: also load files without checksums (see ``load_meta_params``).
 
@@ -143,6 +155,9 @@ def load(
       RunDirectoryError: if the directory is incomplete or damaged, or φ is not finite.
       MetaTrainingError: if φ is untrained (no meta-update reached it) and
         ``allow_untrained`` is ``False``.
+      ConfigError: if ``recurrent`` has a leaf that is not a ``bool``, or
+        ``recurrent_scale`` is not positive and finite, or is given without ``recurrent``, or is
+        needed and the optimizer records none.
 
     Example:
       >>> import jax.numpy as jnp, optax, l2l_jax
@@ -152,8 +167,63 @@ def load(
       >>> updates["w"].shape
       (3,)
     """
+    if recurrent is None and recurrent_scale is not None:
+        raise ConfigError("recurrent_scale was given without recurrent (the mask of the tensors it applies to)")
     optimizer, phi = load_meta_params(name_or_path, allow_untrained=allow_untrained, allow_unverified=allow_unverified)
-    return optimizer.as_optax(phi)
+    tx = optimizer.as_optax(phi)
+    if recurrent is None:
+        return tx
+    mask = _check_mask(recurrent)
+    if recurrent_scale is None:
+        recurrent_scale = recorded_recurrent_scale(name_or_path, allow_unverified=allow_unverified)
+    return optax.chain(tx, optax.masked(optax.scale(_check_scale(recurrent_scale)), mask))
 
 
-__all__ = ["SHIPPED_DIR", "available", "export", "info", "load", "load_meta_params", "locate"]
+def recorded_recurrent_scale(name_or_path: str | Path, *, allow_unverified: bool = False) -> float:
+    """The factor recorded with a learned optimizer for the updates of the tensors that feed a recurrence.
+
+    Raises:
+      ConfigError: if the optimizer records none (pass ``recurrent_scale`` to ``load``).
+    """
+    meta = rd.read_optimizer_meta(locate(name_or_path), allow_unverified=allow_unverified)
+    prior = meta.get("recurrence_prior")
+    if not isinstance(prior, dict) or "scale" not in prior:
+        raise ConfigError(
+            f"{str(name_or_path)!r} records no scale for the tensors that feed a recurrence: pass recurrent_scale"
+        )
+    return _check_scale(prior["scale"])
+
+
+def _check_mask(mask: Any) -> Any:
+    leaves = jax.tree_util.tree_leaves_with_path(mask)
+    for path, leaf in leaves:
+        if not isinstance(leaf, (bool, np.bool_)) and not (
+            hasattr(leaf, "dtype") and leaf.dtype == bool and getattr(leaf, "shape", None) == ()
+        ):
+            raise ConfigError(
+                f"recurrent must hold a bool at every leaf (as recurrent_tensors returns); "
+                f"at {jax.tree_util.keystr(path)} it holds {leaf!r}"
+            )
+    return jax.tree.map(bool, mask)
+
+
+def _check_scale(scale: Any) -> float:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float, np.floating, np.integer))
+        or not 0 < scale < float("inf")
+    ):
+        raise ConfigError(f"recurrent_scale must be a positive finite number, not {scale!r}")
+    return float(scale)
+
+
+__all__ = [
+    "SHIPPED_DIR",
+    "available",
+    "export",
+    "info",
+    "load",
+    "load_meta_params",
+    "locate",
+    "recorded_recurrent_scale",
+]
