@@ -184,7 +184,8 @@ def evaluate_task(
         "test_inits": test.size,
         "data": getattr(family, "data_record", None),
     }
-    curves, computed, same_as = {}, [], {}
+    curves, same_as = {}, {}
+    computed: dict[str, str] = {}  # The cache key (as JSON) of each curve computed -> the name it was computed for.
     learned = {name: v for name, v in learned.items() if name not in task.skip}
     mask = recurrence_mask(family) if prior_scale is not None and reference in learned else None
     for name, (opt, phi) in learned.items():
@@ -193,9 +194,10 @@ def evaluate_task(
             prior = {"scale": prior_scale, "flagged": flagged_names(mask)}
         learned_key = {**key, "optimizer": opt.name, "config": opt.config(), "phi_sha256": fingerprint(phi)}
         learned_key["recurrence_prior"] = prior
-        same = [(other, c) for other, k, c in computed if k == learned_key]
-        if same:  # The same optimizer and φ under another name (the prior flagged nothing).
-            same_as[name], curves[name] = same[0]
+        identity = json.dumps(learned_key, sort_keys=True)
+        if identity in computed:  # The same optimizer and φ under another name (the prior flagged nothing).
+            same_as[name] = computed[identity]
+            curves[name] = curves[same_as[name]]
             continue
         make = opt.as_optax if prior is None else with_prior(opt, mask, prior_scale)
         curves[name] = cached(
@@ -204,7 +206,7 @@ def evaluate_task(
             learned_key,
             lambda make=make, phi=phi: {"curves": loss_curves(make, phi, family, test, horizon)},
         )["curves"]
-        computed.append((name, learned_key, curves[name]))
+        computed[identity] = name
     lrs, baseline_curves = tuned_baselines(task, family, tune, test, horizons, key, cache, progress, recorded)
     curves.update(baseline_curves)
     rows = []
@@ -253,11 +255,11 @@ def with_prior(
 ) -> Callable[[MetaParams], optax.GradientTransformation]:
     """``φ ↦`` the learned optimizer with the updates of ``mask``'s tensors multiplied by ``scale``.
 
-    The same transformation as ``pretrained.load(..., recurrent=mask, recurrent_scale=scale)``.
+    ``optimizers.scale_recurrent``, as ``pretrained.load(..., recurrent=mask, recurrent_scale=scale)`` applies it.
     """
 
     def make(phi: MetaParams) -> optax.GradientTransformation:
-        return optax.chain(optimizer.as_optax(phi), optax.masked(optax.scale(scale), mask))
+        return optimizers.scale_recurrent(optimizer.as_optax(phi), mask, scale)
 
     return make
 

@@ -58,8 +58,9 @@ STREAMS = {"tune": step_bound.TUNE_SEED, "test": generalisation.SEED}
 def record(name_or_path: str, scale: float, basis: str) -> None:
     """Writes ``scale`` into the optimizer's ``optimizer.json`` as ``recurrence_prior`` (φ unchanged)."""
     fields = {"scale": scale, "basis": basis, "command": harness.command()}
-    rd.update_optimizer_meta(pretrained.locate(name_or_path), recurrence_prior=fields)
-    print(f"recorded recurrence_prior {fields} in {pretrained.locate(name_or_path) / rd.OPTIMIZER_META}")
+    directory = pretrained.locate(name_or_path)
+    rd.update_optimizer_meta(directory, recurrence_prior=fields)
+    print(f"recorded recurrence_prior {fields} in {directory / rd.OPTIMIZER_META}")
 
 
 def lm_rows(

@@ -492,6 +492,7 @@ def test_long_horizon_meta_trains_with_pes_from_the_shipped_optimizer_and_compar
     assert (tmp_path / "long_horizon_tiny.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # its mechanism: test_estimators.py::test_pes_is_unbiased_and_truncated_bptt_and_es_are_not
 def test_worked_example_estimators_recover_the_exact_gradient_where_they_are_unbiased(tmp_path):
     out = run_script("worked_example_estimators.py", "--samples", "4000", "--sigmas", "0.01",
                      "--results-dir", str(tmp_path), timeout=600)  # fmt: skip
@@ -985,6 +986,7 @@ def test_step_adaptation_runs_each_beta_paired_with_the_generalist_as_shipped(tm
     assert "| Dense_0/kernel |" in (tmp_path / "step_adaptation.md").read_text()
 
 
+@pytest.mark.slow  # its mechanism: test_step_adaptation_shrinks_only_the_steps_of_tensors_whose_gradient_turns_...
 def test_step_adaptation_runs_report_the_curves_of_the_adapted_optimizer_and_its_multipliers():
     import jax
 

@@ -171,9 +171,12 @@ def test_the_generalist_given_a_recurrent_mask_scales_exactly_those_tensors_upda
     [
         ({"recurrent": {"w": 1.0}}, "bool at every leaf"),
         ({"recurrent": {"w": np.ones(3, bool)}}, "bool at every leaf"),
-        ({"recurrent": {"w": True}, "recurrent_scale": 0.0}, "positive finite number, not 0.0"),
-        ({"recurrent": {"w": True}, "recurrent_scale": float("nan")}, "positive finite number"),
-        ({"recurrent": {"w": True}, "recurrent_scale": True}, "positive finite number"),
+        ({"recurrent": {"w": True}, "recurrent_scale": 0.0}, "recurrent_scale must be a positive number, got 0.0"),
+        (
+            {"recurrent": {"w": True}, "recurrent_scale": float("nan")},
+            "recurrent_scale must be a positive number, got nan",
+        ),
+        ({"recurrent": {"w": True}, "recurrent_scale": True}, "recurrent_scale must be a positive number, got True"),
         ({"recurrent_scale": 0.5}, "without recurrent"),
     ],
 )

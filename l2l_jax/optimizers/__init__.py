@@ -16,7 +16,7 @@ from l2l_jax.optimizers.linear_rnn import LinearRNN, LinearRNNState, linear_rnn
 from l2l_jax.optimizers.lstm import PRESETS as LSTM_PRESETS
 from l2l_jax.optimizers.lstm import CoordinatewiseLSTM, LSTMState, lstm
 from l2l_jax.optimizers.preprocessing import preprocess
-from l2l_jax.optimizers.recurrence import recurrent_tensors
+from l2l_jax.optimizers.recurrence import recurrent_tensors, scale_recurrent
 from l2l_jax.optimizers.sharding import state_shardings
 from l2l_jax.registry import Registry, keyword_options
 
@@ -100,5 +100,6 @@ __all__ = [
     "preprocess",
     "recurrent_tensors",
     "register",
+    "scale_recurrent",
     "state_shardings",
 ]

@@ -6,8 +6,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
+import optax
 from jax.extend import core as jcore
 
+from l2l_jax.checks import positive_float
 from l2l_jax.errors import ConfigError
 
 #: A set of parameter indices (or of markers) that a value depends on.
@@ -66,6 +69,45 @@ def recurrent_tensors(loss_fn: Callable[..., Any], params: Any, *args: Any, **kw
     flagged: set[Any] = set()
     _flow(closed.jaxpr, [_Deps({i}) for i in range(len(leaves))] + [_Deps()] * others, flagged)
     return jax.tree.unflatten(treedef, [i in flagged for i in range(len(leaves))])
+
+
+def scale_recurrent(
+    tx: optax.GradientTransformation, recurrent: Any, scale: float
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with its updates of ``recurrent``'s tensors multiplied by ``scale``, the others as they are.
+
+    Args:
+      tx: an optax transformation, e.g. a learned optimizer.
+      recurrent: a pytree of ``bool`` like the parameters (a prefix of them), as
+        `recurrent_tensors` returns; all ``False`` leaves ``tx``'s updates unchanged.
+      scale: a positive finite factor.
+
+    Returns:
+      ``optax.chain(tx, optax.masked(optax.scale(scale), recurrent))``.
+
+    Raises:
+      ConfigError: if a leaf of ``recurrent`` is not a ``bool`` (the message names
+        it), or ``scale`` is not a positive finite number (``checks.positive_float``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = scale_recurrent(optax.sgd(1.0), {"cell": True, "readout": False}, 0.5)
+      >>> g = {"cell": jnp.ones(2), "readout": jnp.ones(2)}
+      >>> updates, _ = tx.update(g, tx.init(g))
+      >>> updates["cell"].tolist(), updates["readout"].tolist()
+      ([-0.5, -0.5], [-1.0, -1.0])
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(recurrent):
+        if not isinstance(leaf, (bool, np.bool_)) and not (
+            getattr(leaf, "dtype", None) == bool and getattr(leaf, "shape", None) == ()
+        ):
+            raise ConfigError(
+                f"recurrent must hold a bool at every leaf (as recurrent_tensors returns); "
+                f"at {jax.tree_util.keystr(path)} it holds {leaf!r}"
+            )
+    return optax.chain(
+        tx, optax.masked(optax.scale(positive_float("recurrent_scale", scale)), jax.tree.map(bool, recurrent))
+    )
 
 
 def _read(deps: dict[Any, _Deps], var: Any) -> _Deps:

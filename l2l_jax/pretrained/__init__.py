@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from l2l_jax import optimizers as optimizers_lib
 from l2l_jax import run_directory as rd
+from l2l_jax.checks import positive_float
 from l2l_jax.errors import ConfigError, L2LError, MetaTrainingError, RunDirectoryError, UnknownNameError
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams
 
@@ -140,7 +140,8 @@ def load(
         ``l2l-jax meta-train`` / ``l2l_jax.meta_train``.
       recurrent: optional, a pytree of ``bool`` shaped like the parameters, ``True``
         at the tensors that feed a recurrence (``l2l_jax.optimizers.recurrent_tensors``
-        of the loss): their updates are multiplied by ``recurrent_scale``. All ``False``
+        of the loss): their updates are multiplied by ``recurrent_scale``
+        (``l2l_jax.optimizers.scale_recurrent``). All ``False``
         (a feed-forward network) leaves the optimizer as it is.
       recurrent_scale: the factor for ``recurrent``'s tensors (positive); default: the
         one recorded with the optimizer (``info(name)["recurrence_prior"]["scale"]``).
@@ -173,10 +174,9 @@ def load(
     tx = optimizer.as_optax(phi)
     if recurrent is None:
         return tx
-    mask = _check_mask(recurrent)
     if recurrent_scale is None:
         recurrent_scale = recorded_recurrent_scale(name_or_path, allow_unverified=allow_unverified)
-    return optax.chain(tx, optax.masked(optax.scale(_check_scale(recurrent_scale)), mask))
+    return optimizers_lib.scale_recurrent(tx, recurrent, recurrent_scale)
 
 
 def recorded_recurrent_scale(name_or_path: str | Path, *, allow_unverified: bool = False) -> float:
@@ -191,30 +191,7 @@ def recorded_recurrent_scale(name_or_path: str | Path, *, allow_unverified: bool
         raise ConfigError(
             f"{str(name_or_path)!r} records no scale for the tensors that feed a recurrence: pass recurrent_scale"
         )
-    return _check_scale(prior["scale"])
-
-
-def _check_mask(mask: Any) -> Any:
-    leaves = jax.tree_util.tree_leaves_with_path(mask)
-    for path, leaf in leaves:
-        if not isinstance(leaf, (bool, np.bool_)) and not (
-            hasattr(leaf, "dtype") and leaf.dtype == bool and getattr(leaf, "shape", None) == ()
-        ):
-            raise ConfigError(
-                f"recurrent must hold a bool at every leaf (as recurrent_tensors returns); "
-                f"at {jax.tree_util.keystr(path)} it holds {leaf!r}"
-            )
-    return jax.tree.map(bool, mask)
-
-
-def _check_scale(scale: Any) -> float:
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float, np.floating, np.integer))
-        or not 0 < scale < float("inf")
-    ):
-        raise ConfigError(f"recurrent_scale must be a positive finite number, not {scale!r}")
-    return float(scale)
+    return positive_float("recurrence_prior.scale in optimizer.json", prior["scale"])
 
 
 __all__ = [
