@@ -51,7 +51,9 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -363,7 +365,7 @@ def recorded_rates(
     same = [
         t
         for t in results["tasks"]
-        if {k: v for k, v in t.items() if k not in ("skip", "test_inits")} == json.loads(json.dumps(definition))
+        if same_record({k: v for k, v in t.items() if k not in ("skip", "test_inits")}, definition)
     ]
     if not same or results["tune_inits"] != tune_inits or (task.uses_mnist and results["mnist_data"] != data):
         return None
@@ -373,6 +375,25 @@ def recorded_rates(
         if r["task"] == task.label and r["optimizer"] in BASELINES
     }
     return rates if all((b, s) in rates for b in BASELINES for s in horizons) else None
+
+
+def same_record(recorded: Any, current: Any) -> bool:
+    """True if ``recorded`` (read from JSON) describes ``current``; floats may differ in their last bits.
+
+    A grid such as ``np.logspace(-4, 1, 21)`` is not bit-identical across NumPy builds, so
+    an exact comparison would reject an earlier battery's rates for the same grid.
+    """
+    if isinstance(recorded, float) or isinstance(current, float):
+        return (
+            isinstance(recorded, (int, float))
+            and isinstance(current, (int, float))
+            and math.isclose(recorded, current, rel_tol=1e-9, abs_tol=0.0)
+        )
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return recorded.keys() == current.keys() and all(same_record(recorded[k], current[k]) for k in recorded)
+    if isinstance(recorded, list) and isinstance(current, (list, tuple)):
+        return len(recorded) == len(current) and all(map(same_record, recorded, current))
+    return recorded == current
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -565,6 +586,8 @@ def main() -> None:
         recorded = (
             None if args.rates_from is None else recorded_rates(earlier, task, args.tune_inits, data_record, horizons)
         )
+        if args.rates_from is not None and recorded is None:
+            print(f"--rates-from: no rates for {task.label!r} tuned the same way there; tuning them", file=sys.stderr)
         rows, curves = evaluate_task(
             task,
             family,

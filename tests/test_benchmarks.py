@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -21,6 +22,7 @@ import pytest
 
 from l2l_jax import errors, pretrained
 from l2l_jax.evaluation import learned_curves, sample_tasks
+from l2l_jax.evaluation.baselines import BASELINES
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 MNIST_FIXTURE = Path(__file__).parent / "fixtures" / "mnist"
@@ -139,6 +141,7 @@ def test_scripts_refuse_options_that_cannot_run(run_here, tmp_path, name, args, 
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.slow  # the same rows, machine and command: test_update_memory_plans_the_update_without_running_it
 def test_update_speed_writes_a_row_per_setting_with_the_machine_and_the_command(tmp_path):
     options = ["--sizes", "1000", "--implementations", "fused", "--state-dtypes", "float32", "bfloat16",
                "--transformer", "", "--repeats", "2"]  # fmt: skip
@@ -393,6 +396,7 @@ def test_gpu_bandwidth_measures_the_copy_and_the_matrix_product(tmp_path):
     assert matmul["bf16_TFLOP_per_s"] == pytest.approx(2 * 64**3 / matmul["seconds"] / 1e12)
 
 
+@pytest.mark.slow  # the tiled steps against the reference: tests/test_fast_paths.py's blocks of coordinates
 def test_kernel_tiling_times_each_step_and_checks_it_against_the_reference(tmp_path):
     # Off a GPU the Pallas kernel runs in the interpreter.
     _, rows = run_for_rows(tmp_path, "kernel_tiling.py", "rows", "--size", "100", "--tilings", "16x2", "--repeats", "1")
@@ -559,6 +563,27 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
         r for r in strip(results["rows"]) if r["optimizer"] not in others and r["task"] == "logistic regression"
     ]
     assert strip(reused) == expected
+
+
+def test_recorded_rates_are_reused_when_the_task_was_tuned_the_same_way_up_to_the_grids_last_bits():
+    generalisation = benchmark("generalisation")
+    task = generalisation.Task("toy", "logistic_regression", {"dim": 3}, (10, 20), 4, True, uses_mnist=False)
+    definition = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(task))).items() if k != "skip"}
+    rows = [{"task": "toy", "optimizer": b, "steps": s, "learning_rate": 0.01} for b in BASELINES for s in (10, 20)]
+    results = {"tasks": [definition], "tune_inits": 16, "rows": rows}
+    expected = {(b, s): 0.01 for b in BASELINES for s in (10, 20)}
+    assert generalisation.recorded_rates(results, task, 16, None, (10, 20)) == expected
+    # A grid written by another NumPy build differs in its last bits: still the same grid.
+    nudged = [float(np.nextafter(x, np.inf)) for x in definition["grid"]]
+    assert nudged != definition["grid"]
+    same_grid = {**results, "tasks": [{**definition, "grid": nudged}]}
+    assert generalisation.recorded_rates(same_grid, task, 16, None, (10, 20)) == expected
+    # Anything else that differs means the rates were tuned another way: none are reused.
+    other_grid = {**results, "tasks": [{**definition, "grid": [2 * x for x in definition["grid"]]}]}
+    other_options = {**results, "tasks": [{**definition, "options": {"dim": 4}}]}
+    for other in (other_grid, other_options, {**results, "tune_inits": 8}):
+        assert generalisation.recorded_rates(other, task, 16, None, (10, 20)) is None
+    assert generalisation.recorded_rates(results, task, 16, None, (10, 50)) is None  # no rate at 50 steps
 
 
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
@@ -730,6 +755,7 @@ def test_lm_stall_variants_change_only_the_rate_or_the_correction_term():
     assert all(bool(jnp.all(updates[k] * jnp.sign(grads[k]) < 0)) for k in grads)
 
 
+@pytest.mark.slow  # the same scaling of a part of the LM: test_recurrence_prior_scales_exactly_the_updates_of_the_tensors_feeding_the_lms_recurrence
 def test_lm_stall_scales_the_update_of_the_named_part_of_the_lm_and_nothing_else():
     lm_stall, generalisation = benchmark("lm_stall"), benchmark("generalisation")
     family = generalisation.build_family({t.label: t for t in generalisation.TASKS}[lm_stall.PART_TASK], None)
@@ -896,28 +922,35 @@ def test_generalist_meta_trains_on_its_mixture_and_records_what_it_was_built_fro
     assert out.returncode == 2 and "--ship ships the documented recipe" in out.stderr
 
 
-@pytest.mark.slow  # meta-trains every variant: the optimizer options are tested in tests/test_feature_mlp.py
-def test_feature_ablation_trains_each_variant_and_compares_it_with_the_full_optimizer(tmp_path):
+@pytest.mark.slow  # meta-trains on the mixture: the optimizer options are tested in tests/test_feature_mlp.py
+def test_feature_ablation_meta_trains_the_full_optimizer_and_compares_every_row_with_it(tmp_path):
+    # Every variant is meta-trained by the same call with only its options changed: each variant's options
+    # must make a feature MLP whose φ initialises; the full optimizer alone is meta-trained here.
+    feature_ablation = benchmark("feature_ablation")
+    from l2l_jax import optimizers
+
+    for changes in feature_ablation.VARIANTS.values():
+        optimizer = optimizers.get("feature_mlp", **{**feature_ablation.generalist.OPTIMIZER_OPTIONS, **changes})
+        assert jax.tree.leaves(optimizer.init(jax.random.PRNGKey(0)))
     options = ["--meta-steps", "1", "--horizon", "4", "--truncation", "2", "--val-tasks", "4", "--test-inits", "3",
-               "--variants", "full", "inputs: no progress",
-               "--run-root", str(tmp_path / "runs"), "--no-progress", "--results-dir", str(tmp_path),
-               "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
+               "--variants", "full", "--run-root", str(tmp_path / "runs"), "--no-progress",
+               "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]  # fmt: skip
     out = run_script("feature_ablation.py", *options, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "feature_ablation.json").read_text())["rows"]
-    variants = ["full", "inputs: no progress", "untrained (Adam, lr 0.01)"]
+    variants = ["full", "untrained (Adam, lr 0.01)"]
     assert [(r["task"], r["steps"], r["variant"]) for r in rows] == [
         (task, steps, v) for task in ("base MLP", "ReLU") for steps in (100, 200) for v in variants
     ]
     assert all(math.isfinite(r["mean_loss"]) for r in rows)
     assert all(r["full_minus_this"] == 0 for r in rows if r["variant"] == "full")
+    assert all(r["full_minus_this"] != 0 for r in rows if r["variant"] != "full")
 
 
 def test_coarse_to_fine_tuning_finds_the_rate_of_the_full_grid_search():
     harness = benchmark("harness")
     from l2l_jax import tasks
     from l2l_jax.evaluation import sample_tasks
-    from l2l_jax.evaluation.baselines import BASELINES
 
     family = tasks.get("quadratic", dim=4)
     tune, test = sample_tasks(family, 0, 8, "tune"), sample_tasks(family, 0, 4, "test")
