@@ -115,6 +115,15 @@ SLOW: dict[tuple[str, str, "str | None"], str] = {
         "test_sharded_meta_training_matches_one_device, "
         "test_fast_paths.py::test_unrolling_the_batch_in_chunks_equals_unrolling_it_at_once"
     ),
+    # Meta-training is the same on any family; the MNIST family's loss, batches and Adam's descent run by default.
+    ("test_mnist_task.py", "test_a_few_meta_steps_on_mnist_run_and_stay_finite", None): (
+        "test_meta_training.py, test_initial_loss_is_near_log_10_and_adam_lowers_it"
+    ),
+    # A specialised run is a meta-training run that starts from a shipped φ: resuming one is meta-training's resume.
+    ("test_specialise.py", "test_a_specialised_run_resumes_exactly", None): (
+        "test_meta_training.py::test_interrupted_run_resumes_to_the_uninterrupted_result, "
+        "test_a_resume_refuses_a_source_that_changed_since_the_run_started"
+    ),
 }
 
 
