@@ -103,7 +103,7 @@ TASKS = (
     Task("2 layers", "mnist", {**PAPER_MLP, "hidden_layers": 2}, (100, 200), 48, False),
     Task("ReLU", "mnist", {**PAPER_MLP, "activation": "relu"}, (100, 200), 48, False),
     Task("tanh", "mnist", {**PAPER_MLP, "activation": "tanh"}, (100, 200), 48, False),
-    Task("CNN", "mnist_cnn", {}, (100, 200), 16, True, grid=WIDE_GRID),
+    Task("CNN", "mnist_cnn", {}, (100, 200), 48, True, grid=WIDE_GRID),
     Task(
         "wide MLP",
         "mnist",
@@ -380,9 +380,13 @@ def recorded_rates(
 def same_record(recorded: Any, current: Any) -> bool:
     """True if ``recorded`` (read from JSON) describes ``current``; floats may differ in their last bits.
 
+    A flag (``bool``) matches only the same flag, never the number 0 or 1.
+
     A grid such as ``np.logspace(-4, 1, 21)`` is not bit-identical across NumPy builds, so
     an exact comparison would reject an earlier battery's rates for the same grid.
     """
+    if isinstance(recorded, bool) or isinstance(current, bool):
+        return recorded is current
     if isinstance(recorded, float) or isinstance(current, float):
         return (
             isinstance(recorded, (int, float))

@@ -56,6 +56,8 @@ TASKS = {"char LM": (100, 200, 500), "base MLP": (100, 200)}
 VARIANTS = {"as shipped": (False, False), "η = rate": (True, False), "d = 0": (False, True), "both": (True, True)}
 #: The streams of initialisations (``--stream``) and the name of each one's results files.
 STREAMS = {"tune": "lm_stall", "test": "lm_stall_test"}
+#: Each stream's seed: the tuning stream of ``step_bound``; the battery's own test initialisations.
+STREAM_SEEDS = {"tune": step_bound.TUNE_SEED, "test": generalisation.SEED}
 #: The battery's task whose parts are scaled (at its steps in ``TASKS``).
 PART_TASK = "char LM"
 #: The parts of the LM (``CharLMFamily``'s flax parameter paths) whose update is scaled: name -> path prefixes.
@@ -160,6 +162,11 @@ def table(rows: list[dict[str, Any]], against: tuple[str, ...] = ("shipped",)) -
     return "\n".join(lines) + "\n"
 
 
+def stream_runs(family: Any, stream: str, inits: int) -> Any:
+    """The first ``inits`` initialisations and minibatch streams of ``stream`` (``STREAMS``) on ``family``."""
+    return sample_tasks(family, STREAM_SEEDS[stream], inits, stream)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_data_dir_option(parser)
@@ -197,8 +204,7 @@ def main() -> None:
     for label, steps in TASKS.items():
         family = generalisation.build_family(battery[label], args.data_dir)
         steps = tuple(sorted({min(s, args.max_steps or s) for s in steps}))
-        seed = step_bound.TUNE_SEED if args.stream == "tune" else generalisation.SEED
-        runs = sample_tasks(family, seed, args.inits, args.stream)
+        runs = stream_runs(family, args.stream, args.inits)
         curves = {
             name: np.asarray(learned_curves(optimizer, variant(phi, rate if r else None, d), family, runs, steps[-1]))
             for name, (r, d) in VARIANTS.items()

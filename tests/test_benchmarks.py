@@ -581,7 +581,8 @@ def test_recorded_rates_are_reused_when_the_task_was_tuned_the_same_way_up_to_th
     # Anything else that differs means the rates were tuned another way: none are reused.
     other_grid = {**results, "tasks": [{**definition, "grid": [2 * x for x in definition["grid"]]}]}
     other_options = {**results, "tasks": [{**definition, "options": {"dim": 4}}]}
-    for other in (other_grid, other_options, {**results, "tune_inits": 8}):
+    not_a_flag = {**results, "tasks": [{**definition, "held_out": 1.0}]}  # a number is not True
+    for other in (other_grid, other_options, not_a_flag, {**results, "tune_inits": 8}):
         assert generalisation.recorded_rates(other, task, 16, None, (10, 20)) is None
     assert generalisation.recorded_rates(results, task, 16, None, (10, 50)) is None  # no rate at 50 steps
 
@@ -788,25 +789,34 @@ def test_lm_stall_scales_the_update_of_the_named_part_of_the_lm_and_nothing_else
         np.testing.assert_allclose(b, a * (0.25 if name == "Embed_0/embedding" else 1.0), rtol=1e-6, err_msg=name)
 
 
-@pytest.mark.slow  # its parts: the two tests above
-@pytest.mark.parametrize("stream", ["tune", "test"])
-def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path, stream):
+def test_lm_stall_streams_are_the_step_bound_tuning_runs_and_the_battery_test_runs():
+    lm_stall, generalisation, step_bound = benchmark("lm_stall"), benchmark("generalisation"), benchmark("step_bound")
+    family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], None)
+    leaves = lambda runs: [np.asarray(x) for x in jax.tree.leaves((runs.task_params, runs.keys))]
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+    tune, test = lm_stall.stream_runs(family, "tune", 2), lm_stall.stream_runs(family, "test", 2)
+    assert same(tune, sample_tasks(family, step_bound.TUNE_SEED, 2, "tune"))
+    assert same(test, sample_tasks(family, generalisation.SEED, 2, "test")) and not same(tune, test)
+    assert set(lm_stall.STREAMS) == set(lm_stall.STREAM_SEEDS) == {"tune", "test"}
+
+
+@pytest.mark.slow  # its parts: the two tests above; the other stream: the test above
+def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tmp_path):
     options = ["--max-steps", "3", "--inits", "2", "--results-dir", str(tmp_path), "--data-dir", str(MNIST_FIXTURE)]
-    out = run_script("lm_stall.py", *options, "--stream", stream, timeout=600)
+    out = run_script("lm_stall.py", *options, "--stream", "test", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    stem = {"tune": "lm_stall", "test": "lm_stall_test"}[stream]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.json", f"{stem}.md"]
-    results = json.loads((tmp_path / f"{stem}.json").read_text())
-    assert results["stream"] == stream
-    if stream == "test":  # The battery's own test runs: the LM's first two, as generalisation.py samples them.
-        generalisation = benchmark("generalisation")
-        family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], None)
-        optimizer, phi = pretrained.load_meta_params("generalist")
-        runs = sample_tasks(family, generalisation.SEED, 2, "test")
-        shipped = results["rows"][0]
-        assert shipped["variant"] == "as shipped" and shipped["task"] == "char LM"
-        expected = np.mean(learned_curves(optimizer, phi, family, runs, 3)[:, 3])
-        assert shipped["mean"] == pytest.approx(float(expected), rel=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm_stall_test.json", "lm_stall_test.md"]
+    results = json.loads((tmp_path / "lm_stall_test.json").read_text())
+    assert results["stream"] == "test"
+    # The battery's own test runs: the LM's first two, as generalisation.py samples them.
+    generalisation = benchmark("generalisation")
+    family = generalisation.build_family({t.label: t for t in generalisation.TASKS}["char LM"], None)
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    runs = sample_tasks(family, generalisation.SEED, 2, "test")
+    shipped = results["rows"][0]
+    assert shipped["variant"] == "as shipped" and shipped["task"] == "char LM"
+    expected = np.mean(learned_curves(optimizer, phi, family, runs, 3)[:, 3])
+    assert shipped["mean"] == pytest.approx(float(expected), rel=1e-6)
     assert results["rate"] == pytest.approx(float(np.exp(pretrained.load_meta_params("generalist-v1")[1]["log_lr"])))
     variants = ["as shipped", "η = rate", "d = 0", "both"]
     assert [(r["task"], r["variant"], r["steps"]) for r in results["rows"]] == [
@@ -826,7 +836,7 @@ def test_lm_stall_runs_the_four_variants_paired_with_the_optimizer_as_shipped(tm
     adam_row = results["parts"][-1]
     for r in results["parts"][:-1]:  # Both differences are paired on the same runs, so they differ by Adam's.
         assert r["minus_shipped"] - r["minus_adam"] == pytest.approx(adam_row["minus_shipped"], abs=1e-5)
-    md = (tmp_path / f"{stem}.md").read_text()
+    md = (tmp_path / "lm_stall_test.md").read_text()
     assert "| char LM | both | 3 |" in md and f"| char LM | GRU cell ×{scale:.3g} | 3 |" in md
 
 
