@@ -280,17 +280,26 @@ def fingerprint(tree: Any) -> str:
     return digest.hexdigest()
 
 
+def cache_stem(name: str) -> str:
+    """The file name, without suffix, under which `cached` keeps ``name``.
+
+    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` (an optimizer
+    given as a run directory names a path).
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def cached(
     cache: Path | None, name: str, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """``compute()``, or the arrays kept in ``cache/<name>.npz`` by an earlier call with the same ``key``.
 
-    The key is kept beside the arrays as JSON; the arrays are read without pickle. Characters
-    of ``name`` other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` in the file name.
+    The key is kept beside the arrays as JSON; the arrays are read without pickle. The files
+    are named by `cache_stem`.
     """
     if cache is None:
         return compute()
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # An optimizer given as a run directory names a path.
+    name = cache_stem(name)
     meta, arrays_path = cache / f"{name}.json", cache / f"{name}.npz"
     if meta.exists() and arrays_path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
         with np.load(arrays_path, allow_pickle=False) as arrays:

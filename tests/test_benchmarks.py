@@ -587,6 +587,36 @@ def test_recorded_rates_are_reused_when_the_task_was_tuned_the_same_way_up_to_th
     assert generalisation.recorded_rates(results, task, 16, None, (10, 50)) is None  # no rate at 50 steps
 
 
+def test_battery_subsets_pairs_the_cached_curves_on_each_range_of_test_initialisations(tmp_path):
+    subsets, generalisation = benchmark("battery_subsets"), benchmark("generalisation")
+    task = generalisation.Task("toy", "logistic_regression", {"dim": 3}, (2, 4), 6, True, uses_mnist=False)
+    key = {"task": dataclasses.asdict(task), "test_inits": 6}
+    rng = np.random.default_rng(0)
+    mine, adam_2, adam_4 = (rng.normal(size=(6, 5)) for _ in range(3))
+    generalisation.cached(tmp_path, "toy__generalist + prior", {**key, "optimizer": "a"}, lambda: {"curves": mine})
+    arrays = {"rates": np.array([0.1, 0.01]), "curves_2": adam_2, "curves_4": adam_4}
+    generalisation.cached(tmp_path, "toy__adam", {**key, "baseline": "adam"}, lambda: arrays)
+    rows = subsets.subset_rows(tmp_path, task, "generalist + prior", ["adam"], [(0, 2), (2, 6)])
+    assert [(r["steps"], r["inits"]) for r in rows] == [(2, "0:2"), (2, "2:6"), (4, "0:2"), (4, "2:6")]
+    for r in rows:  # Each horizon against the baseline's curves tuned for it, on the range's runs only.
+        start, stop = map(int, r["inits"].split(":"))
+        other = {2: adam_2, 4: adam_4}[r["steps"]]
+        d = mine[start:stop, r["steps"]] - other[start:stop, r["steps"]]
+        assert r["reference_minus_this"] == pytest.approx(d.mean())
+        assert r["reference_minus_this_stderr"] == pytest.approx(d.std() / np.sqrt(len(d)))
+        assert r["verdict"] == generalisation.verdict(r)
+    with pytest.raises(ValueError, match="'toy' has 6 test initialisations"):
+        subsets.subset_rows(tmp_path, task, "generalist + prior", ["adam"], [(0, 7)])
+    with pytest.raises(FileNotFoundError, match="no cached curves of 'nag' on 'toy'"):
+        subsets.subset_rows(tmp_path, task, "generalist + prior", ["nag"], [(0, 2)])
+    generalisation.cached(tmp_path, "toy__sgd", {**key, "test_inits": 5}, lambda: arrays)
+    with pytest.raises(ValueError, match="different tasks or test initialisations"):
+        subsets.subset_rows(tmp_path, task, "generalist + prior", ["sgd"], [(0, 2)])
+    for bad in ("3:3", "4:2", "2", "a:b"):
+        with pytest.raises(Exception, match="START:STOP"):
+            subsets.init_range(bad)
+
+
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
     generalisation = benchmark("generalisation")
     assert generalisation.option("step_bound=3") == ("step_bound", 3)
