@@ -613,8 +613,12 @@ def test_battery_subsets_pairs_the_cached_curves_on_each_range_of_test_initialis
     with pytest.raises(ValueError, match="different tasks or test initialisations"):
         subsets.subset_rows(tmp_path, task, "generalist + prior", ["sgd"], [(0, 2)])
     for bad in ("3:3", "4:2", "2", "a:b"):
-        with pytest.raises(Exception, match="START:STOP"):
+        with pytest.raises(subsets.argparse.ArgumentTypeError, match="START:STOP"):
             subsets.init_range(bad)
+    # From the command line, a task the cache does not hold is a clear error, not a traceback.
+    out = run_script("battery_subsets.py", "--cache-dir", str(tmp_path), "--task", "CNN", "--against", "adam",
+                     "--inits", "0:4", timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "no cached curves of 'generalist' on 'CNN'" in out.stderr
 
 
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
