@@ -34,8 +34,7 @@ def init_range(text: str) -> tuple[int, int]:
 
 def cached_curves(cache: Path, task: generalisation.Task, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The arrays and the cache key that ``generalisation.cached`` kept for ``name`` on ``task``."""
-    stem = cache / generalisation.cache_stem(f"{generalisation.task_slug(task)}__{name}")
-    meta, arrays = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    meta, arrays = generalisation.cache_files(cache, f"{generalisation.task_slug(task)}__{name}")
     if not (meta.exists() and arrays.exists()):
         raise FileNotFoundError(
             f"no cached curves of {name!r} on {task.label!r} in {cache} (an optimizer whose row says 'same as' "

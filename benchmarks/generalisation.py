@@ -280,27 +280,26 @@ def fingerprint(tree: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_stem(name: str) -> str:
-    """The file name, without suffix, under which `cached` keeps ``name``.
+def cache_files(cache: Path, name: str) -> tuple[Path, Path]:
+    """The files in which `cached` keeps ``name``'s key and arrays: ``cache/<name>.json`` and ``.npz``.
 
-    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` (an optimizer
-    given as a run directory names a path).
+    Characters of ``name`` other than letters, digits, ``_``, ``.`` and ``-`` become ``_`` (an
+    optimizer given as a run directory names a path).
     """
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return cache / f"{stem}.json", cache / f"{stem}.npz"
 
 
 def cached(
     cache: Path | None, name: str, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """``compute()``, or the arrays kept in ``cache/<name>.npz`` by an earlier call with the same ``key``.
+    """``compute()``, or the arrays kept in ``cache`` under ``name`` by an earlier call with the same ``key``.
 
-    The key is kept beside the arrays as JSON; the arrays are read without pickle. The files
-    are named by `cache_stem`.
+    The key is kept beside the arrays as JSON, in `cache_files`; the arrays are read without pickle.
     """
     if cache is None:
         return compute()
-    name = cache_stem(name)
-    meta, arrays_path = cache / f"{name}.json", cache / f"{name}.npz"
+    meta, arrays_path = cache_files(cache, name)
     if meta.exists() and arrays_path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(key)):
         with np.load(arrays_path, allow_pickle=False) as arrays:
             return {label: arrays[label] for label in arrays.files}
@@ -389,10 +388,9 @@ def recorded_rates(
 def same_record(recorded: Any, current: Any) -> bool:
     """True if ``recorded`` (read from JSON) describes ``current``; floats may differ in their last bits.
 
-    A flag (``bool``) matches only the same flag, never the number 0 or 1.
-
     A grid such as ``np.logspace(-4, 1, 21)`` is not bit-identical across NumPy builds, so
-    an exact comparison would reject an earlier battery's rates for the same grid.
+    an exact comparison would reject an earlier battery's rates for the same grid. A flag
+    (``bool``) matches only the same flag, never the number 0 or 1.
     """
     if isinstance(recorded, bool) or isinstance(current, bool):
         return recorded is current
