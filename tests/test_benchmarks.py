@@ -621,6 +621,36 @@ def test_battery_subsets_pairs_the_cached_curves_on_each_range_of_test_initialis
     assert out.returncode == 2 and "no cached curves of 'generalist' on 'CNN'" in out.stderr
 
 
+def test_learned_rate_scales_only_eta_and_weights_the_members_as_the_mixture_samples_them(
+    tmp_path, monkeypatch, capsys
+):
+    learned_rate, generalist = benchmark("learned_rate"), benchmark("generalist")
+    _, phi = pretrained.load_meta_params("generalist")
+    doubled = learned_rate.scaled(phi, 2.0)
+    assert float(np.exp(doubled["log_lr"])) == pytest.approx(2 * float(np.exp(phi["log_lr"])), rel=1e-6)
+    assert all(doubled[k] is phi[k] for k in phi if k != "log_lr")
+    # The paper's MLP is sampled twice as often as any other member of the mixture, so it counts twice.
+    members = generalist.V11_CONFIG.task_options["members"]
+    weights = [m.get("weight", 1.0) for m in members]
+    scores = [1.0] + [0.0] * (len(members) - 1)
+    assert learned_rate.weighted_score(scores, weights) == pytest.approx(2 / (len(members) + 1))
+    labels = [learned_rate.member_label(m) for m in members]
+    assert labels[0] == "mnist 20x1 sigmoid 28px" and len(set(labels)) == len(labels)
+    assert "mnist 128x1 relu 8px (scaled)" in labels and labels[-1] == "quadratic"
+    rows = [{"task": "t", "steps": 100, "optimizer": o, "learning_rate": r} for o, r in (("nag", 0.5), ("adam", 0.1))]
+    assert learned_rate.nag_rates({"rows": rows}) == {("t", 100): 0.5}
+    # Bad input from the command line: a clear message and exit 2, nothing run.
+    for argv, message in (
+        (["--tasks", "MLP"], "unknown task(s) 'MLP'"),
+        (["--rates-from", str(tmp_path / "none.json")], "none.json: no such file"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["learned_rate.py", *argv, "--results-dir", str(tmp_path)])
+        with pytest.raises(SystemExit) as exit_:
+            learned_rate.main()
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
     generalisation = benchmark("generalisation")
     assert generalisation.option("step_bound=3") == ("step_bound", 3)
