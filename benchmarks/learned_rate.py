@@ -168,6 +168,8 @@ def main() -> None:
     if not args.rates_from.is_file():
         parser.error(f"--rates-from {args.rates_from}: no such file (the battery's generalisation.json)")
     optimizer, phi = pretrained.load_meta_params(args.optimizer)
+    if not isinstance(phi, dict) or "log_lr" not in phi:
+        parser.error(f"--optimizer {args.optimizer}: a {optimizer.name!r} optimizer has no learned rate η (log_lr)")
     factors = tuple(sorted(set(args.factors)))
     t0 = time.perf_counter()
     args.results_dir.mkdir(parents=True, exist_ok=True)

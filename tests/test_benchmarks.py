@@ -643,6 +643,7 @@ def test_learned_rate_scales_only_eta_and_weights_the_members_as_the_mixture_sam
     for argv, message in (
         (["--tasks", "MLP"], "unknown task(s) 'MLP'"),
         (["--rates-from", str(tmp_path / "none.json")], "none.json: no such file"),
+        (["--optimizer", "mnist-lstm"], "a 'lstm' optimizer has no learned rate"),
     ):
         monkeypatch.setattr(sys, "argv", ["learned_rate.py", *argv, "--results-dir", str(tmp_path)])
         with pytest.raises(SystemExit) as exit_:
