@@ -100,7 +100,7 @@ def task_rows(optimizer: Any, phi: Any, factors: tuple[float, ...], args: argpar
         family = generalisation.build_family(battery[label], args.data_dir)
         runs = sample_tasks(family, step_bound.TUNE_SEED, args.inits or TASKS[label], "tune")
         horizon = min(max(STEPS), args.max_steps or max(STEPS))
-        curves = {f: learned_curves(optimizer, scaled(phi, f), family, runs, horizon) for f in (1.0, *factors)}
+        curves = {f: learned_curves(optimizer, scaled(phi, f), family, runs, horizon) for f in sorted({1.0, *factors})}
         for nominal in STEPS:  # NAG's rate is the battery's for the nominal step, also when --max-steps cuts it.
             steps = min(nominal, horizon)
             nag = loss_curves(baselines.get("nag"), rates[(label, nominal)], family, runs, steps)[:, steps]
