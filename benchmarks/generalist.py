@@ -33,6 +33,10 @@ training progress. The recipes:
   test whether more meta-training alone moves the cells v7 ties or loses.
 * ``v12`` (``--recipe v12``, shipped as ``generalist``): v7's interpolation and step bound with v11 in
   v5's place; it meta-trains v11 first (into ``runs/generalist-v11``) if it is not there.
+* ``v13`` (``--recipe v13``, not shipped): v12 fine-tuned on v11's mixture with the paper's MLP
+  weighted `PAPER_WEIGHT` instead of 2 (`V13_CONFIG`), to test whether a meta-objective that
+  counts the paper's task more closes its gap to tuned NAG.
+* ``v14`` (``--recipe v14``, not shipped): halfway in φ from v12 to v13.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -231,7 +235,29 @@ V6_CONFIG = MetaTrainConfig.from_dict(
     {**V4_CONFIG.to_dict(), "optimizer_options": {**V4_CONFIG.optimizer_options, "step_bound": STEP_BOUND}}
 )
 
-#: The fine-tunes of v2 (each starts from `V3_INIT`): recipe -> (config, what it is).
+#: The paper's MLP's weight in v13's mixture (v11's gives it 2, every other member 1).
+PAPER_WEIGHT = 6.0
+#: The sha256 of the φ v13 starts from: v12, shipped as ``generalist``.
+V12_PHI_SHA256 = "0c80fdcd1f39fb8aa566f033e729547c783a5afa66d57d356350e07a61a8f465"
+#: v13: v12 fine-tuned on v11's mixture with the paper's MLP weighted `PAPER_WEIGHT`, step bound kept.
+V13_CONFIG = MetaTrainConfig.from_dict(
+    {
+        **V11_CONFIG.to_dict(),
+        "task_options": {
+            "members": [{**V11_CONFIG.task_options["members"][0], "weight": PAPER_WEIGHT}]
+            + V11_CONFIG.task_options["members"][1:]
+        },
+        "optimizer_options": {**V11_CONFIG.optimizer_options, "step_bound": STEP_BOUND},
+        "init": "generalist",
+        "init_sha256": V12_PHI_SHA256,
+        "meta_lr": 3e-4,
+        "num_meta_steps": 1000,
+        "seed": 3,
+    }
+)
+
+#: The fine-tunes (each starts from `V3_INIT` unless its config's ``init`` names another φ):
+#: recipe -> (config, what it is).
 FINETUNES = {
     "v3": (V3_CONFIG, "the generalist fine-tuned on short runs"),
     "v4": (V4_CONFIG, "v3 on a broader mixture"),
@@ -239,8 +265,9 @@ FINETUNES = {
     "v6": (V6_CONFIG, "v4 with each coordinate's step bounded"),
     "v9": (V9_CONFIG, "v5 with a recurrent member"),
     "v11": (V11_CONFIG, "v5 for 5,000 meta-steps"),
+    "v13": (V13_CONFIG, "v12 fine-tuned with the paper's MLP weighted 3 times as much"),
 }
-#: Recipes whose φ lies between v2's (`V3_INIT`) and a fine-tune's, (1 − α) φ_start + α φ_fine-tune
+#: Recipes whose φ lies between a fine-tune's start (`start_of`) and its end, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
 #: recipe -> (fine-tune recipe, α, added options, what it is).
 INTERPOLATIONS = {
@@ -248,6 +275,7 @@ INTERPOLATIONS = {
     "v8": ("v6", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v6, with its step bound"),
     "v10": ("v9", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v9, with v6's step bound"),
     "v12": ("v11", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v11, with v6's step bound"),
+    "v14": ("v13", 0.5, {}, "halfway from v12 to v13"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
@@ -355,18 +383,25 @@ def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Pat
     return [(config, args.meta_steps or config.num_meta_steps, args.run_dir)]
 
 
+def start_of(recipe: str) -> str:
+    """The shipped φ a fine-tune recipe, or an interpolation's fine-tune, starts from."""
+    config = FINETUNES[INTERPOLATIONS[recipe][0] if recipe in INTERPOLATIONS else recipe][0]
+    return config.init or V3_INIT
+
+
 def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     """Writes ``recipe``'s optimizer into ``dest`` from the fine-tune in ``source_dir`` (see `INTERPOLATIONS`)."""
     _, alpha, added, _ = INTERPOLATIONS[recipe]
+    start_name = start_of(recipe)
     tuned_optimizer, tuned = pretrained.load_meta_params(source_dir)
-    start_optimizer, start = pretrained.load_meta_params(V3_INIT)
+    start_optimizer, start = pretrained.load_meta_params(start_name)
     if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **added}:
-        raise ConfigError(f"{source_dir} is not a fine-tune of {V3_INIT}: their optimizers differ")
+        raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
     phi = jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, tuned)
     optimizer = optimizers.get(tuned_optimizer.name, **{**tuned_optimizer.config(), **added})
     record = {
-        "start": V3_INIT,
-        "start_phi_sha256": rd.optimizer_params_sha256(pretrained.locate(V3_INIT)),
+        "start": start_name,
+        "start_phi_sha256": rd.optimizer_params_sha256(pretrained.locate(start_name)),
         "finetune": str(source_dir),
         "finetune_phi_sha256": rd.optimizer_params_sha256(source_dir),
         "alpha": alpha,
@@ -389,8 +424,8 @@ def main() -> None:
         "--run-dir",
         type=Path,
         default=None,
-        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's and "
-        "v12's fine-tunes to generalist-v5, -v6, -v9 and -v11 beside it",
+        help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's, "
+        "v12's and v14's fine-tunes to generalist-v5, -v6, -v9, -v11 and -v13 beside it",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")
@@ -449,8 +484,10 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
                 phi, start = start_for_v2(config.build_optimizer(), v1_phi, config, args.start_inits, args.start_steps)
             print(f"v2 starts from {V2_INIT} with η = {start['chosen_lr']:.4g}", flush=True)
         elif args.recipe in FINETUNES or args.recipe in INTERPOLATIONS:
-            _, phi = pretrained.load_meta_params(V3_INIT)
-            start = {"source": V3_INIT, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(V3_INIT))}
+            name = start_of(args.recipe)
+            start = {"source": name, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(name))}
+            # A config that names its start (``init``) loads it itself, and checks its checksum.
+            phi = None if config.init is not None else pretrained.load_meta_params(name)[1]
         if not finished:
             meta_train(config, run_dir, progress=not args.no_progress, init_meta_params=phi)
         optimizer, phi = pretrained.load_meta_params(run_dir)

@@ -10,7 +10,9 @@ else changed: the step bound κη scales with it), on initialisations of the tun
   weighted as the mixture samples them;
 - the battery's tasks (``TASKS``): the mean loss at steps 100 and 200, paired against
   factor 1, and against tuned NAG at the rate the battery tuned for that task and horizon
-  (read from ``--rates-from``, the battery's ``generalisation.json``).
+  (read from ``--rates-from``, the battery's ``generalisation.json``); and the first
+  step's change of the loss, f(θ_1) − f(θ_0) (each on its own minibatch, as the battery
+  records them), mean ± s.e.: positive where the mean loss rises above its start.
 
 Writes ``learned_rate.{json,md}`` into ``--results-dir``.
 
@@ -101,6 +103,7 @@ def task_rows(optimizer: Any, phi: Any, factors: tuple[float, ...], args: argpar
         runs = sample_tasks(family, step_bound.TUNE_SEED, args.inits or TASKS[label], "tune")
         horizon = min(max(STEPS), args.max_steps or max(STEPS))
         curves = {f: learned_curves(optimizer, scaled(phi, f), family, runs, horizon) for f in sorted({1.0, *factors})}
+        first = {f: harness.paired_difference(c[:, 1], c[:, 0]) for f, c in curves.items()}
         for nominal in STEPS:  # NAG's rate is the battery's for the nominal step, also when --max-steps cuts it.
             steps = min(nominal, horizon)
             nag = loss_curves(baselines.get("nag"), rates[(label, nominal)], family, runs, steps)[:, steps]
@@ -113,6 +116,7 @@ def task_rows(optimizer: Any, phi: Any, factors: tuple[float, ...], args: argpar
                     "mean_loss": float(np.mean(final)), "minus_factor_1": d1, "minus_factor_1_stderr": s1,
                     "nag_rate": rates[(label, nominal)], "nag_loss": float(np.mean(nag)),
                     "minus_nag": dn, "minus_nag_stderr": sn,
+                    "first_step": first[factor][0], "first_step_stderr": first[factor][1],
                 })  # fmt: skip
         print(f"{label}: done", flush=True)
     return rows
@@ -135,14 +139,17 @@ def tables(mixture: list[dict], tasks: list[dict]) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        "| task | steps | factor | mean loss | − factor 1, paired (± s.e.) | tuned NAG (rate) | − NAG, paired (± s.e.) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        (
+            "| task | steps | factor | mean loss | − factor 1, paired (± s.e.) | tuned NAG (rate) "
+            "| − NAG, paired (± s.e.) | first step's change (± s.e.) |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in tasks:
         lines.append(
             f"| {r['task']} | {r['steps']} | {r['factor']:.3f} | {r['mean_loss']:.4f} "
             f"| {r['minus_factor_1']:+.4f} ({r['minus_factor_1_stderr']:.4f}) | {r['nag_loss']:.4f} ({r['nag_rate']:.3g}) "
-            f"| {r['minus_nag']:+.4f} ({r['minus_nag_stderr']:.4f}) |"
+            f"| {r['minus_nag']:+.4f} ({r['minus_nag_stderr']:.4f}) | {r['first_step']:+.4f} ({r['first_step_stderr']:.4f}) |"
         )
     return "\n".join(lines) + "\n"
 

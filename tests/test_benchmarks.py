@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from l2l_jax import errors, pretrained
+from l2l_jax import run_directory as rd
 from l2l_jax.evaluation import learned_curves, sample_tasks
 from l2l_jax.evaluation.baselines import BASELINES
 
@@ -652,6 +653,27 @@ def test_learned_rate_scales_only_eta_and_weights_the_members_as_the_mixture_sam
     assert not list(tmp_path.iterdir())
 
 
+def test_learned_rate_reports_each_factors_first_step_from_the_same_runs(tmp_path):
+    learned_rate, generalisation = benchmark("learned_rate"), benchmark("generalisation")
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    label = "regression network"
+    rows = [{"task": label, "steps": n, "optimizer": "nag", "learning_rate": 0.1} for n in (100, 200)]
+    (tmp_path / "rates.json").write_text(json.dumps({"rows": rows}))
+    args = types.SimpleNamespace(tasks=[label], data_dir=None, inits=3, max_steps=2, rates_from=tmp_path / "rates.json")
+    got = learned_rate.task_rows(optimizer, phi, (1.0, 2.0), args)
+    family = generalisation.build_family({t.label: t for t in generalisation.TASKS}[label], None)
+    runs = sample_tasks(family, learned_rate.step_bound.TUNE_SEED, 3, "tune")
+    for factor in (1.0, 2.0):
+        curves = learned_curves(optimizer, learned_rate.scaled(phi, factor), family, runs, 2)
+        change = curves[:, 1] - curves[:, 0]
+        mine = [r for r in got if r["factor"] == factor]
+        assert len(mine) == 2  # one row a nominal step, both cut to step 2, the same first step
+        for r in mine:
+            assert r["first_step"] == pytest.approx(float(np.mean(change)), abs=1e-6)
+            assert r["first_step_stderr"] == pytest.approx(float(np.std(change) / np.sqrt(3)), abs=1e-6)
+    assert got[0]["first_step"] != got[1]["first_step"]  # factors 1 and 2 take different first steps
+
+
 def test_generalisation_adds_options_to_the_generalist_only_where_its_phi_still_fits():
     generalisation = benchmark("generalisation")
     assert generalisation.option("step_bound=3") == ("step_bound", 3)
@@ -785,6 +807,42 @@ def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_add
     assert info["interpolation"]["alpha"] == 0.5 and info["interpolation"]["start"] == generalist.V3_INIT
     with pytest.raises(errors.ConfigError, match="not a fine-tune of"):
         generalist.interpolate("v7", pretrained.locate("generalist-v1"), tmp_path / "not")
+
+
+def test_the_v13_recipe_fine_tunes_the_shipped_generalist_with_the_papers_mlp_weighted_more():
+    generalist = benchmark("generalist")
+    v11, v13 = generalist.V11_CONFIG.to_dict(), generalist.V13_CONFIG.to_dict()
+    (paper, *rest), (paper13, *rest13) = (c["task_options"]["members"] for c in (v11, v13))
+    assert rest13 == rest and paper13 == {**paper, "weight": generalist.PAPER_WEIGHT} and paper["weight"] == 2.0
+    assert paper["options"] == {t.label: t for t in benchmark("generalisation").TASKS}["base MLP"].options
+    # It starts from the shipped generalist (v12), pinned by checksum, and keeps v12's step bound in meta-training.
+    assert v13["init"] == "generalist" == generalist.SHIPPED_NAMES["v12"] == generalist.start_of("v13")
+    assert v13["init_sha256"] == rd.optimizer_params_sha256(pretrained.locate("generalist"))
+    assert pretrained.load_meta_params("generalist")[0].config()["step_bound"] == generalist.STEP_BOUND
+    assert v13["optimizer_options"] == {**v11["optimizer_options"], "step_bound": generalist.STEP_BOUND}
+    changed = ("task_options", "optimizer_options", "init", "init_sha256", "meta_lr", "num_meta_steps", "seed")
+    assert {k: x for k, x in v13.items() if k not in changed} == {k: x for k, x in v11.items() if k not in changed}
+    assert v13["meta_lr"] < v11["meta_lr"] and v13["num_meta_steps"] < v11["num_meta_steps"]
+    assert generalist.INTERPOLATIONS["v14"][:3] == ("v13", 0.5, {}) and generalist.start_of("v14") == "generalist"
+    assert not {"v13", "v14"} & set(generalist.SHIPPED_NAMES)
+
+
+def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path):
+    generalist = benchmark("generalist")
+    optimizer, start = pretrained.load_meta_params("generalist")
+    tuned = jax.tree.map(lambda x: x + 0.25, start)
+    rd.save_optimizer(tmp_path / "v13", {"optimizer": optimizer.name, "optimizer_config": optimizer.config()}, tuned)
+    built = generalist.interpolate("v14", tmp_path / "v13", tmp_path / "v14")
+    loaded, halfway = pretrained.load_meta_params(tmp_path / "v14")
+    for a, c in zip(jax.tree.leaves(start), jax.tree.leaves(halfway)):
+        np.testing.assert_allclose(c, np.asarray(a) + 0.125, rtol=1e-6, atol=1e-6)
+    assert loaded.config() == built.config() == optimizer.config()
+    record = pretrained.info(tmp_path / "v14")["interpolation"]
+    assert record["start"] == "generalist" and record["alpha"] == 0.5
+    assert record["start_phi_sha256"] == generalist.V12_PHI_SHA256
+    # v7's fine-tunes start from v2, v14's from the generalist: a fine-tune of the other is refused.
+    with pytest.raises(errors.ConfigError, match="not a fine-tune of generalist"):
+        generalist.interpolate("v14", pretrained.locate("generalist-v2"), tmp_path / "not")
 
 
 def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
