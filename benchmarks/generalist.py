@@ -397,11 +397,18 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     start_optimizer, start = pretrained.load_meta_params(start_name)
     if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
+    start_sha = rd.optimizer_params_sha256(pretrained.locate(start_name))
+    pinned = FINETUNES[INTERPOLATIONS[recipe][0]][0].init_sha256
+    if pinned is not None and start_sha != pinned:
+        raise ConfigError(
+            f"{recipe} starts from the {start_name} whose φ has sha256 {pinned}; the {start_name} installed now "
+            f"has {start_sha}"
+        )
     phi = jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b, start, tuned)
     optimizer = optimizers.get(tuned_optimizer.name, **{**tuned_optimizer.config(), **added})
     record = {
         "start": start_name,
-        "start_phi_sha256": rd.optimizer_params_sha256(pretrained.locate(start_name)),
+        "start_phi_sha256": start_sha,
         "finetune": str(source_dir),
         "finetune_phi_sha256": rd.optimizer_params_sha256(source_dir),
         "alpha": alpha,

@@ -827,7 +827,7 @@ def test_the_v13_recipe_fine_tunes_the_shipped_generalist_with_the_papers_mlp_we
     assert not {"v13", "v14"} & set(generalist.SHIPPED_NAMES)
 
 
-def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path):
+def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path, monkeypatch):
     generalist = benchmark("generalist")
     optimizer, start = pretrained.load_meta_params("generalist")
     tuned = jax.tree.map(lambda x: x + 0.25, start)
@@ -843,6 +843,12 @@ def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tm
     # v7's fine-tunes start from v2, v14's from the generalist: a fine-tune of the other is refused.
     with pytest.raises(errors.ConfigError, match="not a fine-tune of generalist"):
         generalist.interpolate("v14", pretrained.locate("generalist-v2"), tmp_path / "not")
+    # A generalist other than the one v13 started from (a later release) is refused, not interpolated from.
+    other = dataclasses.replace(generalist.V13_CONFIG, init_sha256="0" * 64)
+    monkeypatch.setitem(generalist.FINETUNES, "v13", (other, "v13 from another generalist"))
+    with pytest.raises(errors.ConfigError, match="starts from the generalist whose φ has sha256 0000"):
+        generalist.interpolate("v14", tmp_path / "v13", tmp_path / "not")
+    assert not (tmp_path / "not").exists()
 
 
 def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
