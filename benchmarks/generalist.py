@@ -383,10 +383,14 @@ def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Pat
     return [(config, args.meta_steps or config.num_meta_steps, args.run_dir)]
 
 
+def finetune_config(recipe: str) -> MetaTrainConfig:
+    """The config of a fine-tune recipe, or of an interpolation's fine-tune."""
+    return FINETUNES[INTERPOLATIONS[recipe][0] if recipe in INTERPOLATIONS else recipe][0]
+
+
 def start_of(recipe: str) -> str:
     """The shipped φ a fine-tune recipe, or an interpolation's fine-tune, starts from."""
-    config = FINETUNES[INTERPOLATIONS[recipe][0] if recipe in INTERPOLATIONS else recipe][0]
-    return config.init or V3_INIT
+    return finetune_config(recipe).init or V3_INIT
 
 
 def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
@@ -398,7 +402,7 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
     start_sha = rd.optimizer_params_sha256(pretrained.locate(start_name))
-    pinned = FINETUNES[INTERPOLATIONS[recipe][0]][0].init_sha256
+    pinned = finetune_config(recipe).init_sha256
     if pinned is not None and start_sha != pinned:
         raise ConfigError(
             f"{recipe} starts from the {start_name} whose φ has sha256 {pinned}; the {start_name} installed now "
