@@ -37,6 +37,12 @@ training progress. The recipes:
   weighted `PAPER_WEIGHT` instead of 2 (`V13_CONFIG`), to test whether a meta-objective that
   counts the paper's task more closes its gap to tuned NAG.
 * ``v14`` (``--recipe v14``, not shipped): halfway in φ from v12 to v13.
+* ``v15`` (``--recipe v15``, not shipped): v13 with the feature MLP's tensor features switched on
+  over v12 (`V15_CONFIG`; their weights start at zero, so it starts from v12's updates), to test
+  whether an optimizer that sees each tensor's scales and shape can step harder on the paper's
+  MLP without stepping harder elsewhere.
+* ``v16`` (``--recipe v16``, not shipped): halfway in φ from v12 (its tensor features' weights
+  at zero) to v15.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -256,6 +262,11 @@ V13_CONFIG = MetaTrainConfig.from_dict(
     }
 )
 
+#: v15: v13 with tensor features switched on over v12 (their weights start at zero, so v15 starts from v12).
+V15_CONFIG = MetaTrainConfig.from_dict(
+    {**V13_CONFIG.to_dict(), "optimizer_options": {**V13_CONFIG.optimizer_options, "tensor_features": True}}
+)
+
 #: The fine-tunes (each starts from `V3_INIT` unless its config's ``init`` names another φ):
 #: recipe -> (config, what it is).
 FINETUNES = {
@@ -266,6 +277,7 @@ FINETUNES = {
     "v9": (V9_CONFIG, "v5 with a recurrent member"),
     "v11": (V11_CONFIG, "v5 for 5,000 meta-steps"),
     "v13": (V13_CONFIG, "v12 fine-tuned with the paper's MLP weighted 3 times as much"),
+    "v15": (V15_CONFIG, "v13 with tensor features switched on over v12"),
 }
 #: Recipes whose φ lies between a fine-tune's start (`start_of`) and its end, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
@@ -276,6 +288,7 @@ INTERPOLATIONS = {
     "v10": ("v9", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v9, with v6's step bound"),
     "v12": ("v11", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v11, with v6's step bound"),
     "v14": ("v13", 0.5, {}, "halfway from v12 to v13"),
+    "v16": ("v15", 0.5, {}, "halfway from v12 to v15"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
@@ -399,8 +412,14 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     start_name = start_of(recipe)
     tuned_optimizer, tuned = pretrained.load_meta_params(source_dir)
     start_optimizer, start = pretrained.load_meta_params(start_name)
-    if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **added}:
+    # A fine-tune may have switched on extensions over its start (`FINETUNES`' optimizer options): the start
+    # gets them at the weights that change nothing (``extend``).
+    switched_on = {k: v for k, v in tuned_optimizer.config().items() if k not in start_optimizer.config()}
+    switched_on = {k: v for k, v in switched_on.items() if tuned_optimizer.extensions.get(k) == v}
+    if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **switched_on, **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
+    if switched_on:
+        start = tuned_optimizer.extend(start)
     start_sha = rd.optimizer_params_sha256(pretrained.locate(start_name))
     pinned = finetune_config(recipe).init_sha256
     if pinned is not None and start_sha != pinned:
@@ -436,7 +455,7 @@ def main() -> None:
         type=Path,
         default=None,
         help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's, "
-        "v12's and v14's fine-tunes to generalist-v5, -v6, -v9, -v11 and -v13 beside it",
+        "v12's, v14's and v16's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13 and -v15 beside it",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")

@@ -827,6 +827,19 @@ def test_the_v13_recipe_fine_tunes_the_shipped_generalist_with_the_papers_mlp_we
     assert not {"v13", "v14"} & set(generalist.SHIPPED_NAMES)
 
 
+def test_the_v15_recipe_is_v13_with_tensor_features_switched_on_over_the_shipped_generalist():
+    generalist = benchmark("generalist")
+    v13, v15 = generalist.V13_CONFIG.to_dict(), generalist.V15_CONFIG.to_dict()
+    assert v15["optimizer_options"] == {**v13["optimizer_options"], "tensor_features": True}
+    assert {k: x for k, x in v15.items() if k != "optimizer_options"} == {
+        k: x for k, x in v13.items() if k != "optimizer_options"
+    }
+    assert generalist.start_of("v15") == "generalist" and not {"v15", "v16"} & set(generalist.SHIPPED_NAMES)
+    assert generalist.INTERPOLATIONS["v16"][:3] == ("v15", 0.5, {}) and generalist.start_of("v16") == "generalist"
+    _, start = generalist.V15_CONFIG.resolve_init()
+    assert start.optimizer.tensor_features and not np.any(np.asarray(start.meta_params["tensor_w"]))
+
+
 def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path, monkeypatch):
     generalist = benchmark("generalist")
     optimizer, start = pretrained.load_meta_params("generalist")
@@ -849,6 +862,23 @@ def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tm
     with pytest.raises(errors.ConfigError, match="starts from the generalist whose φ has sha256 0000"):
         generalist.interpolate("v14", tmp_path / "v13", tmp_path / "not")
     assert not (tmp_path / "not").exists()
+
+
+def test_v16_lies_halfway_from_the_shipped_generalist_with_zero_tensor_weights_to_its_fine_tune(tmp_path):
+    generalist = benchmark("generalist")
+    _, start = pretrained.load_meta_params("generalist")
+    _, extended = generalist.V15_CONFIG.resolve_init()
+    tuned = jax.tree.map(lambda x: x + 0.25, extended.meta_params)
+    optimizer = extended.optimizer
+    rd.save_optimizer(tmp_path / "v15", {"optimizer": optimizer.name, "optimizer_config": optimizer.config()}, tuned)
+    built = generalist.interpolate("v16", tmp_path / "v15", tmp_path / "v16")
+    loaded, halfway = pretrained.load_meta_params(tmp_path / "v16")
+    assert loaded.config() == built.config() == optimizer.config() and loaded.tensor_features
+    np.testing.assert_allclose(halfway["tensor_w"], 0.125, rtol=1e-6)  # From zero to 0.25.
+    rest = {k: v for k, v in halfway.items() if k != "tensor_w"}
+    for a, c in zip(jax.tree.leaves(start), jax.tree.leaves(rest)):
+        np.testing.assert_allclose(c, np.asarray(a) + 0.125, rtol=1e-6, atol=1e-6)
+    assert pretrained.info(tmp_path / "v16")["interpolation"]["start_phi_sha256"] == generalist.V12_PHI_SHA256
 
 
 def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():

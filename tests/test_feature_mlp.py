@@ -31,6 +31,13 @@ def reference_steps(phi, opt, grads_seq, params_seq):
         if opt.use_params:
             feats.append(np.asarray(p, np.float64)[None])
         x = np.concatenate(feats, 0)
+        tensor_input = 0.0
+        if "tensor_w" in phi:  # Each feature's log RMS over the tensor, its log fan-in and log fan-out.
+            fan_in = int(np.prod(g.shape[:-1])) if g.ndim >= 2 else 1
+            fan_out = g.shape[-1] if g.ndim >= 1 else 1
+            mean_squares = np.mean(x.reshape(len(x), -1) ** 2, axis=1) + 1e-12
+            tensor = np.concatenate([0.5 * np.log(mean_squares), np.log([fan_in, fan_out])])
+            tensor_input = tensor @ np.asarray(phi["tensor_w"], np.float64)
         if opt.normalise_features:
             x = x / np.sqrt(np.mean(x.reshape(len(x), -1) ** 2, axis=1) + 1e-12).reshape(-1, *([1] * g.ndim))
         x = np.moveaxis(x, 0, -1)
@@ -40,6 +47,8 @@ def reference_steps(phi, opt, grads_seq, params_seq):
         layers = phi["layers"]
         for i, layer in enumerate(layers):
             x = x @ np.asarray(layer["w"], np.float64) + np.asarray(layer["b"], np.float64)
+            if i == 0:
+                x = x + tensor_input
             if i < len(layers) - 1:
                 x = np.maximum(x, 0)
         if opt.output == "nominal":
@@ -62,6 +71,8 @@ def reference_steps(phi, opt, grads_seq, params_seq):
         {"use_params": False, "use_progress": False},
         {"output": "nominal", "exp_mult": 0.1, "nominal_lr": 0.03},
         {"output": "nominal", "normalise_features": False, "use_params": False},
+        {"output": "nominal", "tensor_features": True},
+        {"tensor_features": True, "normalise_features": False, "use_progress": False},
     ],
 )
 def test_updates_equal_the_numpy_reference(options):
@@ -69,8 +80,11 @@ def test_updates_equal_the_numpy_reference(options):
 
 
 @pytest.mark.parametrize("shape", [(), (5,), (3, 3, 2, 4)])
-def test_updates_equal_the_numpy_reference_for_leaves_of_any_rank(shape):
-    assert_updates_equal_the_reference({"output": "nominal", "exp_mult": 0.1}, shape)
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_updates_equal_the_numpy_reference_for_leaves_of_any_rank(shape, tensor_features):
+    assert_updates_equal_the_reference(
+        {"output": "nominal", "exp_mult": 0.1, "tensor_features": tensor_features}, shape
+    )
 
 
 def assert_updates_equal_the_reference(options, shape):
@@ -80,12 +94,14 @@ def assert_updates_equal_the_reference(options, shape):
         phi = opt.init(jax.random.key(0))
         if opt.output == "nominal":  # Its last layer starts at zero: give it weights so the test sees them.
             phi["layers"][-1]["w"] = jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+        if opt.tensor_features:  # As do the tensor features' weights.
+            phi["tensor_w"] = 0.1 * jax.random.normal(jax.random.key(2), phi["tensor_w"].shape)
         phi = jax.tree.map(lambda x: x.astype(jnp.float64) * 3, phi)
         tx = jax.jit(opt.as_optax(phi).update)
         rng = np.random.default_rng(0)
         p = rng.normal(size=shape)
         if opt.output == "nominal":
-            assert set(phi) == {"layers", "log_lr"}
+            assert set(phi) == {"layers", "log_lr"} | ({"tensor_w"} if opt.tensor_features else set())
         grads = [rng.normal(size=shape) * s for s in (1.0, 0.1, 10.0, 1.0, 0.5)]
         state = opt.as_optax(phi).init(jnp.asarray(p))
         got = []
@@ -435,3 +451,49 @@ def test_the_step_bound_is_recorded_only_when_set_and_bad_values_are_refused():
     for bad in (0.0, -1.0, float("inf"), "3"):
         with pytest.raises(ConfigError, match="step_bound must be a positive number"):
             feature_mlp(step_bound=bad)
+
+
+# --- tensor features (tensor_features) ------------------------------------------------------
+
+
+def test_switching_tensor_features_on_over_a_trained_phi_changes_no_update():
+    plain = feature_mlp(hidden_sizes=(8,), output="nominal", exp_mult=1.0, reference_fan_in=64.0)
+    opt = feature_mlp(**{**plain.config(), "tensor_features": True})
+    phi = plain.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    extended = opt.extend(phi)
+    assert extended["tensor_w"].shape == (opt.num_tensor_features, 8) == (2 + 2 * 4 + 1 + 2, 8)
+    assert not jnp.any(extended["tensor_w"]) and not jnp.any(opt.init(jax.random.key(0))["tensor_w"])
+    assert opt.meta_param_count() == sum(x.size for x in jax.tree.leaves(extended)) == plain.meta_param_count() + 13 * 8
+    shapes = [(64, 8), (300, 3), (8,), (3, 3, 2, 4), ()]
+    for u, u_plain in zip(first_updates(opt, extended, shapes), first_updates(plain, phi, shapes)):
+        # Another program (one more addition, of zero): the same updates up to float32 rounding.
+        np.testing.assert_allclose(u, u_plain, rtol=1e-6, atol=1e-7 * float(jnp.max(jnp.abs(u_plain))))
+    with pytest.raises(ConfigError, match="extend needs an optimizer with tensor_features and a φ without them"):
+        opt.extend(extended)
+    with pytest.raises(NotImplementedError):
+        optimizers.get("lstm").extend({})
+
+
+@pytest.mark.parametrize("shape", [(64, 8), (8,)])
+def test_with_tensor_features_a_tensors_gradient_scale_changes_its_step_and_without_them_it_does_not(shape):
+    # Every per-coordinate feature is divided by its root mean square over the tensor, and the nominal
+    # step is Adam's: without tensor features a gradient 10 times larger gives the same update.
+    plain = feature_mlp(hidden_sizes=(8,), output="nominal", exp_mult=1.0)
+    opt = feature_mlp(**{**plain.config(), "tensor_features": True})
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    phi["tensor_w"] = 0.1 * jax.random.normal(jax.random.key(2), phi["tensor_w"].shape)
+    phi_plain = {k: v for k, v in phi.items() if k != "tensor_w"}
+    (small,), (large,) = first_updates(plain, phi_plain, [shape], 0.1), first_updates(plain, phi_plain, [shape], 1.0)
+    np.testing.assert_allclose(large, small, rtol=1e-4)
+    (small,), (large,) = first_updates(opt, phi, [shape], 0.1), first_updates(opt, phi, [shape], 1.0)
+    assert float(jnp.max(jnp.abs(large - small))) > 1e-2 * float(jnp.max(jnp.abs(small)))
+
+
+def test_tensor_features_are_recorded_only_when_on_and_bad_values_are_refused():
+    opt, plain = feature_mlp(tensor_features=True), feature_mlp()
+    assert opt.config()["tensor_features"] is True and "tensor_features" not in plain.config()
+    assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
+    with pytest.raises(ConfigError, match="tensor_features"):
+        feature_mlp(tensor_features="yes")

@@ -157,6 +157,28 @@ def test_options_equal_to_the_sources_are_accepted(tmp_path):
     assert cli.main(["meta-train", "--init", SOURCE, *TINY, *extra, "--run-dir", str(tmp_path / "run")]) == 0
 
 
+def test_an_extension_of_the_sources_optimizer_may_be_switched_on_and_starts_from_its_updates(tmp_path, capsys):
+    # A feature MLP's tensor features: φ starts as the source's, their weights at zero.
+    argv = ["meta-train", "--init", "generalist", *TINY, "--optimizer-option", "tensor_features=true"]
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / rd.CONFIG).read_text())
+    source, source_phi = pretrained.load_meta_params("generalist")
+    assert config["optimizer_options"] == {**source.config(), "tensor_features": True}
+    assert config["init_sha256"] == shipped_sha("generalist")
+    resolved, start = MetaTrainConfig.from_dict(config).resolve_init()
+    assert start.optimizer.config() == resolved.build_optimizer().config() and start.sha256 == shipped_sha("generalist")
+    assert not np.any(np.asarray(start.meta_params["tensor_w"]))
+    for a, b in zip(
+        jax.tree.leaves(source_phi), jax.tree.leaves({k: v for k, v in start.meta_params.items() if k != "tensor_w"})
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert pretrained.load_meta_params(tmp_path / "run")[0].tensor_features
+    # Another option still differs from the source's, and is refused.
+    extra = ["--optimizer-option", "hidden_sizes=[8,8]"]
+    assert cli.main([*argv, *extra, "--run-dir", str(tmp_path / "other")]) == 2
+    assert "hidden_sizes=[8, 8] (source: [16, 16])" in capsys.readouterr().err
+
+
 def test_init_refuses_optimizer_or_phi_passed_in_code(tmp_path):
     optimizer, phi = pretrained.load_meta_params(SOURCE)
     with pytest.raises(ConfigError, match="do not also pass optimizer= or init_meta_params="):

@@ -70,12 +70,18 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
       options: the optimizer options the caller gave (``{}`` for none).
 
     Returns:
-      ``(name, options)`` of the source's optimizer.
+      ``(name, options)`` of the source's optimizer, with any of its optimizer's
+      ``extensions`` the caller switched on (see `extended`).
 
     Raises:
       ConfigError: if the caller's optimizer or an option differs from the source's.
     """
     name, recorded = source.optimizer.name, source.optimizer.config()
+    extensions = source.optimizer.extensions
+    switched_on = {
+        k: v for k, v in options.items() if k in extensions and k not in recorded and _json(v) == _json(extensions[k])
+    }
+    options = {k: v for k, v in options.items() if k not in switched_on}
     if optimizer is not None and optimizer != name:
         raise ConfigError(
             f"--init {source.name} starts from a {name} optimizer, but the optimizer given is {optimizer!r}; "
@@ -88,7 +94,25 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
             f"--init {source.name} sets the optimizer's options from its metadata, and these given options differ: "
             f"{described}; drop them (--optimizer-option, optimizer_options=...)"
         )
-    return name, dict(recorded)
+    return name, {**recorded, **switched_on}
+
+
+def extended(source: InitSource, optimizer: LearnedOptimizer) -> InitSource:
+    """``source`` as a start for ``optimizer``: its own optimizer with extensions switched on.
+
+    Args:
+      source: the trained optimizer to start from.
+      optimizer: built from `resolve_optimizer`'s name and options.
+
+    Returns:
+      ``source`` itself when ``optimizer`` has the source's options; else ``source``
+      with ``optimizer`` and φ given the extensions' meta-parameters
+      (``optimizer.extend``), which update as the source does. The name and SHA-256
+      stay the source's.
+    """
+    if optimizer.config() == source.optimizer.config():
+        return source
+    return source._replace(optimizer=optimizer, meta_params=optimizer.extend(source.meta_params))
 
 
 def _json(value: Any) -> Any:

@@ -44,7 +44,7 @@ from l2l_jax.meta._loop import RunSteps, Schedule, check_progress, compile_steps
 from l2l_jax.meta._signals import signals_recorded, sigterm_raises_terminated
 from l2l_jax.meta._validate import validator
 from l2l_jax.meta.horizons import HorizonFn, check_horizons, log_uniform_horizons
-from l2l_jax.meta.init_source import InitSource, load_source, resolve_optimizer
+from l2l_jax.meta.init_source import InitSource, extended, load_source, resolve_optimizer
 from l2l_jax.meta.step import Member, MetaTrainState, clip_by_global_norm, initial_state
 from l2l_jax.meta.unroll import WEIGHTINGS, InnerState, check_tasks_per_chunk, init_inner
 from l2l_jax.optimizers.base import LearnedOptimizer, MetaParams, check_meta_params
@@ -112,8 +112,10 @@ class MetaTrainConfig:
       init: start from a trained optimizer instead of ``optimizer.init``: a shipped
         name (``l2l_jax.pretrained.available()``) or a run directory. Its metadata
         sets ``optimizer`` and ``optimizer_options`` (a non-default ``optimizer`` or
-        an option that differs from the source's is refused); no code it names is
-        imported. ``None``: a fresh φ.
+        an option that differs from the source's is refused, except that an option
+        among the optimizer's ``extensions`` may be switched on, e.g. a feature MLP's
+        ``tensor_features``: φ then starts as the source's with the extension's weights
+        at zero); no code it names is imported. ``None``: a fresh φ.
       init_sha256: the SHA-256 of the source's φ file; ``meta_train`` records it
         when the run starts and a resume refuses a source that has changed since.
     """
@@ -223,7 +225,7 @@ class MetaTrainConfig:
         given = None if self.optimizer == _DEFAULT_OPTIMIZER else self.optimizer
         name, options = resolve_optimizer(source, given, self.optimizer_options)
         resolved = dataclasses.replace(self, optimizer=name, optimizer_options=options, init_sha256=source.sha256)
-        return resolved, source
+        return resolved, extended(source, resolved.build_optimizer())
 
     def build_task(self) -> TaskFamily | TaskMixture:
         return tasks_lib.get(self.task, **self.task_options)

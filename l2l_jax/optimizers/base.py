@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,21 @@ class LearnedOptimizer(abc.ABC):
 
     #: Registry name, used in run directories and on the command line.
     name: str = ""
+
+    #: Options that meta-training from a trained φ without them may switch on, with the
+    #: value that switches each on; `extend` gives such a φ their meta-parameters.
+    extensions: ClassVar[dict[str, Any]] = {}
+
+    def extend(self, meta_params: MetaParams) -> MetaParams:
+        """φ of this optimizer from ``meta_params`` trained without its `extensions`.
+
+        Args:
+          meta_params: φ of this optimizer with every extension switched off.
+
+        Returns:
+          A φ for this optimizer whose updates equal those of ``meta_params``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no extensions")
 
     @abc.abstractmethod
     def init(self, key: jax.Array) -> MetaParams:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +96,13 @@ class FeatureMLP(LearnedOptimizer):
     meta-trained on (a gradient many times its tensor's root mean square, as at a
     frequent token's embedding), no coordinate moves by more than κ nominal steps.
 
+    With ``tensor_features`` on, every coordinate also sees features of its tensor,
+    the same at all its coordinates: the log root mean square over the tensor of each
+    per-coordinate feature (the scales the normalisation divides out) and the tensor's
+    log fan-in and log fan-out, so one φ can step differently in tensors of different
+    scales and shapes. Their weights (φ's ``"tensor_w"``) start at zero:
+    `extend` turns a trained φ without them into one that updates the same.
+
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
 
@@ -114,6 +121,7 @@ class FeatureMLP(LearnedOptimizer):
     """
 
     name = "feature_mlp"
+    extensions: ClassVar[dict[str, Any]] = {"tensor_features": True}
 
     def __init__(
         self,
@@ -131,6 +139,7 @@ class FeatureMLP(LearnedOptimizer):
         state_dtype: str | None = None,
         reference_fan_out: float | None = None,
         step_bound: float | None = None,
+        tensor_features: bool = False,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -158,6 +167,7 @@ class FeatureMLP(LearnedOptimizer):
             None if reference_fan_out is None else positive_float("reference_fan_out", reference_fan_out)
         )
         self.step_bound = None if step_bound is None else positive_float("step_bound", step_bound)
+        self.tensor_features = boolean("tensor_features", tensor_features)
         self.state_dtype = check_state_dtype(state_dtype)
         count = self.meta_param_count()
         if count > MAX_META_PARAMS:
@@ -177,15 +187,23 @@ class FeatureMLP(LearnedOptimizer):
         k = len(self.momentum_decays)
         return 2 + 2 * k + int(self.use_params) + (len(PROGRESS_SCALES) if self.use_progress else 0)
 
+    @property
+    def num_tensor_features(self) -> int:
+        """Inputs per tensor with ``tensor_features``: each per-coordinate feature's log RMS, log fan-in and fan-out."""
+        return 2 + 2 * len(self.momentum_decays) + int(self.use_params) + 2
+
     def meta_param_count(self) -> int:
         """The number of elements of φ (exact, in Python integers)."""
         sizes = (self.num_features, *self.hidden_sizes, 2)
-        return sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes)) + int(
-            self.output == "nominal"
+        tensor = self.num_tensor_features * self.hidden_sizes[0] if self.tensor_features else 0
+        return (
+            sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+            + int(self.output == "nominal")
+            + tensor
         )
 
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this optimizer; ``reference_fan_in``/``_out``, ``state_dtype`` and ``step_bound`` only when set."""
+        """The options that rebuild this optimizer; ``reference_fan_in``/``_out``, ``state_dtype``, ``step_bound`` and ``tensor_features`` only when set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -201,6 +219,7 @@ class FeatureMLP(LearnedOptimizer):
             **({} if self.state_dtype is None else {"state_dtype": self.state_dtype}),
             **({} if self.reference_fan_out is None else {"reference_fan_out": self.reference_fan_out}),
             **({} if self.step_bound is None else {"step_bound": self.step_bound}),
+            **({"tensor_features": True} if self.tensor_features else {}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -211,9 +230,29 @@ class FeatureMLP(LearnedOptimizer):
             if self.output == "nominal" and i == len(sizes) - 2:
                 w = jnp.zeros_like(w)
             layers.append({"w": w, "b": jnp.zeros((fan_out,))})
+        meta_params: MetaParams = {"layers": layers}
         if self.output == "nominal":
-            return {"layers": layers, "log_lr": jnp.log(jnp.asarray(self.nominal_lr, jnp.float32))}
-        return {"layers": layers}
+            meta_params["log_lr"] = jnp.log(jnp.asarray(self.nominal_lr, jnp.float32))
+        return self.extend(meta_params) if self.tensor_features else meta_params
+
+    def extend(self, meta_params: MetaParams) -> MetaParams:
+        """``meta_params`` of this optimizer without tensor features, given them with zero weights.
+
+        The weights of the tensor features start at zero, so the returned φ computes the
+        same updates as ``meta_params`` does without them: meta-training from a trained
+        φ with ``tensor_features`` switched on starts from exactly that optimizer.
+
+        Args:
+          meta_params: φ of a `FeatureMLP` with this one's options but ``tensor_features``.
+
+        Returns:
+          ``meta_params`` with ``"tensor_w"``, zeros of shape (`num_tensor_features`,
+          first hidden width).
+        """
+        if not self.tensor_features or "tensor_w" in meta_params:
+            raise ConfigError("extend needs an optimizer with tensor_features and a φ without them")
+        zeros = jnp.zeros((self.num_tensor_features, self.hidden_sizes[0]), jnp.float32)
+        return {**meta_params, "tensor_w": zeros}
 
     def _transformation(self, meta_params: MetaParams) -> optax.GradientTransformationExtraArgs:
         def advance(meta_params: MetaParams, count: jax.Array) -> tuple[PyTree, tuple[jax.Array]]:
@@ -261,7 +300,7 @@ class FeatureMLP(LearnedOptimizer):
         features = [g[None], new_m, new_m * rsqrt, (g * rsqrt)[None]]
         if self.use_params:
             features.append(jnp.where(keep, p.astype(dt), zero)[None])
-        out = self._network(meta_params["layers"], features, progress, keep)
+        out = self._network(meta_params["layers"], features, progress, keep, meta_params.get("tensor_w"))
         if self.output == "nominal":
             nominal_m = new_m[self.momentum_decays.index(NOMINAL_DECAY)]
             m_hat = nominal_m / (1 - jnp.asarray(NOMINAL_DECAY, dt) ** t.astype(dt))
@@ -287,14 +326,20 @@ class FeatureMLP(LearnedOptimizer):
         return factor
 
     def _network(
-        self, layers: list[MetaParams], features: list[jax.Array], progress: jax.Array, keep: jax.Array
+        self,
+        layers: list[MetaParams],
+        features: list[jax.Array],
+        progress: jax.Array,
+        keep: jax.Array,
+        tensor_w: jax.Array | None = None,
     ) -> list[jax.Array]:
         """The MLP on ``features`` (arrays of shape (k, *shape), F rows in all); returns its 2 outputs.
 
         The same maths as dividing each feature by its root mean square over the
-        coordinates in ``keep`` and appending progress to every coordinate's
-        features, without that copy: the normalisation scales layer 0's rows, and
-        progress, the same at every coordinate, adds to layer 0's bias. Leaves of
+        coordinates in ``keep`` and appending progress (and, with ``tensor_w``, the
+        tensor features) to every coordinate's features, without that copy: the
+        normalisation scales layer 0's rows, and inputs that are the same at every
+        coordinate add to layer 0's bias. Leaves of
         ``COORDINATEWISE_MIN_SIZE`` coordinates or more never gather the features
         into one array (see ``_coordinatewise_layers``).
         """
@@ -308,14 +353,18 @@ class FeatureMLP(LearnedOptimizer):
         elementwise = keep.size >= COORDINATEWISE_MIN_SIZE
         rows = [f[k] for f in features for k in range(len(f))] if elementwise else None
         x = None if elementwise else jnp.concatenate(features, axis=0)
-        if self.normalise_features:
+        if self.normalise_features or tensor_w is not None:
             count_finite = jnp.maximum(jnp.sum(keep), 1).astype(dt)
             zero = jnp.zeros((), dt)
             if elementwise:
                 sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
             else:
                 sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
-            weights[0] = weights[0] * jax.lax.rsqrt(sum_squares / count_finite + 1e-12)[:, None]
+            mean_squares = sum_squares / count_finite + 1e-12
+        if self.normalise_features:
+            weights[0] = weights[0] * jax.lax.rsqrt(mean_squares)[:, None]
+        if tensor_w is not None:
+            biases[0] = biases[0] + _tensor_features(mean_squares, keep.shape) @ tensor_w.astype(dt)
         if elementwise:
             return _coordinatewise_layers(rows, weights, biases)
         for i, (w, b) in enumerate(zip(weights, biases)):
@@ -323,6 +372,18 @@ class FeatureMLP(LearnedOptimizer):
             if i < len(layers) - 1:
                 x = jax.nn.relu(x)
         return [x[0], x[1]]
+
+
+def _tensor_features(mean_squares: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A tensor's features: each per-coordinate feature's log RMS over it, its log fan-in and log fan-out.
+
+    Fan-in is the product of all axes but the last (1 for vectors and scalars), fan-out
+    the last axis (1 for scalars), as for the width factors.
+    """
+    fan_in = math.prod(shape[:-1]) if len(shape) >= 2 else 1
+    fan_out = shape[-1] if shape else 1
+    fans = jnp.log(jnp.asarray([fan_in, fan_out], mean_squares.dtype))
+    return jnp.concatenate([0.5 * jnp.log(mean_squares), fans])
 
 
 def _coordinatewise_layers(x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]) -> list[jax.Array]:
@@ -355,6 +416,7 @@ def feature_mlp(
     state_dtype: str | None = None,
     reference_fan_out: float | None = None,
     step_bound: float | None = None,
+    tensor_features: bool = False,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -385,6 +447,9 @@ def feature_mlp(
       step_bound: clip every coordinate's step to ±step_bound · η (``"nominal"``) or
         ±step_bound · step_mult (``"bounded"``), before the width factors (see
         `FeatureMLP`); ``None``: off.
+      tensor_features: also feed every coordinate its tensor's features: the log root
+        mean square over the tensor of each per-coordinate feature, and the tensor's log
+        fan-in and log fan-out (see `FeatureMLP`); their weights start at zero.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -418,4 +483,5 @@ def feature_mlp(
         state_dtype,
         reference_fan_out,
         step_bound,
+        tensor_features,
     )
