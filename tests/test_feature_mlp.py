@@ -380,13 +380,18 @@ def test_the_fan_out_factor_is_the_root_of_min_of_one_and_reference_over_the_las
             feature_mlp(reference_fan_out=bad)
 
 
-def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(monkeypatch):
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_the_coordinatewise_network_gives_the_updates_of_the_matrix_products(monkeypatch, tensor_features):
     module = importlib.import_module("l2l_jax.optimizers.feature_mlp")
     params = {"w": jax.random.normal(jax.random.key(0), (20, 30)) * 0.1, "b": jnp.zeros(30)}
+    shipped, phi = pretrained.load_meta_params("generalist")
+    opt = feature_mlp(**{**shipped.config(), "tensor_features": tensor_features})
+    if tensor_features:
+        phi = {**opt.extend(phi), "tensor_w": 0.1 * jax.random.normal(jax.random.key(2), (opt.num_tensor_features, 16))}
     runs = {}
     for threshold in (1, 2**62):  # Every leaf coordinatewise, then none.
         monkeypatch.setattr(module, "COORDINATEWISE_MIN_SIZE", threshold)
-        tx = pretrained.load("generalist")
+        tx = opt.as_optax(phi)
         update = jax.jit(tx.update)  # Traced (reading the threshold) at its first call, below.
         state, p, updates = tx.init(params), params, []
         for t in range(3):
@@ -489,6 +494,19 @@ def test_with_tensor_features_a_tensors_gradient_scale_changes_its_step_and_with
     np.testing.assert_allclose(large, small, rtol=1e-4)
     (small,), (large,) = first_updates(opt, phi, [shape], 0.1), first_updates(opt, phi, [shape], 1.0)
     assert float(jnp.max(jnp.abs(large - small))) > 1e-2 * float(jnp.max(jnp.abs(small)))
+
+
+def test_a_gradient_whose_squares_overflow_gives_finite_updates_with_tensor_features():
+    # 1e30 squared is inf in float32: the tensor's log RMS is capped, not log(inf) times a zero weight (NaN).
+    plain = feature_mlp(hidden_sizes=(8,), output="nominal", exp_mult=1.0)
+    opt = feature_mlp(**{**plain.config(), "tensor_features": True})
+    phi = plain.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    params, grads = jnp.ones((4, 3)), jnp.full((4, 3), 1e30).at[0, 0].set(-1e30)
+    (plain_update, _), (update, _) = (o.as_optax(f).update(grads, o.as_optax(f).init(params), params)
+                                      for o, f in ((plain, phi), (opt, opt.extend(phi))))  # fmt: skip
+    assert bool(jnp.all(jnp.isfinite(update))) and bool(jnp.all(jnp.isfinite(plain_update)))
+    np.testing.assert_allclose(update, plain_update, rtol=1e-6)
 
 
 def test_tensor_features_are_recorded_only_when_on_and_bad_values_are_refused():

@@ -22,8 +22,9 @@ class InitSource(NamedTuple):
     Attributes:
       name: the source as given: a shipped name or a run directory.
       sha256: the SHA-256 of its φ file (``optimizer.msgpack``).
-      optimizer: the learned optimizer, built from the source's metadata.
-      meta_params: its trained φ.
+      optimizer: the learned optimizer, built from the source's metadata (with
+        extensions switched on, after `extended`).
+      meta_params: its trained φ (given the extensions' meta-parameters, after `extended`).
     """
 
     name: str
@@ -74,7 +75,8 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
       ``extensions`` the caller switched on (see `extended`).
 
     Raises:
-      ConfigError: if the caller's optimizer or an option differs from the source's.
+      ConfigError: if the caller's optimizer or an option differs from the source's (other
+        than an extension switched on).
     """
     name, recorded = source.optimizer.name, source.optimizer.config()
     extensions = source.optimizer.extensions

@@ -216,8 +216,8 @@ class MetaTrainConfig:
         Raises:
           UnknownNameError: if ``init`` is neither a shipped name nor an existing path.
           RunDirectoryError: if the source is incomplete or damaged.
-          ConfigError: if ``optimizer``/``optimizer_options`` differ from the source's, or its
-            φ's SHA-256 is not ``init_sha256``.
+          ConfigError: if ``optimizer``/``optimizer_options`` differ from the source's (other
+            than an extension switched on), or its φ's SHA-256 is not ``init_sha256``.
         """
         if self.init is None:
             return self, None

@@ -67,7 +67,8 @@ class FeatureMLP(LearnedOptimizer):
     progress tanh(t / τ) for τ in `PROGRESS_SCALES`. Every feature but progress is
     then divided by its root mean square over the parameter tensor (unless
     ``normalise_features`` is off), so the network
-    sees the same scale in every tensor whatever its width or the loss's scale. The
+    sees the same scale in every tensor whatever its width or the loss's scale (with
+    ``tensor_features`` it also sees those scales, below). The
     network outputs a direction d and a magnitude m. With ``output="bounded"`` the
     update is ``d · exp(exp_mult · m) · step_mult``. With ``output="nominal"`` it is
     ``exp(exp_mult · m) · (step_mult · d − η · n)``, where n is Adam's bias-corrected
@@ -100,8 +101,9 @@ class FeatureMLP(LearnedOptimizer):
     the same at all its coordinates: the log root mean square over the tensor of each
     per-coordinate feature (the scales the normalisation divides out) and the tensor's
     log fan-in and log fan-out, so one φ can step differently in tensors of different
-    scales and shapes. Their weights (φ's ``"tensor_w"``) start at zero:
-    `extend` turns a trained φ without them into one that updates the same.
+    scales and shapes (and so gives up the invariance to the loss's scale that the
+    normalisation gives). Their weights (φ's ``"tensor_w"``) start at zero: `extend`
+    turns a trained φ without them into one that updates the same, up to float rounding.
 
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
@@ -360,7 +362,7 @@ class FeatureMLP(LearnedOptimizer):
                 sum_squares = jnp.stack([jnp.sum(jnp.square(jnp.where(keep, r, zero))) for r in rows])
             else:
                 sum_squares = jnp.sum(jnp.square(jnp.where(keep, x, zero)), axis=tuple(range(1, x.ndim)))
-            mean_squares = sum_squares / count_finite + 1e-12
+            mean_squares = sum_squares / count_finite + 1e-12  # inf if squares overflow: rsqrt gives 0
         if self.normalise_features:
             weights[0] = weights[0] * jax.lax.rsqrt(mean_squares)[:, None]
         if tensor_w is not None:
@@ -383,7 +385,8 @@ def _tensor_features(mean_squares: jax.Array, shape: tuple[int, ...]) -> jax.Arr
     fan_in = math.prod(shape[:-1]) if len(shape) >= 2 else 1
     fan_out = shape[-1] if shape else 1
     fans = jnp.log(jnp.asarray([fan_in, fan_out], mean_squares.dtype))
-    return jnp.concatenate([0.5 * jnp.log(mean_squares), fans])
+    finite = jnp.minimum(mean_squares, jnp.finfo(mean_squares.dtype).max)  # log(inf) · 0 would be NaN
+    return jnp.concatenate([0.5 * jnp.log(finite), fans])
 
 
 def _coordinatewise_layers(x: list[jax.Array], weights: list[jax.Array], biases: list[jax.Array]) -> list[jax.Array]:
