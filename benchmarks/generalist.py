@@ -414,8 +414,7 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     start_optimizer, start = pretrained.load_meta_params(start_name)
     # A fine-tune may have switched on extensions over its start (`FINETUNES`' optimizer options): the start
     # gets them at the weights that change nothing (``extend``).
-    switched_on = {k: v for k, v in tuned_optimizer.config().items() if k not in start_optimizer.config()}
-    switched_on = {k: v for k, v in switched_on.items() if tuned_optimizer.extensions.get(k) == v}
+    switched_on = start_optimizer.switched_on(tuned_optimizer.config())
     if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **switched_on, **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
     if switched_on:

@@ -79,10 +79,7 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
         than an extension switched on).
     """
     name, recorded = source.optimizer.name, source.optimizer.config()
-    extensions = source.optimizer.extensions
-    switched_on = {
-        k: v for k, v in options.items() if k in extensions and k not in recorded and _json(v) == _json(extensions[k])
-    }
+    switched_on = source.optimizer.switched_on(options)
     options = {k: v for k, v in options.items() if k not in switched_on}
     if optimizer is not None and optimizer != name:
         raise ConfigError(

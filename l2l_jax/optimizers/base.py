@@ -52,6 +52,21 @@ class LearnedOptimizer(abc.ABC):
     #: value that switches each on; `extend` gives such a φ their meta-parameters.
     extensions: ClassVar[dict[str, Any]] = {}
 
+    def switched_on(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options in ``options`` that switch one of this optimizer's `extensions` on.
+
+        Args:
+          options: optimizer options (e.g. those a run was given, or another optimizer's config).
+
+        Returns:
+          Those among `extensions`, absent from this optimizer's config, with the value
+          that switches them on.
+        """
+        config = self.config()
+        return {
+            k: v for k, v in options.items() if k in self.extensions and k not in config and v == self.extensions[k]
+        }
+
     def extend(self, meta_params: MetaParams) -> MetaParams:
         """φ of this optimizer from ``meta_params`` trained without its `extensions`.
 

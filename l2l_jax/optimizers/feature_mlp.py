@@ -186,13 +186,17 @@ class FeatureMLP(LearnedOptimizer):
     @property
     def num_features(self) -> int:
         """Inputs of the network per coordinate."""
-        k = len(self.momentum_decays)
-        return 2 + 2 * k + int(self.use_params) + (len(PROGRESS_SCALES) if self.use_progress else 0)
+        return self._num_coordinate_features + (len(PROGRESS_SCALES) if self.use_progress else 0)
 
     @property
     def num_tensor_features(self) -> int:
         """Inputs per tensor with ``tensor_features``: each per-coordinate feature's log RMS, log fan-in and fan-out."""
-        return 2 + 2 * len(self.momentum_decays) + int(self.use_params) + 2
+        return self._num_coordinate_features + 2
+
+    @property
+    def _num_coordinate_features(self) -> int:
+        """Features that differ from coordinate to coordinate: the gradient, momenta, both normalised, the parameter."""
+        return 2 + 2 * len(self.momentum_decays) + int(self.use_params)
 
     def meta_param_count(self) -> int:
         """The number of elements of φ (exact, in Python integers)."""
@@ -241,8 +245,9 @@ class FeatureMLP(LearnedOptimizer):
         """``meta_params`` of this optimizer without tensor features, given them with zero weights.
 
         The weights of the tensor features start at zero, so the returned φ computes the
-        same updates as ``meta_params`` does without them: meta-training from a trained
-        φ with ``tensor_features`` switched on starts from exactly that optimizer.
+        same updates as ``meta_params`` does without them (up to float rounding):
+        meta-training from a trained φ with ``tensor_features`` switched on starts from
+        that optimizer.
 
         Args:
           meta_params: φ of a `FeatureMLP` with this one's options but ``tensor_features``.
@@ -320,11 +325,11 @@ class FeatureMLP(LearnedOptimizer):
         return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
 
     def _width_factor(self, shape: tuple[int, ...]) -> float:
-        factor = 1.0
+        factor, (fan_in, fan_out) = 1.0, _fans(shape)
         if len(shape) >= 2 and self.reference_fan_in is not None:
-            factor *= min(1.0, self.reference_fan_in / math.prod(shape[:-1]))
+            factor *= min(1.0, self.reference_fan_in / fan_in)
         if len(shape) >= 1 and self.reference_fan_out is not None:
-            factor *= math.sqrt(min(1.0, self.reference_fan_out / shape[-1]))
+            factor *= math.sqrt(min(1.0, self.reference_fan_out / fan_out))
         return factor
 
     def _network(
@@ -376,15 +381,14 @@ class FeatureMLP(LearnedOptimizer):
         return [x[0], x[1]]
 
 
-def _tensor_features(mean_squares: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """A tensor's features: each per-coordinate feature's log RMS over it, its log fan-in and log fan-out.
+def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A tensor's fan-in, the product of all axes but the last (1 for vectors and scalars), and fan-out, the last axis (1 for scalars)."""
+    return (math.prod(shape[:-1]) if len(shape) >= 2 else 1), (shape[-1] if shape else 1)
 
-    Fan-in is the product of all axes but the last (1 for vectors and scalars), fan-out
-    the last axis (1 for scalars), as for the width factors.
-    """
-    fan_in = math.prod(shape[:-1]) if len(shape) >= 2 else 1
-    fan_out = shape[-1] if shape else 1
-    fans = jnp.log(jnp.asarray([fan_in, fan_out], mean_squares.dtype))
+
+def _tensor_features(mean_squares: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A tensor's features: each per-coordinate feature's log RMS over it, its log fan-in and log fan-out (`_fans`)."""
+    fans = jnp.log(jnp.asarray(_fans(shape), mean_squares.dtype))
     finite = jnp.minimum(mean_squares, jnp.finfo(mean_squares.dtype).max)  # log(inf) · 0 would be NaN
     return jnp.concatenate([0.5 * jnp.log(finite), fans])
 
