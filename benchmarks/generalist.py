@@ -43,6 +43,10 @@ training progress. The recipes:
   MLP without stepping harder elsewhere.
 * ``v16`` (``--recipe v16``, not shipped): halfway in φ from v12 (its tensor features' weights
   at zero) to v15.
+* ``v17`` (``--recipe v17``, not shipped): v15 meta-trained 1,000 meta-steps more on v11's mixture,
+  where the paper's MLP weighs 2 again (`V17_CONFIG`), to test whether more meta-training with
+  tensor features keeps v15's gains without its losses; it meta-trains v15 first (into
+  ``runs/generalist-v15``) if it is not there.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -63,6 +67,7 @@ file (``--battery``, default ``benchmarks/results/generalisation.json``) has the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -267,6 +272,18 @@ V15_CONFIG = MetaTrainConfig.from_dict(
     {**V13_CONFIG.to_dict(), "optimizer_options": {**V13_CONFIG.optimizer_options, "tensor_features": True}}
 )
 
+#: v17: v15 meta-trained 1,000 meta-steps more on v11's mixture (the paper's MLP weighted 2 again), seed 4; its
+#: ``init`` (v15's run directory, beside v17's) is set by `stages_for`.
+V17_CONFIG = MetaTrainConfig.from_dict(
+    {
+        **V15_CONFIG.to_dict(),
+        "task_options": V11_CONFIG.task_options,
+        "init": None,
+        "init_sha256": None,
+        "seed": 4,
+    }
+)
+
 #: The fine-tunes (each starts from `V3_INIT` unless its config's ``init`` names another φ):
 #: recipe -> (config, what it is).
 FINETUNES = {
@@ -278,7 +295,11 @@ FINETUNES = {
     "v11": (V11_CONFIG, "v5 for 5,000 meta-steps"),
     "v13": (V13_CONFIG, "v12 fine-tuned with the paper's MLP weighted 3 times as much"),
     "v15": (V15_CONFIG, "v13 with tensor features switched on over v12"),
+    "v17": (V17_CONFIG, "v15 meta-trained on v11's mixture for 1,000 meta-steps more"),
 }
+#: Fine-tunes that continue another fine-tune's run, which they meta-train first if it is not there:
+#: recipe -> the recipe they continue.
+CONTINUES = {"v17": "v15"}
 #: Recipes whose φ lies between a fine-tune's start (`start_of`) and its end, (1 − α) φ_start + α φ_fine-tune
 #: (weight-space ensembling, WiSE-FT: Wortsman et al., 2022), with options added after meta-training:
 #: recipe -> (fine-tune recipe, α, added options, what it is).
@@ -392,6 +413,14 @@ def stages_for(args: argparse.Namespace) -> list[tuple[MetaTrainConfig, int, Pat
         source = INTERPOLATIONS[args.recipe][0]
         config = FINETUNES[source][0]
         return [(config, args.meta_steps or config.num_meta_steps, args.run_dir.parent / f"generalist-{source}")]
+    if args.recipe in CONTINUES:
+        source = CONTINUES[args.recipe]
+        source_config, source_dir = FINETUNES[source][0], args.run_dir.parent / f"generalist-{source}"
+        config = dataclasses.replace(FINETUNES[args.recipe][0], init=str(source_dir))
+        return [
+            (source_config, args.meta_steps or source_config.num_meta_steps, source_dir),
+            (config, args.finetune_steps or config.num_meta_steps, args.run_dir),
+        ]
     config = V2_CONFIG if args.recipe == "v2" else FINETUNES[args.recipe][0]
     return [(config, args.meta_steps or config.num_meta_steps, args.run_dir)]
 
@@ -402,8 +431,8 @@ def finetune_config(recipe: str) -> MetaTrainConfig:
 
 
 def start_of(recipe: str) -> str:
-    """The shipped φ a fine-tune recipe, or an interpolation's fine-tune, starts from."""
-    return finetune_config(recipe).init or V3_INIT
+    """The shipped φ a fine-tune recipe, or an interpolation's fine-tune, starts from (a continuation: its source's)."""
+    return start_of(CONTINUES[recipe]) if recipe in CONTINUES else finetune_config(recipe).init or V3_INIT
 
 
 def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
@@ -454,10 +483,11 @@ def main() -> None:
         type=Path,
         default=None,
         help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's, "
-        "v12's, v14's and v16's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13 and -v15 beside it",
+        "v12's, v14's and v16's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13 and -v15 beside it (v17's "
+        "first stage to generalist-v15 too)",
     )
-    parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1: stage 1's)")
-    parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1: stage 2's")
+    parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1, v17: stage 1's)")
+    parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1, v17: stage 2's")
     parser.add_argument("--horizon", type=harness.count, default=None, help="every stage's (for quick checks)")
     parser.add_argument("--truncation", type=harness.count, default=None, help="every stage's (for quick checks)")
     parser.add_argument("--val-tasks", type=harness.count, default=None, help="every stage's (for quick checks)")

@@ -35,6 +35,7 @@ import numpy as np
 import step_bound
 
 from l2l_jax import pretrained
+from l2l_jax.errors import L2LError
 from l2l_jax.evaluation import baselines, learned_curves, loss_curves, sample_tasks
 
 #: The factors run by default: 10^(k/8) for k = −1 to 3 (0.75 to 2.37).
@@ -158,6 +159,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_data_dir_option(parser)
     parser.add_argument("--optimizer", default="generalist", help="a shipped name or a run directory")
+    parser.add_argument(
+        "--optimizer-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options added to --optimizer's, same φ (VALUE as JSON), e.g. warmup_steps=2",
+    )
     parser.add_argument("--factors", nargs="+", type=harness.positive, default=list(FACTORS))
     parser.add_argument(
         "--tasks", nargs="*", default=list(TASKS), help=f"a subset of: {', '.join(TASKS)} (none: the mixture only)"
@@ -174,14 +182,21 @@ def main() -> None:
         parser.error(f"unknown task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, TASKS))}")
     if not args.rates_from.is_file():
         parser.error(f"--rates-from {args.rates_from}: no such file (the battery's generalisation.json)")
-    optimizer, phi = pretrained.load_meta_params(args.optimizer)
+    try:
+        options = dict(map(generalisation.option, args.optimizer_options))
+        optimizer, phi = generalisation.with_options(*pretrained.load_meta_params(args.optimizer), options)
+    except (ValueError, L2LError) as e:
+        parser.error(f"--optimizer / --optimizer-options: {e}")
     if not isinstance(phi, dict) or "log_lr" not in phi:
         parser.error(f"--optimizer {args.optimizer}: a {optimizer.name!r} optimizer has no learned rate η (log_lr)")
     factors = tuple(sorted(set(args.factors)))
     t0 = time.perf_counter()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     results = harness.Results(
-        args.results_dir / "learned_rate.json", machine=harness.describe_machine(), command=harness.command()
+        args.results_dir / "learned_rate.json",
+        machine=harness.describe_machine(),
+        command=harness.command(),
+        optimizer={"name": optimizer.name, "options": optimizer.config()},
     )
     mixture = mixture_rows(optimizer, phi, factors, args)
     tasks = task_rows(optimizer, phi, factors, args)

@@ -645,6 +645,9 @@ def test_learned_rate_scales_only_eta_and_weights_the_members_as_the_mixture_sam
         (["--tasks", "MLP"], "unknown task(s) 'MLP'"),
         (["--rates-from", str(tmp_path / "none.json")], "none.json: no such file"),
         (["--optimizer", "mnist-lstm"], "a 'lstm' optimizer has no learned rate"),
+        (["--optimizer-options", "warmup_steps"], "'warmup_steps' is not KEY=VALUE"),
+        (["--optimizer-options", "warmup_steps=0"], "warmup_steps must be a positive integer"),
+        (["--optimizer-options", "hidden_sizes=[8]"], "change the shape of φ"),
     ):
         monkeypatch.setattr(sys, "argv", ["learned_rate.py", *argv, "--results-dir", str(tmp_path)])
         with pytest.raises(SystemExit) as exit_:
@@ -838,6 +841,21 @@ def test_the_v15_recipe_is_v13_with_tensor_features_switched_on_over_the_shipped
     assert generalist.INTERPOLATIONS["v16"][:3] == ("v15", 0.5, {}) and generalist.start_of("v16") == "generalist"
     _, start = generalist.V15_CONFIG.resolve_init()
     assert start.optimizer.tensor_features and not np.any(np.asarray(start.meta_params["tensor_w"]))
+
+
+def test_the_v17_recipe_meta_trains_v15_first_then_continues_its_run_on_v11s_mixture(tmp_path):
+    generalist = benchmark("generalist")
+    v15, v17 = generalist.V15_CONFIG.to_dict(), generalist.V17_CONFIG.to_dict()
+    assert v17["task_options"] == generalist.V11_CONFIG.task_options != v15["task_options"]
+    assert v17["seed"] != v15["seed"] and v17["init"] is None and v17["init_sha256"] is None
+    changed = ("task_options", "seed", "init", "init_sha256")
+    assert {k: x for k, x in v17.items() if k not in changed} == {k: x for k, x in v15.items() if k not in changed}
+    args = types.SimpleNamespace(recipe="v17", run_dir=tmp_path / "generalist-v17", meta_steps=3, finetune_steps=2)
+    (first, first_steps, first_dir), (second, second_steps, second_dir) = generalist.stages_for(args)
+    assert (first, first_steps, first_dir) == (generalist.V15_CONFIG, 3, tmp_path / "generalist-v15")
+    assert second == dataclasses.replace(generalist.V17_CONFIG, init=str(tmp_path / "generalist-v15"))
+    assert (second_steps, second_dir) == (2, tmp_path / "generalist-v17")
+    assert generalist.start_of("v17") == "generalist" and "v17" not in generalist.SHIPPED_NAMES
 
 
 def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path, monkeypatch):

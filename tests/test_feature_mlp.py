@@ -56,11 +56,10 @@ def reference_steps(phi, opt, grads_seq, params_seq):
             m_hat = m[k] / (1 - NOMINAL_DECAY**t)
             v_hat = v / (1 - opt.second_moment_decay**t)
             lr = np.exp(float(phi["log_lr"]))
-            out.append(
-                np.exp(opt.exp_mult * x[..., 1]) * (opt.step_mult * x[..., 0] - lr * m_hat / (np.sqrt(v_hat) + 1e-8))
-            )
+            step = np.exp(opt.exp_mult * x[..., 1]) * (opt.step_mult * x[..., 0] - lr * m_hat / (np.sqrt(v_hat) + 1e-8))
         else:
-            out.append(x[..., 0] * np.exp(opt.exp_mult * x[..., 1]) * opt.step_mult)
+            step = x[..., 0] * np.exp(opt.exp_mult * x[..., 1]) * opt.step_mult
+        out.append(step * (1.0 if opt.warmup_steps is None else min(1.0, t / opt.warmup_steps)))
     return out
 
 
@@ -73,6 +72,7 @@ def reference_steps(phi, opt, grads_seq, params_seq):
         {"output": "nominal", "normalise_features": False, "use_params": False},
         {"output": "nominal", "tensor_features": True},
         {"tensor_features": True, "normalise_features": False, "use_progress": False},
+        {"output": "nominal", "warmup_steps": 3},
     ],
 )
 def test_updates_equal_the_numpy_reference(options):
@@ -515,3 +515,29 @@ def test_tensor_features_are_recorded_only_when_on_and_bad_values_are_refused():
     assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
     with pytest.raises(ConfigError, match="tensor_features"):
         feature_mlp(tensor_features="yes")
+
+
+# --- the warm-up (warmup_steps) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["nominal", "bounded"])
+def test_a_warmup_of_k_steps_multiplies_step_t_by_min_of_one_and_t_over_k_and_changes_nothing_else(output):
+    opt = feature_mlp(hidden_sizes=(8,), output=output, exp_mult=1.0, step_bound=3.0, warmup_steps=3)
+    plain = feature_mlp(**{**opt.config(), "warmup_steps": None})
+    phi = opt.init(jax.random.key(0))
+    phi["layers"][-1]["w"] = 2.0 * jax.random.normal(jax.random.key(1), phi["layers"][-1]["w"].shape)
+    warm, cold = steps_with_an_outlier(opt, phi, (16, 8), steps=5), steps_with_an_outlier(plain, phi, (16, 8), steps=5)
+    for t, (u, u_plain) in enumerate(zip(warm, cold), start=1):
+        assert float(jnp.max(jnp.abs(u_plain))) > 0
+        np.testing.assert_allclose(u, min(1.0, t / 3) * u_plain, rtol=1e-6)
+
+
+def test_the_warmup_is_recorded_only_when_set_adds_no_weights_and_bad_values_are_refused():
+    opt, plain = feature_mlp(output="nominal", warmup_steps=2), feature_mlp(output="nominal")
+    assert opt.config()["warmup_steps"] == 2 and "warmup_steps" not in plain.config()
+    assert optimizers.get("feature_mlp", **opt.config()).config() == opt.config()
+    assert opt.meta_param_count() == plain.meta_param_count()
+    optimizers.check_meta_params(opt, plain.init(jax.random.key(0)))  # A trained φ takes it as it is.
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="warmup_steps must be a positive integer"):
+            feature_mlp(warmup_steps=bad)

@@ -105,6 +105,12 @@ class FeatureMLP(LearnedOptimizer):
     normalisation gives). Their weights (φ's ``"tensor_w"``) start at zero: `extend`
     turns a trained φ without them into one that updates the same, up to float rounding.
 
+    With ``warmup_steps`` k set, the update of step t (counting from 1) is multiplied by
+    min(1, t / k): the first steps, taken when the momenta and second moment have seen
+    one or a few gradients (Adam's first step moves every coordinate by the full rate),
+    are shortened. It is a fixed schedule with no weights, added to a trained φ or used
+    in meta-training alike.
+
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
 
@@ -142,6 +148,7 @@ class FeatureMLP(LearnedOptimizer):
         reference_fan_out: float | None = None,
         step_bound: float | None = None,
         tensor_features: bool = False,
+        warmup_steps: int | None = None,
     ) -> None:
         try:
             sizes, decays = tuple(hidden_sizes), tuple(momentum_decays)
@@ -170,6 +177,7 @@ class FeatureMLP(LearnedOptimizer):
         )
         self.step_bound = None if step_bound is None else positive_float("step_bound", step_bound)
         self.tensor_features = boolean("tensor_features", tensor_features)
+        self.warmup_steps = None if warmup_steps is None else positive_int("warmup_steps", warmup_steps)
         self.state_dtype = check_state_dtype(state_dtype)
         count = self.meta_param_count()
         if count > MAX_META_PARAMS:
@@ -209,7 +217,7 @@ class FeatureMLP(LearnedOptimizer):
         )
 
     def config(self) -> dict[str, Any]:
-        """The options that rebuild this optimizer; ``reference_fan_in``/``_out``, ``state_dtype``, ``step_bound`` and ``tensor_features`` only when set."""
+        """The options that rebuild this optimizer; ``reference_fan_in``/``_out``, ``state_dtype``, ``step_bound``, ``tensor_features`` and ``warmup_steps`` only when set."""
         return {
             "hidden_sizes": list(self.hidden_sizes),
             "momentum_decays": list(self.momentum_decays),
@@ -226,6 +234,7 @@ class FeatureMLP(LearnedOptimizer):
             **({} if self.reference_fan_out is None else {"reference_fan_out": self.reference_fan_out}),
             **({} if self.step_bound is None else {"step_bound": self.step_bound}),
             **({"tensor_features": True} if self.tensor_features else {}),
+            **({} if self.warmup_steps is None else {"warmup_steps": self.warmup_steps}),
         }
 
     def init(self, key: jax.Array) -> MetaParams:
@@ -321,6 +330,8 @@ class FeatureMLP(LearnedOptimizer):
             unit = jnp.asarray(self.step_mult, dt)
         if self.step_bound is not None:
             step = jnp.clip(step, -self.step_bound * unit, self.step_bound * unit)
+        if self.warmup_steps is not None:
+            step = step * jnp.minimum(1, t.astype(dt) / self.warmup_steps)
         step = jnp.where(keep, step, zero) * self._width_factor(g.shape)
         return step.astype(grad.dtype), new_m.astype(sdt), new_v.astype(sdt)
 
@@ -424,6 +435,7 @@ def feature_mlp(
     reference_fan_out: float | None = None,
     step_bound: float | None = None,
     tensor_features: bool = False,
+    warmup_steps: int | None = None,
 ) -> FeatureMLP:
     """A learned optimizer built for generalisation: an MLP over per-coordinate features.
 
@@ -457,6 +469,8 @@ def feature_mlp(
       tensor_features: also feed every coordinate its tensor's features: the log root
         mean square over the tensor of each per-coordinate feature, and the tensor's log
         fan-in and log fan-out (see `FeatureMLP`); their weights start at zero.
+      warmup_steps: multiply the update of step t (from 1) by min(1, t / warmup_steps),
+        shortening the first steps (see `FeatureMLP`); ``None``: off.
 
     Returns:
       A `FeatureMLP`; ``as_optax(φ)`` is an ``optax.GradientTransformationExtraArgs``.
@@ -491,4 +505,5 @@ def feature_mlp(
         reference_fan_out,
         step_bound,
         tensor_features,
+        warmup_steps,
     )
