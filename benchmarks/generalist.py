@@ -43,10 +43,10 @@ training progress. The recipes:
   MLP without stepping harder elsewhere.
 * ``v16`` (``--recipe v16``, not shipped): halfway in φ from v12 (its tensor features' weights
   at zero) to v15.
-* ``v17`` (``--recipe v17``, not shipped): v15 meta-trained 1,000 meta-steps more on v11's mixture,
-  where the paper's MLP weighs 2 again (`V17_CONFIG`), to test whether more meta-training with
-  tensor features keeps v15's gains without its losses; it meta-trains v15 first (into
-  ``runs/generalist-v15``) if it is not there.
+* ``v17`` (``--recipe v17``, not shipped): a new run from v15's φ, 1,000 meta-steps on v11's
+  mixture, where the paper's MLP weighs 2 again (`V17_CONFIG`), to test whether more
+  meta-training with tensor features keeps v15's gains without its losses; it meta-trains v15
+  first (into ``runs/generalist-v15``) if it is not there.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -272,7 +272,7 @@ V15_CONFIG = MetaTrainConfig.from_dict(
     {**V13_CONFIG.to_dict(), "optimizer_options": {**V13_CONFIG.optimizer_options, "tensor_features": True}}
 )
 
-#: v17: v15 meta-trained 1,000 meta-steps more on v11's mixture (the paper's MLP weighted 2 again), seed 4; its
+#: v17: a new run from v15's φ on v11's mixture (the paper's MLP weighted 2 again), seed 4, 1,000 meta-steps; its
 #: ``init`` (v15's run directory, beside v17's) is set by `stages_for`.
 V17_CONFIG = MetaTrainConfig.from_dict(
     {
@@ -295,7 +295,7 @@ FINETUNES = {
     "v11": (V11_CONFIG, "v5 for 5,000 meta-steps"),
     "v13": (V13_CONFIG, "v12 fine-tuned with the paper's MLP weighted 3 times as much"),
     "v15": (V15_CONFIG, "v13 with tensor features switched on over v12"),
-    "v17": (V17_CONFIG, "v15 meta-trained on v11's mixture for 1,000 meta-steps more"),
+    "v17": (V17_CONFIG, "a new run from v15's φ on v11's mixture, 1,000 meta-steps"),
 }
 #: Fine-tunes that continue another fine-tune's run, which they meta-train first if it is not there:
 #: recipe -> the recipe they continue.
@@ -435,6 +435,21 @@ def start_of(recipe: str) -> str:
     return start_of(CONTINUES[recipe]) if recipe in CONTINUES else finetune_config(recipe).init or V3_INIT
 
 
+def continuation_start(recipe: str, source_dir: Path) -> dict[str, Any]:
+    """The start of a continuation (`CONTINUES`): the run it continues, its φ's sha256, and where that run began."""
+    return {
+        "source": str(source_dir),
+        "recipe": CONTINUES[recipe],
+        "phi_sha256": rd.optimizer_params_sha256(source_dir),
+        "source_start": start_of(recipe),
+    }
+
+
+def trained_config(recipe: str, configs: list[MetaTrainConfig]) -> MetaTrainConfig:
+    """The config whose mixture the recipe's φ was meta-trained on last: a continuation's own, else the first stage's."""
+    return configs[-1] if recipe in CONTINUES else configs[0]
+
+
 def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     """Writes ``recipe``'s optimizer into ``dest`` from the fine-tune in ``source_dir`` (see `INTERPOLATIONS`)."""
     _, alpha, added, _ = INTERPOLATIONS[recipe]
@@ -557,6 +572,8 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
         )
         configs.append(config)
     final_dir = stages[-1][2]
+    if args.recipe in CONTINUES:
+        start = continuation_start(args.recipe, stages[0][2])
     if args.recipe in INTERPOLATIONS:
         optimizer, final_dir = interpolate(args.recipe, final_dir, args.run_dir), args.run_dir
     if args.recipe == "v2":
@@ -593,7 +610,7 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
         **{k: without_data_dir(optimizer_meta[k]) for k in ("task_options", "task_config", "training_config")},
         stage1=without_data_dir(configs[0].to_dict()),
         architecture={"optimizer": optimizer.name, "options": optimizer.config()},
-        mixture=with_data_dir(configs[0], None).task_options["members"],
+        mixture=with_data_dir(trained_config(args.recipe, configs), None).task_options["members"],
         estimator=[{k: c.to_dict()[k] for k in keys} for c in configs],
         training=training,
         data=tasks_lib.get("mnist", data_dir=args.data_dir).data_record,

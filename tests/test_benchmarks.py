@@ -856,6 +856,17 @@ def test_the_v17_recipe_meta_trains_v15_first_then_continues_its_run_on_v11s_mix
     assert second == dataclasses.replace(generalist.V17_CONFIG, init=str(tmp_path / "generalist-v15"))
     assert (second_steps, second_dir) == (2, tmp_path / "generalist-v17")
     assert generalist.start_of("v17") == "generalist" and "v17" not in generalist.SHIPPED_NAMES
+    # Its metadata: the mixture it was meta-trained on last (v11's, not v15's), and v15's run as its start.
+    assert generalist.trained_config("v17", [first, second]) is second
+    assert generalist.trained_config("v1", [first, second]) is first
+    optimizer, phi = pretrained.load_meta_params("generalist")
+    rd.save_optimizer(first_dir, {"optimizer": optimizer.name, "optimizer_config": optimizer.config()}, phi)
+    assert generalist.continuation_start("v17", first_dir) == {
+        "source": str(first_dir),
+        "recipe": "v15",
+        "phi_sha256": rd.optimizer_params_sha256(first_dir),
+        "source_start": "generalist",
+    }
 
 
 def test_v14_lies_halfway_in_phi_from_the_shipped_generalist_to_its_fine_tune(tmp_path, monkeypatch):

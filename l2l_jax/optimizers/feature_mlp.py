@@ -108,8 +108,9 @@ class FeatureMLP(LearnedOptimizer):
     With ``warmup_steps`` k set, the update of step t (counting from 1) is multiplied by
     min(1, t / k): the first steps, taken when the momenta and second moment have seen
     one or a few gradients (Adam's first step moves every coordinate by the full rate),
-    are shortened. It is a fixed schedule with no weights, added to a trained φ or used
-    in meta-training alike.
+    are shortened. It is a fixed schedule with no weights: a trained φ takes it as it
+    is (though meta-training from one with ``init`` refuses it, as any option that is
+    not an extension).
 
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
