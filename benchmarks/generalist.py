@@ -558,10 +558,8 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
                 phi, start = start_for_v2(config.build_optimizer(), v1_phi, config, args.start_inits, args.start_steps)
             print(f"v2 starts from {V2_INIT} with η = {start['chosen_lr']:.4g}", flush=True)
         elif args.recipe in FINETUNES or args.recipe in INTERPOLATIONS:
-            name = start_of(args.recipe)
-            start = {"source": name, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(name))}
             # A config that names its start (``init``) loads it itself, and checks its checksum.
-            phi = None if config.init is not None else pretrained.load_meta_params(name)[1]
+            phi = None if config.init is not None else pretrained.load_meta_params(start_of(args.recipe))[1]
         if not finished:
             meta_train(config, run_dir, progress=not args.no_progress, init_meta_params=phi)
         optimizer, phi = pretrained.load_meta_params(run_dir)
@@ -574,6 +572,9 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
     final_dir = stages[-1][2]
     if args.recipe in CONTINUES:
         start = continuation_start(args.recipe, stages[0][2])
+    elif args.recipe in FINETUNES or args.recipe in INTERPOLATIONS:
+        name = start_of(args.recipe)
+        start = {"source": name, "phi_sha256": rd.optimizer_params_sha256(pretrained.locate(name))}
     if args.recipe in INTERPOLATIONS:
         optimizer, final_dir = interpolate(args.recipe, final_dir, args.run_dir), args.run_dir
     if args.recipe == "v2":
