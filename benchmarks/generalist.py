@@ -47,6 +47,10 @@ training progress. The recipes:
   mixture, where the paper's MLP weighs 2 again (`V17_CONFIG`), to test whether more
   meta-training with tensor features keeps v15's gains without its losses; it meta-trains v15
   first (into ``runs/generalist-v15``) if it is not there.
+* ``v18`` (``--recipe v18``, not shipped): v15 with the feature MLP's first-step warm-up
+  (``warmup_steps`` `WARMUP_STEPS`) set from its first meta-step (`V18_CONFIG`), to test whether
+  an optimizer meta-trained with the shorter first step keeps v15's gains without its losses.
+* ``v19`` (``--recipe v19``, not shipped): halfway in φ from v12 to v18, with its warm-up.
 
 All use 50-step truncations and the meta-loss Σ_t log f(θ_t), so every member's late,
 small losses count.
@@ -284,6 +288,13 @@ V17_CONFIG = MetaTrainConfig.from_dict(
     }
 )
 
+#: The first-step warm-up of v18 (``warmup_steps``, a free option of the feature MLP: no weights).
+WARMUP_STEPS = 2
+#: v18: v15 (same start, mixture, runs, PES and seed) with the warm-up set over v12 from its first meta-step.
+V18_CONFIG = MetaTrainConfig.from_dict(
+    {**V15_CONFIG.to_dict(), "optimizer_options": {**V15_CONFIG.optimizer_options, "warmup_steps": WARMUP_STEPS}}
+)
+
 #: The fine-tunes (each starts from `V3_INIT` unless its config's ``init`` names another φ):
 #: recipe -> (config, what it is).
 FINETUNES = {
@@ -296,6 +307,7 @@ FINETUNES = {
     "v13": (V13_CONFIG, "v12 fine-tuned with the paper's MLP weighted 3 times as much"),
     "v15": (V15_CONFIG, "v13 with tensor features switched on over v12"),
     "v17": (V17_CONFIG, "a new run from v15's φ on v11's mixture, 1,000 meta-steps"),
+    "v18": (V18_CONFIG, "v15 meta-trained with the first-step warm-up"),
 }
 #: Fine-tunes that continue another fine-tune's run, which they meta-train first if it is not there:
 #: recipe -> the recipe they continue.
@@ -310,6 +322,7 @@ INTERPOLATIONS = {
     "v12": ("v11", 0.5, {"step_bound": STEP_BOUND}, "halfway from v2 to v11, with v6's step bound"),
     "v14": ("v13", 0.5, {}, "halfway from v12 to v13"),
     "v16": ("v15", 0.5, {}, "halfway from v12 to v15"),
+    "v19": ("v18", 0.5, {}, "halfway from v12 to v18, with its warm-up"),
 }
 #: Every recipe, with what it is.
 RECIPES = {
@@ -457,9 +470,10 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     tuned_optimizer, tuned = pretrained.load_meta_params(source_dir)
     start_optimizer, start = pretrained.load_meta_params(start_name)
     # A fine-tune may have switched on extensions over its start (`FINETUNES`' optimizer options): the start
-    # gets them at the weights that change nothing (``extend``).
+    # gets them at the weights that change nothing (``extend``); and set free options, which have no weights.
     switched_on = start_optimizer.switched_on(tuned_optimizer.config())
-    if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **switched_on, **added}:
+    free = {k: v for k, v in tuned_optimizer.config().items() if k in tuned_optimizer.free_options}
+    if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **switched_on, **free, **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
     if switched_on:
         start = tuned_optimizer.extend(start)
@@ -498,7 +512,7 @@ def main() -> None:
         type=Path,
         default=None,
         help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's, "
-        "v12's, v14's and v16's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13 and -v15 beside it (v17's "
+        "v12's, v14's, v16's and v19's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13, -v15 and -v18 beside it (v17's "
         "first stage to generalist-v15 too)",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1, v17: stage 1's)")

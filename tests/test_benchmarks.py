@@ -910,6 +910,26 @@ def test_v16_lies_halfway_from_the_shipped_generalist_with_zero_tensor_weights_t
     assert pretrained.info(tmp_path / "v16")["interpolation"]["start_phi_sha256"] == generalist.V12_PHI_SHA256
 
 
+def test_the_v18_recipe_is_v15_with_the_warm_up_and_v19_lies_halfway_from_the_shipped_generalist_to_it(tmp_path):
+    generalist = benchmark("generalist")
+    v15, v18 = generalist.V15_CONFIG.to_dict(), generalist.V18_CONFIG.to_dict()
+    assert v18["optimizer_options"] == {**v15["optimizer_options"], "warmup_steps": generalist.WARMUP_STEPS}
+    assert {k: x for k, x in v18.items() if k != "optimizer_options"} == {
+        k: x for k, x in v15.items() if k != "optimizer_options"
+    }
+    assert generalist.start_of("v19") == "generalist" and not {"v18", "v19"} & set(generalist.SHIPPED_NAMES)
+    resolved, start = generalist.V18_CONFIG.resolve_init()  # The warm-up is a free option over v12: no weights.
+    assert start.optimizer.warmup_steps == 2 and not np.any(np.asarray(start.meta_params["tensor_w"]))
+    optimizer = resolved.build_optimizer()
+    tuned = jax.tree.map(lambda x: x + 0.25, start.meta_params)
+    rd.save_optimizer(tmp_path / "v18", {"optimizer": optimizer.name, "optimizer_config": optimizer.config()}, tuned)
+    loaded = generalist.interpolate("v19", tmp_path / "v18", tmp_path / "v19")
+    assert pretrained.load_meta_params(tmp_path / "v19")[0].config() == loaded.config() == optimizer.config()
+    _, halfway = pretrained.load_meta_params(tmp_path / "v19")
+    _, shipped = pretrained.load_meta_params("generalist")
+    np.testing.assert_allclose(halfway["log_lr"], np.asarray(shipped["log_lr"]) + 0.125, rtol=1e-6)
+
+
 def test_the_recipes_data_directory_reaches_every_member_that_reads_mnist():
     generalist = benchmark("generalist")
     members = [

@@ -179,6 +179,29 @@ def test_an_extension_of_the_sources_optimizer_may_be_switched_on_and_starts_fro
     assert "hidden_sizes=[8, 8] (source: [16, 16])" in capsys.readouterr().err
 
 
+def test_a_free_option_of_the_sources_optimizer_may_be_set_and_phi_starts_as_trained(tmp_path, capsys):
+    # A feature MLP's warm-up and step bound have no weights: φ is the source's, unchanged.
+    source, source_phi = pretrained.load_meta_params("generalist")
+    assert "warmup_steps" not in source.config() and source.config()["step_bound"] == 3.0
+    argv = ["meta-train", "--init", "generalist", *TINY, "--optimizer-option", "warmup_steps=2"]
+    assert cli.main([*argv, "--optimizer-option", "step_bound=2", "--run-dir", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / rd.CONFIG).read_text())
+    assert config["optimizer_options"] == {**source.config(), "warmup_steps": 2, "step_bound": 2}
+    resolved, start = MetaTrainConfig.from_dict(config).resolve_init()  # as a resume resolves it
+    assert start.optimizer.config() == resolved.build_optimizer().config() and start.optimizer.warmup_steps == 2
+    assert start.sha256 == shipped_sha("generalist")
+    assert jax.tree.structure(start.meta_params) == jax.tree.structure(source_phi)
+    for a, b in zip(jax.tree.leaves(source_phi), jax.tree.leaves(start.meta_params)):
+        np.testing.assert_array_equal(a, b)
+    assert pretrained.load_meta_params(tmp_path / "run")[0].warmup_steps == 2
+    # A free option with a bad value is refused as the optimizer refuses it; an option with weights still differs.
+    assert cli.main(["meta-train", "--init", "generalist", *TINY, "--optimizer-option", "warmup_steps=0",
+                     "--run-dir", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "warmup_steps" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli.main([*argv, "--optimizer-option", "hidden_sizes=[8,8]", "--run-dir", str(tmp_path / "other")]) == 2
+    assert "hidden_sizes=[8, 8] (source: [16, 16])" in capsys.readouterr().err
+
+
 def test_init_refuses_optimizer_or_phi_passed_in_code(tmp_path):
     optimizer, phi = pretrained.load_meta_params(SOURCE)
     with pytest.raises(ConfigError, match="do not also pass optimizer= or init_meta_params="):

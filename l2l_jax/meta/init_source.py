@@ -72,15 +72,17 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
 
     Returns:
       ``(name, options)`` of the source's optimizer, with any of its optimizer's
-      ``extensions`` the caller switched on (see `extended`).
+      ``extensions`` the caller switched on (see `extended`) and its ``free_options``
+      the caller set.
 
     Raises:
       ConfigError: if the caller's optimizer or an option differs from the source's (other
-        than an extension switched on).
+        than an extension switched on or a free option).
     """
     name, recorded = source.optimizer.name, source.optimizer.config()
     switched_on = source.optimizer.switched_on(options)
-    options = {k: v for k, v in options.items() if k not in switched_on}
+    free = {k: v for k, v in options.items() if k in source.optimizer.free_options}
+    options = {k: v for k, v in options.items() if k not in switched_on and k not in free}
     if optimizer is not None and optimizer != name:
         raise ConfigError(
             f"--init {source.name} starts from a {name} optimizer, but the optimizer given is {optimizer!r}; "
@@ -93,7 +95,7 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
             f"--init {source.name} sets the optimizer's options from its metadata, and these given options differ: "
             f"{described}; drop them (--optimizer-option, optimizer_options=...)"
         )
-    return name, {**recorded, **switched_on}
+    return name, {**recorded, **switched_on, **free}
 
 
 def extended(source: InitSource, optimizer: LearnedOptimizer) -> InitSource:
@@ -105,12 +107,14 @@ def extended(source: InitSource, optimizer: LearnedOptimizer) -> InitSource:
 
     Returns:
       ``source`` itself when ``optimizer`` has the source's options; else ``source``
-      with ``optimizer`` and φ given the extensions' meta-parameters
-      (``optimizer.extend``), which update as the source does. The name and SHA-256
-      stay the source's.
+      with ``optimizer``, and, where an extension was switched on, φ given the
+      extensions' meta-parameters (``optimizer.extend``), which update as the source
+      does. The name and SHA-256 stay the source's.
     """
     if optimizer.config() == source.optimizer.config():
         return source
+    if not source.optimizer.switched_on(optimizer.config()):  # free options only: φ as it is
+        return source._replace(optimizer=optimizer)
     return source._replace(optimizer=optimizer, meta_params=optimizer.extend(source.meta_params))
 
 

@@ -115,7 +115,9 @@ class MetaTrainConfig:
         an option that differs from the source's is refused, except that an option
         among the optimizer's ``extensions`` may be switched on, e.g. a feature MLP's
         ``tensor_features``: φ then starts as the source's with the extension's weights
-        at zero); no code it names is imported. ``None``: a fresh φ.
+        at zero, and one among its ``free_options``, which have no weights, may be set,
+        e.g. a feature MLP's ``warmup_steps``); no code it names is imported. ``None``:
+        a fresh φ.
       init_sha256: the SHA-256 of the source's φ file; ``meta_train`` records it
         when the run starts and a resume refuses a source that has changed since.
     """
@@ -217,7 +219,8 @@ class MetaTrainConfig:
           UnknownNameError: if ``init`` is neither a shipped name nor an existing path.
           RunDirectoryError: if the source is incomplete or damaged.
           ConfigError: if ``optimizer``/``optimizer_options`` differ from the source's (other
-            than an extension switched on), or its φ's SHA-256 is not ``init_sha256``.
+            than an extension switched on or a free option set), or its φ's SHA-256 is
+            not ``init_sha256``.
         """
         if self.init is None:
             return self, None

@@ -52,6 +52,10 @@ class LearnedOptimizer(abc.ABC):
     #: value that switches each on; `extend` gives such a φ their meta-parameters.
     extensions: ClassVar[dict[str, Any]] = {}
 
+    #: Options with no meta-parameters of their own (a fixed schedule, a bound): meta-training
+    #: from a trained φ (``init``) may set or change them, and φ starts as it was trained.
+    free_options: ClassVar[frozenset[str]] = frozenset()
+
     def switched_on(self, options: dict[str, Any]) -> dict[str, Any]:
         """The options in ``options`` that switch one of this optimizer's `extensions` on.
 

@@ -109,8 +109,8 @@ class FeatureMLP(LearnedOptimizer):
     min(1, t / k): the first steps, taken when the momenta and second moment have seen
     one or a few gradients (Adam's first step moves every coordinate by the full rate),
     are shortened. It is a fixed schedule with no weights: a trained φ takes it as it
-    is (though meta-training from one with ``init`` refuses it, as any option that is
-    not an extension).
+    is, and meta-training from one (``init``) may set it, as it may ``step_bound``
+    (`free_options`).
 
     Non-finite gradients and (with ``use_params``) parameters: see `LearnedOptimizer`;
     a skipped coordinate is also left out of its tensor's normalisation.
@@ -131,6 +131,7 @@ class FeatureMLP(LearnedOptimizer):
 
     name = "feature_mlp"
     extensions: ClassVar[dict[str, Any]] = {"tensor_features": True}
+    free_options: ClassVar[frozenset[str]] = frozenset({"step_bound", "warmup_steps"})
 
     def __init__(
         self,
