@@ -472,7 +472,7 @@ def interpolate(recipe: str, source_dir: Path, dest: Path) -> LearnedOptimizer:
     # A fine-tune may have switched on extensions over its start (`FINETUNES`' optimizer options): the start
     # gets them at the weights that change nothing (``extend``); and set free options, which have no weights.
     switched_on = start_optimizer.switched_on(tuned_optimizer.config())
-    free = {k: v for k, v in tuned_optimizer.config().items() if k in tuned_optimizer.free_options}
+    free = tuned_optimizer.freely_set(tuned_optimizer.config())
     if {**tuned_optimizer.config(), **added} != {**start_optimizer.config(), **switched_on, **free, **added}:
         raise ConfigError(f"{source_dir} is not a fine-tune of {start_name}: their optimizers differ")
     if switched_on:
@@ -512,8 +512,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="default runs/generalist-<recipe>; v1's stage 2 goes to <run-dir>-finetune; v7's, v8's, v10's, "
-        "v12's, v14's, v16's and v19's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13, -v15 and -v18 beside it (v17's "
-        "first stage to generalist-v15 too)",
+        "v12's, v14's, v16's and v19's fine-tunes to generalist-v5, -v6, -v9, -v11, -v13, -v15 and -v18 "
+        "beside it (v17's first stage to generalist-v15 too)",
     )
     parser.add_argument("--meta-steps", type=harness.count, default=None, help="(v1, v17: stage 1's)")
     parser.add_argument("--finetune-steps", type=harness.count, default=None, help="v1, v17: stage 2's")

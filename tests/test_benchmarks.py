@@ -923,9 +923,9 @@ def test_the_v18_recipe_is_v15_with_the_warm_up_and_v19_lies_halfway_from_the_sh
     optimizer = resolved.build_optimizer()
     tuned = jax.tree.map(lambda x: x + 0.25, start.meta_params)
     rd.save_optimizer(tmp_path / "v18", {"optimizer": optimizer.name, "optimizer_config": optimizer.config()}, tuned)
-    loaded = generalist.interpolate("v19", tmp_path / "v18", tmp_path / "v19")
-    assert pretrained.load_meta_params(tmp_path / "v19")[0].config() == loaded.config() == optimizer.config()
-    _, halfway = pretrained.load_meta_params(tmp_path / "v19")
+    built = generalist.interpolate("v19", tmp_path / "v18", tmp_path / "v19")
+    loaded, halfway = pretrained.load_meta_params(tmp_path / "v19")
+    assert loaded.config() == built.config() == optimizer.config()
     _, shipped = pretrained.load_meta_params("generalist")
     np.testing.assert_allclose(halfway["log_lr"], np.asarray(shipped["log_lr"]) + 0.125, rtol=1e-6)
 

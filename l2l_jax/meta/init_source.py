@@ -81,7 +81,7 @@ def resolve_optimizer(source: InitSource, optimizer: str | None, options: dict[s
     """
     name, recorded = source.optimizer.name, source.optimizer.config()
     switched_on = source.optimizer.switched_on(options)
-    free = {k: v for k, v in options.items() if k in source.optimizer.free_options}
+    free = source.optimizer.freely_set(options)
     options = {k: v for k, v in options.items() if k not in switched_on and k not in free}
     if optimizer is not None and optimizer != name:
         raise ConfigError(

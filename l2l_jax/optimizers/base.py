@@ -71,6 +71,17 @@ class LearnedOptimizer(abc.ABC):
             k: v for k, v in options.items() if k in self.extensions and k not in config and v == self.extensions[k]
         }
 
+    def freely_set(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options in ``options`` among this optimizer's `free_options`.
+
+        Args:
+          options: optimizer options (e.g. those a run was given, or this optimizer's config).
+
+        Returns:
+          Those options, with their values.
+        """
+        return {k: v for k, v in options.items() if k in self.free_options}
+
     def extend(self, meta_params: MetaParams) -> MetaParams:
         """φ of this optimizer from ``meta_params`` trained without its `extensions`.
 
