@@ -6,7 +6,7 @@ or other optimizers of the battery), at each of the task's horizons, over each r
 ``START:STOP`` of test initialisations (``--inits``): mean ± paired standard error and
 the verdict by the 2-paired-s.e. rule. Nothing is run again: the curves are the
 battery's own, read without pickle, and their cache keys must show the same task and
-test initialisations. Prints a table; writes nothing.
+test initialisations (number and seed). Prints a table; writes nothing.
 
     python benchmarks/battery_subsets.py --cache-dir runs/generalisation-cache --task CNN \\
         --reference "generalist + prior" --against adam --inits 0:16 16:48 0:48
@@ -44,6 +44,11 @@ def cached_curves(cache: Path, task: generalisation.Task, name: str) -> tuple[di
         return {k: loaded[k] for k in loaded.files}, json.loads(meta.read_text())
 
 
+def draw(key: dict[str, Any]) -> tuple[Any, int, int]:
+    """The task, number of test initialisations and seed of a cache key (written before ``--seed``: the default)."""
+    return key["task"], key["test_inits"], key.get("seed", generalisation.SEED)
+
+
 def final_losses(arrays: dict[str, np.ndarray], steps: int) -> np.ndarray:
     """Each test initialisation's loss at ``steps``: a learned optimizer's curve, or a baseline's tuned for ``steps``."""
     curves = arrays.get(f"curves_{steps}", arrays.get("curves"))
@@ -58,7 +63,7 @@ def subset_rows(
     rows = []
     for other in against:
         arrays, key = cached_curves(cache, task, other)
-        if (key["task"], key["test_inits"]) != (ref_key["task"], ref_key["test_inits"]):
+        if draw(key) != draw(ref_key):
             raise ValueError(f"{other!r} and {reference!r} were cached for different tasks or test initialisations")
         for steps in task.horizons:
             a, b = final_losses(ref, steps), final_losses(arrays, steps)

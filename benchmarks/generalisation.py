@@ -32,6 +32,11 @@ every task whose definition, tuning initialisations and data are the same there
 (tuning is deterministic, so the rates are those a new search would find), and runs
 only the test initialisations.
 
+``--seed`` draws other initialisations (tuning and test streams; default ``SEED``): a
+check on test initialisations that no earlier candidate was compared on. Rates read with
+``--rates-from`` stay those tuned on the earlier file's tuning initialisations (its
+``seed``), which are never any seed's test initialisations.
+
 "Diverged" means the mean loss over initialisations rose above its starting value,
 or went non-finite, at any step of the run.
 
@@ -40,6 +45,8 @@ Writes ``generalisation.{json,md}`` and ``generalisation_<task>.png`` into
 
     python benchmarks/generalisation.py --data-dir DIR
     python benchmarks/generalisation.py --data-dir DIR --tasks "base MLP" CNN   # a subset
+    python benchmarks/generalisation.py --data-dir DIR --seed 2 \
+        --rates-from benchmarks/results/generalisation.json   # fresh test initialisations
     python benchmarks/generalisation.py --data-dir DIR --recurrence-prior --label "generalist + prior" \
         --others generalist generalist-v7 generalist-v2 mnist-feature-mlp generalist-v1 mnist-lstm \
         --rates-from benchmarks/results/generalisation.json   # rates read before the file is rewritten
@@ -95,7 +102,7 @@ class Task:
     skip: tuple[str, ...] = ()
 
 
-#: The seed of the battery's initialisations, on both streams (tuning and test).
+#: The seed of the battery's initialisations, on both streams (tuning and test), unless ``--seed`` gives another.
 SEED = 1
 TASKS = (
     Task("base MLP", "mnist", PAPER_MLP, (100, 200, 1000), 48, False),
@@ -168,6 +175,7 @@ def evaluate_task(
     recorded: dict[tuple[str, int], float] | None = None,
     reference: str = REFERENCE,
     prior_scale: float | None = None,
+    seed: int = SEED,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Rows for every optimizer and horizon of ``task``, and the curves to plot (longest horizon).
 
@@ -176,10 +184,12 @@ def evaluate_task(
     ``prior_scale``: if given, the reference's updates of the tensors that feed a
     recurrence (`recurrence_mask`) are multiplied by it; where none is flagged, it is the
     optimizer as it is, and shares its curves with any other entry of the same φ.
+    ``seed``: of both streams of initialisations (`sample_tasks`); part of every cache key.
     """
     horizon = max(horizons)
-    tune, test = sample_tasks(family, SEED, tune_inits, "tune"), sample_tasks(family, SEED, test_inits, "test")
+    tune, test = sample_tasks(family, seed, tune_inits, "tune"), sample_tasks(family, seed, test_inits, "test")
     key = {
+        "seed": seed,
         "task": {k: v for k, v in dataclasses.asdict(task).items() if k != "skip"},
         "horizons": list(horizons),
         "tune_inits": tune.size,
@@ -385,6 +395,20 @@ def recorded_rates(
     return rates if all((b, s) in rates for b in BASELINES for s in horizons) else None
 
 
+def tuning_seeds(results: dict[str, Any], task: Task) -> dict[tuple[str, int], int]:
+    """``{(baseline, steps): seed}``: the seed of the tuning initialisations of each rate ``results`` holds for ``task``.
+
+    A row that does not say (written before ``--seed`` existed) was tuned with its file's
+    ``seed``, or `SEED`.
+    """
+    default = results.get("seed", SEED)
+    return {
+        (r["optimizer"], r["steps"]): r.get("rate_tuned_with_seed", default)
+        for r in results["rows"]
+        if r["task"] == task.label and r["optimizer"] in BASELINES
+    }
+
+
 def same_record(recorded: Any, current: Any) -> bool:
     """True if ``recorded`` (read from JSON) describes ``current``; floats may differ in their last bits.
 
@@ -543,6 +567,13 @@ def main() -> None:
     )
     parser.add_argument("--tune-inits", type=harness.count, default=TUNE_INITS)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help=f"of the tuning and test initialisations (default {SEED}); another draws test initialisations no earlier "
+        "battery used (a --cache-dir keeps one seed's curves per optimizer and task)",
+    )
+    parser.add_argument(
         "--test-inits", type=harness.count, default=None, help="for every task (default: each task's own, 48 or 16)"
     )
     parser.add_argument(
@@ -581,6 +612,7 @@ def main() -> None:
         earlier = None if args.rates_from is None else json.loads(args.rates_from.read_text())
     except (OSError, ValueError) as e:
         parser.error(f"--rates-from: {e}")
+
     all_rows, t0 = [], time.perf_counter()
     data = None
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -611,9 +643,13 @@ def main() -> None:
             recorded,
             args.label,
             args.prior_scale,
+            args.seed,
         )
+        seeds = tuning_seeds(earlier, task) if recorded is not None else {}
         for r in rows:
             r["rate_from"] = "recorded" if recorded is not None and r["optimizer"] in BASELINES else None
+            tuned = r["optimizer"] in BASELINES
+            r["rate_tuned_with_seed"] = seeds.get((r["optimizer"], r["steps"]), args.seed) if tuned else None
         for r in rows:
             r["task_seconds"] = time.perf_counter() - t1
         all_rows += rows
@@ -642,6 +678,7 @@ def write_results(
         "label": args.label,
         "others": [str(o) for o in args.others],
         "rates_from": None if args.rates_from is None else str(args.rates_from),
+        "seed": args.seed,
         "generalist_training": pretrained.info(args.generalist).get("training"),
         "mnist_data": data,
         "tune_inits": args.tune_inits,

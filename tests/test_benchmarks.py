@@ -588,6 +588,33 @@ def test_recorded_rates_are_reused_when_the_task_was_tuned_the_same_way_up_to_th
     assert generalisation.recorded_rates(results, task, 16, None, (10, 50)) is None  # no rate at 50 steps
 
 
+def test_another_seed_draws_other_test_initialisations_and_keeps_the_rates_tuned_with_the_first(tmp_path):
+    generalisation, subsets = benchmark("generalisation"), benchmark("battery_subsets")
+    task = generalisation.Task("toy", "logistic_regression", {"features": 3}, (2,), 3, True, uses_mnist=False)
+    family = generalisation.build_family(task, None)
+    recorded = {(b, 2): 0.1 for b in BASELINES}
+    run = lambda seed: generalisation.evaluate_task(task, family, {}, (2,), 2, 3, tmp_path, False, recorded, seed=seed)
+    first, _ = run(1)
+    again, _ = run(1)
+    other, _ = run(2)
+    assert [r["mean_loss"] for r in again] == [r["mean_loss"] for r in first]
+    # The same rates on other initialisations: other losses from the first step on.
+    assert [r["learning_rate"] for r in other] == [r["learning_rate"] for r in first]
+    assert all(a["initial_loss"] != b["initial_loss"] for a, b in zip(first, other, strict=True))
+    # The seed is part of each curve's cache key, so one seed's curves never stand in for another's.
+    assert json.loads((tmp_path / "toy__adam.json").read_text())["seed"] == 2
+    key = {"task": dataclasses.asdict(task), "test_inits": 3, "seed": 1}
+    generalisation.cached(tmp_path, "toy__mine", key, lambda: {"curves": np.zeros((3, 3))})
+    with pytest.raises(ValueError, match="different tasks or test initialisations"):
+        subsets.subset_rows(tmp_path, task, "mine", ["adam"], [(0, 3)])
+    # Each recorded rate keeps the seed of the initialisations it was tuned on (a file without one: the default).
+    rows = [{"task": "toy", "optimizer": b, "steps": 2, "learning_rate": 0.1} for b in BASELINES]
+    assert set(generalisation.tuning_seeds({"rows": rows}, task).values()) == {generalisation.SEED}
+    assert set(generalisation.tuning_seeds({"rows": rows, "seed": 2}, task).values()) == {2}
+    rows[0]["rate_tuned_with_seed"] = 1
+    assert generalisation.tuning_seeds({"rows": rows, "seed": 2}, task)[(rows[0]["optimizer"], 2)] == 1
+
+
 def test_battery_subsets_pairs_the_cached_curves_on_each_range_of_test_initialisations(tmp_path):
     subsets, generalisation = benchmark("battery_subsets"), benchmark("generalisation")
     task = generalisation.Task("toy", "logistic_regression", {"dim": 3}, (2, 4), 6, True, uses_mnist=False)
