@@ -184,12 +184,14 @@ def evaluate_task(
     ``prior_scale``: if given, the reference's updates of the tensors that feed a
     recurrence (`recurrence_mask`) are multiplied by it; where none is flagged, it is the
     optimizer as it is, and shares its curves with any other entry of the same φ.
-    ``seed``: of both streams of initialisations (`sample_tasks`); part of every cache key.
+    ``seed``: of both streams of initialisations (`sample_tasks`); part of every cache key
+    but `SEED`'s, whose keys stay as they were before seeds could be chosen (so caches
+    filled then stay valid).
     """
     horizon = max(horizons)
     tune, test = sample_tasks(family, seed, tune_inits, "tune"), sample_tasks(family, seed, test_inits, "test")
     key = {
-        "seed": seed,
+        **({"seed": seed} if seed != SEED else {}),
         "task": {k: v for k, v in dataclasses.asdict(task).items() if k != "skip"},
         "horizons": list(horizons),
         "tune_inits": tune.size,
