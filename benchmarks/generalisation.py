@@ -610,6 +610,7 @@ def main() -> None:
         except L2LError as e:
             parser.error(f"--recurrence-prior: {e}")
     learned.update({str(name): pretrained.load_meta_params(name) for name in args.others})
+    args.phi_sha256 = {name: fingerprint(phi) for name, (_, phi) in learned.items()}
     try:  # Read now: the battery may rewrite this very file as it goes.
         earlier = None if args.rates_from is None else json.loads(args.rates_from.read_text())
     except (OSError, ValueError) as e:
@@ -679,6 +680,7 @@ def write_results(
         "recurrence_prior_scale": args.prior_scale,
         "label": args.label,
         "others": [str(o) for o in args.others],
+        "phi_sha256": args.phi_sha256,
         "rates_from": None if args.rates_from is None else str(args.rates_from),
         "seed": args.seed,
         "generalist_training": pretrained.info(args.generalist).get("training"),

@@ -61,7 +61,8 @@ Writes the run into ``--run-dir`` (resumable: rerun the same command) and, with
 spent, the machine, and the held-out battery's figures for that name when the results
 file (``--battery``, default ``benchmarks/results/generalisation.json``) has them (run
 ``benchmarks/generalisation.py --generalist RUN_DIR --label NAME`` first, then
-``--ship`` again).
+``--ship`` again). A results file that records another φ under that name (an earlier
+optimizer shipped as it) is refused, nothing shipped.
 
     python benchmarks/generalist.py --data-dir DIR                         # meta-train v2 (resumable)
     python benchmarks/generalist.py --recipe v12 --data-dir DIR            # v11, then v12 (resumable)
@@ -78,6 +79,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import generalisation
 import harness
 import jax
 import jax.numpy as jnp
@@ -377,12 +379,24 @@ def steps_done(run_dir: Path) -> int:
     return max((r["step"] for r in rd.read_metrics(path)), default=0) if path.exists() else 0
 
 
-def battery_rows(results: Path, name: str) -> list[dict] | None:
-    """The rows of optimizer ``name`` in the held-out battery's results file, if there is one."""
+def battery_rows(results: Path, name: str, phi: Any) -> list[dict] | None:
+    """The rows of optimizer ``name`` in the held-out battery's results file, if there is one.
+
+    Raises:
+      ConfigError: if the file records the φ it ran under ``name`` (``phi_sha256``, as
+        ``generalisation.fingerprint`` computes it) and that is not ``phi``: its rows are
+        another optimizer's.
+    """
     if not results.exists():
         return None
-    rows = json.loads(results.read_text())["rows"]
-    return [r for r in rows if r["optimizer"] == name] or None
+    battery = json.loads(results.read_text())
+    recorded = battery.get("phi_sha256", {}).get(name)
+    if recorded is not None and recorded != generalisation.fingerprint(phi):
+        raise ConfigError(
+            f"{results}: its rows named {name!r} are of another φ than this recipe's; run the battery on this "
+            f"optimizer under that name (generalisation.py --generalist RUN_DIR --label {name}) or pass --battery"
+        )
+    return [r for r in battery["rows"] if r["optimizer"] == name] or None
 
 
 def start_for_v2(
@@ -629,7 +643,11 @@ def run(args: argparse.Namespace, stages: list[tuple[MetaTrainConfig, int, Path]
         estimator=[{k: c.to_dict()[k] for k in keys} for c in configs],
         training=training,
         data=tasks_lib.get("mnist", data_dir=args.data_dir).data_record,
-        evaluation=battery_rows(args.battery or args.results_dir / "generalisation.json", LABELS[args.recipe]),
+        evaluation=battery_rows(
+            args.battery or args.results_dir / "generalisation.json",
+            LABELS[args.recipe],
+            pretrained.load_meta_params(final_dir)[1],
+        ),
     )
     print(f"meta-training {(time.perf_counter() - t0) / 60:.1f} min in this call")
     if args.ship:

@@ -538,6 +538,10 @@ def test_generalisation_tunes_every_baseline_per_task_and_horizon_and_compares_p
     table = (tmp_path / "generalisation.md").read_text()
     assert "| logistic regression | 3 | adam |" in table and "- base MLP, 3 steps: beats" in table
     assert (tmp_path / "generalisation_base_mlp.png").stat().st_size > 1000
+    # The φ each learned optimizer ran with, by its name in the rows (what shipping checks its rows by).
+    v2_phi = pretrained.load_meta_params("generalist-v2")[1]
+    assert results["phi_sha256"]["generalist"] == benchmark("generalisation").fingerprint(v2_phi)
+    assert results["seed"] == 1
 
     filled = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")}
     assert len(filled) == 2 * 8
@@ -825,6 +829,22 @@ def test_the_v11_recipe_is_v5_run_longer_and_the_shipped_v12_is_v7s_construction
     assert generalist.SHIPPED_NAMES["v12"] == "generalist" and generalist.SHIPPED_NAMES["v7"] == "generalist-v7"
     assert "v11" not in generalist.SHIPPED_NAMES
     assert len(set(generalist.SHIPPED_NAMES.values())) == len(generalist.SHIPPED_NAMES)
+
+
+def test_shipping_records_a_batterys_rows_only_if_they_are_of_the_phi_it_ships(tmp_path):
+    generalist, generalisation = benchmark("generalist"), benchmark("generalisation")
+    shipped, other = {"w": np.ones(3, np.float32)}, {"w": np.zeros(3, np.float32)}
+    rows = [{"optimizer": "generalist", "mean_loss": 0.1}, {"optimizer": "adam", "mean_loss": 0.2}]
+    results = tmp_path / "generalisation.json"
+    results.write_text(json.dumps({"rows": rows, "phi_sha256": {"generalist": generalisation.fingerprint(shipped)}}))
+    assert generalist.battery_rows(results, "generalist", shipped) == rows[:1]
+    # Rows run under the shipped name with another optimizer's φ are refused, not recorded as this one's.
+    with pytest.raises(errors.ConfigError, match="rows named 'generalist' are of another φ"):
+        generalist.battery_rows(results, "generalist", other)
+    # A file written before batteries recorded their φ is taken as it is; no file, no rows.
+    results.write_text(json.dumps({"rows": rows}))
+    assert generalist.battery_rows(results, "generalist", other) == rows[:1]
+    assert generalist.battery_rows(tmp_path / "none.json", "generalist", shipped) is None
 
 
 def test_v7_lies_halfway_in_phi_from_v2_to_its_fine_tune_with_the_step_bound_added(tmp_path):
