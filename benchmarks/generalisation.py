@@ -389,11 +389,7 @@ def recorded_rates(
     ]
     if not same or results["tune_inits"] != tune_inits or (task.uses_mnist and results["mnist_data"] != data):
         return None
-    rates = {
-        (r["optimizer"], r["steps"]): r["learning_rate"]
-        for r in results["rows"]
-        if r["task"] == task.label and r["optimizer"] in BASELINES
-    }
+    rates = {(r["optimizer"], r["steps"]): r["learning_rate"] for r in baseline_rows(results, task)}
     return rates if all((b, s) in rates for b in BASELINES for s in horizons) else None
 
 
@@ -404,11 +400,12 @@ def tuning_seeds(results: dict[str, Any], task: Task) -> dict[tuple[str, int], i
     ``seed``, or `SEED`.
     """
     default = results.get("seed", SEED)
-    return {
-        (r["optimizer"], r["steps"]): r.get("rate_tuned_with_seed", default)
-        for r in results["rows"]
-        if r["task"] == task.label and r["optimizer"] in BASELINES
-    }
+    return {(r["optimizer"], r["steps"]): r.get("rate_tuned_with_seed", default) for r in baseline_rows(results, task)}
+
+
+def baseline_rows(results: dict[str, Any], task: Task) -> list[dict[str, Any]]:
+    """The rows of ``results`` (a battery's ``generalisation.json``) for ``task``'s tuned baselines."""
+    return [r for r in results["rows"] if r["task"] == task.label and r["optimizer"] in BASELINES]
 
 
 def same_record(recorded: Any, current: Any) -> bool:
@@ -615,7 +612,6 @@ def main() -> None:
         earlier = None if args.rates_from is None else json.loads(args.rates_from.read_text())
     except (OSError, ValueError) as e:
         parser.error(f"--rates-from: {e}")
-
     all_rows, t0 = [], time.perf_counter()
     data = None
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -650,8 +646,8 @@ def main() -> None:
         )
         seeds = tuning_seeds(earlier, task) if recorded is not None else {}
         for r in rows:
-            r["rate_from"] = "recorded" if recorded is not None and r["optimizer"] in BASELINES else None
             tuned = r["optimizer"] in BASELINES
+            r["rate_from"] = "recorded" if recorded is not None and tuned else None
             r["rate_tuned_with_seed"] = seeds.get((r["optimizer"], r["steps"]), args.seed) if tuned else None
         for r in rows:
             r["task_seconds"] = time.perf_counter() - t1
